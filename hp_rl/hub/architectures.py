@@ -1,0 +1,121 @@
+"""Trunk architectures that hub experts are built from, with the layouts SB3 uses for its weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "ARCHITECTURES", "build_trunk", "nature_cnn_flat_size"]
+
+InputKind = Literal["image", "vector"]
+
+
+@dataclass(frozen=True)
+class TrunkInfo:
+    """What a trunk expects and gives.
+
+    :param arch: architecture name in :data:`ARCHITECTURES`.
+    :param input_kind: ``"image"`` for ``(C, H, W)`` inputs, ``"vector"`` for ``(D,)``.
+    :param input_shape: the input shape without the batch dimension.
+    :param features_dim: width of the output features.
+    :param options: extra architecture options (for instance the MLP's hidden sizes and activation).
+    """
+
+    arch: str
+    input_kind: InputKind
+    input_shape: tuple[int, ...]
+    features_dim: int
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, key: str, default: str) -> str:
+        """Value of an architecture option, as a string."""
+        return dict(self.options).get(key, default)
+
+
+def nature_cnn_flat_size(height: int, width: int) -> int:
+    """Flattened size after the NatureCNN convolutions for an ``height x width`` frame."""
+
+    def out(size: int) -> int:
+        return ((size - 8) // 4 + 1 - 4) // 2 + 1 - 3 + 1
+
+    if out(height) < 1 or out(width) < 1:
+        raise ValueError(f"NatureCNN needs frames of at least 36x36, got {height}x{width}.")
+    return 64 * out(height) * out(width)
+
+
+class NatureCNNTrunk(nn.Module):
+    """The DQN/SB3 NatureCNN: three convolutions and a linear layer, parameter names as in SB3.
+
+    :param in_channels: input channels (4 stacked grey frames for Atari).
+    :param height: frame height.
+    :param width: frame width.
+    :param features_dim: output width (512 in SB3).
+    """
+
+    def __init__(self, in_channels: int = 4, height: int = 84, width: int = 84, features_dim: int = 512) -> None:
+        super().__init__()
+        self.cnn = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )  # fmt: skip
+        self.linear = nn.Sequential(nn.Linear(nature_cnn_flat_size(height, width), features_dim), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:param x: ``(B, C, H, W)`` in [0, 1]. :return: ``(B, features_dim)``."""
+        return self.linear(self.cnn(x))
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class MLPTrunk(nn.Module):
+    """Fully connected trunk ``Linear -> act -> ... -> Linear -> act`` (SB3's policy_net layout).
+
+    :param in_features: input width D (inputs of higher rank are flattened).
+    :param hidden: widths of the layers; the last is the feature width.
+    :param activation: ``"tanh"`` (SB3 PPO/A2C default) or ``"relu"`` (DQN default).
+    """
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...] = (64, 64), activation: str = "tanh") -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}.")
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
+            width = size
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:param x: ``(B, D)`` or ``(B, ...)``. :return: ``(B, hidden[-1])``."""
+        return self.net(x.flatten(1))
+
+
+def _build_nature_cnn(info: TrunkInfo) -> nn.Module:
+    channels, height, width = info.input_shape
+    return NatureCNNTrunk(channels, height, width, info.features_dim)
+
+
+def _build_mlp(info: TrunkInfo) -> nn.Module:
+    hidden = tuple(int(h) for h in info.option("hidden", str(info.features_dim)).split(","))
+    return MLPTrunk(int(torch.Size(info.input_shape).numel()), hidden, info.option("activation", "tanh"))
+
+
+ARCHITECTURES: dict[str, Callable[[TrunkInfo], nn.Module]] = {
+    "nature_cnn": _build_nature_cnn,
+    "mlp": _build_mlp,
+}
+
+
+def build_trunk(info: TrunkInfo) -> nn.Module:
+    """A freshly initialised trunk of the described architecture."""
+    if info.arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {info.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}.")
+    return ARCHITECTURES[info.arch](info)

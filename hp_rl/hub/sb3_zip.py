@@ -1,0 +1,164 @@
+"""Reading expert trunks out of Stable-Baselines3 checkpoint zips without unpickling anything."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, TrunkInfo, nature_cnn_flat_size
+
+__all__ = ["CheckpointError", "read_sb3_trunk"]
+
+# Where each SB3 algorithm keeps its CNN features extractor, most specific first. Zips saved before
+# SB3 1.7 lack the pi_/vf_ copies; the shared one is always there.
+_CNN_PREFIXES = (
+    "features_extractor.",
+    "pi_features_extractor.",
+    "q_net.features_extractor.",
+    "quantile_net.features_extractor.",
+    "actor.features_extractor.",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or holds no trunk this project can read."""
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        return archive.read(name)
+    except KeyError as error:
+        raise CheckpointError(
+            f"{path} has no '{name}': it is not a Stable-Baselines3 checkpoint (saved by model.save())."
+        ) from error
+
+
+def _load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist. Check the path in the hub spec.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw_policy = _read_member(archive, "policy.pth", path)
+            raw_data = archive.read("data") if "data" in archive.namelist() else b"{}"
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(f"{path} is not a valid zip file (truncated or corrupt download?).") from error
+    try:
+        # weights_only refuses arbitrary pickled objects: an untrusted file cannot run code here.
+        state = torch.load(io.BytesIO(raw_policy), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe payloads
+        raise CheckpointError(f"{path}: policy.pth cannot be read as plain weights ({error}).") from error
+    try:
+        data = json.loads(raw_data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = {}
+    return state, data
+
+
+def _square_frame_for(flat_size: int) -> int:
+    side = int(round(math.sqrt(flat_size / 64)))
+    for size in range(36, 512):
+        if nature_cnn_flat_size(size, size) == flat_size:
+            return size
+    raise CheckpointError(f"No square frame gives a NatureCNN flat size of {flat_size} (side ~{side}).")
+
+
+def _details(data: dict[str, Any], path: Path) -> dict[str, str]:
+    policy = data.get("policy_class", {})
+    details = {"file": path.name}
+    if isinstance(policy, dict) and "__module__" in policy:
+        details["policy_module"] = str(policy["__module__"])
+    for key in ("num_timesteps", "seed", "n_envs"):
+        if key in data:
+            details[key] = str(data[key])
+    return details
+
+
+def _image_shape(data: dict[str, Any], conv_weight: Tensor, linear_weight: Tensor) -> tuple[int, int, int]:
+    space = data.get("observation_space", {})
+    shape = space.get("_shape") if isinstance(space, dict) else None
+    if isinstance(shape, list) and len(shape) == 3:
+        channels_first = shape[0] == conv_weight.shape[1]
+        c, h, w = shape if channels_first else (shape[2], shape[0], shape[1])
+        if nature_cnn_flat_size(h, w) == linear_weight.shape[1]:
+            return int(c), int(h), int(w)
+    side = _square_frame_for(int(linear_weight.shape[1]))
+    return int(conv_weight.shape[1]), side, side
+
+
+def _cnn_trunk(state: dict[str, Tensor], prefix: str, data: dict[str, Any]) -> tuple[NatureCNNTrunk, TrunkInfo]:
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    channels, height, width = _image_shape(data, sub["cnn.0.weight"], sub["linear.0.weight"])
+    info = TrunkInfo("nature_cnn", "image", (channels, height, width), int(sub["linear.0.weight"].shape[0]))
+    trunk = NatureCNNTrunk(channels, height, width, info.features_dim)
+    trunk.load_state_dict(sub)
+    return trunk, info
+
+
+def _linear_stack(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> list[tuple[Tensor, Tensor]]:
+    layers: list[tuple[Tensor, Tensor]] = []
+    for prefix in prefixes:
+        indices = sorted({int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)})
+        layers += [(state[f"{prefix}{i}.weight"], state[f"{prefix}{i}.bias"]) for i in indices]
+    return layers
+
+
+def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk, TrunkInfo]:
+    module = str(data.get("policy_class", {}).get("__module__", ""))
+    if any(k.startswith("mlp_extractor.policy_net.") for k in state):
+        layers = _linear_stack(state, ("mlp_extractor.shared_net.", "mlp_extractor.policy_net."))
+        default_activation = "tanh"
+    elif any(k.startswith("q_net.q_net.") for k in state):
+        layers = _linear_stack(state, ("q_net.q_net.",))[:-1]  # the last layer outputs Q-values
+        default_activation = "relu"
+    elif any(k.startswith("actor.latent_pi.") for k in state):
+        layers = _linear_stack(state, ("actor.latent_pi.",))
+        default_activation = "relu"
+    else:
+        raise CheckpointError(
+            "The checkpoint has neither a NatureCNN features extractor nor an MLP trunk "
+            f"(policy module {module or 'unknown'}); supported: PPO, A2C, DQN, QR-DQN, SAC/TD3 Cnn/MlpPolicy."
+        )
+    if not layers:
+        raise CheckpointError("The checkpoint's MLP trunk has no hidden layers (net_arch=[]), so nothing to transfer.")
+    kwargs = json.dumps(data.get("policy_kwargs", {}))
+    activation = "relu" if "ReLU" in kwargs else "tanh" if "Tanh" in kwargs else default_activation
+    hidden = tuple(int(w.shape[0]) for w, _ in layers)
+    in_features = int(layers[0][0].shape[1])
+    trunk = MLPTrunk(in_features, hidden, activation)
+    linears = [m for m in trunk.net if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for linear, (weight, bias) in zip(linears, layers, strict=True):
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+    info = TrunkInfo(
+        "mlp", "vector", (in_features,), hidden[-1],
+        (("hidden", ",".join(map(str, hidden))), ("activation", activation)),
+    )  # fmt: skip
+    return trunk, info
+
+
+def read_sb3_trunk(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[str, str]]:
+    """The features trunk of a Stable-Baselines3 checkpoint.
+
+    CNN policies give their NatureCNN features extractor (the same features SB3's loaded policy
+    computes); MLP policies give the actor's hidden layers.
+
+    :param path: a ``.zip`` written by ``model.save()`` (SB3 1.x or 2.x; PPO, A2C, DQN, QR-DQN, SAC, TD3).
+    :return: the trunk with the checkpoint's weights, its description, and facts from the zip.
+    :raises CheckpointError: missing, corrupt or unsupported file.
+    """
+    path = Path(path)
+    state, data = _load_state(path)
+    for prefix in _CNN_PREFIXES:
+        if f"{prefix}cnn.0.weight" in state:
+            trunk, info = _cnn_trunk(state, prefix, data)
+            return trunk, info, _details(data, path)
+    mlp, info = _mlp_trunk(state, data)
+    return mlp, info, _details(data, path)

@@ -1,0 +1,164 @@
+"""The registry of expert sources: each turns an :class:`ExpertSpec` into a :class:`HubExpert`.
+
+Add a source with :func:`register_source`; the tests are parametrised over :data:`SOURCES`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
+from hp_rl.hub.expert import HubExpert, Provenance, file_sha256
+from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_trunk
+from hp_rl.hub.spec import ExpertSpec, HubSpecError
+
+__all__ = ["SourceConfig", "SOURCES", "register_source", "load_expert", "verify_file"]
+
+Loader = Callable[[ExpertSpec, "tuple[int, ...] | None"], HubExpert]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A registered source.
+
+    :param name: key used in hub specs (``source: <name>``).
+    :param description: one line for ``hp_rl.hub list``.
+    :param needs_path: whether ``path`` is required.
+    :param loader: builds the expert from its spec and the observation shape (``None`` if unknown).
+    :param extra: pip extra that provides the source's dependencies, if any.
+    """
+
+    name: str
+    description: str
+    needs_path: bool
+    loader: Loader
+    extra: str | None = None
+
+
+SOURCES: dict[str, SourceConfig] = {}
+
+
+def register_source(config: SourceConfig) -> SourceConfig:
+    """Add a source to the registry (a later registration with the same name replaces it)."""
+    SOURCES[config.name] = config
+    return config
+
+
+def verify_file(spec: ExpertSpec) -> Path:
+    """The spec's weight file, checked to exist and to match ``spec.sha256`` when given."""
+    if spec.path is None:
+        raise HubSpecError(f"Expert {spec.name!r}: source '{spec.source}' needs a 'path'.")
+    path = Path(spec.path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"Expert {spec.name!r}: weight file {path} does not exist. Check 'path' in the hub spec.")
+    if spec.sha256 is not None:
+        actual = file_sha256(path)
+        if actual != spec.sha256.lower():
+            raise CheckpointError(
+                f"Expert {spec.name!r}: {path} has sha256 {actual}, but the spec pins {spec.sha256}. "
+                "The file changed or is corrupt; fetch it again or update the pinned digest."
+            )
+    return path
+
+
+def _load_sb3(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
+    path = verify_file(spec)
+    trunk, info, details = read_sb3_trunk(path)
+    return HubExpert(trunk, info, Provenance("sb3", str(path), file_sha256(path), details))
+
+
+def _info_from_metadata(spec: ExpertSpec, metadata: dict[str, str], observation_shape: tuple[int, ...] | None) -> TrunkInfo:
+    arch = spec.arch or metadata.get("arch")
+    if arch is None:
+        raise HubSpecError(
+            f"Expert {spec.name!r}: {spec.path} does not name its architecture; add 'arch' "
+            f"({', '.join(sorted(ARCHITECTURES))}) to the hub spec."
+        )
+    shape = spec.input_shape or (tuple(json.loads(metadata["input_shape"])) if "input_shape" in metadata else None)
+    shape = shape or observation_shape
+    if shape is None:
+        raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' to the hub spec; the file does not say.")
+    features = spec.features_dim or int(metadata.get("features_dim", 512 if arch == "nature_cnn" else 64))
+    options = tuple(sorted(json.loads(metadata.get("options", "{}")).items()))
+    kind = "image" if arch == "nature_cnn" else "vector"
+    return TrunkInfo(arch, kind, tuple(int(s) for s in shape), features, options)  # type: ignore[arg-type]
+
+
+def _load_safetensors(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = verify_file(spec)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"Expert {spec.name!r}: {path} is not a valid safetensors file ({error}).") from error
+    info = _info_from_metadata(spec, metadata, observation_shape)
+    trunk = build_trunk(info)
+    expected = trunk.state_dict()
+    try:
+        trunk.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
+    except RuntimeError as error:
+        raise CheckpointError(f"Expert {spec.name!r}: {path} does not match architecture {info.arch!r}: {error}") from error
+    details = {k: v for k, v in metadata.items() if k not in ("arch", "input_shape", "features_dim", "options")}
+    return HubExpert(trunk, info, Provenance("safetensors", str(path), file_sha256(path), details))
+
+
+def _load_random(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
+    shape = spec.input_shape or observation_shape
+    if shape is None:
+        raise HubSpecError(f"Expert {spec.name!r}: a random expert needs 'input_shape' when no observation space is known.")
+    arch = spec.arch or ("nature_cnn" if len(shape) == 3 else "mlp")
+    features = spec.features_dim or (512 if arch == "nature_cnn" else 64)
+    options = tuple(sorted((str(k), str(v)) for k, v in spec.options.items()))
+    info = TrunkInfo(arch, "image" if arch == "nature_cnn" else "vector", tuple(shape), features, options)
+    seed = spec.options.get("seed")
+    if seed is not None:
+        with torch.random.fork_rng():
+            torch.manual_seed(int(seed))
+            trunk = build_trunk(info)
+    else:
+        trunk = build_trunk(info)
+    return HubExpert(trunk, info, Provenance("random", "random", None, {"seed": str(seed)} if seed is not None else {}))
+
+
+def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
+    path = verify_file(spec)
+    try:
+        module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # TorchScript raises RuntimeError subclasses with long messages
+        raise CheckpointError(f"Expert {spec.name!r}: {path} is not a TorchScript file ({error}).") from error
+    shape = spec.input_shape or observation_shape
+    if shape is None:
+        raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' for a TorchScript expert.")
+    with torch.no_grad():
+        features = int(module(torch.zeros(1, *shape)).flatten(1).shape[1])
+    kind = "image" if len(shape) == 3 else "vector"
+    info = TrunkInfo("torchscript", kind, tuple(shape), features)  # type: ignore[arg-type]
+    return HubExpert(module, info, Provenance("torchscript", str(path), file_sha256(path)))
+
+
+register_source(SourceConfig("sb3", "Stable-Baselines3 checkpoint zip (PPO, A2C, DQN, QR-DQN; Cnn/MlpPolicy)", True, _load_sb3))
+register_source(SourceConfig("safetensors", "safetensors trunk weights with a named architecture", True, _load_safetensors))
+register_source(SourceConfig("random", "randomly initialised NatureCNN or MLP trunk", False, _load_random))
+register_source(SourceConfig("torchscript", "TorchScript module saved with torch.jit.save", True, _load_torchscript))
+
+
+def load_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None = None) -> HubExpert:
+    """Build one expert from its spec.
+
+    :param spec: the expert spec.
+    :param observation_shape: the observation shape the hub will see, used where the source cannot tell.
+    :raises HubSpecError: unknown source or missing keys. :raises CheckpointError: bad weight files.
+    """
+    if spec.source not in SOURCES:
+        raise HubSpecError(f"Expert {spec.name!r}: unknown source {spec.source!r}; known: {', '.join(sorted(SOURCES))}.")
+    return SOURCES[spec.source].loader(spec, observation_shape)

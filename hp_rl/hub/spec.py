@@ -1,0 +1,213 @@
+"""Hub specs: which experts a hub holds, where their weights come from, and how they train."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
+
+
+class HubSpecError(ValueError):
+    """A hub spec is malformed: the message names the file and the key."""
+
+
+_EXTENSION_SOURCES = {".zip": "sb3", ".safetensors": "safetensors", ".pt": "torchscript", ".ts": "torchscript"}
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """One expert of a hub.
+
+    :param name: unique name (TensorBoard tags use it: ``gates/usage/<name>``).
+    :param source: source registry key: ``sb3``, ``safetensors``, ``torchscript``, ``random``, ``hf``, ...
+    :param path: weight file or repository id (``hf``); ``None`` for ``random``.
+    :param arch: architecture name where the source needs one (``random``, ``safetensors`` without metadata).
+    :param input_shape: input shape the trunk expects, where the source cannot tell (``random`` defaults
+        to the observation shape).
+    :param features_dim: trunk output width, where the source cannot tell.
+    :param frozen: freeze the trunk; ``None`` uses the extractor's ``freeze_experts``.
+    :param lr_scale: learning-rate multiplier for a fine-tuned trunk (HubPPO/HubA2C).
+    :param sha256: expected file digest; verified when given.
+    :param options: extra source options (for instance ``revision`` for ``hf``).
+    """
+
+    name: str
+    source: str
+    path: str | None = None
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    features_dim: int | None = None
+    frozen: bool | None = None
+    lr_scale: float = 1.0
+    sha256: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable form (unset fields left out)."""
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None or (item.name == "options" and not value) or (item.name == "lr_scale" and value == 1.0):
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[item.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A validated list of experts.
+
+    :param experts: the experts, in routing column order.
+    :param origin: where the spec came from (a file path, ``"<list>"``), for messages and manifests.
+    """
+
+    experts: tuple[ExpertSpec, ...]
+    origin: str = "<inline>"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain form accepted back by :func:`parse_hub`."""
+        return {"experts": [expert.as_dict() for expert in self.experts]}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Expert names in order."""
+        return tuple(expert.name for expert in self.experts)
+
+
+_KNOWN_KEYS = {f.name for f in fields(ExpertSpec)}
+
+
+def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | None) -> ExpertSpec:
+    if not isinstance(raw, Mapping):
+        raise HubSpecError(f"{where}: each expert must be a mapping with 'name' and 'source', got {raw!r}.")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        raise HubSpecError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(_KNOWN_KEYS)}.")
+    for key in ("name", "source"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise HubSpecError(f"{where}: key '{key}' is required and must be a non-empty string.")
+    values = dict(raw)
+    path = values.get("path")
+    if path is not None:
+        if not isinstance(path, str):
+            raise HubSpecError(f"{where}: key 'path' must be a string, got {path!r}.")
+        if base_dir is not None and values["source"] != "hf" and not Path(path).expanduser().is_absolute():
+            values["path"] = str((base_dir / path).resolve())
+    if "input_shape" in values and values["input_shape"] is not None:
+        shape = values["input_shape"]
+        if not isinstance(shape, Sequence) or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise HubSpecError(f"{where}: key 'input_shape' must be a list of positive integers, got {shape!r}.")
+        values["input_shape"] = tuple(shape)
+    if "frozen" in values and not isinstance(values["frozen"], bool | None):
+        raise HubSpecError(f"{where}: key 'frozen' must be true or false, got {values['frozen']!r}.")
+    scale = values.get("lr_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
+        raise HubSpecError(f"{where}: key 'lr_scale' must be a number >= 0, got {scale!r}.")
+    values["lr_scale"] = float(scale)
+    features = values.get("features_dim")
+    if features is not None and (isinstance(features, bool) or not isinstance(features, int) or features <= 0):
+        raise HubSpecError(f"{where}: key 'features_dim' must be a positive integer, got {features!r}.")
+    options = values.get("options", {})
+    if not isinstance(options, Mapping):
+        raise HubSpecError(f"{where}: key 'options' must be a mapping, got {options!r}.")
+    return ExpertSpec(**values)
+
+
+def _expert_from_string(entry: str, index: int) -> ExpertSpec:
+    """``path.zip``, ``path.safetensors``, ``hf:org/repo[@rev]`` or ``random:ARCH``."""
+    if entry.startswith("hf:"):
+        repo, _, revision = entry[3:].partition("@")
+        name = repo.split("/")[-1]
+        return ExpertSpec(name=name, source="hf", path=repo, options={"revision": revision} if revision else {})
+    if entry.startswith("random:"):
+        return ExpertSpec(name=f"random{index}", source="random", arch=entry[len("random:") :] or None)
+    path = Path(entry).expanduser()
+    source = _EXTENSION_SOURCES.get(path.suffix.lower())
+    if source is None:
+        raise HubSpecError(
+            f"Cannot tell the source of hub entry {entry!r}: use a .zip (SB3 checkpoint), .safetensors, "
+            ".pt (TorchScript) file, 'hf:org/repo[@rev]', 'random:nature_cnn' or a YAML hub spec."
+        )
+    return ExpertSpec(name=path.stem, source=source, path=str(path.resolve()))
+
+
+def _unique_names(experts: Sequence[ExpertSpec], origin: str, rename: bool) -> tuple[ExpertSpec, ...]:
+    seen: dict[str, int] = {}
+    out = []
+    for expert in experts:
+        if expert.name in seen:
+            if not rename:
+                raise HubSpecError(f"{origin}: duplicate expert name {expert.name!r}; names must be unique.")
+            seen[expert.name] += 1
+            expert = replace(expert, name=f"{expert.name}_{seen[expert.name]}")
+        seen.setdefault(expert.name, 0)
+        out.append(expert)
+    return tuple(out)
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise HubSpecError(f"Hub spec {path} does not exist.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise HubSpecError(f"{path}: not valid YAML ({error}).") from error
+
+
+def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: str | Path | None = None) -> HubSpec:
+    """Validate a hub given in any accepted form.
+
+    :param hub: a :class:`HubSpec`; a YAML file path; a comma-separated string or list of entries (weight
+        files, ``hf:org/repo@rev``, ``random:ARCH``); ``"random:N"`` for N random experts; or a mapping
+        ``{"experts": [...]}`` as in the YAML files.
+    :param base_dir: directory that relative paths in a mapping are resolved against.
+    :raises HubSpecError: naming the file and the key at fault.
+    """
+    if isinstance(hub, HubSpec):
+        return hub
+    if isinstance(hub, str):
+        text = hub.strip()
+        if text.lower().endswith((".yml", ".yaml")) and "," not in text:
+            path = Path(text).expanduser().resolve()
+            return _parse_mapping(_load_yaml(path), str(path), path.parent)
+        if text.startswith("random:") and text[len("random:") :].isdigit():
+            count = int(text[len("random:") :])
+            if count < 1:
+                raise HubSpecError(f"'{text}': a hub needs at least one expert.")
+            return HubSpec(tuple(ExpertSpec(name=f"random{i}", source="random") for i in range(count)), text)
+        entries = [part.strip() for part in text.split(",") if part.strip()]
+        if not entries:
+            raise HubSpecError("The hub is empty: give a YAML spec, checkpoint paths, 'auto' or 'none'.")
+        return parse_hub(entries)
+    if isinstance(hub, Mapping):
+        return _parse_mapping(hub, "<mapping>", Path(base_dir) if base_dir is not None else None)
+    entries = list(hub)
+    if not entries:
+        raise HubSpecError("The hub is empty: give at least one expert.")
+    experts = [
+        _expert_from_mapping(e, f"<list>[{i}]", None) if isinstance(e, Mapping) else _expert_from_string(str(e), i)
+        for i, e in enumerate(entries)
+    ]
+    return HubSpec(_unique_names(experts, "<list>", rename=True), "<list>")
+
+
+def _parse_mapping(raw: Any, origin: str, base_dir: Path | None) -> HubSpec:
+    if not isinstance(raw, Mapping) or "experts" not in raw:
+        raise HubSpecError(f"{origin}: a hub spec is a mapping with an 'experts' list.")
+    unknown = sorted(set(raw) - {"experts", "description", "recipe"})
+    if unknown:
+        raise HubSpecError(f"{origin}: unknown top-level key(s) {unknown}; allowed: experts, description, recipe.")
+    experts_raw = raw["experts"]
+    if not isinstance(experts_raw, Sequence) or isinstance(experts_raw, str) or not experts_raw:
+        raise HubSpecError(f"{origin}: 'experts' must be a non-empty list.")
+    experts = [_expert_from_mapping(e, f"{origin}: experts[{i}]", base_dir) for i, e in enumerate(experts_raw)]
+    return HubSpec(_unique_names(experts, origin, rename=False), origin)

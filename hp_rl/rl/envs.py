@@ -1,0 +1,167 @@
+"""Environment construction from the presets in ``envs/`` (Atari, classic control, pixels, MinAtar)."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
+
+from hp_rl.paths import ENV_PRESET_DIR, require_dir
+
+__all__ = ["EnvPreset", "UnknownEnvError", "load_presets", "preset_for", "make_env", "register_env_families",
+           "MinAtarObservation"]  # fmt: skip
+
+
+class UnknownEnvError(ValueError):
+    """An environment id that no installed package registers."""
+
+
+@dataclass(frozen=True)
+class EnvPreset:
+    """How one family of environments is built (one YAML file in ``envs/``).
+
+    :param family: family name; also the key of the hyperparameter section in ``configs/<algo>.yml``.
+    :param match: glob patterns of environment ids that belong to the family.
+    :param wrapper: ``atari``, ``pixels``, ``minatar`` or ``none``.
+    :param frame_stack: frames stacked by ``VecFrameStack`` (0 for none).
+    :param size: frame size for ``pixels``.
+    :param eval_wrapper_kwargs: wrapper arguments that evaluation uses instead of training's.
+    """
+
+    family: str
+    match: tuple[str, ...] = ()
+    wrapper: str = "none"
+    frame_stack: int = 0
+    size: int = 84
+    eval_wrapper_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@cache
+def load_presets() -> dict[str, EnvPreset]:
+    """Every preset in ``envs/``, by family name."""
+    import yaml
+
+    presets = {}
+    for path in sorted(require_dir(ENV_PRESET_DIR, "environment presets").glob("*.yml")):
+        raw = yaml.safe_load(path.read_text())
+        raw["match"] = tuple(raw.get("match") or ())
+        presets[raw["family"]] = EnvPreset(**raw)
+    return presets
+
+
+def register_env_families() -> None:
+    """Make the Atari and MinAtar ids known to gymnasium (each import is optional)."""
+    try:
+        import ale_py
+
+        gym.register_envs(ale_py)
+    except ImportError:
+        pass
+    try:
+        from minatar import gym as minatar_gym
+
+        if "MinAtar/Breakout-v1" not in gym.registry:
+            minatar_gym.register_envs()
+    except ImportError:
+        pass
+
+
+def _check_env_id(env_id: str) -> None:
+    register_env_families()
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    extra = ""
+    if "NoFrameskip" in env_id or env_id.startswith("ALE/"):
+        extra = " Atari games need ale-py: pip install -e '.[atari]'."
+    elif env_id.startswith("MinAtar/"):
+        extra = " MinAtar games need: pip install minatar."
+    raise UnknownEnvError(f"Unknown environment id {env_id!r}.{hint}{extra}")
+
+
+def preset_for(env_id: str, preset: str | None = None) -> EnvPreset:
+    """The preset named ``preset``, or the first whose ``match`` patterns cover ``env_id`` (else ``control``)."""
+    presets = load_presets()
+    if preset is not None:
+        if preset not in presets:
+            raise ValueError(f"Unknown env preset {preset!r}; choose one of {', '.join(sorted(presets))}.")
+        return presets[preset]
+    for candidate in presets.values():
+        if any(fnmatch.fnmatch(env_id, pattern) for pattern in candidate.match):
+            return candidate
+    return presets["control"]
+
+
+class MinAtarObservation(gym.ObservationWrapper):  # type: ignore[type-arg]
+    """MinAtar's boolean ``(10, 10, C)`` frames as float32 ``(C, 10, 10)`` in [0, 1]."""
+
+    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        height, width, channels = env.observation_space.shape  # type: ignore[misc]
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (channels, height, width), np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.transpose(observation, (2, 0, 1)), dtype=np.float32)
+
+
+def _pixel_wrapper(size: int) -> Callable[[gym.Env], gym.Env]:  # type: ignore[type-arg]
+    def wrap(env: gym.Env) -> gym.Env:  # type: ignore[type-arg]
+        env = gym.wrappers.AddRenderObservation(env, render_only=True)
+        env = gym.wrappers.ResizeObservation(env, (size, size))
+        return gym.wrappers.GrayscaleObservation(env, keep_dim=True)
+
+    return wrap
+
+
+def make_env(
+    env_id: str,
+    n_envs: int = 1,
+    seed: int | None = None,
+    preset: str | None = None,
+    evaluation: bool = False,
+    subprocess: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+) -> VecEnv:
+    """A vectorised environment built as its family's preset says.
+
+    :param env_id: a gymnasium id (Atari ids need ale-py; MinAtar ids need minatar).
+    :param n_envs: parallel copies.
+    :param seed: base seed (copy i gets ``seed + i``).
+    :param preset: force a family preset (``control_pixels`` to learn a control task from pixels).
+    :param evaluation: use the preset's evaluation settings (Atari: whole games, unclipped score).
+    :param subprocess: one process per copy (``SubprocVecEnv``) instead of stepping them in turn.
+    :param env_kwargs: keyword arguments for ``gym.make``.
+    :raises UnknownEnvError: for an id no installed package registers, with the closest ids.
+    """
+    _check_env_id(env_id)
+    chosen = preset_for(env_id, preset)
+    kwargs = dict(env_kwargs or {})
+    vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
+    wrapper: Callable[..., gym.Env] | None = None  # type: ignore[type-arg]
+    wrapper_kwargs: dict[str, Any] | None = None
+    if chosen.wrapper == "atari":
+        from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+        wrapper = AtariWrapper
+        wrapper_kwargs = dict(chosen.eval_wrapper_kwargs) if evaluation else None
+    elif chosen.wrapper == "pixels":
+        kwargs.setdefault("render_mode", "rgb_array")
+        wrapper = _pixel_wrapper(chosen.size)
+    elif chosen.wrapper == "minatar":
+        wrapper = MinAtarObservation
+    elif chosen.wrapper != "none":
+        raise ValueError(f"Preset {chosen.family!r} names unknown wrapper {chosen.wrapper!r}.")
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, wrapper_class=wrapper,
+                       wrapper_kwargs=wrapper_kwargs, env_kwargs=kwargs)  # fmt: skip
+    if chosen.frame_stack:
+        env = VecFrameStack(env, n_stack=chosen.frame_stack)
+    return env

@@ -1,0 +1,118 @@
+"""``hp_rl.hub build``: pretrain source experts from a recipe with the project's own training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hp_rl.rl.config import apply_overrides, load_hyperparams
+from hp_rl.rl.envs import preset_for
+from hp_rl.rl.runs import RunConfig, RunFolder
+from hp_rl.rl.training import train
+
+__all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub"]
+
+
+@dataclass(frozen=True)
+class SourceTask:
+    """One expert to pretrain.
+
+    :param name: expert name in the hub.
+    :param env_id: source environment.
+    :param env_preset: force an ``envs/`` preset, or ``None`` to match by id.
+    :param env_kwargs: arguments for ``gym.make`` (physics variants of a control task).
+    """
+
+    name: str
+    env_id: str
+    env_preset: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a hub is pretrained (a YAML file in ``configs/hubs/``).
+
+    :param path: the recipe file.
+    :param algo: training algorithm of every source expert.
+    :param n_timesteps: environment steps per expert.
+    :param seed: seed of every expert's training.
+    :param tasks: the source tasks.
+    :param overrides: hyperparameter overrides on top of ``configs/<algo>.yml``.
+    :param save_freq: checkpoint interval in steps (the build resumes from the last one).
+    :param eval_episodes: episodes of the final evaluation on the source task.
+    """
+
+    path: Path
+    algo: str
+    n_timesteps: int
+    seed: int
+    tasks: tuple[SourceTask, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    save_freq: int = 50_000
+    eval_episodes: int = 10
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    allowed = {"description", "algo", "n_timesteps", "seed", "tasks", "overrides", "save_freq", "eval_episodes", "export"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+    for key in ("algo", "n_timesteps", "tasks"):
+        if key not in raw:
+            raise ValueError(f"{path}: key '{key}' is required.")
+    tasks = tuple(SourceTask(**task) for task in raw["tasks"])
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: task names must be unique, got {names}.")
+    return Recipe(path, raw["algo"], int(raw["n_timesteps"]), int(raw.get("seed", 0)), tasks,
+                  dict(raw.get("overrides") or {}), int(raw.get("save_freq", 50_000)),
+                  int(raw.get("eval_episodes", 10)))  # fmt: skip
+
+
+def _task_config(recipe: Recipe, task: SourceTask) -> RunConfig:
+    family = preset_for(task.env_id, task.env_preset).family
+    params = apply_overrides(load_hyperparams(recipe.algo, family), recipe.overrides)
+    return RunConfig(algo=recipe.algo, env_id=task.env_id, hub=None, n_timesteps=recipe.n_timesteps,
+                     seed=recipe.seed, n_envs=int(params.get("n_envs", 1)), env_preset=task.env_preset,
+                     save_freq=recipe.save_freq, hyperparams=params)  # fmt: skip
+
+
+def build_hub(recipe_path: str | Path, workdir: str | Path, only: list[str] | None = None,
+              progress_bar: bool = False) -> dict[str, Path]:  # fmt: skip
+    """Train every source task of a recipe that is not finished yet; resumable.
+
+    Each task trains in ``workdir/<task name>``; a task whose ``model.zip`` exists is skipped, one with
+    checkpoints continues from the latest.
+
+    :return: task name -> final model path.
+    """
+    recipe = load_recipe(recipe_path)
+    root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    finished: dict[str, Path] = {}
+    for task in recipe.tasks:
+        if only and task.name not in only:
+            continue
+        folder = RunFolder(root / task.name)
+        if folder.final_model.is_file():
+            finished[task.name] = folder.final_model
+            continue
+        config = _task_config(recipe, task)
+        resume = folder.checkpoints.is_dir() and any(folder.checkpoints.glob("rl_model_*_steps.zip"))
+        if not resume:
+            folder.checkpoints.mkdir(parents=True, exist_ok=True)
+            folder.write_start(config, ["hub", "build", str(recipe_path)])
+        print(f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
+              + (" (resuming)" if resume else ""), flush=True)  # fmt: skip
+        model = train(config, folder, resume=resume, progress_bar=progress_bar)
+        if model.num_timesteps < config.n_timesteps:  # interrupted: the checkpoint is written
+            break
+        finished[task.name] = folder.final_model
+    return finished

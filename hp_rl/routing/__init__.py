@@ -1,0 +1,34 @@
+"""The routing core of Hub-Pathway, in plain PyTorch (no RL or vision dependencies)."""
+
+from hp_rl.routing.experts import AdaptedExpert
+from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
+from hp_rl.routing.init import KeepInit
+from hp_rl.routing.losses import balance_loss, cv_squared, smooth_load, switch_balance_loss
+from hp_rl.routing.noise import content_keyed_normal
+from hp_rl.routing.pathway import ExpertBatch, HubPathway, NoiseSource, PathwayOutput
+from hp_rl.routing.router import BalanceMode, NoiseMode, NoisyTopKRouter, Routes
+from hp_rl.routing.stats import GateStatistics, GateSummary
+
+__all__ = [
+    "AdaptedExpert",
+    "BalanceMode",
+    "ExpertBatch",
+    "GateStatistics",
+    "GateSummary",
+    "GeneratorLogits",
+    "HubPathway",
+    "KeepInit",
+    "NoiseMode",
+    "NoiseSource",
+    "NoisyTopKRouter",
+    "PathwayGenerator",
+    "PathwayOutput",
+    "Routes",
+    "balance_loss",
+    "content_keyed_normal",
+    "conv_body",
+    "cv_squared",
+    "mlp_body",
+    "smooth_load",
+    "switch_balance_loss",
+]

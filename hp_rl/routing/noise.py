@@ -1,0 +1,58 @@
+"""Routing noise keyed by observation content, so a replayed observation gets the same noise.
+
+On-policy algorithms compute old log-probabilities during the rollout and new ones during the update.
+Noise drawn afresh at each call would route the same observation differently in the two passes and bias
+the probability ratio. Here the noise is a pure function of (observation bytes, seed, epoch): the update
+sees exactly the noise the rollout saw, and advancing the epoch re-draws it for the next rollout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["content_keyed_normal"]
+
+_MASK_24 = (1 << 24) - 1
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
+_MIX_1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX_2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _mix(h: Tensor) -> Tensor:
+    """splitmix64 finaliser on int64 tensors (wrapping arithmetic, logical shifts emulated)."""
+    h = h ^ ((h >> 30) & ((1 << 34) - 1))
+    h = h * _MIX_1
+    h = h ^ ((h >> 27) & ((1 << 37) - 1))
+    h = h * _MIX_2
+    return h ^ ((h >> 31) & ((1 << 33) - 1))
+
+
+def _content_hash(x: Tensor, seed: int) -> Tensor:
+    """One int64 per sample from the exact bit pattern of its float32 values.
+
+    :param x: ``(B, ...)`` observations.
+    :return: ``(B,)`` int64 hashes; equal rows give equal hashes whatever the batch.
+    """
+    flat = x.detach().reshape(x.shape[0], -1).float().contiguous().view(torch.int32).long()
+    positions = torch.arange(flat.shape[1], device=x.device, dtype=torch.int64)
+    # Integer sums wrap and are exact, so the hash does not depend on reduction order.
+    weights = _mix(positions * _GOLDEN + seed) | 1
+    return _mix((flat * weights).sum(dim=1) + seed)
+
+
+def content_keyed_normal(x: Tensor, num: int, seed: int, epoch: int) -> Tensor:
+    """Standard normal draws that depend only on each sample's content, ``seed`` and ``epoch``.
+
+    :param x: ``(B, ...)`` observations.
+    :param num: draws per sample.
+    :param seed: stream seed.
+    :param epoch: re-draw counter; a new epoch gives independent noise for the same sample.
+    :return: ``(B, num)`` float32 tensor of N(0, 1) values.
+    """
+    base = _content_hash(x, seed) + epoch * _MIX_1  # (B,)
+    counters = torch.arange(2 * num, device=x.device, dtype=torch.int64)
+    bits = _mix(base[:, None] + (counters[None, :] + 1) * _GOLDEN) & _MASK_24
+    uniform = (bits.float() + 0.5) / float(1 << 24)  # open interval (0, 1)
+    u1, u2 = uniform[:, :num], uniform[:, num:]
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)

@@ -1,0 +1,140 @@
+"""Hub-Pathway: generator -> noisy top-k routes -> sparse expert dispatch -> weighted aggregation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hp_rl.routing.generator import PathwayGenerator
+from hp_rl.routing.noise import content_keyed_normal
+from hp_rl.routing.router import Routes
+
+__all__ = ["ExpertBatch", "PathwayOutput", "HubPathway", "NoiseSource"]
+
+
+@dataclass(frozen=True)
+class ExpertBatch:
+    """What one expert computed on the samples routed to it.
+
+    :param sample_index: ``(n,)`` rows of the batch routed to this expert.
+    :param features: ``(n, d)`` the expert's adapted output on those rows.
+    :param weight: ``(n,)`` the pathway weight of this expert on those rows.
+    """
+
+    sample_index: Tensor
+    features: Tensor
+    weight: Tensor
+
+
+@dataclass(frozen=True)
+class PathwayOutput:
+    """Result of one Hub-Pathway forward pass.
+
+    :param features: ``(B, d)`` aggregated features ``sum_i w_i z_i``.
+    :param routes: the routing decision and its balance terms.
+    :param experts: per expert name, what it computed on its routed samples (absent when none routed).
+    :param expert_names: expert names in column order of ``routes.weights``.
+    :param explore_loss: scalar exploration (load balance) loss.
+    """
+
+    features: Tensor
+    routes: Routes
+    experts: Mapping[str, ExpertBatch]
+    expert_names: tuple[str, ...]
+    explore_loss: Tensor
+
+
+@dataclass
+class NoiseSource:
+    """Where routing noise comes from.
+
+    ``keyed`` draws noise from each sample's content (see :mod:`hp_rl.routing.noise`), so the same
+    observation gets the same noise until ``epoch`` advances; otherwise noise comes from ``torch.randn``.
+
+    :param enabled: add noise at all (turn off for deterministic evaluation).
+    :param keyed: content-keyed instead of random noise.
+    :param seed: stream seed for keyed noise.
+    :param epoch: re-draw counter for keyed noise.
+    """
+
+    enabled: bool = True
+    keyed: bool = True
+    seed: int = 0
+    epoch: int = 0
+
+    def draw(self, x: Tensor, num: int) -> Tensor | None:
+        """:param x: ``(B, ...)`` inputs. :return: ``(B, num)`` N(0, 1) noise or ``None`` when disabled."""
+        if not self.enabled:
+            return None
+        if self.keyed:
+            return content_keyed_normal(x, num, self.seed, self.epoch)
+        return torch.randn(x.shape[0], num, device=x.device)
+
+
+class HubPathway(nn.Module):
+    """Routes each sample through the top-k experts of a hub and aggregates their outputs.
+
+    Only the routed experts run on a sample (sparse dispatch), so compute grows with k, not m.
+
+    :param experts: name -> module mapping ``(B, ...)`` inputs to ``(B, d)`` features, all the same d.
+    :param generator: the pathway generator (m outputs, in the order of ``experts``).
+    :param router: a :class:`~hp_rl.routing.router.NoisyTopKRouter` for m experts.
+    :param sparse: run experts only on routed samples; ``False`` runs every expert on every sample and
+        masks by the weights (same output, for testing and the dense baseline).
+    """
+
+    def __init__(self, experts: Mapping[str, nn.Module], generator: PathwayGenerator, router: nn.Module,
+                 sparse: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        if not experts:
+            raise ValueError("A hub needs at least one expert.")
+        num = getattr(router, "num_experts", None)
+        if num != len(experts):
+            raise ValueError(f"The router expects {num} experts but the hub has {len(experts)}.")
+        self.experts = nn.ModuleDict(dict(experts))
+        self.generator = generator
+        self.router = router
+        self.sparse = sparse
+        self.noise = NoiseSource()
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        """Names in the column order of the pathway weights."""
+        return tuple(self.experts.keys())
+
+    def route(self, x: Tensor) -> Routes:
+        """Routing decision only. :param x: ``(B, ...)`` inputs."""
+        logits = self.generator(x)
+        noise = self.noise.draw(x, len(self.experts))
+        routes: Routes = self.router(logits.clean, logits.noise, noise)
+        return routes
+
+    def forward(self, x: Tensor) -> PathwayOutput:
+        """:param x: ``(B, ...)`` inputs. :return: aggregated ``(B, d)`` features and routing details."""
+        routes = self.route(x)
+        names = self.expert_names
+        combined: Tensor | None = None
+        per_expert: dict[str, ExpertBatch] = {}
+        routed = routes.weights > 0  # (B, m)
+        for column, name in enumerate(names):
+            expert = self.experts[name]
+            if self.sparse:
+                index = routed[:, column].nonzero(as_tuple=True)[0]
+                if index.numel() == 0:
+                    continue
+                z = expert(x.index_select(0, index))
+            else:
+                index = torch.arange(x.shape[0], device=x.device)
+                z = expert(x)
+            weight = routes.weights.index_select(0, index)[:, column]
+            if combined is None:
+                combined = z.new_zeros(x.shape[0], z.shape[1])
+            combined = combined.index_add(0, index, weight[:, None] * z)
+            if self.sparse or bool(routed[:, column].any()):
+                keep = routed[index, column]
+                per_expert[name] = ExpertBatch(index[keep], z[keep], weight[keep])
+        assert combined is not None  # every row routes to k >= 1 experts
+        return PathwayOutput(combined, routes, per_expert, names, routes.balance_loss)
