@@ -14,6 +14,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from hp_rl.hub import HubExpert, HubSpec, build_input_adapter, load_expert, parse_hub
+from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
 from hp_rl.routing import (
     AdaptedExpert,
@@ -65,7 +66,8 @@ def attach_loss(features: Tensor, loss: Tensor) -> Tensor:
 
 
 def _frozen_key(spec: ExpertSpec, observation_shape: tuple[int, ...]) -> str:
-    return json.dumps([spec.as_dict(), list(observation_shape)], sort_keys=True, default=str)
+    seed = random_expert_seed(spec) if spec.source == "random" else None
+    return json.dumps([spec.as_dict(), list(observation_shape), seed], sort_keys=True, default=str)
 
 
 class HubPathwayExtractor(BaseFeaturesExtractor):

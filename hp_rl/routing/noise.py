@@ -19,6 +19,12 @@ _MIX_1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _MIX_2 = -7723592293110705685  # 0x94D049BB133111EB
 
 
+def _wrap64(value: int) -> int:
+    """A Python integer reduced to the signed int64 it would wrap to."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _mix(h: Tensor) -> Tensor:
     """splitmix64 finaliser on int64 tensors (wrapping arithmetic, logical shifts emulated)."""
     h = h ^ ((h >> 30) & ((1 << 34) - 1))
@@ -50,7 +56,7 @@ def content_keyed_normal(x: Tensor, num: int, seed: int, epoch: int) -> Tensor:
     :param epoch: re-draw counter; a new epoch gives independent noise for the same sample.
     :return: ``(B, num)`` float32 tensor of N(0, 1) values.
     """
-    base = _content_hash(x, seed) + epoch * _MIX_1  # (B,)
+    base = _content_hash(x, _wrap64(seed)) + _wrap64(epoch * _MIX_1)  # (B,)
     counters = torch.arange(2 * num, device=x.device, dtype=torch.int64)
     bits = _mix(base[:, None] + (counters[None, :] + 1) * _GOLDEN) & _MASK_24
     uniform = (bits.float() + 0.5) / float(1 << 24)  # open interval (0, 1)

@@ -47,30 +47,49 @@ class PathwayOutput:
     explore_loss: Tensor
 
 
-@dataclass
-class NoiseSource:
+class NoiseSource(nn.Module):
     """Where routing noise comes from.
 
     ``keyed`` draws noise from each sample's content (see :mod:`hp_rl.routing.noise`), so the same
     observation gets the same noise until ``epoch`` advances; otherwise noise comes from ``torch.randn``.
+    Seed and epoch are saved with the model, so a loaded model routes as the saved one did.
 
     :param enabled: add noise at all (turn off for deterministic evaluation).
     :param keyed: content-keyed instead of random noise.
     :param seed: stream seed for keyed noise.
-    :param epoch: re-draw counter for keyed noise.
     """
 
-    enabled: bool = True
-    keyed: bool = True
-    seed: int = 0
-    epoch: int = 0
+    def __init__(self, enabled: bool = True, keyed: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.enabled = enabled
+        self.keyed = keyed
+        self.register_buffer("state", torch.tensor([seed, 0], dtype=torch.int64))
+
+    @property
+    def seed(self) -> int:
+        """Stream seed of keyed noise."""
+        return int(self.state[0])
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.state[0] = value
+
+    @property
+    def epoch(self) -> int:
+        """Re-draw counter of keyed noise."""
+        return int(self.state[1])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.state[1] = value
 
     def draw(self, x: Tensor, num: int) -> Tensor | None:
         """:param x: ``(B, ...)`` inputs. :return: ``(B, num)`` N(0, 1) noise or ``None`` when disabled."""
         if not self.enabled:
             return None
         if self.keyed:
-            return content_keyed_normal(x, num, self.seed, self.epoch)
+            seed, epoch = self.state.tolist()
+            return content_keyed_normal(x, num, seed, epoch)
         return torch.randn(x.shape[0], num, device=x.device)
 
 
