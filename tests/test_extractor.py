@@ -107,7 +107,8 @@ def test_images_and_vectors_and_mixed_feature_sizes(tmp_path: Path) -> None:
         {"name": "small_frames", "source": "random", "arch": "nature_cnn", "input_shape": [2, 42, 42]},
     ]}  # fmt: skip
     env = make_env("BreakoutNoFrameskip-v4", n_envs=2, seed=0)
-    model = PPO("CnnPolicy", env, n_steps=8, batch_size=16, n_epochs=1, policy_kwargs=hub_kwargs(hub, k=3, features_dim=32))
+    model = PPO("CnnPolicy", env, n_steps=8, batch_size=16, n_epochs=1,
+                policy_kwargs=hub_kwargs(hub, k=3, features_dim=32))  # fmt: skip
     model.learn(16)
     extractor = find_hub_extractors(model)[0]
     assert extractor.features_dim == 32

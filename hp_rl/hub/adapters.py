@@ -24,10 +24,8 @@ class ChannelMap(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(1.0 / in_channels)
-            self.conv.bias.zero_()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1.0 / in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, C_in, H, W)``. :return: ``(B, C_out, H, W)``."""

@@ -62,7 +62,7 @@ def _load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def _square_frame_for(flat_size: int) -> int:
-    side = int(round(math.sqrt(flat_size / 64)))
+    side = round(math.sqrt(flat_size / 64))
     for size in range(36, 512):
         if nature_cnn_flat_size(size, size) == flat_size:
             return size

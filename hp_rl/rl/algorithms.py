@@ -9,7 +9,7 @@ loss reaches SB3's unmodified ``train()`` through the value output (see
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +20,7 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.type_aliases import RolloutBufferSamples
+from stable_baselines3.common.type_aliases import PyTorchObs, RolloutBufferSamples
 from torch import Tensor
 
 from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss
@@ -48,9 +48,9 @@ class TrackingRolloutBuffer(RolloutBuffer):
 class _ExploitationPolicyMixin:
     """Adds the exploitation loss, when ``exploitation_hook`` is set, to ``evaluate_actions``'s values."""
 
-    exploitation_hook: Any = None
+    exploitation_hook: Callable[[Tensor], Tensor | None] | None = None
 
-    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def evaluate_actions(self, obs: PyTorchObs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         values, log_prob, entropy = super().evaluate_actions(obs, actions)  # type: ignore[misc]
         if self.exploitation_hook is not None:
             loss = self.exploitation_hook(actions)
@@ -67,14 +67,17 @@ class HubActorCriticCnnPolicy(_ExploitationPolicyMixin, ActorCriticCnnPolicy):
     """SB3's ``CnnPolicy`` for HubPPO/HubA2C (adds the exploitation loss during training)."""
 
 
-def _hub_policy_kwargs(policy_kwargs: dict[str, Any] | None, hub: Any, extractor_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _hub_policy_kwargs(
+    policy_kwargs: dict[str, Any] | None, hub: Any, extractor_kwargs: dict[str, Any]
+) -> dict[str, Any]:
     kwargs = dict(policy_kwargs or {})
     if hub is None:
         return kwargs
     if "features_extractor_class" in kwargs and kwargs["features_extractor_class"] is not HubPathwayExtractor:
         raise ValueError("Give either hub=... or a features_extractor_class in policy_kwargs, not both.")
     kwargs["features_extractor_class"] = HubPathwayExtractor
-    kwargs["features_extractor_kwargs"] = {"hub": hub, **extractor_kwargs, **kwargs.get("features_extractor_kwargs", {})}
+    user_kwargs = kwargs.get("features_extractor_kwargs", {})
+    kwargs["features_extractor_kwargs"] = {"hub": hub, **extractor_kwargs, **user_kwargs}
     kwargs.setdefault("net_arch", [])
     return kwargs
 
@@ -87,8 +90,13 @@ class _HubOnPolicyMixin:
         "CnnPolicy": HubActorCriticCnnPolicy,
     }
     exploit_coef: float
-    policy: ActorCriticPolicy
     rollout_buffer: RolloutBuffer
+
+    @property
+    def _policy(self) -> ActorCriticPolicy:
+        policy = getattr(self, "policy")  # noqa: B009 - the algorithm class defines it, not this mixin
+        assert isinstance(policy, ActorCriticPolicy)
+        return policy
 
     def _split_hub_kwargs(self, kwargs: dict[str, Any], hub: Any) -> dict[str, Any]:
         extractor_kwargs = {key: kwargs.pop(key) for key in _EXTRACTOR_KEYS if key in kwargs}
@@ -101,7 +109,7 @@ class _HubOnPolicyMixin:
     # --- per-group learning rates -------------------------------------------------------------------
     def _hub_extractors(self) -> list[HubPathwayExtractor]:
         seen: dict[int, HubPathwayExtractor] = {}
-        for module in self.policy.modules():
+        for module in self._policy.modules():
             if isinstance(module, HubPathwayExtractor):
                 seen.setdefault(id(module), module)
         return list(seen.values())
@@ -115,10 +123,10 @@ class _HubOnPolicyMixin:
         if not scaled:
             return
         in_scaled = {id(p) for params in scaled.values() for p in params}
-        base = [p for p in self.policy.parameters() if id(p) not in in_scaled]
+        base = [p for p in self._policy.parameters() if id(p) not in in_scaled]
         groups = [{"params": base, "lr_scale": 1.0}]
         groups += [{"params": list({id(p): p for p in params}.values()), "lr_scale": s} for s, params in scaled.items()]
-        policy = self.policy
+        policy = self._policy
         policy.optimizer = policy.optimizer_class(groups, lr=self.lr_schedule(1), **policy.optimizer_kwargs)  # type: ignore[attr-defined,call-arg]
 
     def _update_learning_rate(self, optimizers: torch.optim.Optimizer | list[torch.optim.Optimizer]) -> None:
@@ -138,8 +146,9 @@ class _HubOnPolicyMixin:
 
     def _exploitation_loss(self, actions: Tensor) -> Tensor | None:
         batch = self.rollout_buffer.current if isinstance(self.rollout_buffer, TrackingRolloutBuffer) else None
-        pi_output = self._last_output(self.policy.pi_features_extractor)
-        vf_output = self._last_output(self.policy.vf_features_extractor)
+        policy = self._policy
+        pi_output = self._last_output(policy.pi_features_extractor)
+        vf_output = self._last_output(policy.vf_features_extractor)
         if pi_output is None or vf_output is None:
             return None
         self._explore_values.append(float(pi_output.explore_loss.detach()))
@@ -152,10 +161,10 @@ class _HubOnPolicyMixin:
             vf_batch = vf_output.experts.get(name)
             if vf_batch is None or not torch.equal(vf_batch.sample_index, pi_batch.sample_index):
                 continue  # separate actor/critic extractors routed this expert differently
-            latent_pi = self.policy.mlp_extractor.forward_actor(pi_batch.features)
-            latent_vf = self.policy.mlp_extractor.forward_critic(vf_batch.features)
-            distribution = self.policy._get_action_dist_from_latent(latent_pi)
-            values = self.policy.value_net(latent_vf).flatten()
+            latent_pi = policy.mlp_extractor.forward_actor(pi_batch.features)
+            latent_vf = policy.mlp_extractor.forward_critic(vf_batch.features)
+            distribution = policy._get_action_dist_from_latent(latent_pi)
+            values = policy.value_net(latent_vf).flatten()
             index = pi_batch.sample_index
             loss = self._expert_loss(distribution, values, batch, index, advantages) * index.numel()
             total = loss if total is None else total + loss
@@ -174,14 +183,14 @@ class _HubOnPolicyMixin:
         """SB3's ``train()``, with the exploitation loss joined to each minibatch's loss."""
         self._explore_values: list[float] = []
         self._exploit_values: list[float] = []
-        hooked = isinstance(self.policy, _ExploitationPolicyMixin)
-        if hooked:
-            self.policy.exploitation_hook = self._exploitation_loss  # type: ignore[attr-defined]
+        policy = self._policy
+        if isinstance(policy, _ExploitationPolicyMixin):
+            policy.exploitation_hook = self._exploitation_loss
         try:
             super().train()  # type: ignore[misc]
         finally:
-            if hooked:
-                self.policy.exploitation_hook = None  # type: ignore[attr-defined]
+            if isinstance(policy, _ExploitationPolicyMixin):
+                policy.exploitation_hook = None
         if self._explore_values:
             self.logger.record("train/explore_loss", float(np.mean(self._explore_values)))  # type: ignore[attr-defined]
         if self._exploit_values:

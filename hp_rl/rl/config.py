@@ -102,7 +102,9 @@ def resolve_hyperparams(params: dict[str, Any]) -> dict[str, Any]:
     name = policy_kwargs.get("optimizer_class")
     if isinstance(name, str):
         if name not in _OPTIMIZERS:
-            raise ConfigError(f"policy_kwargs.optimizer_class: unknown optimizer {name!r}; known: {sorted(_OPTIMIZERS)}.")
+            raise ConfigError(
+                f"policy_kwargs.optimizer_class: unknown optimizer {name!r}; known: {sorted(_OPTIMIZERS)}."
+            )
         module, attr = _OPTIMIZERS[name]
         policy_kwargs["optimizer_class"] = getattr(importlib.import_module(module), attr)
     if policy_kwargs:

@@ -101,10 +101,10 @@ def preset_for(env_id: str, preset: str | None = None) -> EnvPreset:
     return presets["control"]
 
 
-class MinAtarObservation(gym.ObservationWrapper):  # type: ignore[type-arg]
+class MinAtarObservation(gym.ObservationWrapper):
     """MinAtar's boolean ``(10, 10, C)`` frames as float32 ``(C, 10, 10)`` in [0, 1]."""
 
-    def __init__(self, env: gym.Env) -> None:  # type: ignore[type-arg]
+    def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         height, width, channels = env.observation_space.shape  # type: ignore[misc]
         self.observation_space = gym.spaces.Box(0.0, 1.0, (channels, height, width), np.float32)
@@ -113,8 +113,8 @@ class MinAtarObservation(gym.ObservationWrapper):  # type: ignore[type-arg]
         return np.ascontiguousarray(np.transpose(observation, (2, 0, 1)), dtype=np.float32)
 
 
-def _pixel_wrapper(size: int) -> Callable[[gym.Env], gym.Env]:  # type: ignore[type-arg]
-    def wrap(env: gym.Env) -> gym.Env:  # type: ignore[type-arg]
+def _pixel_wrapper(size: int) -> Callable[[gym.Env], gym.Env]:
+    def wrap(env: gym.Env) -> gym.Env:
         env = gym.wrappers.AddRenderObservation(env, render_only=True)
         env = gym.wrappers.ResizeObservation(env, (size, size))
         return gym.wrappers.GrayscaleObservation(env, keep_dim=True)
@@ -146,7 +146,7 @@ def make_env(
     chosen = preset_for(env_id, preset)
     kwargs = dict(env_kwargs or {})
     vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
-    wrapper: Callable[..., gym.Env] | None = None  # type: ignore[type-arg]
+    wrapper: Callable[..., gym.Env] | None = None
     wrapper_kwargs: dict[str, Any] | None = None
     if chosen.wrapper == "atari":
         from stable_baselines3.common.atari_wrappers import AtariWrapper

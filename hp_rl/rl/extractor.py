@@ -101,7 +101,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
 
     def __init__(
         self,
-        observation_space: spaces.Space,  # type: ignore[type-arg]
+        observation_space: spaces.Space,
         hub: str | Sequence[str] | Mapping[str, Any],
         k: int = 2,
         features_dim: int = 256,
@@ -139,7 +139,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             if not frozen:
                 self.lr_scales[expert_spec.name] = expert_spec.lr_scale * expert_lr_scale
         if len(shape) == 3:
-            body, body_dim = conv_body(*shape)  # type: ignore[misc]
+            body, body_dim = conv_body(shape[0], shape[1], shape[2])
         else:
             body, body_dim = mlp_body(int(torch.Size(shape).numel()))
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
@@ -238,7 +238,8 @@ def find_hub_extractors(model_or_module: Any) -> list[HubPathwayExtractor]:
 def routing_noise(model_or_module: Any, enabled: bool) -> Iterator[None]:
     """Turn routing noise on or off for every hub extractor of a model (off for deterministic evaluation)."""
     root = getattr(model_or_module, "policy", model_or_module)
-    extractors = [m for m in root.modules() if isinstance(m, HubPathwayExtractor)] if isinstance(root, nn.Module) else []
+    modules = root.modules() if isinstance(root, nn.Module) else []
+    extractors = [m for m in modules if isinstance(m, HubPathwayExtractor)]
     previous = [e.pathway.noise.enabled for e in extractors]
     for extractor in extractors:
         extractor.pathway.noise.enabled = enabled and extractor._noise_requested

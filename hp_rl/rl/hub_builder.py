@@ -60,7 +60,8 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text())
-    allowed = {"description", "algo", "n_timesteps", "seed", "tasks", "overrides", "save_freq", "eval_episodes", "export"}
+    allowed = {"description", "algo", "n_timesteps", "seed", "tasks", "overrides", "save_freq", "eval_episodes",
+               "export"}  # fmt: skip
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")

@@ -28,5 +28,5 @@ class KeepInit(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
-    def apply(self, fn: Callable[[nn.Module], None]) -> KeepInit:  # noqa: D102 - see class docstring
+    def apply(self, fn: Callable[[nn.Module], None]) -> KeepInit:
         return self

@@ -59,6 +59,8 @@ class NoiseSource(nn.Module):
     :param seed: stream seed for keyed noise.
     """
 
+    state: Tensor  # (2,) int64: seed, epoch
+
     def __init__(self, enabled: bool = True, keyed: bool = True, seed: int = 0) -> None:
         super().__init__()
         self.enabled = enabled
