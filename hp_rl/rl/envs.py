@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class MinAtarObservation(gym.ObservationWrapper):
 
 def _pixel_wrapper(size: int) -> Callable[[gym.Env], gym.Env]:
     def wrap(env: gym.Env) -> gym.Env:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # render off-screen: no display needed
         env = gym.wrappers.AddRenderObservation(env, render_only=True)
         env = gym.wrappers.ResizeObservation(env, (size, size))
         return gym.wrappers.GrayscaleObservation(env, keep_dim=True)
