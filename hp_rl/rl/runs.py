@@ -5,15 +5,16 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import re
+import shlex
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "RunFolder", "package_versions", "latest_checkpoint"]
+__all__ = ["RunConfig", "RunFolder", "package_versions", "latest_checkpoint", "checkpoints_by_step"]
 
 _CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip$")
 
@@ -37,6 +38,7 @@ class RunConfig:
     :param device: torch device.
     :param hyperparams: algorithm keyword arguments after overrides (plain data).
     :param hub_kwargs: extra extractor keyword arguments (noise, coefficients, ...).
+    :param env_kwargs: keyword arguments for ``gym.make`` (physics variants of a control task).
     """
 
     algo: str
@@ -53,6 +55,7 @@ class RunConfig:
     device: str = "auto"
     hyperparams: dict[str, Any] = field(default_factory=dict)
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_yaml(self) -> str:
         """The config as YAML."""
@@ -60,8 +63,22 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> RunConfig:
-        """Read a ``config.yml`` written by :meth:`to_yaml`."""
-        raw = yaml.safe_load(path.read_text())
+        """Read a ``config.yml`` written by :meth:`to_yaml`.
+
+        :raises ValueError: for a file that is not such a mapping (naming the unknown or missing keys).
+        """
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML ({error}).") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} does not hold a run configuration (a mapping with algo, env_id, hub, ...).")
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        missing = sorted(name for name in ("algo", "env_id", "hub") if name not in raw)
+        if unknown or missing:
+            raise ValueError(f"{path}: unknown key(s) {unknown}, missing key(s) {missing}; "
+                             f"known keys: {sorted(known)}.")  # fmt: skip
         return cls(**raw)
 
 
@@ -84,13 +101,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def checkpoints_by_step(folder: Path) -> list[tuple[Path, int]]:
+    """Every checkpoint ``rl_model_<steps>_steps.zip`` in ``folder`` with its step count, newest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("rl_model_*_steps.zip") if (m := _CHECKPOINT.search(p.name))]
+    return [(path, steps) for steps, path in sorted(found, reverse=True)]
+
+
 def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
     """The checkpoint with the most steps in ``folder``, and its step count."""
-    found = [(int(m.group(1)), p) for p in folder.glob("rl_model_*_steps.zip") if (m := _CHECKPOINT.search(p.name))]
-    if not found:
-        return None
-    steps, path = max(found)
-    return path, steps
+    found = checkpoints_by_step(folder)
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
@@ -130,9 +150,40 @@ class RunFolder:
         (path / "checkpoints").mkdir()
         return cls(path)
 
+    @property
+    def versions(self) -> Path:
+        return self.path / "versions.yml"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "evaluation.yml"
+
+    @property
+    def best_model(self) -> Path:
+        return self.path / "eval" / "best_model.zip"
+
+    def _append_command(self, argv: list[str]) -> None:
+        with open(self.path / "command.txt", "a") as handle:
+            handle.write(shlex.join([Path(sys.executable).name, "-m", "hp_rl.train", *argv]) + "\n")
+
     def write_start(self, config: RunConfig, argv: list[str]) -> None:
         """Record the resolved config, the command line and the package versions."""
         self.config.write_text(config.to_yaml())
-        with open(self.path / "command.txt", "a") as handle:
-            handle.write(" ".join([Path(sys.executable).name, "-m", "hp_rl.train", *argv]) + "\n")
-        (self.path / "versions.yml").write_text(yaml.safe_dump(package_versions(), sort_keys=False))
+        self._append_command(argv)
+        self.versions.write_text(yaml.safe_dump(package_versions(), sort_keys=False))
+
+    def write_resume(self, config: RunConfig, argv: list[str], steps: int) -> Path | None:
+        """Record a resumed start: the (possibly extended) config, the command line, and the package
+        versions in ``versions_resume_<steps>.yml`` when they differ from ``versions.yml``.
+
+        :return: the file with the changed versions, or ``None`` when nothing changed.
+        """
+        self.config.write_text(config.to_yaml())
+        self._append_command(argv)
+        current = package_versions()
+        recorded = yaml.safe_load(self.versions.read_text()) if self.versions.is_file() else None
+        if recorded == current:
+            return None
+        path = self.path / f"versions_resume_{steps}.yml"
+        path.write_text(yaml.safe_dump(current, sort_keys=False))
+        return path

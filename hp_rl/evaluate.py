@@ -1,0 +1,298 @@
+"""``python -m hp_rl.evaluate RUN``: evaluate a trained run and optionally record a video of one episode.
+
+Examples::
+
+    python -m hp_rl.evaluate runs/ppo_CartPole-v1_random4-k1_1 --episodes 20
+    python -m hp_rl.evaluate runs/ppo_BreakoutNoFrameskip-v4_atari-k2_1 --checkpoint best --video breakout.mp4
+
+The model is built from the run's ``config.yml`` (algorithm, environment, preset) and evaluated on the
+preset's evaluation environment (Atari: whole games with the true score) with routing noise off. The
+result is printed and appended to ``RUN/evaluation.yml``.
+
+Exit codes: 0 done; 2 a usage or input error (the message names the problem and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
+
+VIDEO_FORMATS = (".mp4", ".avi", ".gif")
+_GIF_MAX_FRAMES = 3000  # a gif keeps every frame in memory; mp4/avi stream to disk
+_MAX_FRAMES = 30_000
+
+
+class CliError(Exception):
+    """A problem with the command line or its inputs: reported in one paragraph, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m hp_rl.evaluate``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hp_rl.evaluate",
+        description="Evaluate the model of a run folder made by python -m hp_rl.train.",
+    )
+    parser.add_argument("run", metavar="RUN", help="the run folder (for example runs/ppo_CartPole-v1_nohub_1)")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default: 10)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                      help="greedy actions (default)")  # fmt: skip
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    parser.add_argument("--video", metavar="PATH",
+                        help="record one episode to PATH (.mp4 or .avi with opencv, .gif with pillow)")  # fmt: skip
+    parser.add_argument("--checkpoint", choices=("best", "final", "latest"),
+                        help="which model: final (model.zip), best (eval/best_model.zip, needs --eval-freq during "
+                        "training) or latest (newest checkpoint). Default: final, else latest")  # fmt: skip
+    parser.add_argument("--seed", type=int, help="seed of the evaluation environment (default: the run's seed + 20000)")
+    parser.add_argument("--device", default="auto", help="torch device (default: auto)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks with error messages")
+    return parser
+
+
+def choose_checkpoint(folder: Any, which: str | None) -> Path:
+    """The model file of a run folder for ``--checkpoint`` (``None``: final, else the latest checkpoint).
+
+    :param folder: a :class:`~hp_rl.rl.runs.RunFolder`.
+    :param which: ``best``, ``final``, ``latest`` or ``None``.
+    :raises CliError: when the asked-for file is not there.
+    """
+    from hp_rl.rl.runs import latest_checkpoint
+
+    if which == "best":
+        if not folder.best_model.is_file():
+            raise CliError(f"{folder.best_model} does not exist: no evaluation ran during training (it runs every "
+                           "--eval-freq steps). Use --checkpoint final or --checkpoint latest.")  # fmt: skip
+        return Path(folder.best_model)
+    if which in (None, "final") and folder.final_model.is_file():
+        return Path(folder.final_model)
+    found = latest_checkpoint(folder.checkpoints)
+    if which == "final":
+        hint = " Use --checkpoint latest, or finish it with python -m hp_rl.train --resume RUN." if found else ""
+        raise CliError(f"{folder.final_model} does not exist: the run has not finished.{hint}")
+    if found is None:
+        raise CliError(f"{folder.path} holds no model: neither model.zip nor a checkpoint in {folder.checkpoints}. "
+                       "Train it (python -m hp_rl.train) or resume it (--resume) first.")  # fmt: skip
+    if which is None:
+        print(f"note: no model.zip (the run has not finished); evaluating the latest checkpoint {found[0].name}.",
+              file=sys.stderr)  # fmt: skip
+    return found[0]
+
+
+class _FrameWriter:
+    """Streams RGB frames to an .mp4/.avi file (opencv) or collects them for a .gif (pillow).
+
+    :param path: output file; its suffix picks the format.
+    :param fps: frames per second.
+    """
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = path
+        self.fps = fps
+        self.suffix = path.suffix.lower()
+        if self.suffix not in VIDEO_FORMATS:
+            formats = ", ".join(VIDEO_FORMATS)
+            raise CliError(f"--video {path}: unknown video format {path.suffix!r}; use one of {formats}.")
+        self.frames: list[np.ndarray] = []
+        self.writer: Any = None
+        self.count = 0
+        try:
+            if self.suffix == ".gif":
+                import PIL.Image  # noqa: F401
+            else:
+                import cv2  # noqa: F401
+        except ImportError as error:
+            package = "pillow" if self.suffix == ".gif" else "opencv-python-headless"
+            raise CliError(f"--video {path}: writing {self.suffix} files needs {package}, which is not installed: "
+                           f"pip install {package} (or choose another of {', '.join(VIDEO_FORMATS)}).") from error
+
+    def write(self, frame: np.ndarray) -> None:
+        """Add one ``(H, W, 3)`` uint8 RGB frame."""
+        frame = np.ascontiguousarray(frame, dtype=np.uint8)
+        if frame.ndim == 2:
+            frame = np.repeat(frame[:, :, None], 3, axis=2)
+        self.count += 1
+        if self.suffix == ".gif":
+            if len(self.frames) < _GIF_MAX_FRAMES:
+                self.frames.append(frame)
+            return
+        import cv2
+
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.suffix == ".mp4" else "MJPG"))  # type: ignore[attr-defined]
+            height, width = frame.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
+            if not self.writer.isOpened():
+                raise CliError(f"--video {self.path}: opencv cannot write {self.suffix} files here; try .avi or .gif.")
+        self.writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self.suffix == ".gif" and self.frames:
+            from PIL import Image
+
+            images = [Image.fromarray(frame) for frame in self.frames]
+            images[0].save(self.path, save_all=True, append_images=images[1:], duration=int(1000 / self.fps), loop=0)
+        elif self.writer is not None:
+            self.writer.release()
+
+
+def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: bool) -> tuple[int, float]:
+    """Play one episode on a rendering copy of the evaluation environment and write it to ``path``.
+
+    :param model: the SB3 model.
+    :param config: the run's :class:`~hp_rl.rl.runs.RunConfig`.
+    :param path: ``.mp4``, ``.avi`` or ``.gif`` file.
+    :param seed: environment seed.
+    :param deterministic: greedy actions.
+    :return: frames written and the episode's return.
+    """
+    from hp_rl.rl.envs import make_env, preset_for
+    from hp_rl.rl.extractor import routing_noise
+
+    writer = _FrameWriter(path, fps=30.0)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off screen; no window, no display warning
+    env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True,
+                   env_kwargs={**config.env_kwargs, "render_mode": "rgb_array"})  # fmt: skip
+    fps = env.get_attr("metadata")[0].get("render_fps")
+    writer.fps = float(fps) if isinstance(fps, int | float) and fps > 0 else 30.0
+    if preset_for(config.env_id, config.env_preset).wrapper == "atari":
+        writer.fps /= 4  # one frame per agent step, and the Atari wrapper skips 4 emulator frames
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = 0.0
+    try:
+        observation = env.reset()
+        writer.write(env.render())  # type: ignore[arg-type]
+        with routing_noise(model, enabled=False):
+            for _ in range(_MAX_FRAMES):
+                action, _ = model.predict(observation, deterministic=deterministic)
+                observation, reward, done, infos = env.step(action)
+                total += float(reward[0])
+                if done[0]:  # the vector env has already reset: this frame would be the next episode's first
+                    episode: dict[str, Any] | None = infos[0].get("episode")
+                    if episode is not None:
+                        total = float(episode["r"])
+                    break
+                writer.write(env.render())  # type: ignore[arg-type]
+    finally:
+        writer.close()
+        env.close()
+    return writer.count, total
+
+
+def evaluate_run(
+    run: str | Path,
+    episodes: int = 10,
+    deterministic: bool = True,
+    checkpoint: str | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    video: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the model of a run folder and append the result to its ``evaluation.yml``.
+
+    :param run: the run folder.
+    :param episodes: evaluation episodes.
+    :param deterministic: greedy actions (routing noise is always off).
+    :param checkpoint: ``best``, ``final``, ``latest`` or ``None`` (final, else latest).
+    :param seed: evaluation environment seed (``None``: the run's seed + 20000, apart from training's
+        evaluation episodes, which pick the best model).
+    :param device: torch device.
+    :param video: also record one episode to this file.
+    :return: the result written to ``evaluation.yml``.
+    :raises CliError: for a folder, checkpoint or video path that does not work, naming the fix.
+    """
+    import yaml
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.extractor import routing_noise
+    from hp_rl.rl.runs import RunConfig, RunFolder
+    from hp_rl.rl.training import algo_class
+
+    if episodes < 1:
+        raise CliError(f"--episodes {episodes}: must be at least 1.")
+    folder = RunFolder(Path(run))
+    if not folder.config.is_file():
+        raise CliError(f"{run}: {folder.config} does not exist, so this is not a run folder. Give a folder made by "
+                       "python -m hp_rl.train (for example runs/ppo_CartPole-v1_nohub_1).")  # fmt: skip
+    try:
+        config = RunConfig.from_yaml(folder.config)
+    except (ValueError, TypeError) as error:
+        raise CliError(f"{run}: cannot read its config: {error}") from error
+    if video is not None:
+        _FrameWriter(Path(video), 30.0)  # fail on a bad format or a missing package before the evaluation
+    path = choose_checkpoint(folder, checkpoint)
+    seed = config.seed + 20_000 if seed is None else seed
+    env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
+    try:
+        model = algo_class(config.algo, config.hub is not None).load(path, env=env, device=device)
+    except (zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError) as error:
+        env.close()
+        raise CliError(f"{path} cannot be loaded ({type(error).__name__}: {error}); it may be truncated. "
+                       "Try --checkpoint latest or an earlier file in checkpoints/.") from error  # fmt: skip
+    started = time.time()
+    with routing_noise(model, enabled=False):
+        returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
+                                           return_episode_rewards=True)  # fmt: skip
+    env.close()
+    rewards = np.asarray(returns, dtype=np.float64)
+    steps = np.asarray(lengths, dtype=np.float64)
+    result: dict[str, Any] = {
+        "checkpoint": str(path), "num_timesteps": int(model.num_timesteps), "episodes": episodes,
+        "deterministic": deterministic, "seed": seed,
+        "mean_return": float(rewards.mean()), "std_return": float(rewards.std()),
+        "mean_length": float(steps.mean()), "std_length": float(steps.std()),
+        "returns": [float(r) for r in rewards], "lengths": [int(n) for n in steps],
+        "seconds": round(time.time() - started, 2), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }  # fmt: skip
+    if video is not None:
+        frames, video_return = record_video(model, config, Path(video), seed, deterministic)
+        result["video"] = {"path": str(video), "frames": frames, "return": video_return}
+    with open(folder.evaluation, "a") as handle:
+        yaml.safe_dump([result], handle, sort_keys=False)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    from hp_rl.hub import AdapterError, CheckpointError, HubSpecError
+    from hp_rl.rl.envs import UnknownEnvError
+    from hp_rl.rl.training import UnknownAlgoError
+
+    try:
+        result = evaluate_run(args.run, args.episodes, args.deterministic, args.checkpoint, args.seed, args.device,
+                              args.video)  # fmt: skip
+    except (CliError, UnknownAlgoError, UnknownEnvError, HubSpecError, CheckpointError, AdapterError) as error:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    mode = "deterministic" if args.deterministic else "stochastic"
+    print(f"{Path(result['checkpoint']).name} ({result['num_timesteps']} steps), {result['episodes']} {mode} episodes: "
+          f"return {result['mean_return']:.2f} ± {result['std_return']:.2f}, "
+          f"length {result['mean_length']:.1f} ± {result['std_length']:.1f}")  # fmt: skip
+    if "video" in result:
+        print(f"Video: {result['video']['path']} ({result['video']['frames']} frames, "
+              f"return {result['video']['return']:.2f})")  # fmt: skip
+    print(f"Written to {Path(args.run) / 'evaluation.yml'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""``python -m hp_rl.train`` and ``python -m hp_rl.evaluate``: run folders, hubs, overrides, errors, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from stable_baselines3 import A2C, DQN
+from stable_baselines3.common.callbacks import BaseCallback
+
+from hp_rl import evaluate as evaluate_cli
+from hp_rl import train as train_cli
+from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
+from hp_rl.rl.training import StopOnSignal, run_training
+
+REPO = Path(__file__).resolve().parents[1]
+# A2C on CartPole with 2 envs x 8 steps per rollout: every step count below is a multiple of 16.
+TINY = ["--algo", "a2c", "--env", "CartPole-v1", "--n-envs", "2", "--set", "n_steps=8", "--no-progress",
+        "--eval-freq", "0", "--save-freq", "0"]  # fmt: skip
+
+
+def only_run(root: Path) -> Path:
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def obs_batch() -> np.ndarray:
+    return np.array([[0.01, -0.02, 0.03, 0.04], [0.1, 0.2, -0.1, -0.3]], dtype=np.float32)
+
+
+def test_plain_run_writes_the_run_folder_and_overrides_reach_the_model(tmp_path: Path) -> None:
+    argv = [*TINY, "--hub", "none", "-n", "256", "--tensorboard-log", str(tmp_path), "--set", "gamma=0.9",
+            "--set", "policy_kwargs.net_arch=[16]"]  # fmt: skip
+    assert train_cli.main(argv) == 0
+    run = only_run(tmp_path)
+    assert run.name == "a2c_CartPole-v1_nohub_1"
+    for name in ("config.yml", "command.txt", "versions.yml", "model.zip", "timing.yml"):
+        assert (run / name).is_file(), name
+    assert not (run / "hub_manifest.yml").exists()
+    assert list(run.glob("tb_1/events.out.tfevents.*")), "TensorBoard events"
+    assert [steps for _, steps in checkpoints_by_step(run / "checkpoints")] == [256]
+
+    config = RunConfig.from_yaml(run / "config.yml")
+    assert (config.algo, config.env_id, config.hub, config.n_timesteps, config.n_envs) == ("a2c", "CartPole-v1", None,
+                                                                                         256, 2)  # fmt: skip
+    assert config.hyperparams["n_steps"] == 8 and config.hyperparams["gamma"] == 0.9
+    assert config.hyperparams["policy_kwargs"] == {"net_arch": [16]}
+    assert "n_envs" not in config.hyperparams and "n_timesteps" not in config.hyperparams
+    assert "--set gamma=0.9" in (run / "command.txt").read_text()
+    assert {"torch", "stable_baselines3", "python"} <= set(yaml.safe_load((run / "versions.yml").read_text()))
+
+    model = A2C.load(run / "model.zip")
+    assert model.num_timesteps == 256 and model.gamma == 0.9 and model.n_steps == 8
+    assert model.policy.net_arch == [16]
+    checkpoint = A2C.load(run / "checkpoints" / "rl_model_256_steps.zip")
+    np.testing.assert_array_equal(model.predict(obs_batch(), deterministic=True)[0],
+                                  checkpoint.predict(obs_batch(), deterministic=True)[0])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hub_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hubruns")
+    argv = [*TINY, "--hub", "random:2", "-k", "1", "-n", "64", "--eval-freq", "32", "--eval-episodes", "1",
+            "--explore-coef", "0.05", "--tensorboard-log", str(root)]  # fmt: skip
+    assert train_cli.main(argv) == 0
+    return only_run(root)
+
+
+def test_hub_run_writes_manifest_with_every_expert(hub_run: Path) -> None:
+    assert hub_run.name == "a2c_CartPole-v1_random2-k1_1"
+    manifest = yaml.safe_load((hub_run / "hub_manifest.yml").read_text())
+    assert manifest["k"] == 1
+    assert [e["name"] for e in manifest["experts"]] == ["random0", "random1"]
+    assert all(e["source"] == "random" and e["parameters"] > 0 for e in manifest["experts"])
+    config = RunConfig.from_yaml(hub_run / "config.yml")
+    assert config.hub == "random:2" and config.k == 1 and config.hub_kwargs == {"explore_coef": 0.05}
+    assert (hub_run / "eval" / "evaluations.npz").is_file() and (hub_run / "eval" / "best_model.zip").is_file()
+
+
+def test_evaluate_prints_and_appends_evaluation_yml(hub_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_cli.main([str(hub_run), "--episodes", "2"]) == 0
+    assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--checkpoint", "best", "--stochastic"]) == 0
+    out = capsys.readouterr().out
+    assert "2 deterministic episodes: return" in out and "±" in out and "1 stochastic episodes" in out
+    results = yaml.safe_load((hub_run / "evaluation.yml").read_text())
+    final, best = results[-2:]
+    assert final["episodes"] == 2 and len(final["returns"]) == 2 and final["num_timesteps"] == 64
+    assert final["mean_return"] == pytest.approx(np.mean(final["returns"]))
+    assert final["deterministic"] and not best["deterministic"]
+    assert Path(best["checkpoint"]).name == "best_model.zip"
+
+
+def test_evaluate_records_a_video(hub_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    video = tmp_path / "episode.mp4"
+    assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--video", str(video)]) == 0
+    result = yaml.safe_load((hub_run / "evaluation.yml").read_text())[-1]
+    assert video.stat().st_size > 0
+    assert result["video"]["frames"] == result["lengths"][0]  # the reset frame plus one per non-final step
+
+
+def test_evaluate_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_cli.main([str(tmp_path / "nowhere")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yml").write_text(RunConfig("a2c", "CartPole-v1", None).to_yaml())
+    assert evaluate_cli.main([str(run), "--checkpoint", "best"]) == 2
+    assert "--eval-freq" in capsys.readouterr().err
+    assert evaluate_cli.main([str(run)]) == 2
+    assert "holds no model" in capsys.readouterr().err
+    assert evaluate_cli.main([str(run), "--video", "x.webm"]) == 2
+    assert "unknown video format '.webm'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "corrupt.zip").write_bytes(b"not a zip")
+    (folder / "pixels.yml").write_text(
+        "experts:\n  - {name: pixels, source: random, arch: nature_cnn, input_shape: [4, 84, 84]}\n"
+    )
+    (folder / "empty_run" / "checkpoints").mkdir(parents=True)
+    (folder / "empty_run" / "config.yml").write_text(RunConfig("a2c", "CartPole-v1", None).to_yaml())
+    return folder
+
+
+# Each case: extra arguments, then words the message must hold (the problem, then the fix).
+ERROR_CASES = {
+    "unknown algo": (["--algo", "ppo2", "--env", "CartPole-v1", "--hub", "none"], ["ppo2", "Did you mean ppo"]),
+    "unknown env": (["--algo", "a2c", "--env", "CartPol-v1", "--hub", "none"], ["CartPol-v1", "CartPole-v1"]),
+    "k too small": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "-k", "0"],
+                    ["-k 0", "between 1 and 2"]),
+    "k too large": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "-k", "3"],
+                    ["-k 3", "between 1 and 2"]),
+    "missing checkpoint": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/missing.zip", "-k", "1"],
+                           ["missing.zip", "does not exist"]),
+    "corrupt checkpoint": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/corrupt.zip", "-k", "1"],
+                           ["corrupt.zip", "not a valid zip"]),
+    "expert cannot be adapted": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/pixels.yml", "-k", "1"],
+                                 ["expects images", "Use a vector expert"]),
+    "unknown --set key": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "n_stepz=5"],
+                          ["n_stepz", "Did you mean n_steps"]),
+    "malformed --set": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "n_steps"],
+                        ["'n_steps'", "key=value"]),
+    "bad --set value": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "learning_rate=lin_x"],
+                        ["lin_x", "lin_2.5e-4"]),
+    "reserved --set key": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "seed=3"],
+                           ["seed", "use --seed"]),
+    "unknown --hub-set key": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "--hub-set", "nois=x"],
+                              ["nois", "Did you mean noise"]),
+    "dqn on continuous actions": (["--algo", "dqn", "--env", "Pendulum-v1", "--hub", "none"],
+                                  ["DQN needs discrete actions", "--algo ppo"]),
+    "resume without checkpoint": (["--resume", "{bad}/empty_run"], ["no checkpoint", "Start a new run"]),
+    "resume of a non-run folder": (["--resume", "{bad}"], ["not a run folder", "Give a folder"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_errors_exit_2_with_one_paragraph(case: str, bad_files: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    args, words = ERROR_CASES[case]
+    argv = [a.format(bad=bad_files) for a in args] + ["-n", "64", "--no-progress", "--tensorboard-log", str(tmp_path)]
+    assert train_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err
+    for word in words:
+        assert word in captured.err, (word, captured.err)
+    assert not list(tmp_path.iterdir()), "no run folder is left behind by a failed start"
+
+
+def test_auto_hub_without_defaults_module_names_the_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "hp_rl.hub.defaults", None)
+    with pytest.raises(train_cli.CliError, match=r"--hub random:4.*--hub none"):
+        train_cli.resolve_hub("auto", "CartPole-v1", "control")
+
+
+def test_auto_hub_uses_the_defaults_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def resolve_auto_hub(env_id: str, family: str) -> str:
+        calls.append((env_id, family))
+        if env_id == "Unknown-v0":
+            raise ValueError("No default hub fits Unknown-v0: give one with --hub.")
+        return "random:3"
+
+    monkeypatch.setitem(sys.modules, "hp_rl.hub.defaults", types.SimpleNamespace(resolve_auto_hub=resolve_auto_hub))
+    assert train_cli.resolve_hub("auto", "CartPole-v1", "control") == "random:3"
+    assert calls == [("CartPole-v1", "control")]
+    with pytest.raises(train_cli.CliError, match="No default hub fits"):
+        train_cli.resolve_hub("auto", "Unknown-v0", "control")
+    assert train_cli.resolve_hub("none", "CartPole-v1", "control") is None
+    monkeypatch.chdir(tmp_path)
+    expected = f"{(tmp_path / 'a.zip').resolve()},hf:sb3/x@v1"
+    assert train_cli.resolve_hub("a.zip, hf:sb3/x@v1", "CartPole-v1", "control") == expected
+
+
+def test_run_names() -> None:
+    assert train_cli.run_name("ppo", "ALE/Breakout-v5", "random:4", 2) == "ppo_ALE-Breakout-v5_random4-k2"
+    assert train_cli.run_name("a2c", "CartPole-v1", None, 2, "control_pixels") == "a2c_CartPole-v1-control-pixels_nohub"
+    assert train_cli.hub_tag("/x/hub/bundled/atari/hub.yaml", 1) == "atari-k1"
+    assert train_cli.hub_tag("/x/a.zip,/y/b.zip,hf:sb3/c", 2, dense=True) == "3experts-dense"
+
+
+def test_duration() -> None:
+    assert train_cli._duration(59) == "0:00:59" and train_cli._duration(2 * 86_400 + 3_723) == "2d 1:02:03"
+
+
+def test_second_signal_aborts() -> None:
+    stopper = StopOnSignal()
+    stopper.handle(signal.SIGINT, None)
+    assert stopper.received == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        stopper.handle(signal.SIGINT, None)
+
+
+class _SignalAt(BaseCallback):
+    """Sends SIGINT to this process at a given step (a Ctrl-C in the middle of a rollout)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.step:
+            signal.raise_signal(signal.SIGINT)
+        return True
+
+
+@pytest.mark.parametrize("algo", ["a2c", "dqn"])
+def test_ctrl_c_checkpoint_then_resume_reaches_n(algo: str, tmp_path: Path) -> None:
+    hyperparams = {"n_steps": 8} if algo == "a2c" else {
+        "learning_starts": 16, "train_freq": 8, "gradient_steps": 1, "buffer_size": 500, "batch_size": 16,
+        "target_update_interval": 16, "policy_kwargs": {"net_arch": [16]}}  # fmt: skip
+    config = RunConfig(algo, "CartPole-v1", None, n_timesteps=96, n_envs=2, hyperparams=hyperparams)
+    folder = RunFolder.create(tmp_path, "run")
+    folder.write_start(config, ["test"])
+    outcome = run_training(config, folder, progress_bar=False, callbacks=[_SignalAt(44)])
+    assert outcome.interrupted_by == signal.SIGINT and outcome.final_model is None
+    assert not folder.final_model.exists()
+    # Training stops at the step after the signal (46). A2C throws away the rollout that was cut short
+    # (steps 33-46), so those steps are not counted.
+    expected = 32 if algo == "a2c" else 46
+    assert outcome.model.num_timesteps == expected and outcome.checkpoint.name == f"rl_model_{expected}_steps.zip"
+    if algo == "dqn":
+        assert (folder.checkpoints / f"rl_model_replay_buffer_{expected}_steps.pkl").is_file()
+    assert train_cli.main(["--resume", str(folder.path), "--no-progress"]) == 0
+    final = (A2C if algo == "a2c" else DQN).load(folder.final_model).num_timesteps
+    if algo == "a2c":
+        assert final == 96  # the same 6 rollouts of 16 steps as an uninterrupted run
+    else:  # DQN steps in chunks of train_freq x n_envs = 16 from wherever it stopped: 46 -> 110
+        assert 96 <= final < 96 + 16
+    timing = yaml.safe_load((folder.path / "timing.yml").read_text())
+    runs = [(t["start_step"], t["steps"], t["interrupted"]) for t in timing]
+    assert runs == [(0, expected, True), (expected, final - expected, False)]
+
+
+def _lines(stream: object, sink: queue.Queue[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.put(line)
+
+
+def test_sigterm_in_a_real_process_saves_a_checkpoint_that_resume_continues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*TINY, "--hub", "none", "-n", "100000000", "-v", "--tensorboard-log", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "hp_rl.train", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    out: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_lines, args=(process.stdout, out), daemon=True).start()
+    seen: list[str] = []
+    deadline = time.time() + 60
+    try:
+        while not any("total_timesteps" in line for line in seen):  # SB3's first log table: training is running
+            assert process.poll() is None, "".join(seen) + process.stderr.read()  # type: ignore[union-attr]
+            assert time.time() < deadline, "no training log within 60 s:\n" + "".join(seen)
+            with contextlib.suppress(queue.Empty):
+                seen.append(out.get(timeout=1))
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = process.stderr.read()  # type: ignore[union-attr]
+    time.sleep(0.2)
+    while not out.empty():
+        seen.append(out.get())
+    assert code == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr, stderr
+    assert any("Continue with: python -m hp_rl.train --resume" in line for line in seen)
+    run = only_run(tmp_path)
+    (checkpoint, steps), *_ = checkpoints_by_step(run / "checkpoints")
+    assert steps > 0 and steps % 16 == 0 and not (run / "model.zip").exists()
+    assert A2C.load(checkpoint).num_timesteps == steps
+
+    target = steps + 32
+    assert train_cli.main(["--resume", str(run), "-n", str(target), "--no-progress", "--seed", "7"]) == 0
+    assert "--seed ignored with --resume" in capsys.readouterr().err
+    assert A2C.load(run / "model.zip").num_timesteps == target
+    assert RunConfig.from_yaml(run / "config.yml").n_timesteps == target
+    assert len((run / "command.txt").read_text().splitlines()) == 2
