@@ -82,7 +82,7 @@ def _task_config(recipe: Recipe, task: SourceTask) -> RunConfig:
     params = apply_overrides(load_hyperparams(recipe.algo, family), recipe.overrides)
     return RunConfig(algo=recipe.algo, env_id=task.env_id, hub=None, n_timesteps=recipe.n_timesteps,
                      seed=recipe.seed, n_envs=int(params.get("n_envs", 1)), env_preset=task.env_preset,
-                     save_freq=recipe.save_freq, hyperparams=params)  # fmt: skip
+                     save_freq=recipe.save_freq, hyperparams=params, env_kwargs=dict(task.env_kwargs))  # fmt: skip
 
 
 def build_hub(recipe_path: str | Path, workdir: str | Path, only: list[str] | None = None,
@@ -109,7 +109,7 @@ def build_hub(recipe_path: str | Path, workdir: str | Path, only: list[str] | No
         resume = folder.checkpoints.is_dir() and any(folder.checkpoints.glob("rl_model_*_steps.zip"))
         if not resume:
             folder.checkpoints.mkdir(parents=True, exist_ok=True)
-            folder.write_start(config, ["hub", "build", str(recipe_path)])
+            folder.write_start(config, ["build", str(recipe_path), "--workdir", str(workdir)], module="hp_rl.hub")
         print(f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
               + (" (resuming)" if resume else ""), flush=True)  # fmt: skip
         model = train(config, folder, resume=resume, progress_bar=progress_bar)

@@ -162,14 +162,15 @@ class RunFolder:
     def best_model(self) -> Path:
         return self.path / "eval" / "best_model.zip"
 
-    def _append_command(self, argv: list[str]) -> None:
+    def _append_command(self, argv: list[str], module: str = "hp_rl.train") -> None:
         with open(self.path / "command.txt", "a") as handle:
-            handle.write(shlex.join([Path(sys.executable).name, "-m", "hp_rl.train", *argv]) + "\n")
+            handle.write(shlex.join([Path(sys.executable).name, "-m", module, *argv]) + "\n")
 
-    def write_start(self, config: RunConfig, argv: list[str]) -> None:
-        """Record the resolved config, the command line and the package versions."""
+    def write_start(self, config: RunConfig, argv: list[str], module: str = "hp_rl.train") -> None:
+        """Record the resolved config, the command line (``python -m <module> <argv>``) and the package
+        versions."""
         self.config.write_text(config.to_yaml())
-        self._append_command(argv)
+        self._append_command(argv, module)
         self.versions.write_text(yaml.safe_dump(package_versions(), sort_keys=False))
 
     def write_resume(self, config: RunConfig, argv: list[str], steps: int) -> Path | None:

@@ -183,6 +183,11 @@ class _PeriodicCheckpoint(BaseCallback):
 
 def _callbacks(config: RunConfig, folder: RunFolder, stopper: StopOnSignal, with_hub: bool) -> list[BaseCallback]:
     callbacks: list[BaseCallback] = [stopper]
+    if with_hub:
+        from hp_rl.rl.callbacks import GateUsageCallback
+
+        # Before evaluation: the gate statistics must read this step's acting forward, not an evaluation's.
+        callbacks.append(GateUsageCallback())
     if config.save_freq > 0:
         callbacks.append(_PeriodicCheckpoint(max(config.save_freq // config.n_envs, 1), folder, config.algo))
     if config.eval_freq > 0:
@@ -195,10 +200,6 @@ def _callbacks(config: RunConfig, folder: RunFolder, stopper: StopOnSignal, with
                                         eval_freq=max(config.eval_freq // config.n_envs, 1),
                                         best_model_save_path=str(folder.path / "eval"),
                                         log_path=str(folder.path / "eval"), verbose=0))  # fmt: skip
-    if with_hub:
-        from hp_rl.rl.callbacks import GateUsageCallback
-
-        callbacks.append(GateUsageCallback())
     return callbacks
 
 
