@@ -9,7 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "ARCHITECTURES", "build_trunk", "nature_cnn_flat_size"]
+__all__ = ["TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "SmallFrameCNNTrunk", "ARCHITECTURES", "build_trunk",
+           "nature_cnn_flat_size"]  # fmt: skip
 
 InputKind = Literal["image", "vector"]
 
@@ -71,6 +72,38 @@ class NatureCNNTrunk(nn.Module):
         return self.linear(self.cnn(x))
 
 
+class SmallFrameCNNTrunk(nn.Module):
+    """The MinAtar paper's network for small frames: ``Conv2d(C, channels, 3) -> ReLU -> Linear -> ReLU``.
+
+    Parameter names match :class:`hp_rl.rl.baselines.SmallFrameCNN` (``cnn.0.*``, ``linear.0.*``), the
+    plain trunk that MinAtar agents train with, so its SB3 checkpoints load into this trunk as they are.
+
+    :param in_channels: input channels (MinAtar: 4 to 10 object channels).
+    :param height: frame height (at least 3).
+    :param width: frame width (at least 3).
+    :param features_dim: output width (128 in the MinAtar paper).
+    :param channels: output channels of the convolution (16 in the MinAtar paper).
+    """
+
+    def __init__(self, in_channels: int, height: int = 10, width: int = 10, features_dim: int = 128,
+                 channels: int = 16) -> None:  # fmt: skip
+        super().__init__()
+        if height < 3 or width < 3:
+            raise ValueError(f"small_frame_cnn needs frames of at least 3x3, got {height}x{width}.")
+        self.cnn = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=3, stride=1), nn.ReLU(), nn.Flatten())
+        flat = small_frame_cnn_flat_size(height, width, channels)
+        self.linear = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:param x: ``(B, C, H, W)`` in [0, 1]. :return: ``(B, features_dim)``."""
+        return self.linear(self.cnn(x.float()))
+
+
+def small_frame_cnn_flat_size(height: int, width: int, channels: int = 16) -> int:
+    """Flattened size after the small-frame convolution (3x3, stride 1, no padding)."""
+    return channels * (height - 2) * (width - 2)
+
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -103,6 +136,11 @@ def _build_nature_cnn(info: TrunkInfo) -> nn.Module:
     return NatureCNNTrunk(channels, height, width, info.features_dim)
 
 
+def _build_small_frame_cnn(info: TrunkInfo) -> nn.Module:
+    channels, height, width = info.input_shape
+    return SmallFrameCNNTrunk(channels, height, width, info.features_dim, int(info.option("channels", "16")))
+
+
 def _build_mlp(info: TrunkInfo) -> nn.Module:
     hidden = tuple(int(h) for h in info.option("hidden", str(info.features_dim)).split(","))
     return MLPTrunk(int(torch.Size(info.input_shape).numel()), hidden, info.option("activation", "tanh"))
@@ -111,6 +149,7 @@ def _build_mlp(info: TrunkInfo) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[[TrunkInfo], nn.Module]] = {
     "nature_cnn": _build_nature_cnn,
     "mlp": _build_mlp,
+    "small_frame_cnn": _build_small_frame_cnn,
 }
 
 

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, TrunkInfo, nature_cnn_flat_size
+from hp_rl.hub.architectures import (
+    MLPTrunk,
+    NatureCNNTrunk,
+    SmallFrameCNNTrunk,
+    TrunkInfo,
+    nature_cnn_flat_size,
+    small_frame_cnn_flat_size,
+)
 
 __all__ = ["CheckpointError", "read_sb3_trunk"]
 
@@ -92,8 +99,39 @@ def _image_shape(data: dict[str, Any], conv_weight: Tensor, linear_weight: Tenso
     return int(conv_weight.shape[1]), side, side
 
 
-def _cnn_trunk(state: dict[str, Tensor], prefix: str, data: dict[str, Any]) -> tuple[NatureCNNTrunk, TrunkInfo]:
+def _small_frame_shape(data: dict[str, Any], conv_weight: Tensor, linear_weight: Tensor) -> tuple[int, int, int]:
+    channels, out_channels = int(conv_weight.shape[1]), int(conv_weight.shape[0])
+    flat = int(linear_weight.shape[1])
+    space = data.get("observation_space", {})
+    shape = space.get("_shape") if isinstance(space, dict) else None
+    if isinstance(shape, list) and len(shape) == 3:
+        c, h, w = shape if shape[0] == channels else (shape[2], shape[0], shape[1])
+        if c == channels and small_frame_cnn_flat_size(h, w, out_channels) == flat:
+            return int(c), int(h), int(w)
+    side = round(math.sqrt(flat / out_channels)) + 2
+    if small_frame_cnn_flat_size(side, side, out_channels) != flat:
+        raise CheckpointError(f"No square frame gives a small-frame CNN flat size of {flat}.")
+    return channels, side, side
+
+
+def _small_frame_trunk(sub: dict[str, Tensor], data: dict[str, Any]) -> tuple[SmallFrameCNNTrunk, TrunkInfo]:
+    conv, linear = sub["cnn.0.weight"], sub["linear.0.weight"]
+    channels, height, width = _small_frame_shape(data, conv, linear)
+    out_channels = int(conv.shape[0])
+    info = TrunkInfo("small_frame_cnn", "image", (channels, height, width), int(linear.shape[0]),
+                     (("channels", str(out_channels)),))  # fmt: skip
+    trunk = SmallFrameCNNTrunk(channels, height, width, info.features_dim, out_channels)
+    trunk.load_state_dict(sub)
+    return trunk, info
+
+
+def _cnn_trunk(
+    state: dict[str, Tensor], prefix: str, data: dict[str, Any]
+) -> tuple[NatureCNNTrunk | SmallFrameCNNTrunk, TrunkInfo]:
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if "cnn.2.weight" not in sub and sub["cnn.0.weight"].shape[-2:] == (3, 3):
+        # One 3x3 convolution: the MinAtar small-frame CNN (hp_rl.rl.baselines.SmallFrameCNN).
+        return _small_frame_trunk(sub, data)
     channels, height, width = _image_shape(data, sub["cnn.0.weight"], sub["linear.0.weight"])
     info = TrunkInfo("nature_cnn", "image", (channels, height, width), int(sub["linear.0.weight"].shape[0]))
     trunk = NatureCNNTrunk(channels, height, width, info.features_dim)
@@ -116,6 +154,9 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
         default_activation = "tanh"
     elif any(k.startswith("q_net.q_net.") for k in state):
         layers = _linear_stack(state, ("q_net.q_net.",))[:-1]  # the last layer outputs Q-values
+        default_activation = "relu"
+    elif any(k.startswith("quantile_net.quantile_net.") for k in state):  # sb3-contrib QR-DQN
+        layers = _linear_stack(state, ("quantile_net.quantile_net.",))[:-1]  # the last layer outputs quantiles
         default_activation = "relu"
     elif any(k.startswith("actor.latent_pi.") for k in state):
         layers = _linear_stack(state, ("actor.latent_pi.",))
@@ -147,8 +188,9 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
 def read_sb3_trunk(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[str, str]]:
     """The features trunk of a Stable-Baselines3 checkpoint.
 
-    CNN policies give their NatureCNN features extractor (the same features SB3's loaded policy
-    computes); MLP policies give the actor's hidden layers.
+    CNN policies give their features extractor (NatureCNN, or the small-frame CNN that MinAtar agents
+    train with), the same features SB3's loaded policy computes; MLP policies give the actor's hidden
+    layers.
 
     :param path: a ``.zip`` written by ``model.save()`` (SB3 1.x or 2.x; PPO, A2C, DQN, QR-DQN, SAC, TD3).
     :return: the trunk with the checkpoint's weights, its description, and facts from the zip.

@@ -6,6 +6,7 @@ Add a source with :func:`register_source`; the tests are parametrised over :data
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hp_rl.hub.adapters import AdapterError
 from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
 from hp_rl.hub.expert import HubExpert, Provenance, file_sha256
+from hp_rl.hub.hf import load_hf_expert
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_trunk
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
+from hp_rl.hub.vision_sources import load_timm_expert, load_torchvision_expert
 
-__all__ = ["SourceConfig", "SOURCES", "register_source", "load_expert", "verify_file"]
+__all__ = ["SourceConfig", "SOURCES", "register_source", "load_expert", "verify_file", "random_expert_seed"]
 
 Loader = Callable[[ExpertSpec, "tuple[int, ...] | None"], HubExpert]
 
@@ -73,7 +77,9 @@ def _load_sb3(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> Hu
     return HubExpert(trunk, info, Provenance("sb3", str(path), file_sha256(path), details))
 
 
-def _info_from_metadata(spec: ExpertSpec, metadata: dict[str, str], observation_shape: tuple[int, ...] | None) -> TrunkInfo:
+def _info_from_metadata(
+    spec: ExpertSpec, metadata: dict[str, str], observation_shape: tuple[int, ...] | None
+) -> TrunkInfo:
     arch = spec.arch or metadata.get("arch")
     if arch is None:
         raise HubSpecError(
@@ -86,7 +92,7 @@ def _info_from_metadata(spec: ExpertSpec, metadata: dict[str, str], observation_
         raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' to the hub spec; the file does not say.")
     features = spec.features_dim or int(metadata.get("features_dim", 512 if arch == "nature_cnn" else 64))
     options = tuple(sorted(json.loads(metadata.get("options", "{}")).items()))
-    kind = "image" if arch == "nature_cnn" else "vector"
+    kind = "image" if len(shape) == 3 else "vector"  # nature_cnn, small_frame_cnn: (C, H, W)
     return TrunkInfo(arch, kind, tuple(int(s) for s in shape), features, options)  # type: ignore[arg-type]
 
 
@@ -107,27 +113,44 @@ def _load_safetensors(spec: ExpertSpec, observation_shape: tuple[int, ...] | Non
     try:
         trunk.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
     except RuntimeError as error:
-        raise CheckpointError(f"Expert {spec.name!r}: {path} does not match architecture {info.arch!r}: {error}") from error
-    details = {k: v for k, v in metadata.items() if k not in ("arch", "input_shape", "features_dim", "options")}
+        raise CheckpointError(
+            f"Expert {spec.name!r}: {path} does not match architecture {info.arch!r}: {error}"
+        ) from error
+    details = {k: v for k, v in sorted(metadata.items()) if k not in ("arch", "input_shape", "features_dim", "options")}
     return HubExpert(trunk, info, Provenance("safetensors", str(path), file_sha256(path), details))
+
+
+def random_expert_seed(spec: ExpertSpec) -> int:
+    """The seed of a random expert: ``options.seed`` if given, else derived from torch's seed and the name.
+
+    Deriving it (instead of drawing from the global generator) makes a random expert a pure function of
+    the run's seed: every copy built in one run (actor, critic, target network) is the same expert.
+    """
+    if "seed" in spec.options:
+        return int(spec.options["seed"])
+    return zlib.crc32(f"{torch.initial_seed()}:{spec.name}".encode())
 
 
 def _load_random(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
     shape = spec.input_shape or observation_shape
     if shape is None:
-        raise HubSpecError(f"Expert {spec.name!r}: a random expert needs 'input_shape' when no observation space is known.")
+        raise HubSpecError(
+            f"Expert {spec.name!r}: a random expert needs 'input_shape' when no observation space is known."
+        )
     arch = spec.arch or ("nature_cnn" if len(shape) == 3 else "mlp")
+    if arch == "nature_cnn" and len(shape) != 3:
+        raise AdapterError(
+            f"Expert {spec.name!r}: a random nature_cnn needs image inputs (C, H, W), but the input shape is "
+            f"{tuple(shape)}. Use 'random:mlp' for state vectors, or give 'input_shape' for an image expert."
+        )
     features = spec.features_dim or (512 if arch == "nature_cnn" else 64)
     options = tuple(sorted((str(k), str(v)) for k, v in spec.options.items()))
-    info = TrunkInfo(arch, "image" if arch == "nature_cnn" else "vector", tuple(shape), features, options)
-    seed = spec.options.get("seed")
-    if seed is not None:
-        with torch.random.fork_rng():
-            torch.manual_seed(int(seed))
-            trunk = build_trunk(info)
-    else:
+    info = TrunkInfo(arch, "image" if len(shape) == 3 else "vector", tuple(shape), features, options)
+    seed = random_expert_seed(spec)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
         trunk = build_trunk(info)
-    return HubExpert(trunk, info, Provenance("random", "random", None, {"seed": str(seed)} if seed is not None else {}))
+    return HubExpert(trunk, info, Provenance("random", "random", None, {"seed": str(seed)}))
 
 
 def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
@@ -139,6 +162,7 @@ def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | Non
     shape = spec.input_shape or observation_shape
     if shape is None:
         raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' for a TorchScript expert.")
+    module.eval()  # probing with one sample must not trip training-mode BatchNorm
     with torch.no_grad():
         features = int(module(torch.zeros(1, *shape)).flatten(1).shape[1])
     kind = "image" if len(shape) == 3 else "vector"
@@ -146,10 +170,18 @@ def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | Non
     return HubExpert(module, info, Provenance("torchscript", str(path), file_sha256(path)))
 
 
-register_source(SourceConfig("sb3", "Stable-Baselines3 checkpoint zip (PPO, A2C, DQN, QR-DQN; Cnn/MlpPolicy)", True, _load_sb3))
-register_source(SourceConfig("safetensors", "safetensors trunk weights with a named architecture", True, _load_safetensors))
+register_source(SourceConfig("sb3", "Stable-Baselines3 checkpoint zip (PPO, A2C, DQN, QR-DQN; Cnn/MlpPolicy)", True,
+                             _load_sb3))
+register_source(SourceConfig("safetensors", "safetensors trunk weights with a named architecture", True,
+                             _load_safetensors))
 register_source(SourceConfig("random", "randomly initialised NatureCNN or MLP trunk", False, _load_random))
 register_source(SourceConfig("torchscript", "TorchScript module saved with torch.jit.save", True, _load_torchscript))
+register_source(SourceConfig("hf", "SB3 checkpoint in a Hugging Face repo (hf:sb3/ppo-PongNoFrameskip-v4@REV), "
+                             "local cache first", True, load_hf_expert))
+register_source(SourceConfig("torchvision", "torchvision ImageNet backbone (arch + weights tag, or a local file)",
+                             False, load_torchvision_expert, extra="timm"))
+register_source(SourceConfig("timm", "timm backbone (model name[.tag], pretrained or a local file)", False,
+                             load_timm_expert, extra="timm"))
 
 
 def load_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None = None) -> HubExpert:
@@ -160,5 +192,6 @@ def load_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None = No
     :raises HubSpecError: unknown source or missing keys. :raises CheckpointError: bad weight files.
     """
     if spec.source not in SOURCES:
-        raise HubSpecError(f"Expert {spec.name!r}: unknown source {spec.source!r}; known: {', '.join(sorted(SOURCES))}.")
+        known = ", ".join(sorted(SOURCES))
+        raise HubSpecError(f"Expert {spec.name!r}: unknown source {spec.source!r}; known: {known}.")
     return SOURCES[spec.source].loader(spec, observation_shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +33,8 @@ class ExpertSpec:
     :param lr_scale: learning-rate multiplier for a fine-tuned trunk (HubPPO/HubA2C).
     :param sha256: expected file digest; verified when given.
     :param options: extra source options (for instance ``revision`` for ``hf``).
+    :param provenance: facts about how the weights were made (written by ``hp_rl.hub export``: recipe,
+        command, algorithm, environment, steps, seed, returns); informational, recorded in run manifests.
     """
 
     name: str
@@ -44,13 +47,15 @@ class ExpertSpec:
     lr_scale: float = 1.0
     sha256: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable form (unset fields left out)."""
         out: dict[str, Any] = {}
         for item in fields(self):
             value = getattr(self, item.name)
-            if value is None or (item.name == "options" and not value) or (item.name == "lr_scale" and value == 1.0):
+            empty_mapping = item.name in ("options", "provenance") and not value
+            if value is None or empty_mapping or (item.name == "lr_scale" and value == 1.0):
                 continue
             if isinstance(value, tuple):
                 value = list(value)
@@ -82,6 +87,8 @@ class HubSpec:
 
 
 _KNOWN_KEYS = {f.name for f in fields(ExpertSpec)}
+# Sources whose 'path' names a repository rather than a local file.
+_REPO_SOURCES = {"hf"}
 
 
 def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | None) -> ExpertSpec:
@@ -93,13 +100,21 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     for key in ("name", "source"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise HubSpecError(f"{where}: key '{key}' is required and must be a non-empty string.")
+    from hp_rl.hub.sources import SOURCES  # the registry imports this module: import on use
+
+    if raw["source"] not in SOURCES:
+        known = ", ".join(sorted(SOURCES))
+        raise HubSpecError(f"{where}: key 'source': unknown source {raw['source']!r}; known: {known}.")
+    for key in ("arch", "path"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise HubSpecError(f"{where}: key '{key}' must be a string, got {raw[key]!r}.")
     values = dict(raw)
     path = values.get("path")
-    if path is not None:
-        if not isinstance(path, str):
-            raise HubSpecError(f"{where}: key 'path' must be a string, got {path!r}.")
-        if base_dir is not None and values["source"] != "hf" and not Path(path).expanduser().is_absolute():
+    if path is not None and values["source"] not in _REPO_SOURCES:
+        if base_dir is not None and not Path(path).expanduser().is_absolute():
             values["path"] = str((base_dir / path).resolve())
+        if not Path(values["path"]).expanduser().is_file():
+            raise HubSpecError(f"{where}: key 'path': file {values['path']} does not exist.")
     if "input_shape" in values and values["input_shape"] is not None:
         shape = values["input_shape"]
         if not isinstance(shape, Sequence) or not all(isinstance(s, int) and s > 0 for s in shape):
@@ -114,9 +129,12 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     features = values.get("features_dim")
     if features is not None and (isinstance(features, bool) or not isinstance(features, int) or features <= 0):
         raise HubSpecError(f"{where}: key 'features_dim' must be a positive integer, got {features!r}.")
-    options = values.get("options", {})
-    if not isinstance(options, Mapping):
-        raise HubSpecError(f"{where}: key 'options' must be a mapping, got {options!r}.")
+    for key in ("options", "provenance"):
+        if not isinstance(values.get(key, {}), Mapping):
+            raise HubSpecError(f"{where}: key '{key}' must be a mapping, got {values[key]!r}.")
+    sha = values.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+        raise HubSpecError(f"{where}: key 'sha256' must be 64 hex digits, got {sha!r}.")
     return ExpertSpec(**values)
 
 

@@ -1,0 +1,404 @@
+"""``python -m hp_rl.hub list | inspect SPEC | build RECIPE | export SOURCE``.
+
+- ``list``: the registered sources, the bundled hubs and the example specs in ``configs/hubs/``.
+- ``inspect SPEC``: load a hub and describe each expert (source, architecture, parameters, input it expects,
+  feature size, sha256, provenance).
+- ``build RECIPE``: pretrain the recipe's source experts (resumable: :func:`hp_rl.rl.hub_builder.build_hub`),
+  evaluate each finished one on its source task (whole games, unclipped score) beside a random policy, and
+  write ``<workdir>/hub.yaml``, a hub spec of the trained checkpoints with their provenance.
+- ``export SOURCE``: trunks to fp16 safetensors plus a ``hub.yaml`` manifest, the bundled hubs' format.
+  SOURCE is a recipe (exports its built workdir), a built hub folder, or any hub spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hp_rl.hub.expert import HubExpert, file_sha256
+from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
+from hp_rl.hub.sources import SOURCES, load_expert
+from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
+from hp_rl.hub.vision_sources import vision_available
+from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT
+
+__all__ = ["main", "build_parser", "default_workdir", "evaluate_source_task", "describe_expert", "BUNDLED_LIMIT_BYTES"]
+
+BUNDLED_LIMIT_BYTES = 15 * 1024 * 1024
+_RECIPE_SUFFIX = ".recipe.yml"
+
+
+def _display(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it (what manifests record)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(resolved)
+
+
+def _hub_name(recipe: Path) -> str:
+    name = recipe.name[: -len(_RECIPE_SUFFIX)] if recipe.name.endswith(_RECIPE_SUFFIX) else recipe.stem
+    return name[: -len("_bundled")] if name.endswith("_bundled") else name
+
+
+def default_workdir(recipe: str | Path) -> Path:
+    """Where ``build`` trains a recipe by default: ``hub_build/<name>`` (``atari_bundled.recipe.yml`` -> ``atari``)."""
+    return PROJECT_ROOT / "hub_build" / _hub_name(Path(recipe))
+
+
+def _is_recipe(path: Path) -> bool:
+    if path.name.endswith(_RECIPE_SUFFIX):
+        return True
+    if path.is_file() and path.suffix in (".yml", ".yaml"):
+        raw = yaml.safe_load(path.read_text())
+        return isinstance(raw, dict) and "tasks" in raw
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- list
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def cmd_list() -> int:
+    """Print the registered sources, the bundled hubs and the example specs."""
+    print("Sources (hub spec key 'source'):")
+    for config in SOURCES.values():
+        available = "" if config.extra is None or vision_available(config.name) else f"  [needs extra '{config.extra}']"
+        print(f"  {config.name:<12} {config.description}{available}")
+    print(f"\nBundled hubs ({_display(BUNDLED_HUB_DIR)}):")
+    total = 0
+    manifests = sorted(BUNDLED_HUB_DIR.glob(f"*/{MANIFEST_NAME}")) if BUNDLED_HUB_DIR.is_dir() else []
+    for manifest in manifests:
+        raw = yaml.safe_load(manifest.read_text()) or {}
+        size = _dir_size(manifest.parent)
+        total += size
+        names = ", ".join(str(e.get("name")) for e in raw.get("experts", []))
+        print(f"  {manifest.parent.name:<12} {size / 1e6:6.2f} MB  {_display(manifest)}: {names}")
+    if not manifests:
+        print("  (none exported yet)")
+    else:
+        print(f"  {'total':<12} {total / 1e6:6.2f} MB (limit {BUNDLED_LIMIT_BYTES / 1e6:.1f} MB)")
+    print(f"\nHub specs and recipes ({_display(HUB_CONFIG_DIR)}):")
+    for path in sorted(HUB_CONFIG_DIR.glob("*.y*ml")) if HUB_CONFIG_DIR.is_dir() else []:
+        kind = "recipe (python -m hp_rl.hub build)" if _is_recipe(path) else "hub spec (--hub)"
+        print(f"  {path.name:<36} {kind}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- inspect
+
+
+def describe_expert(name: str, expert: HubExpert, spec: ExpertSpec | None = None) -> dict[str, Any]:
+    """Plain description of a loaded expert (what ``inspect`` prints)."""
+    info, provenance = expert.info, expert.provenance
+    # The spec's provenance (typed, in manifest order) first, then what only the file says.
+    details: dict[str, Any] = {str(k): v for k, v in spec.provenance.items()} if spec is not None else {}
+    details.update({k: v for k, v in sorted(provenance.details.items()) if k not in details})
+    return {
+        "name": name, "source": provenance.source, "location": provenance.location, "architecture": info.arch,
+        "arch_options": dict(info.options), "parameters": expert.num_parameters, "input_kind": info.input_kind,
+        "input_shape": list(info.input_shape), "features_dim": info.features_dim, "sha256": provenance.sha256,
+        "frozen": None if spec is None else spec.frozen, "lr_scale": None if spec is None else spec.lr_scale,
+        "provenance": details,
+    }  # fmt: skip
+
+
+def cmd_inspect(spec_text: str, observation_shape: tuple[int, ...] | None, as_json: bool) -> int:
+    """Load every expert of a hub and describe it."""
+    hub = parse_hub(_spec_argument(spec_text))
+    described = [describe_expert(e.name, load_expert(e, observation_shape), e) for e in hub.experts]
+    if as_json:
+        print(json.dumps({"origin": hub.origin, "experts": described}, indent=2, default=str))
+        return 0
+    print(f"Hub {hub.origin}: {len(described)} expert(s)")
+    for item in described:
+        options = ", ".join(f"{k}={v}" for k, v in item["arch_options"].items())
+        print(f"\n{item['name']}")
+        rows = [("source", f"{item['source']}  {item['location']}"),
+                ("architecture", item["architecture"] + (f" ({options})" if options else "")),
+                ("parameters", f"{item['parameters']:,}"),
+                ("input", f"{tuple(item['input_shape'])} ({item['input_kind']})"),
+                ("features", item["features_dim"]), ("sha256", item["sha256"]),
+                *item["provenance"].items()]  # fmt: skip
+        for key, value in rows:
+            print(f"  {key:<20} {value}")
+    return 0
+
+
+def _spec_argument(text: str) -> str:
+    """A folder holding ``hub.yaml`` stands for that manifest."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise HubSpecError(f"{path} holds no {MANIFEST_NAME}; give a hub spec file.")
+        return str(path / MANIFEST_NAME)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+class RandomPolicy:
+    """Uniformly random actions for every copy of a vectorised env (SB3's ``PolicyPredictor`` protocol).
+
+    :param env: the vectorised environment whose action space is sampled.
+    """
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.env.action_space.seed(0)
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = False) -> tuple[np.ndarray, None]:  # fmt: skip
+        """:param observation: ``(n_envs, ...)``. :return: ``(n_envs, ...)`` random actions, no state."""
+        return np.array([self.env.action_space.sample() for _ in range(self.env.num_envs)]), None
+
+
+def evaluate_source_task(
+    model_path: Path,
+    algo: str,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    env_preset: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Mean return of a trained agent and of a random policy on the agent's source task.
+
+    Uses the evaluation environment (:func:`hp_rl.rl.envs.make_env` with ``evaluation=True``: whole Atari
+    games with the unclipped score). Atari agents act stochastically (as rl-baselines3-zoo evaluates them),
+    others deterministically.
+
+    :return: ``return_mean``, ``return_std``, ``random_return_mean``, ``random_return_std``, ``episodes``,
+        ``deterministic``, ``eval_seed``.
+    """
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from hp_rl.rl.envs import make_env, preset_for
+    from hp_rl.rl.training import ALGOS
+
+    family = preset_for(env_id, env_preset).family
+    deterministic = family != "atari"
+    n_envs = max(1, min(episodes, 4))
+    custom = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
+    model = ALGOS[algo].load(model_path, device="cpu", custom_objects=custom)
+    results: dict[str, Any] = {"episodes": episodes, "deterministic": deterministic, "eval_seed": seed}
+    for key, make_policy in (("", lambda env: model), ("random_", RandomPolicy)):
+        env = make_env(env_id, n_envs, seed, env_preset, evaluation=True, env_kwargs=env_kwargs)
+        returns, _ = evaluate_policy(make_policy(env), env, n_eval_episodes=episodes, deterministic=deterministic,
+                                     return_episode_rewards=True, warn=False)  # fmt: skip
+        env.close()
+        results[f"{key}return_mean"] = round(float(np.mean(returns)), 3)
+        results[f"{key}return_std"] = round(float(np.std(returns)), 3)
+    return results
+
+
+def _cached_evaluation(
+    folder: Path, model_path: Path, algo: str, task: Any, episodes: int, seed: int
+) -> dict[str, Any]:
+    """The evaluation in ``folder/source_eval.yml`` if it is of this model and episode count, else a new one."""
+    record = folder / "source_eval.yml"
+    digest = file_sha256(model_path)
+    if record.is_file():
+        saved = yaml.safe_load(record.read_text()) or {}
+        if saved.get("model_sha256") == digest and saved.get("episodes") == episodes:
+            return dict(saved)
+    print(f"[hub build] evaluating {task.name} on {task.env_id} ({episodes} episodes, and a random policy)", flush=True)
+    result = evaluate_source_task(model_path, algo, task.env_id, episodes, seed, task.env_preset, task.env_kwargs)
+    result["model_sha256"] = digest
+    record.write_text(yaml.safe_dump(result, sort_keys=False))
+    return result
+
+
+def _command(recipe: Path, workdir: Path) -> str:
+    return shlex.join(["python", "-m", "hp_rl.hub", "build", _display(recipe), "--workdir", _display(workdir)])
+
+
+def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None, episodes: int | None,
+              evaluate: bool) -> int:  # fmt: skip
+    """Train (or resume) the recipe's experts, evaluate the finished ones, write ``<workdir>/hub.yaml``."""
+    from hp_rl.hub.sb3_zip import read_sb3_trunk
+    from hp_rl.rl.hub_builder import build_hub, load_recipe
+
+    recipe_path = Path(recipe_text)
+    if not recipe_path.is_file():
+        print(f"Recipe {recipe_path} does not exist (recipes live in {_display(HUB_CONFIG_DIR)}).", file=sys.stderr)
+        return 2
+    raw = yaml.safe_load(recipe_path.read_text())
+    if isinstance(raw, dict) and raw.get("kind") == "vision":  # supervised/self-supervised image trunks
+        from hp_rl.vision.recipe import build_vision_hub
+
+        built = build_vision_hub(recipe_path, workdir_text, only=only)
+        print("\n".join(f"{name}: {_display(path)}" for name, path in built.items()))
+        return 0
+    recipe = load_recipe(recipe_path)
+    workdir = Path(workdir_text) if workdir_text else default_workdir(recipe_path)
+    unknown = sorted(set(only or ()) - {task.name for task in recipe.tasks})
+    if unknown:
+        print(f"--only: unknown task(s) {unknown}; the recipe has {[t.name for t in recipe.tasks]}.", file=sys.stderr)
+        return 2
+    build_hub(recipe_path, workdir, only)
+    n_episodes = episodes if episodes is not None else recipe.eval_episodes
+    entries, pending = [], []
+    for task in recipe.tasks:
+        model_path = workdir / task.name / "model.zip"
+        if not model_path.is_file():
+            pending.append(task.name)
+            continue
+        _, _, details = read_sb3_trunk(model_path)
+        provenance: dict[str, Any] = {
+            "recipe": _display(recipe_path), "command": _command(recipe_path, workdir), "algo": recipe.algo,
+            "env_id": task.env_id, "steps": int(details.get("num_timesteps", recipe.n_timesteps)), "seed": recipe.seed,
+        }  # fmt: skip
+        if task.env_kwargs:
+            provenance["env_kwargs"] = dict(task.env_kwargs)
+        if evaluate:
+            result = _cached_evaluation(
+                workdir / task.name, model_path, recipe.algo, task, n_episodes, recipe.seed + 10_000
+            )
+            provenance.update({
+                "source_return": result["return_mean"], "source_return_std": result["return_std"],
+                "random_return": result["random_return_mean"], "random_return_std": result["random_return_std"],
+                "eval_episodes": result["episodes"], "eval_deterministic": result["deterministic"],
+            })  # fmt: skip
+        spec = ExpertSpec(name=task.name, source="sb3", path=f"{task.name}/model.zip", sha256=file_sha256(model_path),
+                          provenance=provenance)  # fmt: skip
+        entries.append(spec.as_dict())
+    if entries:
+        manifest = {"description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
+                    "recipe": _display(recipe_path), "experts": entries}  # fmt: skip
+        (workdir / MANIFEST_NAME).write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
+        _print_summary(entries)
+        print(f"Hub spec of the trained checkpoints: {_display(workdir / MANIFEST_NAME)}")
+    if pending:
+        print(f"Not finished yet: {', '.join(pending)}. Run the same command again to continue.")
+        return 3
+    return 0
+
+
+def _print_summary(entries: Sequence[dict[str, Any]]) -> None:
+    print(f"{'expert':<16} {'env':<28} {'steps':>9} {'return':>10} {'random':>10} {'size':>9}")
+    for entry in entries:
+        p = entry.get("provenance", {})
+        size = p.get("size_bytes")
+        print(f"{entry['name']:<16} {p.get('env_id', '?'):<28} {p.get('steps', '?'):>9} "
+              f"{p.get('source_return', '-')!s:>10} {p.get('random_return', '-')!s:>10} "
+              f"{(f'{size / 1e6:.2f} MB' if size else '-'):>9}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None, dtype: str) -> int:
+    """Export a built hub (recipe, hub folder or spec) to safetensors plus ``hub.yaml``."""
+    source = Path(source_text)
+    out: Path | None = Path(out_text) if out_text else None
+    if _is_recipe(source):
+        workdir = Path(workdir_text) if workdir_text else default_workdir(source)
+        spec_path = workdir / MANIFEST_NAME
+        if not spec_path.is_file():
+            print(f"{spec_path} does not exist: build the hub first (python -m hp_rl.hub build {source_text}).",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        if out is None and source.name.endswith("_bundled" + _RECIPE_SUFFIX):
+            out = BUNDLED_HUB_DIR / _hub_name(source)
+    else:
+        spec_path = Path(_spec_argument(source_text))
+    if out is None:
+        print("Give --out DIR (only bundled recipes, *_bundled.recipe.yml, have a default).", file=sys.stderr)
+        return 2
+    is_yaml = spec_path.is_file() and spec_path.suffix.lower() in (".yml", ".yaml")
+    raw = yaml.safe_load(spec_path.read_text()) if is_yaml else {}
+    hub = parse_hub(str(spec_path) if is_yaml else source_text)
+    items = []
+    for expert in hub.experts:
+        loaded = load_expert(expert)
+        provenance = dict(expert.provenance)
+        if loaded.provenance.sha256:
+            provenance.setdefault("source_sha256", loaded.provenance.sha256)
+        items.append(ExportItem(expert.name, loaded, provenance))
+    manifest = export_hub(items, out, str(raw.get("description", "") if isinstance(raw, dict) else ""),
+                          raw.get("recipe") if isinstance(raw, dict) else None, dtype)  # fmt: skip
+    entries = yaml.safe_load(manifest.read_text())["experts"]
+    _print_summary(entries)
+    print(f"Manifest: {_display(manifest)} ({_dir_size(manifest.parent) / 1e6:.2f} MB in {_display(manifest.parent)})")
+    if BUNDLED_HUB_DIR.is_dir():
+        total = _dir_size(BUNDLED_HUB_DIR)
+        if total > BUNDLED_LIMIT_BYTES:
+            print(
+                f"WARNING: the bundled hubs take {total / 1e6:.2f} MB, "
+                f"over the {BUNDLED_LIMIT_BYTES / 1e6:.1f} MB limit."
+            )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 4,84,84") from error
+    if not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 4,84,84")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m hp_rl.hub``."""
+    parser = argparse.ArgumentParser(prog="python -m hp_rl.hub", description="Hub-Pathway model hub tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered sources, bundled hubs, example specs")
+    inspect = sub.add_parser("inspect", help="describe each expert of a hub spec")
+    inspect.add_argument("spec", help="hub spec: YAML file, hub folder, checkpoint list, hf:org/repo@rev, random:N")
+    inspect.add_argument(
+        "--obs-shape",
+        type=_shape,
+        default=None,
+        help="observation shape (e.g. 4,84,84) for sources that cannot tell their input",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    build = sub.add_parser("build", help="pretrain a recipe's source experts (resumable), evaluate, write hub.yaml")
+    build.add_argument("recipe", help="recipe YAML (configs/hubs/*.recipe.yml)")
+    build.add_argument("--workdir", default=None, help="training folder (default hub_build/<name>)")
+    build.add_argument("--only", default=None, help="comma-separated task names")
+    build.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: recipe)")
+    build.add_argument("--no-eval", action="store_true", help="skip the source-task evaluation")
+    export = sub.add_parser("export", help="trunks to fp16 safetensors plus a hub.yaml manifest")
+    export.add_argument("source", help="a recipe (exports its workdir), a built hub folder, or a hub spec")
+    export.add_argument(
+        "--out", default=None, help="output folder (default for *_bundled recipes: hp_rl/hub/bundled/<name>)"
+    )
+    export.add_argument("--workdir", default=None, help="the recipe's training folder (default hub_build/<name>)")
+    export.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m hp_rl.hub``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "inspect":
+            return cmd_inspect(args.spec, args.obs_shape, args.json)
+        if args.command == "build":
+            only = [part.strip() for part in args.only.split(",") if part.strip()] if args.only else None
+            return cmd_build(args.recipe, args.workdir, only, args.eval_episodes, not args.no_eval)
+        return cmd_export(args.source, args.out, args.workdir, args.dtype)
+    except (HubSpecError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

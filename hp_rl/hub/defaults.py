@@ -1,0 +1,200 @@
+"""The default hub (``--hub auto``): which experts a target task gets when the user names none.
+
+- Atari game X: leave-X-out over the rl-baselines3-zoo agents that the ``sb3`` organisation publishes on
+  the Hugging Face Hub (``sb3/{ppo,a2c}-<Game>NoFrameskip-v4`` for the other games of
+  :data:`ZOO_ATARI_GAMES`), if they are all in the local Hugging Face cache (pinned to the cached
+  commits) or the Hub answers one short check; otherwise the bundled Atari hub without X.
+- Classic control from states: the bundled control hub without the target task.
+- Control from pixels: the bundled Atari hub (image experts; the input adapters bridge the frames).
+- Anything else: :class:`ValueError` naming the ways to give a hub.
+
+Deciding takes a few seconds at most without network: offline mode skips the check entirely, and the
+check itself is bounded (:func:`hp_rl.hub.hf.hf_reachable`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hp_rl.hub.hf import find_cached, hf_offline, hf_reachable
+from hp_rl.paths import BUNDLED_HUB_DIR
+
+__all__ = [
+    "ZOO_ATARI_GAMES",
+    "ZOO_ALGOS",
+    "BUNDLED_HUBS",
+    "AutoHub",
+    "NoFittingHubError",
+    "atari_game",
+    "task_key",
+    "zoo_repos",
+    "choose_auto_hub",
+    "resolve_auto_hub",
+]
+
+ZOO_ATARI_GAMES = (
+    "Pong", "SpaceInvaders", "Qbert", "Seaquest", "BeamRider",
+    "Asteroids", "MsPacman", "RoadRunner", "Enduro", "Breakout",
+)  # fmt: skip
+ZOO_ALGOS = ("ppo", "a2c")
+BUNDLED_HUBS: dict[str, Path] = {
+    "atari": BUNDLED_HUB_DIR / "atari" / "hub.yaml",
+    "control": BUNDLED_HUB_DIR / "control" / "hub.yaml",
+}
+# Environment family (envs/<family>.yml) -> bundled hub that fits its observations.
+_FAMILY_HUB = {"atari": "atari", "control": "control", "control_pixels": "atari"}
+_ATARI_ID = re.compile(r"^(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip|Deterministic)?-v\d+$")
+
+WAYS_TO_GIVE_A_HUB = (
+    "give one with --hub: a YAML hub spec (--hub path.yaml; examples in configs/hubs/), a comma-separated "
+    "list of checkpoints (--hub a.zip,b.safetensors,hf:sb3/ppo-PongNoFrameskip-v4), random experts "
+    "(--hub random:4), or no hub at all (--hub none: the plain SB3 policy)"
+)
+
+
+class NoFittingHubError(ValueError):
+    """No default hub fits the target task; the message names the ways to give one."""
+
+
+@dataclass(frozen=True)
+class AutoHub:
+    """The outcome of ``--hub auto``.
+
+    :param spec: a hub spec string :func:`hp_rl.hub.parse_hub` accepts (YAML path or comma-separated list).
+    :param name: which hub (``zoo-leave-Breakout-out``, ``bundled-atari``, ...).
+    :param reason: why this one, in a few words.
+    """
+
+    spec: str
+    name: str
+    reason: str
+
+    def line(self) -> str:
+        """The one line printed when the hub is chosen."""
+        return f"[hub auto] using {self.name} ({self.spec}): {self.reason}"
+
+
+def atari_game(env_id: str) -> str | None:
+    """The game of an Atari id (``BreakoutNoFrameskip-v4``, ``ALE/Breakout-v5`` -> ``Breakout``), else ``None``."""
+    match = _ATARI_ID.match(env_id)
+    if match is None or (
+        "NoFrameskip" not in env_id and not env_id.startswith("ALE/") and "Deterministic" not in env_id
+    ):
+        return None
+    return match.group(1)
+
+
+def task_key(env_id: str) -> str:
+    """What makes two environment ids the same task: the Atari game, else the id without its version."""
+    return atari_game(env_id) or re.sub(r"-v\d+$", "", env_id)
+
+
+def zoo_repos(exclude_game: str | None = None) -> list[str]:
+    """The rl-baselines3-zoo Atari agents on the Hugging Face Hub, without ``exclude_game``'s."""
+    return [
+        f"sb3/{algo}-{game}NoFrameskip-v4" for game in ZOO_ATARI_GAMES if game != exclude_game for algo in ZOO_ALGOS
+    ]
+
+
+def _no_hub(env_id: str, family: str, why: str) -> NoFittingHubError:
+    return NoFittingHubError(f"No default hub fits {env_id} (family {family!r}): {why}. Instead, {WAYS_TO_GIVE_A_HUB}.")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HP_RL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "hp_rl")
+    return Path(root).expanduser() / "hubs"
+
+
+def _expert_task(expert: dict[str, Any]) -> str | None:
+    provenance = expert.get("provenance") or {}
+    env = provenance.get("env_id") or provenance.get("env")
+    return task_key(str(env)) if env else None
+
+
+def _bundled_without(hub: str, env_id: str, family: str) -> tuple[str, list[str]]:
+    """The bundled hub's manifest, or a copy without the experts trained on ``env_id``'s task."""
+    path = BUNDLED_HUBS[hub]
+    if not path.is_file():
+        raise _no_hub(env_id, family, f"the bundled {hub} hub {path} is missing (not exported yet?)")
+    raw = yaml.safe_load(path.read_text())
+    target = task_key(env_id)
+    kept = [e for e in raw["experts"] if _expert_task(e) != target]
+    dropped = [str(e["name"]) for e in raw["experts"] if _expert_task(e) == target]
+    if not dropped:
+        return str(path), []
+    if not kept:
+        raise _no_hub(env_id, family, f"every expert of the bundled {hub} hub was trained on {target}")
+    for expert in kept:  # the copy lives elsewhere: make its paths absolute
+        expert["path"] = str((path.parent / expert["path"]).resolve())
+    raw["experts"] = kept
+    raw["description"] = f"{raw.get('description', '').strip()} (without {', '.join(dropped)}: target {env_id})".strip()
+    out = _cache_dir() / f"bundled-{hub}-without-{re.sub(r'[^A-Za-z0-9_.-]', '_', target)}.yaml"
+    text = yaml.safe_dump(raw, sort_keys=False, width=100)
+    if not out.is_file() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return str(out), dropped
+
+
+def _zoo_hub(env_id: str, reach_timeout: float) -> AutoHub | str:
+    """The leave-X-out zoo hub, or why not."""
+    game = atari_game(env_id)
+    repos = zoo_repos(game)
+    cached = {repo: find_cached(repo, digest=False) for repo in repos}
+    label = f"zoo-leave-{game}-out" if game in ZOO_ATARI_GAMES else "zoo-atari"
+    if all(found is not None for found in cached.values()):
+        spec = ",".join(f"hf:{repo}@{found.commit}" for repo, found in cached.items() if found is not None)
+        return AutoHub(spec, label, f"all {len(repos)} rl-zoo agents are in the local Hugging Face cache")
+    missing = sum(found is None for found in cached.values())
+    if hf_offline():
+        return f"{missing} of {len(repos)} rl-zoo agents are not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    if not hf_reachable(reach_timeout):
+        return f"{missing} of {len(repos)} rl-zoo agents are not in the Hugging Face cache and the Hub is unreachable"
+    spec = ",".join(f"hf:{repo}" for repo in repos)
+    return AutoHub(
+        spec, label, f"the Hub is reachable; {missing} of {len(repos)} rl-zoo agents will be downloaded once"
+    )
+
+
+def choose_auto_hub(env_id: str, family: str, reach_timeout: float = 3.0) -> AutoHub:
+    """Decide the default hub for a target task (prints nothing; see :func:`resolve_auto_hub`).
+
+    :param env_id: the target environment id.
+    :param family: its environment family (``hp_rl.rl.envs.preset_for(env_id).family``).
+    :param reach_timeout: seconds for the one reachability check of the Hugging Face Hub.
+    :raises NoFittingHubError: no hub fits; the message names the ways to give one.
+    """
+    hub = _FAMILY_HUB.get(family)
+    if hub is None:
+        raise _no_hub(env_id, family, "there is no bundled hub for this family")
+    why_not_zoo = ""
+    if family == "atari":
+        zoo = _zoo_hub(env_id, reach_timeout)
+        if isinstance(zoo, AutoHub):
+            return zoo
+        why_not_zoo = zoo
+    spec, dropped = _bundled_without(hub, env_id, family)
+    reason = why_not_zoo or f"the default hub for the {family} family"
+    if dropped:
+        reason += f"; left out {', '.join(dropped)} (trained on the target task)"
+    return AutoHub(spec, f"bundled-{hub}", reason)
+
+
+def resolve_auto_hub(env_id: str, family: str) -> str:
+    """The hub spec string that ``--hub auto`` means for ``env_id``; prints one line saying which hub and why.
+
+    :param env_id: the target environment id.
+    :param family: its environment family (``atari``, ``control``, ``control_pixels``, ``minatar``, ...).
+    :return: a spec for :func:`hp_rl.hub.parse_hub`: a YAML manifest path or a comma-separated ``hf:`` list.
+    :raises NoFittingHubError: (a ``ValueError``) no hub fits; the message names ``--hub path.yaml``, a
+        checkpoint list, ``random:N`` and ``none``.
+    """
+    choice = choose_auto_hub(env_id, family)
+    print(choice.line(), flush=True)
+    return choice.spec
