@@ -99,6 +99,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     :param noise_seed: seed of the content-keyed noise stream.
     """
 
+    updated_since_rollout: Tensor
+
     def __init__(
         self,
         observation_space: spaces.Space,
@@ -153,7 +155,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         # statistics count each acting observation exactly once.
         self.last_acting_routes: Routes | None = None
         self.acting_forwards = 0
-        self._last_forward_was_training = False
+        # Saved with the model (a buffer), so a loaded model re-draws its noise exactly when the saved one would.
+        self.register_buffer("updated_since_rollout", torch.zeros((), dtype=torch.bool))
 
     @staticmethod
     def _load_trunk(spec: ExpertSpec, shape: tuple[int, ...], frozen: bool) -> HubExpert:
@@ -190,9 +193,11 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         :return: ``(B, features_dim)`` aggregated features (carrying the exploration loss's gradient)."""
         # A forward outside training mode after one in training mode is the first of a new rollout:
         # SB3 collects rollouts in eval mode and updates in train mode, for every algorithm.
-        if not self.training and self._last_forward_was_training:
+        if self.training:
+            self.updated_since_rollout.fill_(True)
+        elif bool(self.updated_since_rollout):
             self.advance_noise()
-        self._last_forward_was_training = self.training
+            self.updated_since_rollout.fill_(False)
         output = self.pathway(observations)
         self.last_output = output
         if not self.training:
