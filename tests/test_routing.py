@@ -216,3 +216,19 @@ def test_gate_statistics_average_over_batches() -> None:
     stats.reset()
     with pytest.raises(ValueError):
         stats.summary()
+
+
+def test_k1_generator_gets_task_gradient_and_weights_stay_one() -> None:
+    pathway = make_pathway(m=3, k=1, noise="none")
+    out = pathway(torch.randn(10, 6))
+    assert torch.allclose(out.routes.weights.sum(1), torch.ones(10))
+    out.features.sum().backward()  # task loss only, no exploration term
+    grad = pathway.generator.logits.module.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_half_precision_experts_aggregate_in_float32() -> None:
+    pathway = make_pathway(m=2, k=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pathway(torch.randn(4, 6))
+    assert out.features.shape == (4, 5)

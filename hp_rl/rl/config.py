@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,8 +46,18 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"Override {item!r}: the value is not valid YAML ({error}).") from error
-        out[key] = value
+        out[key] = _yaml11_float(value)
     return out
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _yaml11_float(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no decimal point) as a string; users mean the number."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

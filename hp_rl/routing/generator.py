@@ -72,8 +72,9 @@ def conv_body(in_channels: int, height: int, width: int, hidden: int = 64) -> tu
             nn.Conv2d(in_channels, 16, 8, stride=4), nn.ReLU(),
             nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
         ]  # fmt: skip
-    else:  # small frames (MinAtar 10x10, digits 8x8): one stride-1 layer keeps the spatial detail
-        convs = [nn.Conv2d(in_channels, 16, 3, stride=1, padding=1), nn.ReLU()]
+    else:  # small frames (MinAtar 10x10, digits 8x8): a stride-1 layer, pooled so the linear layer stays small
+        convs = [nn.Conv2d(in_channels, 16, 3, stride=1, padding=1), nn.ReLU(),
+                 nn.AdaptiveAvgPool2d((min(height, 5), min(width, 5)))]  # fmt: skip
     features = nn.Sequential(*convs, nn.Flatten())
     with torch.no_grad():
         flat = int(features(torch.zeros(1, in_channels, height, width)).shape[1])

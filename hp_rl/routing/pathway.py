@@ -153,7 +153,8 @@ class HubPathway(nn.Module):
             weight = routes.weights.index_select(0, index)[:, column]
             if combined is None:
                 combined = z.new_zeros(x.shape[0], z.shape[1])
-            combined = combined.index_add(0, index, weight[:, None] * z)
+            # Under autocast experts may return half precision while the weights stay float32.
+            combined = combined.index_add(0, index, (weight[:, None] * z).to(combined.dtype))
             if self.sparse or bool(routed[:, column].any()):
                 keep = routed[index, column]
                 per_expert[name] = ExpertBatch(index[keep], z[keep], weight[keep])

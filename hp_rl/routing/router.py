@@ -106,6 +106,12 @@ class NoisyTopKRouter(nn.Module):
         noisy = clean_logits if std is None else clean_logits + standard_normal * std  # type: ignore[operator]
         top_values, top_indices = noisy.topk(self.k, dim=1)
         top_weights = F.softmax(top_values, dim=1)
+        if self.k == 1 and self.num_experts > 1:
+            # A softmax over one expert is constantly 1 and gives the generator no task gradient. Add the
+            # full softmax probability of the chosen expert minus itself: the weight stays exactly 1, and
+            # its gradient is that of the probability (as in Switch-style gating).
+            chosen = F.softmax(noisy, dim=1).gather(1, top_indices)
+            top_weights = top_weights + chosen - chosen.detach()
         weights = torch.zeros_like(noisy).scatter(1, top_indices, top_weights)
         importance = weights.sum(0)
         if self.balance == "switch":

@@ -1,0 +1,28 @@
+"""Hyperparameter files and --set overrides."""
+
+from __future__ import annotations
+
+import pytest
+from stable_baselines3.common.utils import LinearSchedule
+
+from hp_rl.rl.config import ConfigError, apply_overrides, load_hyperparams, parse_overrides, resolve_hyperparams
+
+
+def test_overrides_are_parsed_as_yaml_values_never_evaluated() -> None:
+    parsed = parse_overrides(["lr=3e-4", "n_steps=256", "policy_kwargs.net_arch=[64, 64]", "name=__import__('os')"])
+    assert parsed == {"lr": 3e-4, "n_steps": 256, "policy_kwargs.net_arch": [64, 64], "name": "__import__('os')"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["n_steps"])
+
+
+def test_dotted_overrides_and_rl_zoo_values() -> None:
+    params = load_hyperparams("ppo", "atari")
+    assert params["n_envs"] == 8 and params["batch_size"] == 256 and params["clip_range"] == "lin_0.1"
+    merged = apply_overrides(params, {"policy_kwargs.net_arch": [32], "n_epochs": 2})
+    assert merged["policy_kwargs"] == {"net_arch": [32]} and merged["n_epochs"] == 2
+    resolved = resolve_hyperparams(load_hyperparams("a2c", "atari"))
+    assert resolved["policy_kwargs"]["optimizer_class"].__name__ == "RMSpropTFLike"
+    schedule = resolve_hyperparams(params)["learning_rate"]
+    assert isinstance(schedule, LinearSchedule) and schedule(1.0) == pytest.approx(2.5e-4) and schedule(0.0) == 0.0
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        resolve_hyperparams({"policy_kwargs": {"optimizer_class": "Adamm"}})
