@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hp_rl.hub import ExpertSpec, NoFittingHubError, defaults, load_expert, load_hub, parse_hub, resolve_auto_hub
 from hp_rl.hub.defaults import atari_game, choose_auto_hub, task_key, zoo_repos
@@ -139,3 +140,15 @@ def test_bundled_hubs_are_small_and_valid() -> None:
             for key in ("recipe", "command", "algo", "env_id", "steps", "seed", "source_return", "random_return",
                         "size_bytes"):  # fmt: skip
                 assert key in expert.provenance, f"{manifest}: {expert.name} lacks provenance {key!r}"
+
+
+def test_bundled_atari_hub_meets_its_recipe() -> None:
+    hub = parse_hub(str(BUNDLED_HUB_DIR / "atari" / "hub.yaml"))
+    games = {expert.provenance["env_id"] for expert in hub.experts}
+    assert len(games) == len(hub.experts) >= 4 and not any("Breakout" in game for game in games)
+    for expert in hub.experts:
+        assert int(expert.provenance["steps"]) >= 500_000
+        assert float(expert.provenance["source_return"]) > float(expert.provenance["random_return"])
+    experts = load_hub(hub, (4, 84, 84))
+    frames = torch.rand(2, 4, 84, 84)
+    assert all(e(frames).shape == (2, 512) for e in experts.values())
