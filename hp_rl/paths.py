@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "require_dir"]
+__all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "require_dir",
+           "unique_run_dir"]  # fmt: skip
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -12,6 +13,21 @@ ENV_PRESET_DIR = PROJECT_ROOT / "envs"
 CONFIG_DIR = PROJECT_ROOT / "configs"
 HUB_CONFIG_DIR = CONFIG_DIR / "hubs"
 BUNDLED_HUB_DIR = PACKAGE_ROOT / "hub" / "bundled"
+
+
+def unique_run_dir(root: Path, name: str) -> Path:
+    """A new folder ``root/name_N`` with a ``checkpoints`` subfolder (N counts up from 1, never reusing one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = 1
+    while True:
+        path = root / f"{name}_{index}"
+        try:
+            path.mkdir()
+        except FileExistsError:  # taken, possibly by a run starting at the same moment
+            index += 1
+            continue
+        (path / "checkpoints").mkdir()
+        return path
 
 
 def require_dir(path: Path, what: str) -> Path:

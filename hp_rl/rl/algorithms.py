@@ -144,6 +144,16 @@ class _HubOnPolicyMixin:
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
         raise NotImplementedError
 
+    def _log_prob_terms(self, distribution: Distribution, batch: RolloutBufferSamples,
+                        index: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Log-probabilities of the rollout's actions on the routed rows, and the entropy (or its estimate)."""
+        actions = batch.actions[index]
+        if isinstance(getattr(self, "action_space", None), spaces.Discrete):
+            actions = actions.long().flatten()  # as SB3's train() does
+        log_prob = distribution.log_prob(actions)
+        entropy = distribution.entropy()
+        return log_prob, (-log_prob if entropy is None else entropy)
+
     def _exploitation_loss(self, actions: Tensor) -> Tensor | None:
         batch = self.rollout_buffer.current if isinstance(self.rollout_buffer, TrackingRolloutBuffer) else None
         policy = self._policy
@@ -197,12 +207,6 @@ class _HubOnPolicyMixin:
             self.logger.record("train/exploit_loss", float(np.mean(self._exploit_values)))  # type: ignore[attr-defined]
 
 
-def _log_prob_terms(distribution: Distribution, actions: Tensor) -> tuple[Tensor, Tensor]:
-    log_prob = distribution.log_prob(actions)
-    entropy = distribution.entropy()
-    return log_prob, (-log_prob if entropy is None else entropy)
-
-
 class HubPPO(_HubOnPolicyMixin, PPO):
     """PPO with a Hub-Pathway features extractor and the exploitation loss.
 
@@ -228,10 +232,7 @@ class HubPPO(_HubOnPolicyMixin, PPO):
 
     def _expert_loss(self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples,
                      index: Tensor, advantages: Tensor) -> Tensor:  # fmt: skip
-        actions = batch.actions[index]
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        log_prob, entropy = _log_prob_terms(distribution, actions)
+        log_prob, entropy = self._log_prob_terms(distribution, batch, index)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         ratio = torch.exp(log_prob - batch.old_log_prob[index])
         adv = advantages[index]
@@ -264,10 +265,7 @@ class HubA2C(_HubOnPolicyMixin, A2C):
 
     def _expert_loss(self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples,
                      index: Tensor, advantages: Tensor) -> Tensor:  # fmt: skip
-        actions = batch.actions[index]
-        if isinstance(self.action_space, spaces.Discrete):
-            actions = actions.long().flatten()
-        log_prob, entropy = _log_prob_terms(distribution, actions)
+        log_prob, entropy = self._log_prob_terms(distribution, batch, index)
         policy_loss = -(advantages[index] * log_prob).mean()
         value_loss = F.mse_loss(batch.returns[index], values)
         return policy_loss - self.ent_coef * entropy.mean() + self.vf_coef * value_loss

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterable
 from typing import Any
 
+from hp_rl.overrides import ConfigError, parse_overrides
 from hp_rl.paths import CONFIG_DIR, require_dir
 
 __all__ = ["ConfigError", "load_hyperparams", "parse_overrides", "apply_overrides", "resolve_hyperparams"]
-
-
-class ConfigError(ValueError):
-    """A malformed configuration file or override."""
 
 
 def load_hyperparams(algo: str, family: str) -> dict[str, Any]:
@@ -27,37 +22,6 @@ def load_hyperparams(algo: str, family: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of family -> hyperparameters.")
     return copy.deepcopy(raw.get(family) or {})
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are YAML scalars or collections (never evaluated as code).
-
-    Dotted keys address nested mappings: ``policy_kwargs.net_arch=[64,64]``.
-    """
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"Override {item!r} is not of the form key=value (for example --set n_steps=256).")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({error}).") from error
-        out[key] = _yaml11_float(value)
-    return out
-
-
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
-
-
-def _yaml11_float(value: Any) -> Any:
-    """YAML 1.1 reads ``3e-4`` (no decimal point) as a string; users mean the number."""
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)
-    return value
 
 
 def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

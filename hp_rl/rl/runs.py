@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from hp_rl.paths import unique_run_dir
+
 __all__ = ["RunConfig", "RunFolder", "package_versions", "latest_checkpoint", "checkpoints_by_step"]
 
 _CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip$")
@@ -141,14 +143,7 @@ class RunFolder:
     @classmethod
     def create(cls, root: Path, name: str) -> RunFolder:
         """A new folder ``root/name_N`` (N counts up from 1, never reusing a folder)."""
-        root.mkdir(parents=True, exist_ok=True)
-        index = 1
-        while (root / f"{name}_{index}").exists():
-            index += 1
-        path = root / f"{name}_{index}"
-        path.mkdir()
-        (path / "checkpoints").mkdir()
-        return cls(path)
+        return cls(unique_run_dir(root, name))
 
     @property
     def versions(self) -> Path:

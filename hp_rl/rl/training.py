@@ -81,6 +81,7 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
         from hp_rl.rl.baselines import SmallFrameCNN
 
         policy_kwargs.setdefault("features_extractor_class", SmallFrameCNN)
+        policy_kwargs.setdefault("net_arch", [])  # the MinAtar paper network: linear heads on the trunk
     return cls(
         _policy_name(env), env, seed=config.seed, device=config.device, tensorboard_log=tensorboard_log,
         verbose=verbose, policy_kwargs=policy_kwargs or None, **params,

@@ -8,6 +8,8 @@ sees exactly the noise the rollout saw, and advancing the epoch re-draws it for 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -40,11 +42,18 @@ def _content_hash(x: Tensor, seed: int) -> Tensor:
     :param x: ``(B, ...)`` observations.
     :return: ``(B,)`` int64 hashes; equal rows give equal hashes whatever the batch.
     """
-    flat = x.detach().reshape(x.shape[0], -1).float().contiguous().view(torch.int32).long()
-    positions = torch.arange(flat.shape[1], device=x.device, dtype=torch.int64)
-    # Integer sums wrap and are exact, so the hash does not depend on reduction order.
-    weights = _mix(positions * _GOLDEN + seed) | 1
-    return _mix((flat * weights).sum(dim=1) + seed)
+    flat = x.detach().reshape(x.shape[0], -1).float().contiguous().view(torch.int32)
+    # int32 products and sums wrap and are exact, so the hash does not depend on reduction order; staying in
+    # int32 avoids two int64 copies of a batch of frames.
+    weights = _position_weights(flat.shape[1], seed, str(x.device))
+    return _mix((flat * weights).sum(dim=1, dtype=torch.int32).long() + seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _position_weights(length: int, seed: int, device: str) -> Tensor:
+    """``(length,)`` odd int32 multipliers, one per input position."""
+    positions = torch.arange(length, device=device, dtype=torch.int64)
+    return (_mix(positions * _GOLDEN + seed) | 1).to(torch.int32)
 
 
 def content_keyed_normal(x: Tensor, num: int, seed: int, epoch: int) -> Tensor:

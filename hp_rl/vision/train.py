@@ -30,7 +30,9 @@ import torch
 import yaml
 from torch import nn
 
-from hp_rl.paths import HUB_CONFIG_DIR
+from hp_rl.overrides import ConfigError
+from hp_rl.overrides import parse_overrides as parse_key_values
+from hp_rl.paths import HUB_CONFIG_DIR, unique_run_dir
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
 from hp_rl.vision.classifier import HubPathwayClassifier
 from hp_rl.vision.data import (
@@ -64,10 +66,6 @@ __all__ = [
 ]
 
 DEFAULT_HUB = HUB_CONFIG_DIR / "vision_digits.yml"
-
-
-class ConfigError(ValueError):
-    """A malformed ``--set`` override or config value."""
 
 
 @dataclass
@@ -226,15 +224,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     hints = typing.get_type_hints(TrainConfig)
     augment_keys = {f.name for f in fields(AugmentConfig)}
     out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"Override {item!r} is not of the form key=value (for example --set lr=3e-4).")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({error}).") from error
+    for key, value in parse_key_values(items).items():
         if key.startswith("augment."):
             option = key[len("augment.") :]
             if option not in augment_keys:
@@ -319,14 +309,7 @@ class VisionRun:
     @classmethod
     def create(cls, root: Path, name: str) -> VisionRun:
         """A new folder ``root/name_N`` (N counts up from 1, never reusing a folder)."""
-        root.mkdir(parents=True, exist_ok=True)
-        index = 1
-        while (root / f"{name}_{index}").exists():
-            index += 1
-        path = root / f"{name}_{index}"
-        path.mkdir()
-        (path / "checkpoints").mkdir()
-        return cls(path)
+        return cls(unique_run_dir(root, name))
 
     def write_start(self, config: TrainConfig, argv: list[str]) -> None:
         """Record the resolved config, the command line and the package versions."""

@@ -1,0 +1,119 @@
+"""Smoke test of ``benchmarks/throughput.py`` on a micro budget, and its bookkeeping on synthetic numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "throughput.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("throughput_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extractor_configs_cover_m_k_and_both_dense_forms() -> None:
+    bench = _load()
+    configs = bench._extractor_configs([2, 8], [1, 2, 4], ["frozen"])
+    sparse = {(c["experts"], c["k"]) for c in configs if c["routing"] == "sparse"}
+    assert sparse == {(2, 1), (2, 2), (8, 1), (8, 2), (8, 4)}  # k > m is left out
+    assert {(c["experts"], c["k"]) for c in configs if c["routing"] == "dense-mixture"} == {(2, 2), (8, 8)}
+    assert {(c["experts"], c["k"]) for c in configs if c["routing"] == "dense-dispatch"} == {(2, 2), (8, 2)}
+
+
+def test_targets_are_judged_on_wall_and_cpu_time() -> None:
+    bench = _load()
+    plain = bench.TrainResult("breakout", "plain PPO (NatureCNN)", 0, 0, True, False, 1024, 4.0, 4.0, 256.0, 256.0,
+                              0.5, 1.0, 1.0)  # fmt: skip
+    hub = bench.TrainResult("breakout", "hub m=4 k=2 frozen", 4, 2, True, False, 1024, 10.0, 7.0, 102.4, 146.3,
+                            0.6, 0.4, 0.57)  # fmt: skip
+    two = bench.ExtractorResult("frozen", "sparse", 2, 2, 256, 50.0, 100.0, 50.0, 100.0, 1)
+    eight = bench.ExtractorResult("frozen", "sparse", 8, 2, 256, 60.0, 140.0, 55.0, 120.0, 1)
+    targets = {t["target"]: t for t in bench.check_targets([plain, hub], [two, eight])}
+    passed = {name.split("(")[-1].rstrip(")") + (" steps" if "Breakout" in name else " fwd"): t["passed"]
+              for name, t in targets.items()}  # fmt: skip
+    assert passed == {"wall time steps": False, "cpu time steps": True, "wall time fwd": False, "cpu time fwd": True}
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_tables_json_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    command = [sys.executable, str(SCRIPT), "--quick", "--games", "minatar", "--only", "m=4 k=2 frozen$",
+               "--ms", "2,8", "--ks", "2", "--threads", "1", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    report = json.loads((out / "throughput.json").read_text())
+    assert report["machine"]["torch_threads"] == 1 and report["machine"]["torch"]
+    assert report["machine"]["cpu"] and report["machine"]["usable_cores"] >= 1
+    training = {row["case"]: row for row in report["training"]}
+    assert set(training) == {"plain PPO (SmallFrameCNN)", "hub m=4 k=2 frozen"}
+    assert training["plain PPO (SmallFrameCNN)"]["ratio_to_plain"] == 1.0
+    hub = training["hub m=4 k=2 frozen"]
+    assert hub["steps"] >= 32 and hub["steps_per_s"] > 0 and hub["cpu_ratio_to_plain"] > 0
+    assert 0.0 <= hub["rollout_share"] <= 1.0
+
+    rows = report["extractor"]
+    assert rows[0]["routing"] == "NatureCNN (plain SB3)"
+    assert {(r["routing"], r["experts"]) for r in rows[1:]} == {
+        (routing, m) for routing in ("sparse", "dense-dispatch", "dense-mixture") for m in (2, 8)
+    }
+    for row in rows:
+        assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
+        assert row["forward_backward_peak_mib"] is not None and row["forward_backward_peak_mib"] >= 0
+    assert any("m=8 k=2" in t["target"] for t in report["targets"])
+
+    markdown = (out / "throughput.md").read_text()
+    assert "| minatar | hub m=4 k=2 frozen |" in markdown and "## Targets" in markdown
+    assert (out / "extractor_time_vs_m.png").stat().st_size > 1000
+
+
+def test_small_frame_cnn_is_the_minatar_paper_network() -> None:
+    """The benchmark's plain MinAtar baseline: Conv 3x3 x16 stride 1, ReLU, flatten, Linear 128, ReLU."""
+    import numpy as np
+    from gymnasium import spaces
+    from torch import nn
+
+    from hp_rl.rl.baselines import SmallFrameCNN
+
+    space = spaces.Box(0.0, 1.0, (4, 10, 10), np.float32)
+    cnn = SmallFrameCNN(space)
+    conv, linear = cnn.cnn[0], cnn.linear[0]
+    assert isinstance(conv, nn.Conv2d) and (conv.in_channels, conv.out_channels) == (4, 16)
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (0, 0)
+    assert isinstance(linear, nn.Linear) and (linear.in_features, linear.out_features) == (16 * 8 * 8, 128)
+    assert cnn.features_dim == 128
+    features = cnn(torch.rand(5, 4, 10, 10))
+    assert features.shape == (5, 128) and bool((features >= 0).all())
+    with pytest.raises(TypeError, match="C, H, W"):
+        SmallFrameCNN(spaces.Box(0.0, 1.0, (8,), np.float32))
+
+
+def test_small_frame_cnn_trains_in_sb3_with_linear_heads() -> None:
+    from stable_baselines3 import PPO
+
+    from hp_rl.rl.baselines import SmallFrameCNN
+    from hp_rl.rl.envs import make_env
+
+    env = make_env("MinAtar/Breakout-v1", n_envs=2, seed=0)
+    model = PPO("CnnPolicy", env, n_steps=16, batch_size=32, n_epochs=1, device="cpu", seed=0,
+                policy_kwargs={"features_extractor_class": SmallFrameCNN, "net_arch": []})  # fmt: skip
+    before = model.policy.features_extractor.linear[0].weight.detach().clone()
+    model.learn(32)
+    assert model.policy.action_net.in_features == 128  # linear head straight on the 128 features
+    assert not torch.equal(before, model.policy.features_extractor.linear[0].weight)  # it trained
