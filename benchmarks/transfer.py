@@ -1,0 +1,782 @@
+"""Transfer benchmark: Hub-Pathway against scratch, single-expert fine-tuning and a dense mixture.
+
+Leave-one-task-out: for each target task, the hub holds experts pretrained on the *other* tasks of a suite
+by the project's hub builder (:func:`hp_rl.rl.hub_builder.build_hub`, pretrained once, cached in
+``<out>/hubs/<suite>`` and reused by every method and seed). Every method trains PPO for the same number
+of environment steps on the target, over several seeds::
+
+    nice -n 10 python benchmarks/transfer.py --suite minatar --targets breakout space_invaders \\
+        --seeds 0 1 2 --steps 100000 --out bench_out/transfer
+    python benchmarks/transfer.py --report-only --out bench_out/transfer --img-dir docs/img
+
+Methods (``--methods``; PPO everywhere, HubPPO for the hub methods, the family's hyperparameters from
+``configs/ppo.yml``; experts are fine-tuned, ``freeze_experts=False``, in every method that uses them):
+
+- ``scratch``: plain PPO, the family's plain network (MinAtar: the small-frame CNN with linear heads;
+  control: SB3's ``MlpPolicy``; Atari: NatureCNN).
+- ``single``: one run per hub expert, a hub of that expert alone (k=1, no noise, no auxiliary losses): the
+  expert's trunk fine-tuned behind its input adapter. The report gives the best expert chosen in
+  hindsight (highest mean area under the curve) and the mean over experts.
+- ``dense``: all experts on every observation, softmax weights (``dense=True``), no auxiliary losses.
+- ``hub_pathway``: top-k routing with learned noise, exploration (load balance) and exploitation losses.
+- ``no_noise``, ``no_explore``, ``no_exploit``: Hub-Pathway without one of its three parts.
+
+Each run writes ``<out>/runs/<suite>/<target>/<method>/seed<N>.json`` (episode returns against steps,
+CPU and wall time, forward FLOPs per observation, parameter counts, settings, versions) as soon as it
+finishes; finished runs are skipped, so an interrupted sweep continues where it stopped and a partial
+sweep still gives tables. ``--report-only`` (and the end of every sweep) writes ``<out>/transfer.md``,
+``<out>/transfer_summary.json`` and learning-curve PNGs.
+
+Metrics: the learning curve at step t is the mean return of the last ``CURVE_WINDOW`` training episodes
+finished by t (episodes of the behaviour policy, as SB3's ``ep_rew_mean``), on ``CURVE_POINTS`` evenly
+spaced steps; *AUC* is the mean of that curve (area under it divided by the steps, in return units);
+*final* is the mean return of the episodes that finished in the last 10% of the steps. Intervals are 95%
+Student-t intervals over seeds. Compute per step: forward FLOPs per observation of the acting policy
+(``torch.utils.flop_counter``, routed experts only) and measured CPU milliseconds per environment step
+of the whole training loop (environment stepping included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+__all__ = ["Suite", "Method", "RunKey", "SUITES", "METHODS", "plan_runs", "prepare_hub", "run_one", "run_sweep",
+           "summarise", "write_report", "main"]  # fmt: skip
+
+CURVE_POINTS = 50
+CURVE_WINDOW = 20
+FINAL_FRACTION = 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# Suites and methods
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Suite:
+    """A family of tasks with one pretraining recipe.
+
+    :param name: suite name (folder names, tables).
+    :param recipe: hub-builder recipe whose tasks are the sources (``configs/hubs/*.recipe.yml``).
+    :param targets: default target task names.
+    :param extra_targets: target name -> environment id, for targets that are not a recipe task (their
+        hub is then every recipe task).
+    :param steps: default environment steps per run.
+    :param k: experts per observation for the top-k methods (clamped to the hub size).
+    :param features_dim: common width d of the hub methods (the plain network's feature width).
+    :param scratch_policy_kwargs: ``policy_kwargs`` of the scratch baseline.
+    :param overrides: hyperparameter overrides for every target run (on top of ``configs/ppo.yml``).
+    """
+
+    name: str
+    recipe: Path
+    targets: tuple[str, ...]
+    extra_targets: dict[str, str] = field(default_factory=dict)
+    steps: int = 100_000
+    k: int = 2
+    features_dim: int = 128
+    scratch_policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+SUITES: dict[str, Suite] = {
+    "minatar": Suite(
+        "minatar", REPO_ROOT / "configs/hubs/minatar_transfer.recipe.yml", ("breakout", "space_invaders"),
+        steps=100_000, k=2, features_dim=128, scratch_policy_kwargs={"net_arch": []},
+    ),
+    "control": Suite(
+        "control", REPO_ROOT / "configs/hubs/control_bundled.recipe.yml", ("cartpole", "acrobot"),
+        steps=30_000, k=2, features_dim=64,
+    ),
+    "atari": Suite(
+        "atari", REPO_ROOT / "configs/hubs/atari_bundled.recipe.yml", ("breakout",),
+        extra_targets={"breakout": "BreakoutNoFrameskip-v4"}, steps=200_000, k=2, features_dim=512,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Method:
+    """One transfer method.
+
+    :param name: method name (folder names, ``--methods``).
+    :param label: name in tables and plots.
+    :param kind: ``scratch`` (plain PPO), ``single`` (one run per expert) or ``hub`` (all experts).
+    :param extractor: :class:`~hp_rl.rl.extractor.HubPathwayExtractor` arguments (``k=None``: the suite's).
+    :param exploit_coef: weight of HubPPO's exploitation loss.
+    """
+
+    name: str
+    label: str
+    kind: str
+    extractor: dict[str, Any] = field(default_factory=dict)
+    exploit_coef: float = 0.0
+
+
+_NO_AUX = {"noise": "none", "explore_coef": 0.0}
+_HUB_PATHWAY = {"noise": "learned", "explore_coef": 0.01}
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("scratch", "scratch", "scratch"),
+        Method("single", "single expert", "single", {"k": 1, **_NO_AUX}),
+        Method("dense", "dense mixture", "hub", {"dense": True, **_NO_AUX}),
+        Method("hub_pathway", "Hub-Pathway", "hub", dict(_HUB_PATHWAY), exploit_coef=0.1),
+        Method("no_noise", "HP w/o noise", "hub", {**_HUB_PATHWAY, "noise": "none"}, exploit_coef=0.1),
+        Method("no_explore", "HP w/o explore loss", "hub", {**_HUB_PATHWAY, "explore_coef": 0.0}, exploit_coef=0.1),
+        Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
+    )
+}
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One training run of the sweep.
+
+    :param suite: suite name.
+    :param target: target task name.
+    :param method: method name; ``single:<expert>`` for a single-expert run.
+    :param seed: seed.
+    """
+
+    suite: str
+    target: str
+    method: str
+    seed: int
+
+    @property
+    def base_method(self) -> str:
+        """The method without the expert (``single`` for ``single:<expert>``)."""
+        return self.method.split(":")[0]
+
+    def path(self, out: Path) -> Path:
+        """Where the run's JSON goes."""
+        return out / "runs" / self.suite / self.target / self.method.replace(":", "-") / f"seed{self.seed}.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Hubs
+# --------------------------------------------------------------------------------------------------
+def target_env_id(suite: Suite, target: str) -> str:
+    """The environment id of a target (a recipe task or one of the suite's extra targets)."""
+    from hp_rl.rl.hub_builder import load_recipe
+
+    if target in suite.extra_targets:
+        return suite.extra_targets[target]
+    tasks = {task.name: task.env_id for task in load_recipe(suite.recipe).tasks}
+    if target not in tasks:
+        raise ValueError(f"Unknown target {target!r} for suite {suite.name!r}; choose one of {sorted(tasks)}.")
+    return tasks[target]
+
+
+def source_tasks(suite: Suite) -> tuple[str, ...]:
+    """The suite's source task names, in recipe order."""
+    from hp_rl.rl.hub_builder import load_recipe
+
+    return tuple(task.name for task in load_recipe(suite.recipe).tasks)
+
+
+def prepare_hub(suite: Suite, workdir: Path, build: bool = True, accept_checkpoints: bool = False) -> dict[str, Path]:
+    """Pretrain (or find cached) every source expert of the suite's recipe.
+
+    :param suite: the suite.
+    :param workdir: the hub builder's work folder; finished experts there are reused.
+    :param build: train missing experts; else only report the finished ones.
+    :param accept_checkpoints: for an unfinished expert, use its newest checkpoint (a time-boxed build).
+    :return: task name -> final ``model.zip`` (or checkpoint).
+    """
+    from hp_rl.rl.hub_builder import build_hub
+    from hp_rl.rl.runs import latest_checkpoint
+
+    found = build_hub(suite.recipe, workdir) if build else {}
+    for name in source_tasks(suite):
+        path = workdir / name / "model.zip"
+        if name in found:
+            continue
+        if path.is_file():
+            found[name] = path
+        elif accept_checkpoints and (newest := latest_checkpoint(workdir / name / "checkpoints")) is not None:
+            found[name] = newest[0]
+    return found
+
+
+def leave_one_out(experts: dict[str, Path], target: str) -> dict[str, Path]:
+    """Every expert except the one pretrained on ``target``."""
+    return {name: path for name, path in experts.items() if name != target}
+
+
+def _hub_mapping(experts: dict[str, Path]) -> dict[str, Any]:
+    return {"experts": [{"name": name, "source": "sb3", "path": str(path)} for name, path in experts.items()]}
+
+
+def plan_runs(suite: Suite, targets: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[RunKey]:
+    """Every run of the sweep, seed-major (a partial sweep has whole seeds), ``single`` expanded per expert."""
+    sources = source_tasks(suite)
+    keys = []
+    for seed in seeds:
+        for target in targets:
+            for name in methods:
+                if METHODS[name].kind == "single":
+                    keys += [RunKey(suite.name, target, f"single:{e}", seed) for e in sources if e != target]
+                else:
+                    keys.append(RunKey(suite.name, target, name, seed))
+    return keys
+
+
+# --------------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RunSettings:
+    """Settings shared by every run of a sweep.
+
+    :param steps: environment steps per run.
+    :param threads: torch threads per run.
+    :param device: torch device.
+    :param overrides: hyperparameter overrides from the command line.
+    """
+
+    steps: int
+    threads: int = 1
+    device: str = "auto"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _episode_recorder() -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class EpisodeRecorder(BaseCallback):
+        """Records (environment steps, return) of every finished training episode."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.episodes: list[tuple[int, float]] = []
+
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", ()):
+                episode = info.get("episode")
+                if episode is not None:
+                    self.episodes.append((int(self.num_timesteps), float(episode["r"])))
+            return True
+
+    return EpisodeRecorder()
+
+
+def forward_flops(model: Any, env: Any, batch: int = 64) -> float:
+    """Forward FLOPs per observation of the acting policy (features, heads; routed experts only)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    observations = []
+    current = env.reset()
+    for _ in range(max(batch // env.num_envs, 1)):  # real observations: routing depends on the input
+        observations.append(current)
+        current, *_ = env.step(np.array([env.action_space.sample() for _ in range(env.num_envs)]))
+    obs = np.concatenate(observations)[:batch]
+    policy = model.policy
+    policy.set_training_mode(False)
+    tensor, _ = policy.obs_to_tensor(obs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        policy(tensor)
+    return float(counter.get_total_flops()) / len(obs)
+
+
+def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Path]) -> Any:
+    from hp_rl.rl.config import apply_overrides, load_hyperparams
+    from hp_rl.rl.envs import preset_for
+    from hp_rl.rl.hub_builder import load_recipe
+    from hp_rl.rl.runs import RunConfig
+
+    env_id = target_env_id(suite, key.target)
+    family = preset_for(env_id).family
+    params = apply_overrides(load_hyperparams("ppo", family), {**suite.overrides, **settings.overrides})
+    params.pop("n_timesteps", None)
+    method = METHODS[key.base_method]
+    hub_experts = leave_one_out(experts, key.target)
+    hub_kwargs: dict[str, Any] = {}
+    hub: dict[str, Any] | None = None
+    k = suite.k
+    if method.kind == "scratch":
+        if suite.scratch_policy_kwargs:
+            params["policy_kwargs"] = {**suite.scratch_policy_kwargs, **(params.get("policy_kwargs") or {})}
+    else:
+        if method.kind == "single":
+            name = key.method.split(":", 1)[1]
+            hub_experts = {name: hub_experts[name]}
+        hub = _hub_mapping(hub_experts)
+        extractor = dict(method.extractor)
+        k = int(extractor.pop("k", None) or suite.k)
+        k = len(hub_experts) if extractor.get("dense") else min(k, len(hub_experts))
+        hub_kwargs = {"features_dim": suite.features_dim, "freeze_experts": False, **extractor}
+        params["exploit_coef"] = method.exploit_coef
+        params.pop("policy_kwargs", None)  # the hub methods use HubPPO's linear heads on the hub features
+    recipe = load_recipe(suite.recipe)
+    return RunConfig(algo="ppo", env_id=env_id, hub=hub, k=k, n_timesteps=settings.steps, seed=key.seed,  # type: ignore[arg-type]
+                     n_envs=int(params.get("n_envs", 1)), device=settings.device, hyperparams=params,
+                     hub_kwargs=hub_kwargs, env_preset=None,
+                     env_kwargs={t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}))  # fmt: skip
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    os.replace(partial, path)
+
+
+def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Train one run and write its JSON; returns the record.
+
+    :param suite: the suite.
+    :param key: which run.
+    :param settings: shared settings.
+    :param experts: every pretrained source expert of the suite (the target's own is left out here).
+    :param out: the sweep's output folder.
+    """
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    from hp_rl.hub import file_sha256
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.runs import package_versions
+    from hp_rl.rl.training import build_model
+
+    config = _build_config(suite, key, settings, experts)
+    env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs)
+    model = build_model(config, env)
+    recorder = _episode_recorder()
+    cpu, wall = time.process_time(), time.perf_counter()
+    model.learn(settings.steps, callback=recorder)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    flop_env = make_env(config.env_id, config.n_envs, config.seed + 999, config.env_preset,
+                        env_kwargs=config.env_kwargs)  # fmt: skip
+    flops = forward_flops(model, flop_env)
+    flop_env.close()
+    env.close()
+    policy = model.policy
+    hub_experts = [] if config.hub is None else [
+        {**e, "sha256": file_sha256(e["path"])} for e in config.hub["experts"]
+    ]  # fmt: skip
+    record = {
+        "suite": key.suite, "target": key.target, "env_id": config.env_id, "method": key.method,
+        "base_method": key.base_method, "seed": key.seed, "steps": int(model.num_timesteps),
+        "episodes": recorder.episodes, "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2),
+        "cpu_ms_per_step": 1000 * cpu / max(model.num_timesteps, 1),
+        "wall_ms_per_step": 1000 * wall / max(model.num_timesteps, 1),
+        "forward_flops_per_obs": flops,
+        "parameters": sum(p.numel() for p in policy.parameters()),
+        "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+        "k": config.k if config.hub is not None else None, "hub_kwargs": config.hub_kwargs,
+        "exploit_coef": config.hyperparams.get("exploit_coef"), "hub_experts": hub_experts,
+        "hyperparams": {k: v for k, v in config.hyperparams.items() if k != "exploit_coef"},
+        "threads": settings.threads, "device": str(model.device), "load_average": list(os.getloadavg()),
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "versions": package_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }  # fmt: skip
+    _write_json(key.path(out), record)
+    return record
+
+
+def _run_in_worker(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Path], out: Path) -> str:
+    record = run_one(suite, key, settings, experts, out)
+    return _describe(record)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    returns = [r for _, r in record["episodes"]]
+    last = np.mean(returns[-CURVE_WINDOW:]) if returns else float("nan")
+    return (f"{record['suite']}/{record['target']}/{record['method']}/seed{record['seed']}: "
+            f"{record['steps']} steps, last-{CURVE_WINDOW} return {last:.2f}, {record['cpu_seconds']:.0f} CPU s, "
+            f"{record['cpu_ms_per_step']:.3f} CPU ms/step")  # fmt: skip
+
+
+def run_sweep(suite: Suite, keys: Sequence[RunKey], settings: RunSettings, experts: dict[str, Path], out: Path,
+              jobs: int = 1, budget_cpu_seconds: float | None = None) -> list[RunKey]:  # fmt: skip
+    """Run every key whose JSON does not exist yet; returns the keys run.
+
+    :param jobs: parallel processes (1: in this process, one run after another).
+    :param budget_cpu_seconds: with ``jobs == 1``, start no new run once this much CPU time is spent.
+    """
+    todo = [key for key in keys if not key.path(out).is_file()]
+    print(f"[transfer] {suite.name}: {len(keys) - len(todo)} of {len(keys)} runs already done, {len(todo)} to run",
+          flush=True)  # fmt: skip
+    done: list[RunKey] = []
+    if jobs <= 1:
+        start = time.process_time()
+        for key in todo:
+            if budget_cpu_seconds is not None and time.process_time() - start > budget_cpu_seconds:
+                print(f"[transfer] CPU budget of {budget_cpu_seconds:.0f} s spent; stopping (rerun to continue).")
+                break
+            print(_describe(run_one(suite, key, settings, experts, out)), flush=True)
+            done.append(key)
+        return done
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_run_in_worker, suite, key, settings, experts, out): key for key in todo}
+        for future in as_completed(futures):
+            print(future.result(), flush=True)
+            done.append(futures[future])
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+def learning_curve(episodes: Sequence[Sequence[float]], steps: int, points: int = CURVE_POINTS,
+                   window: int = CURVE_WINDOW) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Mean return of the last ``window`` episodes finished by each of ``points`` evenly spaced steps.
+
+    Before the first episode ends, the curve takes the first episode's return.
+    :return: steps ``(points,)`` and curve ``(points,)`` (NaN when no episode finished at all).
+    """
+    grid = np.linspace(steps / points, steps, points)
+    if not episodes:
+        return grid, np.full(points, np.nan)
+    ends = np.array([e[0] for e in episodes], dtype=float)
+    returns = np.array([e[1] for e in episodes], dtype=float)
+    curve = np.empty(points)
+    for i, t in enumerate(grid):
+        n = int(np.searchsorted(ends, t, side="right"))
+        curve[i] = returns[max(n - window, 0) : n].mean() if n else returns[0]
+    return grid, curve
+
+
+def final_return(episodes: Sequence[Sequence[float]], steps: int, fraction: float = FINAL_FRACTION) -> float:
+    """Mean return of the episodes that finished in the last ``fraction`` of the steps (else the last ones)."""
+    if not episodes:
+        return float("nan")
+    late = [r for t, r in episodes if t > (1 - fraction) * steps]
+    return float(np.mean(late if late else [r for _, r in episodes[-CURVE_WINDOW:]]))
+
+
+def mean_ci(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean, half-width of the 95% Student-t interval, and the count (half-width NaN for one value)."""
+    from scipy import stats
+
+    data = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if len(data) == 0:
+        return float("nan"), float("nan"), 0
+    if len(data) == 1:
+        return float(data[0]), float("nan"), 1
+    half = float(stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data)))
+    return float(data.mean()), half, len(data)
+
+
+def welch_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Difference of means ``mean(a) - mean(b)`` and the half-width of its 95% Welch interval."""
+    from scipy import stats
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a_.mean() - b_.mean())
+    if len(a_) < 2 or len(b_) < 2:
+        return diff, float("nan")
+    va, vb = a_.var(ddof=1) / len(a_), b_.var(ddof=1) / len(b_)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, 0.0
+    dof = (va + vb) ** 2 / ((va**2 / (len(a_) - 1)) + (vb**2 / (len(b_) - 1)))
+    return diff, float(stats.t.ppf(0.975, dof) * se)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    """Every finished run record under ``out/runs``."""
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/*/*/seed*.json"))]
+
+
+def _per_seed(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {r["seed"]: r for r in records}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per suite and target: each method's final return, AUC and compute, mean and 95% interval over seeds.
+
+    ``single`` rows: ``single (best: <expert>)`` chosen in hindsight by mean AUC, and ``single (mean)``, the
+    per-seed mean over experts (seeds where every expert finished).
+    """
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        groups.setdefault((run["suite"], run["target"]), {}).setdefault(run["method"], []).append(run)
+    summary: dict[str, Any] = {}
+    for (suite, target), methods in sorted(groups.items()):
+        rows: dict[str, dict[str, Any]] = {}
+        for method, records in methods.items():
+            steps = max(r["steps"] for r in records)
+            finals = {r["seed"]: final_return(r["episodes"], r["steps"]) for r in records}
+            aucs = {r["seed"]: float(np.nanmean(learning_curve(r["episodes"], r["steps"])[1])) for r in records}
+            curves = [learning_curve(r["episodes"], r["steps"]) for r in records]
+            rows[method] = {
+                "final": finals,
+                "auc": aucs,
+                "steps": steps,
+                "grid": curves[0][0].tolist(),
+                "curves": {r["seed"]: c[1].tolist() for r, c in zip(records, curves, strict=True)},
+                "cpu_ms_per_step": float(np.mean([r["cpu_ms_per_step"] for r in records])),
+                "flops": float(np.mean([r["forward_flops_per_obs"] for r in records])),
+                "trainable_parameters": records[0]["trainable_parameters"],
+            }
+        singles = {m: row for m, row in rows.items() if m.startswith("single:")}
+        if singles:
+            best = max(singles, key=lambda m: mean_ci(singles[m]["auc"].values())[0])
+            rows["single_best"] = {**singles[best], "expert": best.split(":", 1)[1]}
+            seeds = set.intersection(*(set(row["final"]) for row in singles.values()))
+            if seeds:
+                mean_row = dict(next(iter(singles.values())))
+                for metric in ("final", "auc"):
+                    mean_row[metric] = {s: float(np.mean([row[metric][s] for row in singles.values()])) for s in seeds}
+                mean_row["curves"] = {s: np.mean([row["curves"][s] for row in singles.values()], axis=0).tolist()
+                                      for s in seeds}  # fmt: skip
+                mean_row["cpu_ms_per_step"] = float(np.mean([row["cpu_ms_per_step"] for row in singles.values()]))
+                rows["single_mean"] = mean_row
+        summary.setdefault(suite, {})[target] = rows
+    return summary
+
+
+_ROW_ORDER = ("scratch", "single_best", "single_mean", "dense", "hub_pathway", "no_noise", "no_explore", "no_exploit")
+
+
+def _label(method: str, row: dict[str, Any]) -> str:
+    if method == "single_best":
+        return f"single expert, best in hindsight ({row['expert']})"
+    if method == "single_mean":
+        return "single expert, mean over experts"
+    if method.startswith("single:"):
+        return f"single expert: {method.split(':', 1)[1]}"
+    return METHODS[method].label if method in METHODS else method
+
+
+def _fmt(mean: float, half: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _flops(value: float) -> str:
+    return f"{value / 1e6:.2f} M" if value >= 1e5 else f"{value / 1e3:.1f} k"
+
+
+def _ordered(rows: dict[str, Any], with_experts: bool) -> list[str]:
+    order = [m for m in _ROW_ORDER if m in rows]
+    if with_experts:
+        order += sorted(m for m in rows if m.startswith("single:"))
+    return order
+
+
+def markdown_tables(summary: dict[str, Any], with_experts: bool = True) -> str:
+    """The result tables and the target checks, as markdown."""
+    lines: list[str] = []
+    for suite, targets in summary.items():
+        for target, rows in targets.items():
+            steps = max(row["steps"] for row in rows.values())
+            lines += [f"#### {suite} / {target} ({steps:,} env steps per run)", "",
+                      "| method | final return | AUC | seeds | forward FLOPs / obs | CPU ms / env step |",
+                      "|---|---|---|---|---|---|"]  # fmt: skip
+            for method in _ordered(rows, with_experts):
+                row = rows[method]
+                final, final_half, n = mean_ci(row["final"].values())
+                auc, auc_half, _ = mean_ci(row["auc"].values())
+                lines.append(f"| {_label(method, row)} | {_fmt(final, final_half)} | {_fmt(auc, auc_half)} | {n} | "
+                             f"{_flops(row['flops'])} | {row['cpu_ms_per_step']:.3f} |")  # fmt: skip
+            lines.append("")
+    lines += target_checks(summary)
+    return "\n".join(lines)
+
+
+def target_checks(summary: dict[str, Any]) -> list[str]:
+    """The issue's targets, per target: Hub-Pathway against scratch, the best single expert and dense."""
+    lines = ["#### Targets", "",
+             "Differences are Hub-Pathway minus the other method (mean, 95% Welch interval over seeds). "
+             "*Normalised* = difference / |scratch mean|.", "",
+             "| suite / target | HP − scratch, final | HP − scratch, AUC | no negative transfer (AUC) | "
+             "HP − best single, AUC | HP − mean single, AUC | FLOPs HP / dense |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    normalised: dict[str, list[float]] = {"scratch": [], "single_best": [], "single_mean": []}
+    for suite, targets in summary.items():
+        for target, rows in targets.items():
+            hp = rows.get("hub_pathway")
+            if hp is None or "scratch" not in rows:
+                continue
+            cells = []
+            for other, metric in (("scratch", "final"), ("scratch", "auc"), ("single_best", "auc"),
+                                  ("single_mean", "auc")):  # fmt: skip
+                if other not in rows:
+                    cells.append("–")
+                    continue
+                diff, half = welch_ci(list(hp[metric].values()), list(rows[other][metric].values()))
+                cells.append(_fmt(diff, half))
+                if metric == "auc":
+                    scale = abs(mean_ci(rows["scratch"]["auc"].values())[0]) or 1.0
+                    normalised[other].append(diff / scale)
+            diff, half = welch_ci(list(hp["auc"].values()), list(rows["scratch"]["auc"].values()))
+            ok = "yes" if math.isnan(half) or diff + half >= 0 else "**no**"
+            ratio = f"{hp['flops'] / rows['dense']['flops']:.2f}" if "dense" in rows else "–"
+            lines.append(f"| {suite} / {target} | {cells[0]} | {cells[1]} | {ok} | {cells[2]} | {cells[3]} | {ratio} |")
+    lines += [
+        "",
+        "Average over targets of the normalised AUC difference (HP − other) / |scratch AUC|: "
+        + ", ".join(
+            f"vs {name.replace('_', ' ')} {np.mean(values):+.3f}" for name, values in normalised.items() if values
+        ),
+    ]
+    return [*lines, ""]
+
+
+_STYLES = {
+    "scratch": ("black", "-"), "single_best": ("tab:green", "-"), "single_mean": ("tab:olive", ":"),
+    "dense": ("tab:purple", "-"), "hub_pathway": ("tab:red", "-"), "no_noise": ("tab:orange", "--"),
+    "no_explore": ("tab:blue", "--"), "no_exploit": ("tab:cyan", "--"),
+}  # fmt: skip
+
+
+def plot_curves(summary: dict[str, Any], img_dir: Path) -> list[Path]:
+    """One PNG per target: mean learning curve of each method over seeds, shaded 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suite, targets in summary.items():
+        for target, rows in targets.items():
+            fig, ax = plt.subplots(figsize=(6.4, 4.0))
+            for method in _ordered(rows, with_experts=False):
+                row = rows[method]
+                curves = np.array(list(row["curves"].values()), dtype=float)
+                grid = np.array(row["grid"])
+                mean = np.nanmean(curves, axis=0)
+                color, style = _STYLES.get(method, ("grey", "-"))
+                ax.plot(grid, mean, color=color, linestyle=style, label=f"{_label(method, row)} (n={len(curves)})")
+                if len(curves) > 1:
+                    spread = np.nanstd(curves, axis=0, ddof=1) / np.sqrt(len(curves))
+                    half = stats.t.ppf(0.975, len(curves) - 1) * spread
+                    ax.fill_between(grid, mean - half, mean + half, color=color, alpha=0.12, linewidth=0)
+            ax.set_xlabel("environment steps")
+            ax.set_ylabel(f"training return (mean of last {CURVE_WINDOW} episodes)")
+            ax.set_title(f"{suite}: {target} (leave-one-out hub)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+            fig.tight_layout()
+            path = img_dir / f"transfer_{suite}_{target}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def write_report(out: Path, img_dir: Path | None = None) -> Path:
+    """Tables (``transfer.md``), the summary (``transfer_summary.json``) and the PNGs from every finished run."""
+    runs = load_runs(out)
+    summary = summarise(runs)
+    images = plot_curves(summary, img_dir or out)
+    text = ["# Transfer results", "", f"{len(runs)} runs from {out}.", "", markdown_tables(summary)]
+    text += [f"![{p.stem}]({p.name})" for p in images]
+    report = out / "transfer.md"
+    report.write_text("\n".join(text) + "\n")
+    (out / "transfer_summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    print(markdown_tables(summary))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--suite", choices=sorted(SUITES), default="minatar")
+    parser.add_argument("--recipe", type=Path, help="use another pretraining recipe for the suite")
+    parser.add_argument("--targets", nargs="+", help="target task names (default: the suite's)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, help="environment steps per run (default: the suite's)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_out/transfer")
+    parser.add_argument("--hub-workdir", type=Path, help="hub builder work folder (default: <out>/hubs/<suite>)")
+    parser.add_argument("--no-build", action="store_true", help="do not pretrain missing experts")
+    parser.add_argument(
+        "--accept-checkpoints",
+        action="store_true",
+        help="use an unfinished expert's newest checkpoint (time-boxed hub builds)",
+    )
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PPO hyperparameter overrides")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes)")
+    parser.add_argument("--budget-cpu-minutes", type=float, help="start no new run after this much CPU (jobs=1)")
+    parser.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
+    parser.add_argument("--img-dir", type=Path, help="where the PNGs go (default: --out)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep (resumably) and write the report."""
+    import torch
+
+    from hp_rl.rl.config import parse_overrides
+
+    args = _parse_args(argv)
+    torch.set_num_threads(args.threads)  # the hub build too: idle OpenMP threads spin on a busy machine
+    out: Path = args.out
+    if args.report_only:
+        write_report(out, args.img_dir)
+        return 0
+    suite = SUITES[args.suite]
+    if args.recipe is not None:
+        suite = replace(suite, recipe=args.recipe.resolve())
+    settings = RunSettings(steps=args.steps or suite.steps, threads=args.threads, device=args.device,
+                           overrides=parse_overrides(args.set))  # fmt: skip
+    targets = tuple(args.targets or suite.targets)
+    for target in targets:
+        target_env_id(suite, target)  # fail early on a wrong name
+    workdir = args.hub_workdir or out / "hubs" / suite.name
+    experts = prepare_hub(suite, workdir, build=not (args.no_build or args.dry_run),
+                          accept_checkpoints=args.accept_checkpoints)  # fmt: skip
+    keys = plan_runs(suite, targets, args.methods, args.seeds)
+    if args.dry_run:
+        print(
+            json.dumps(
+                {
+                    "suite": asdict(suite),
+                    "settings": asdict(settings),
+                    "experts": experts,
+                    "runs": [k.method + f"/{k.target}/seed{k.seed}" for k in keys],
+                },
+                indent=1,
+                default=str,
+            )
+        )
+        return 0
+    missing = sorted(set(source_tasks(suite)) - set(experts))
+    if missing:  # a leave-one-out hub must hold every other task's expert
+        raise SystemExit(f"Experts {missing} are not pretrained in {workdir} yet; run again without --no-build.")
+    budget = args.budget_cpu_minutes * 60 if args.budget_cpu_minutes else None
+    run_sweep(suite, keys, settings, experts, out, jobs=args.jobs, budget_cpu_seconds=budget)
+    write_report(out, args.img_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

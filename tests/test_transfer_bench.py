@@ -1,0 +1,157 @@
+"""The transfer benchmark (benchmarks/transfer.py) on a micro budget, and the MinAtar trunks it loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hp_rl.hub.architectures import ARCHITECTURES, SmallFrameCNNTrunk, TrunkInfo, build_trunk
+from hp_rl.hub.sb3_zip import read_sb3_trunk
+from hp_rl.rl.baselines import SmallFrameCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("transfer_bench", ROOT / "benchmarks" / "transfer.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _minatar_space(channels: int) -> object:
+    from gymnasium import spaces
+
+    return spaces.Box(0.0, 1.0, (channels, 10, 10), np.float32)
+
+
+def test_small_frame_cnn_trunk_has_the_baseline_layout() -> None:
+    baseline = SmallFrameCNN(_minatar_space(7), features_dim=32)
+    trunk = SmallFrameCNNTrunk(7, 10, 10, features_dim=32)
+    trunk.load_state_dict(baseline.state_dict())  # strict: same names and shapes
+    x = torch.rand(5, 7, 10, 10)
+    assert torch.equal(trunk(x), baseline(x))
+    info = TrunkInfo("small_frame_cnn", "image", (7, 10, 10), 32, (("channels", "16"),))
+    assert "small_frame_cnn" in ARCHITECTURES
+    assert build_trunk(info)(x).shape == (5, 32)
+
+
+@pytest.fixture(scope="module")
+def minatar_zip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A tiny PPO agent on MinAtar SpaceInvaders (6 channels), trained as the hub builder trains one."""
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.runs import RunConfig
+    from hp_rl.rl.training import build_model
+
+    env = make_env("MinAtar/SpaceInvaders-v1", 2, seed=0)
+    params = {"n_steps": 16, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": []}}
+    config = RunConfig(algo="ppo", env_id="MinAtar/SpaceInvaders-v1", hub=None, n_timesteps=32, n_envs=2,
+                       hyperparams=params, device="cpu")  # fmt: skip
+    model = build_model(config, env)
+    model.learn(32)
+    path = tmp_path_factory.mktemp("minatar") / "space_invaders.zip"
+    model.save(path)
+    env.close()
+    return path, model
+
+
+def test_read_sb3_trunk_reads_a_minatar_agent(minatar_zip: tuple[Path, object]) -> None:
+    path, model = minatar_zip
+    trunk, info, _ = read_sb3_trunk(path)
+    assert info.arch == "small_frame_cnn" and info.input_kind == "image"
+    assert info.input_shape == (6, 10, 10) and info.features_dim == 128
+    x = torch.rand(3, 6, 10, 10)
+    with torch.no_grad():
+        expected = model.policy.features_extractor(x)  # type: ignore[attr-defined]
+        assert torch.allclose(trunk(x), expected)
+
+
+def test_small_frame_shape_without_space_metadata() -> None:
+    from hp_rl.hub.sb3_zip import _small_frame_shape
+
+    conv, linear = torch.zeros(16, 4, 3, 3), torch.zeros(128, 16 * 8 * 8)
+    assert _small_frame_shape({}, conv, linear) == (4, 10, 10)
+
+
+def test_minatar_expert_reaches_other_channel_counts(minatar_zip: tuple[Path, object]) -> None:
+    from hp_rl.hub.adapters import ChannelMap
+    from hp_rl.rl.extractor import HubPathwayExtractor
+
+    path, _ = minatar_zip
+    extractor = HubPathwayExtractor(_minatar_space(4), [str(path), str(path)], k=1, features_dim=16)
+    maps = [m for m in extractor.modules() if isinstance(m, ChannelMap)]
+    assert maps and maps[0].conv.in_channels == 4 and maps[0].conv.out_channels == 6
+    assert extractor(torch.rand(5, 4, 10, 10)).shape == (5, 16)
+
+
+def _micro_recipe(tmp_path: Path, tasks: list[dict[str, str]], n_envs: int = 2) -> Path:
+    recipe = {"algo": "ppo", "n_timesteps": 64, "seed": 0, "save_freq": 0, "tasks": tasks,
+              "overrides": {"n_envs": n_envs, "n_steps": 16, "batch_size": 32, "n_epochs": 1}}  # fmt: skip
+    path = tmp_path / "micro.recipe.yml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+_MICRO = ["--seeds", "0", "--steps", "64", "--set", "n_envs=2", "n_steps=16", "batch_size=32", "n_epochs=1"]
+
+
+def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
+    bench = _bench()
+    recipe = _micro_recipe(tmp_path, [{"name": "cartpole", "env_id": "CartPole-v1"},
+                                      {"name": "acrobot", "env_id": "Acrobot-v1"},
+                                      {"name": "mountaincar", "env_id": "MountainCar-v0"}])  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["--suite", "control", "--recipe", str(recipe), "--targets", "cartpole", "--out", str(out), *_MICRO]
+    assert bench.main(argv) == 0
+    runs = sorted(p.relative_to(out / "runs/control/cartpole").parts[0] for p in out.glob("runs/*/*/*/seed0.json"))
+    assert runs == ["dense", "hub_pathway", "no_exploit", "no_explore", "no_noise", "scratch", "single-acrobot",
+                    "single-mountaincar"]  # fmt: skip
+    record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
+    assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
+    assert {e["name"] for e in record["hub_experts"]} == {"acrobot", "mountaincar"}  # the target's own left out
+    assert record["forward_flops_per_obs"] > 0 and record["cpu_ms_per_step"] > 0
+    dense = json.loads((out / "runs/control/cartpole/dense/seed0.json").read_text())
+    single = json.loads((out / "runs/control/cartpole/single-acrobot/seed0.json").read_text())
+    assert dense["hub_kwargs"]["dense"] is True and single["k"] == 1 and single["exploit_coef"] == 0.0
+    report = (out / "transfer.md").read_text()
+    assert "single expert, best in hindsight" in report and "Hub-Pathway" in report
+    assert (out / "transfer_control_cartpole.png").stat().st_size > 0
+    # Resumable: a second call finds every run finished and runs none.
+    stamp = (out / "runs/control/cartpole/scratch/seed0.json").stat().st_mtime_ns
+    assert bench.main(argv) == 0
+    assert (out / "runs/control/cartpole/scratch/seed0.json").stat().st_mtime_ns == stamp
+
+
+def test_transfer_sweep_minatar_adapts_channels(tmp_path: Path) -> None:
+    bench = _bench()
+    recipe = _micro_recipe(tmp_path, [{"name": "breakout", "env_id": "MinAtar/Breakout-v1"},
+                                      {"name": "space_invaders", "env_id": "MinAtar/SpaceInvaders-v1"},
+                                      {"name": "freeway", "env_id": "MinAtar/Freeway-v1"}])  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["--suite", "minatar", "--recipe", str(recipe), "--targets", "breakout", "--out", str(out),
+            "--methods", "scratch", "hub_pathway", *_MICRO]  # fmt: skip
+    assert bench.main(argv) == 0
+    record = json.loads((out / "runs/minatar/breakout/hub_pathway/seed0.json").read_text())
+    assert {e["name"] for e in record["hub_experts"]} == {"space_invaders", "freeway"}
+    assert record["k"] == 2 and record["steps"] >= 64
+
+
+def test_metrics() -> None:
+    bench = _bench()
+    episodes = [(10, 1.0), (20, 3.0), (95, 5.0)]
+    grid, curve = bench.learning_curve(episodes, 100, points=4, window=2)
+    assert grid.tolist() == [25.0, 50.0, 75.0, 100.0]
+    assert curve.tolist() == [2.0, 2.0, 2.0, 4.0]
+    assert bench.final_return(episodes, 100) == 5.0
+    mean, half, n = bench.mean_ci([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(2.484, abs=1e-3)
