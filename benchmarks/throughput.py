@@ -15,10 +15,10 @@ Two measurements, one command::
       random trunk costs exactly what a frozen pretrained trunk of the same architecture costs.
     - MinAtar (``MinAtar/Breakout-v1`` through :func:`hp_rl.rl.envs.make_env`, PPO settings from the
       ``minatar`` section). Plain PPO is ``CnnPolicy`` with :class:`~hp_rl.rl.baselines.SmallFrameCNN` (the
-      MinAtar paper's network). NatureCNN needs frames of at least 36x36 and MinAtar frames are 10x10, so
-      the hub experts are random NatureCNN trunks with ``input_shape [C, 36, 36]`` (the smallest valid
-      NatureCNN input), reached through the hub's nearest-neighbour ``Resize`` input adapter; one extra
-      row uses 84x84 experts, the cost of plugging Atari-sized experts into MinAtar.
+      MinAtar paper's network), and the hub experts are random ``small_frame_cnn`` trunks, the same network
+      (the MinAtar transfer hub's architecture). Two extra rows plug Atari-sized experts into MinAtar:
+      random NatureCNN trunks taking 36x36 frames (the smallest valid NatureCNN input) and 84x84 frames,
+      reached through the hub's nearest-neighbour ``Resize`` input adapter.
 
     Two more rows per game show what the extras cost: the same hub with
     :class:`~hp_rl.rl.callbacks.GateUsageCallback` attached, and :class:`~hp_rl.rl.algorithms.HubPPO`
@@ -89,8 +89,8 @@ class TrainCase:
     :param k: experts per observation (m for the dense mixture).
     :param frozen: frozen expert trunks.
     :param dense: dense mixture of all experts.
-    :param expert_size: side of the experts' input frames (MinAtar only; Atari experts take the frames as
-        they are).
+    :param expert_size: MinAtar only: side of the NatureCNN experts' input frames; ``None``: the
+        SmallFrameCNN trunk on the 10x10 frames (Atari experts always take the frames as they are).
     :param algo: ``ppo`` (SB3's PPO with the extractor) or ``hubppo`` (HubPPO: the exploitation loss too).
     :param gate_callback: train with :class:`~hp_rl.rl.callbacks.GateUsageCallback` attached.
     """
@@ -202,14 +202,16 @@ def _sync(device: str) -> None:
 # (a) Training throughput
 
 
-def minatar_hub(experts: int, channels: int, size: int) -> dict[str, Any]:
-    """A hub of ``experts`` random NatureCNN experts taking ``channels x size x size`` frames.
+def minatar_hub(experts: int, channels: int, size: int | None) -> dict[str, Any]:
+    """A hub of ``experts`` random trunks for ``channels x 10 x 10`` MinAtar frames.
 
-    MinAtar frames (10x10) reach them through the hub's nearest-neighbour resize adapter.
+    :param size: ``None``: SmallFrameCNN trunks on the frames as they are; else NatureCNN trunks taking
+        ``channels x size x size`` frames, which reach them through the hub's nearest-neighbour resize adapter.
     """
+    arch, side = ("small_frame_cnn", 10) if size is None else ("nature_cnn", size)
     return {
         "experts": [
-            {"name": f"random{i}", "source": "random", "arch": "nature_cnn", "input_shape": [channels, size, size]}
+            {"name": f"random{i}", "source": "random", "arch": arch, "input_shape": [channels, side, side]}
             for i in range(experts)
         ]
     }
@@ -217,21 +219,21 @@ def minatar_hub(experts: int, channels: int, size: int) -> dict[str, Any]:
 
 def train_cases(game: str, quick: bool) -> list[TrainCase]:
     """The configurations measured on ``game`` (``"breakout"`` or ``"minatar"``)."""
-    size = 36 if game == "minatar" else None
     plain = "plain PPO (NatureCNN)" if game == "breakout" else "plain PPO (SmallFrameCNN)"
     cases = [
         TrainCase(plain),
-        TrainCase("hub m=4 k=1 frozen", 4, 1, expert_size=size),
-        TrainCase("hub m=4 k=2 frozen", 4, 2, expert_size=size),
-        TrainCase("hub m=4 k=2 fine-tuned", 4, 2, frozen=False, expert_size=size),
-        TrainCase("hub m=8 k=2 frozen", 8, 2, expert_size=size),
-        TrainCase("hub m=2 k=2 frozen", 2, 2, expert_size=size),
-        TrainCase("dense mixture m=4 frozen", 4, 4, dense=True, expert_size=size),
-        TrainCase("hub m=4 k=2 frozen + GateUsageCallback", 4, 2, expert_size=size, gate_callback=True),
-        TrainCase("HubPPO m=4 k=2 frozen (exploitation loss)", 4, 2, expert_size=size, algo="hubppo"),
+        TrainCase("hub m=4 k=1 frozen", 4, 1),
+        TrainCase("hub m=4 k=2 frozen", 4, 2),
+        TrainCase("hub m=4 k=2 fine-tuned", 4, 2, frozen=False),
+        TrainCase("hub m=8 k=2 frozen", 8, 2),
+        TrainCase("hub m=2 k=2 frozen", 2, 2),
+        TrainCase("dense mixture m=4 frozen", 4, 4, dense=True),
+        TrainCase("hub m=4 k=2 frozen + GateUsageCallback", 4, 2, gate_callback=True),
+        TrainCase("HubPPO m=4 k=2 frozen (exploitation loss)", 4, 2, algo="hubppo"),
     ]
     if game == "minatar" and not quick:
-        cases.append(TrainCase("hub m=4 k=2 frozen (84x84 experts)", 4, 2, expert_size=84))
+        cases.append(TrainCase("hub m=4 k=2 frozen (NatureCNN 36x36 experts)", 4, 2, expert_size=36))
+        cases.append(TrainCase("hub m=4 k=2 frozen (NatureCNN 84x84 experts)", 4, 2, expert_size=84))
     return cases
 
 
@@ -288,7 +290,7 @@ def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> 
     else:
         from hp_rl.rl.extractor import HubPathwayExtractor
 
-        if case.expert_size is None:
+        if game == "breakout":
             hub: Any = f"random:{case.experts}"
         else:
             shape = env.observation_space.shape
@@ -562,9 +564,10 @@ def check_targets(train: Sequence[TrainResult], extractor: Sequence[ExtractorRes
     """The two speed targets of the project, measured on wall time and on process CPU time."""
     targets = []
     for result in train:
-        if result.game == "breakout" and result.case == "hub m=4 k=2 frozen":
+        if result.case == "hub m=4 k=2 frozen":
+            game = "Breakout" if result.game == "breakout" else "MinAtar"
             for clock, ratio in (("wall", result.ratio_to_plain), ("cpu", result.cpu_ratio_to_plain)):
-                targets.append({"target": f"Breakout: hub m=4 k=2 frozen >= 0.5x plain PPO steps/s ({clock} time)",
+                targets.append({"target": f"{game}: hub m=4 k=2 frozen >= 0.5x plain PPO steps/s ({clock} time)",
                                 "value": ratio, "passed": (ratio or 0.0) >= 0.5})  # fmt: skip
     for mode in ("frozen", "finetuned"):
         two, eight = _find(extractor, mode, "sparse", 2, 2), _find(extractor, mode, "sparse", 8, 2)
@@ -602,7 +605,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"{settings['steps']} measured steps per configuration after a warm-up; {settings['repeats']} "
             "interleaved round(s), median reported. Hubs are random NatureCNN experts (frozen speed equals "
-            "pretrained speed); MinAtar experts take 36x36 frames through the resize adapter unless noted. "
+            "pretrained speed); MinAtar hubs: random SmallFrameCNN experts (the plain network) unless noted. "
             "Rollout share: fraction of the wall time spent collecting rollouts (the rest is the update).",
             "",
             "| game | configuration | steps/s (wall) | ratio to plain | steps/CPU-s | ratio to plain (CPU) "

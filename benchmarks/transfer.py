@@ -600,7 +600,43 @@ def markdown_tables(summary: dict[str, Any], with_experts: bool = True) -> str:
                              f"{_flops(row['flops'])} | {row['cpu_ms_per_step']:.3f} |")  # fmt: skip
             lines.append("")
     lines += target_checks(summary)
+    lines += overview_table(summary)
     return "\n".join(lines)
+
+
+def overview_table(summary: dict[str, Any]) -> list[str]:
+    """Every method on every target at once: mean AUC relative to scratch, ``(AUC - scratch) / |scratch|``.
+
+    The last columns average it over the targets where the method ran and count the targets where its mean AUC
+    beats scratch's.
+    """
+    columns = [(suite, target) for suite, targets in summary.items() for target, rows in targets.items()
+               if "scratch" in rows]  # fmt: skip
+    if not columns:
+        return []
+    lines = ["#### All targets at once", "",
+             "Mean AUC relative to scratch on the same target, (AUC − scratch AUC) / |scratch AUC| "
+             "(0 = scratch, +0.10 = 10% more area under the learning curve).", "",
+             "| method | " + " | ".join(f"{s} / {t}" for s, t in columns) + " | average | targets above scratch |",
+             "|---|" + "---:|" * (len(columns) + 2)]  # fmt: skip
+    for method in _ROW_ORDER[1:]:
+        cells: list[str] = []
+        values: list[float] = []
+        for suite, target in columns:
+            rows = summary[suite][target]
+            if method not in rows:
+                cells.append("–")
+                continue
+            scratch = mean_ci(rows["scratch"]["auc"].values())[0]
+            value = (mean_ci(rows[method]["auc"].values())[0] - scratch) / (abs(scratch) or 1.0)
+            values.append(value)
+            cells.append(f"{value:+.2f}")
+        if not values:
+            continue
+        label = "single expert, best in hindsight" if method == "single_best" else _label(method, {})
+        above = sum(v > 0 for v in values)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean(values):+.3f} | {above} of {len(values)} |")
+    return [*lines, ""]
 
 
 def target_checks(summary: dict[str, Any]) -> list[str]:

@@ -77,6 +77,7 @@ def test_quick_benchmark_writes_tables_json_and_plot(tmp_path: Path) -> None:
         assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
         assert row["forward_backward_peak_mib"] is not None and row["forward_backward_peak_mib"] >= 0
     assert any("m=8 k=2" in t["target"] for t in report["targets"])
+    assert any(t["target"].startswith("MinAtar: hub m=4 k=2 frozen") for t in report["targets"])
 
     markdown = (out / "throughput.md").read_text()
     assert "| minatar | hub m=4 k=2 frozen |" in markdown and "## Targets" in markdown

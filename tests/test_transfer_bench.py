@@ -155,3 +155,21 @@ def test_metrics() -> None:
     assert bench.final_return(episodes, 100) == 5.0
     mean, half, n = bench.mean_ci([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3) and half == pytest.approx(2.484, abs=1e-3)
+
+
+def test_overview_table_is_relative_to_scratch() -> None:
+    bench = _bench()
+
+    def row(aucs: list[float]) -> dict[str, object]:
+        return {"auc": dict(enumerate(aucs))}
+
+    summary = {"minatar": {"a": {"scratch": row([2.0, 2.0]), "hub_pathway": row([3.0, 3.0])},
+                           "b": {"scratch": row([-4.0, -4.0]), "hub_pathway": row([-5.0, -5.0]),
+                                 "dense": row([-2.0, -2.0])}}}  # fmt: skip
+    lines = bench.overview_table(summary)
+    hub = next(line for line in lines if line.startswith("| Hub-Pathway |"))
+    dense = next(line for line in lines if line.startswith("| dense mixture |"))
+    # (3 - 2) / 2 = +0.50 on a; (-5 - -4) / 4 = -0.25 on b (a negative scale keeps "higher is better").
+    assert hub.split("|")[2:6] == [" +0.50 ", " -0.25 ", " +0.125 ", " 1 of 2 "]
+    assert dense.split("|")[2:6] == [" – ", " +0.50 ", " +0.500 ", " 1 of 1 "]
+    assert not any(line.startswith("| scratch |") for line in lines)
