@@ -229,15 +229,23 @@ def _hub_mapping(experts: dict[str, Path]) -> dict[str, Any]:
     return {"experts": [{"name": name, "source": "sb3", "path": str(path)} for name, path in experts.items()]}
 
 
-def plan_runs(suite: Suite, targets: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[RunKey]:
-    """Every run of the sweep, seed-major (a partial sweep has whole seeds), ``single`` expanded per expert."""
+def plan_runs(suite: Suite, targets: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+              single_experts: Sequence[str] | None = None) -> list[RunKey]:  # fmt: skip
+    """Every run of the sweep, seed-major (a partial sweep has whole seeds), ``single`` expanded per expert.
+
+    :param single_experts: fine-tune only these experts in ``single`` runs (default: every source task).
+    """
     sources = source_tasks(suite)
+    unknown = sorted(set(single_experts or ()) - set(sources))
+    if unknown:
+        raise ValueError(f"--single-experts {unknown} are not tasks of the {suite.name} suite; choose from {sources}.")
+    chosen = [e for e in sources if single_experts is None or e in single_experts]
     keys = []
     for seed in seeds:
         for target in targets:
             for name in methods:
                 if METHODS[name].kind == "single":
-                    keys += [RunKey(suite.name, target, f"single:{e}", seed) for e in sources if e != target]
+                    keys += [RunKey(suite.name, target, f"single:{e}", seed) for e in chosen if e != target]
                 else:
                     keys.append(RunKey(suite.name, target, name, seed))
     return keys
@@ -535,6 +543,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "cpu_ms_per_step": float(np.mean([r["cpu_ms_per_step"] for r in records])),
                 "flops": float(np.mean([r["forward_flops_per_obs"] for r in records])),
                 "trainable_parameters": records[0]["trainable_parameters"],
+                "episodes": float(np.mean([len(r["episodes"]) for r in records])),
             }
         singles = {m: row for m, row in rows.items() if m.startswith("single:")}
         if singles:
@@ -589,7 +598,8 @@ def markdown_tables(summary: dict[str, Any], with_experts: bool = True) -> str:
     for suite, targets in summary.items():
         for target, rows in targets.items():
             steps = max(row["steps"] for row in rows.values())
-            lines += [f"#### {suite} / {target} ({steps:,} env steps per run)", "",
+            episodes = np.mean([row["episodes"] for row in rows.values()])
+            lines += [f"#### {suite} / {target} ({steps:,} env steps per run, {episodes:,.0f} episodes per run)", "",
                       "| method | final return | AUC | seeds | forward FLOPs / obs | CPU ms / env step |",
                       "|---|---|---|---|---|---|"]  # fmt: skip
             for method in _ordered(rows, with_experts):
@@ -746,6 +756,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe", type=Path, help="use another pretraining recipe for the suite")
     parser.add_argument("--targets", nargs="+", help="target task names (default: the suite's)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--single-experts", nargs="+", metavar="TASK",
+                        help="fine-tune only these experts in the single-expert runs (default: all)")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="environment steps per run (default: the suite's)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_out/transfer")
@@ -790,7 +802,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.hub_workdir or out / "hubs" / suite.name
     experts = prepare_hub(suite, workdir, build=not (args.no_build or args.dry_run),
                           accept_checkpoints=args.accept_checkpoints)  # fmt: skip
-    keys = plan_runs(suite, targets, args.methods, args.seeds)
+    try:
+        keys = plan_runs(suite, targets, args.methods, args.seeds, args.single_experts)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     if args.dry_run:
         print(
             json.dumps(

@@ -173,3 +173,12 @@ def test_overview_table_is_relative_to_scratch() -> None:
     assert hub.split("|")[2:6] == [" +0.50 ", " -0.25 ", " +0.125 ", " 1 of 2 "]
     assert dense.split("|")[2:6] == [" – ", " +0.50 ", " +0.500 ", " 1 of 1 "]
     assert not any(line.startswith("| scratch |") for line in lines)
+
+
+def test_plan_runs_can_restrict_the_single_experts() -> None:
+    bench = _bench()
+    suite = bench.SUITES["minatar"]
+    keys = bench.plan_runs(suite, ["breakout"], ["scratch", "single"], [0, 1], single_experts=["seaquest", "breakout"])
+    assert [k.method for k in keys] == ["scratch", "single:seaquest"] * 2  # the target's own expert stays out
+    with pytest.raises(ValueError, match="pong"):
+        bench.plan_runs(suite, ["breakout"], ["single"], [0], single_experts=["pong"])
