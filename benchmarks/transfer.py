@@ -617,8 +617,8 @@ def markdown_tables(summary: dict[str, Any], with_experts: bool = True) -> str:
 def overview_table(summary: dict[str, Any]) -> list[str]:
     """Every method on every target at once: mean AUC relative to scratch, ``(AUC - scratch) / |scratch|``.
 
-    The last columns average it over the targets where the method ran and count the targets where its mean AUC
-    beats scratch's.
+    The last columns average it over the targets where the method ran (mean, and the median, which one target
+    with a tiny scratch AUC cannot dominate) and count the targets where its mean AUC beats scratch's.
     """
     columns = [(suite, target) for suite, targets in summary.items() for target, rows in targets.items()
                if "scratch" in rows]  # fmt: skip
@@ -627,8 +627,9 @@ def overview_table(summary: dict[str, Any]) -> list[str]:
     lines = ["#### All targets at once", "",
              "Mean AUC relative to scratch on the same target, (AUC − scratch AUC) / |scratch AUC| "
              "(0 = scratch, +0.10 = 10% more area under the learning curve).", "",
-             "| method | " + " | ".join(f"{s} / {t}" for s, t in columns) + " | average | targets above scratch |",
-             "|---|" + "---:|" * (len(columns) + 2)]  # fmt: skip
+             "| method | " + " | ".join(f"{s} / {t}" for s, t in columns)
+             + " | average | median | targets above scratch |",
+             "|---|" + "---:|" * (len(columns) + 3)]  # fmt: skip
     for method in _ROW_ORDER[1:]:
         cells: list[str] = []
         values: list[float] = []
@@ -645,7 +646,8 @@ def overview_table(summary: dict[str, Any]) -> list[str]:
             continue
         label = "single expert, best in hindsight" if method == "single_best" else _label(method, {})
         above = sum(v > 0 for v in values)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean(values):+.3f} | {above} of {len(values)} |")
+        stats = f"{np.mean(values):+.3f} | {np.median(values):+.3f} | {above} of {len(values)}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {stats} |")
     return [*lines, ""]
 
 
@@ -695,8 +697,9 @@ _STYLES = {
 }  # fmt: skip
 
 
-def plot_curves(summary: dict[str, Any], img_dir: Path) -> list[Path]:
-    """One PNG per target: mean learning curve of each method over seeds, shaded 95% interval."""
+def plot_curves(summary: dict[str, Any], img_dir: Path, prefix: str = "transfer") -> list[Path]:
+    """One PNG per target, ``<prefix>_<suite>_<target>.png``: mean learning curve of each method over seeds,
+    shaded 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -725,7 +728,7 @@ def plot_curves(summary: dict[str, Any], img_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
             fig.tight_layout()
-            path = img_dir / f"transfer_{suite}_{target}.png"
+            path = img_dir / f"{prefix}_{suite}_{target}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
@@ -733,10 +736,14 @@ def plot_curves(summary: dict[str, Any], img_dir: Path) -> list[Path]:
 
 
 def write_report(out: Path, img_dir: Path | None = None) -> Path:
-    """Tables (``transfer.md``), the summary (``transfer_summary.json``) and the PNGs from every finished run."""
+    """Tables (``transfer.md``), the summary (``transfer_summary.json``) and the PNGs from every finished run.
+
+    The PNGs are named after the output folder (``bench_out/transfer_long`` -> ``transfer_long_<suite>_<target>.png``),
+    so sweeps written to different folders can share one picture folder.
+    """
     runs = load_runs(out)
     summary = summarise(runs)
-    images = plot_curves(summary, img_dir or out)
+    images = plot_curves(summary, img_dir or out, prefix=out.resolve().name)
     text = ["# Transfer results", "", f"{len(runs)} runs from {out}.", "", markdown_tables(summary)]
     text += [f"![{p.stem}]({p.name})" for p in images]
     report = out / "transfer.md"

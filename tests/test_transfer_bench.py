@@ -125,7 +125,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert dense["hub_kwargs"]["dense"] is True and single["k"] == 1 and single["exploit_coef"] == 0.0
     report = (out / "transfer.md").read_text()
     assert "single expert, best in hindsight" in report and "Hub-Pathway" in report
-    assert (out / "transfer_control_cartpole.png").stat().st_size > 0
+    assert (out / "out_control_cartpole.png").stat().st_size > 0  # pictures are named after the output folder
     # Resumable: a second call finds every run finished and runs none.
     stamp = (out / "runs/control/cartpole/scratch/seed0.json").stat().st_mtime_ns
     assert bench.main(argv) == 0
@@ -165,13 +165,15 @@ def test_overview_table_is_relative_to_scratch() -> None:
 
     summary = {"minatar": {"a": {"scratch": row([2.0, 2.0]), "hub_pathway": row([3.0, 3.0])},
                            "b": {"scratch": row([-4.0, -4.0]), "hub_pathway": row([-5.0, -5.0]),
-                                 "dense": row([-2.0, -2.0])}}}  # fmt: skip
+                                 "dense": row([-2.0, -2.0])},
+                           "c": {"scratch": row([1.0, 1.0]), "hub_pathway": row([1.0, 1.0])}}}  # fmt: skip
     lines = bench.overview_table(summary)
     hub = next(line for line in lines if line.startswith("| Hub-Pathway |"))
     dense = next(line for line in lines if line.startswith("| dense mixture |"))
     # (3 - 2) / 2 = +0.50 on a; (-5 - -4) / 4 = -0.25 on b (a negative scale keeps "higher is better").
-    assert hub.split("|")[2:6] == [" +0.50 ", " -0.25 ", " +0.125 ", " 1 of 2 "]
-    assert dense.split("|")[2:6] == [" – ", " +0.50 ", " +0.500 ", " 1 of 1 "]
+    # c ties scratch: 0.00, which is not above it. The median ignores how far +0.50 lies from the rest.
+    assert hub.split("|")[2:8] == [" +0.50 ", " -0.25 ", " +0.00 ", " +0.083 ", " +0.000 ", " 1 of 3 "]
+    assert dense.split("|")[2:8] == [" – ", " +0.50 ", " – ", " +0.500 ", " +0.500 ", " 1 of 1 "]
     assert not any(line.startswith("| scratch |") for line in lines)
 
 
