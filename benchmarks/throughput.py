@@ -1,6 +1,6 @@
 """Throughput of the Hub-Pathway agent against plain Stable-Baselines3, in one process run.
 
-Two measurements, one command::
+Three measurements, one command::
 
     python benchmarks/throughput.py --threads 1 --steps 4096 --out bench_out
 
@@ -44,6 +44,15 @@ Two measurements, one command::
     gradients already allocated are not counted). Where the reset is not allowed it falls back to
     ``getrusage`` max-RSS deltas. On CUDA it reports ``torch.cuda.max_memory_allocated`` above the
     memory allocated before the step.
+
+(c) **Acting forward, taken apart.** Where the time of one acting forward goes at the rollout batch (one
+    observation per environment: 8), for each game: CPU microseconds per call of the plain extractor, of
+    the hub extractor with m = 2, 4 and 8 experts at k=2 (with and without routing noise) and of the dense
+    mixture, and of the hub's parts on their own (pathway generator; routing = generator and noisy top-k
+    router; one expert on the B*k/m observations it gets on average, and on the whole batch). The
+    ``experts run`` column is the mean number of distinct experts a forward calls: at small batches
+    sparse dispatch still calls nearly every expert, and each call costs about as much on 4 observations
+    as on 8.
 
 Outputs in ``--out``: ``throughput.md`` (markdown tables), ``throughput.json`` (every number, the machine
 and the settings) and ``extractor_time_vs_m.png``. ``--quick`` shrinks every budget for a smoke test.
@@ -147,6 +156,18 @@ class ExtractorResult:
     forward_peak_mib: float | None = None
     forward_backward_peak_mib: float | None = None
     memory_method: str | None = None
+
+
+@dataclass
+class ActingResult:
+    """Median time of one call of an acting-path module at the rollout batch (``*_us``: microseconds)."""
+
+    game: str
+    part: str
+    batch: int
+    cpu_us: float
+    wall_us: float
+    experts_run: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -553,6 +574,105 @@ def memory_probe(raw: str) -> None:
 # Report
 
 
+# --------------------------------------------------------------------------------------------------------
+# (c) Acting forward, taken apart
+
+
+def _acting_frames(game: str, args: argparse.Namespace, batch: int) -> tuple[Any, Any]:
+    """The observation space and ``(batch, C, H, W)`` float frames as SB3 hands them to the extractor."""
+    import torch
+
+    from hp_rl.rl.envs import make_env
+
+    if game == "breakout":
+        import numpy as np
+        from gymnasium import spaces
+
+        return spaces.Box(0, 255, (4, 84, 84), np.uint8), _frames(batch, args.device, args.seed)
+    env = make_env(args.minatar_game, 1, seed=args.seed)
+    space = env.observation_space
+    env.close()
+    generator = torch.Generator().manual_seed(args.seed)
+    return space, (torch.rand((batch, *space.shape), generator=generator) < 0.1).float().to(args.device)
+
+
+def _per_call_us(call: Callable[[], Any], calls: int, reps: int, device: str) -> tuple[float, float]:
+    """Median over ``reps`` of the mean CPU and wall microseconds of ``calls`` calls, without gradient."""
+    import torch
+
+    cpu, wall = [], []
+    with torch.no_grad():
+        for _ in range(max(calls // 10, 1)):  # warm-up: allocator and oneDNN primitive caches
+            call()
+        for _ in range(reps):
+            began, began_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                call()
+            _sync(device)
+            cpu.append((time.process_time() - began_cpu) / calls)
+            wall.append((time.perf_counter() - began) / calls)
+    return round(1e6 * statistics.median(cpu), 1), round(1e6 * statistics.median(wall), 1)
+
+
+def measure_acting(game: str, args: argparse.Namespace, log: Callable[[str], None]) -> list[ActingResult]:
+    """CPU time per acting forward of the plain extractor, the hub extractor and the hub's parts."""
+    import torch
+
+    from hp_rl.rl.extractor import HubPathwayExtractor
+
+    batch, _ = _ppo_params("atari" if game == "breakout" else "minatar", args.quick)
+    space, frames = _acting_frames(game, args, batch)
+    calls = 5 if args.quick else 200
+
+    def hub(m: int, **kwargs: Any) -> Any:
+        torch.manual_seed(args.seed)
+        spec: Any = f"random:{m}" if game == "breakout" else minatar_hub(m, int(space.shape[0]), None)
+        return HubPathwayExtractor(space, hub=spec, k=min(2, m), **kwargs).to(args.device).eval()
+
+    if game == "breakout":
+        from stable_baselines3.common.torch_layers import NatureCNN
+
+        plain: Any = NatureCNN(space).to(args.device).eval()
+        label = "plain extractor (NatureCNN)"
+    else:
+        from hp_rl.rl.baselines import SmallFrameCNN
+
+        plain = SmallFrameCNN(space).to(args.device).eval()
+        label = "plain extractor (SmallFrameCNN)"
+    main_hub = hub(4)
+    expert = next(iter(main_hub.pathway.experts.values()))
+    share = frames[: max(batch * 2 // 4, 1)].contiguous()
+    extractors: list[tuple[str, Any]] = [
+        (label, plain),
+        ("hub m=2 k=2 extractor", hub(2)),
+        ("hub m=4 k=2 extractor", main_hub),
+        ("hub m=4 k=2 extractor, no routing noise", hub(4, noise="none")),
+        ("hub m=8 k=2 extractor", hub(8)),
+        ("dense mixture m=4 extractor", hub(4, dense=True)),
+    ]
+    parts: list[tuple[str, Callable[[], Any]]] = [
+        ("part: pathway generator (m=4)", lambda: main_hub.pathway.generator(frames)),
+        ("part: routing (generator + noisy top-k, m=4)", lambda: main_hub.pathway.route(frames)),
+        (f"part: one expert on {len(share)} observations (B*k/m)", lambda: expert(share)),
+        (f"part: one expert on {batch} observations", lambda: expert(frames)),
+    ]
+    results = []
+    for part, call in [*[(name, functools.partial(module, frames)) for name, module in extractors], *parts]:
+        cpu_us, wall_us = _per_call_us(call, calls, args.reps, args.device)
+        module = dict(extractors).get(part)
+        experts_run = None
+        if isinstance(module, HubPathwayExtractor):
+            with torch.no_grad():  # noise differs per call only across rollouts: advance it to sample routes
+                counts = []
+                for _ in range(20):
+                    module.advance_noise()
+                    counts.append(float((module.pathway(frames).routes.weights > 0).any(0).sum()))
+            experts_run = round(statistics.mean(counts), 2)
+        results.append(ActingResult(game, part, batch, cpu_us, wall_us, experts_run))
+        log(f"  [{game}] {part:<50} {cpu_us:8.1f} us/call (cpu)")
+    return results
+
+
 def _find(results: Sequence[ExtractorResult], mode: str, routing: str, m: int, k: int) -> ExtractorResult | None:
     for result in results:
         if (result.mode, result.routing, result.experts, result.k) == (mode, routing, m, k):
@@ -642,6 +762,24 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['forward_ms']:.1f} ({r['forward_cpu_ms']:.1f}) | "
                 f"{r['forward_backward_ms']:.1f} ({r['forward_backward_cpu_ms']:.1f}) | {_fmt(ratio, 2)} | "
                 f"{_fmt(r['forward_peak_mib'])} | {_fmt(r['forward_backward_peak_mib'])} | {r['parameters']:,} |"
+            )
+        lines.append("")
+    if report.get("acting"):
+        lines += [
+            f"## Acting forward, taken apart (batch {report['acting'][0]['batch']}: one observation per env)",
+            "",
+            "CPU microseconds per call without gradient (median of repetitions of many calls; wall in brackets). "
+            "Ratio: against the plain extractor of the same game. Experts run: mean number of distinct experts "
+            "one forward calls.",
+            "",
+            "| game | what | µs per call | ratio to plain | experts run |",
+            "|---|---|---:|---:|---:|",
+        ]
+        plain_us = {r["game"]: r["cpu_us"] for r in report["acting"] if r["part"].startswith("plain")}
+        for r in report["acting"]:
+            lines.append(
+                f"| {r['game']} | {r['part']} | {r['cpu_us']:.0f} ({r['wall_us']:.0f}) | "
+                f"{r['cpu_us'] / plain_us[r['game']]:.2f} | {_fmt(r['experts_run'], 2)} |"
             )
         lines.append("")
     if report["targets"]:
@@ -747,6 +885,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     extractor.add_argument("--reps", type=int, help="timed repetitions, median reported (default: 5)")
     extractor.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
     extractor.add_argument("--skip-extractor", action="store_true")
+    acting = parser.add_argument_group("(c) acting forward, taken apart")
+    acting.add_argument("--skip-acting", action="store_true")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     defaults = _QUICK if args.quick else _FULL
@@ -802,6 +942,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["memory_method"] = "; ".join(methods) + (
                 " (fresh subprocess per configuration, after one warm-up step)"
             )
+    acting_results: list[ActingResult] = []
+    if not args.skip_acting:
+        for game in _names(args.games):
+            log(f"(c) acting forward, taken apart: {game}")
+            acting_results += measure_acting(game, args, log)
+    report["acting"] = [asdict(r) for r in acting_results]
     report["training"] = [asdict(r) for r in train_results]
     report["extractor"] = [asdict(r) for r in extractor_results]
     report["targets"] = check_targets(train_results, extractor_results)

@@ -100,7 +100,8 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     "minatar": Suite(
-        "minatar", REPO_ROOT / "configs/hubs/minatar_transfer.recipe.yml", ("breakout", "space_invaders"),
+        "minatar", REPO_ROOT / "configs/hubs/minatar_transfer.recipe.yml",
+        ("asterix", "breakout", "freeway", "seaquest", "space_invaders"),
         steps=100_000, k=2, features_dim=128, scratch_policy_kwargs={"net_arch": []},
     ),
     "control": Suite(

@@ -76,11 +76,18 @@ def test_quick_benchmark_writes_tables_json_and_plot(tmp_path: Path) -> None:
     for row in rows:
         assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
         assert row["forward_backward_peak_mib"] is not None and row["forward_backward_peak_mib"] >= 0
+    acting = {row["part"]: row for row in report["acting"]}
+    assert all(row["game"] == "minatar" and row["batch"] == 2 and row["cpu_us"] > 0 for row in acting.values())
+    assert acting["plain extractor (SmallFrameCNN)"]["experts_run"] is None
+    assert acting["dense mixture m=4 extractor"]["experts_run"] == 4.0  # the dense mixture calls every expert
+    assert 1.0 <= acting["hub m=8 k=2 extractor"]["experts_run"] <= 4.0  # at most k per observation, 2 observations
+    assert any(part.startswith("part: routing") for part in acting)
     assert any("m=8 k=2" in t["target"] for t in report["targets"])
     assert any(t["target"].startswith("MinAtar: hub m=4 k=2 frozen") for t in report["targets"])
 
     markdown = (out / "throughput.md").read_text()
     assert "| minatar | hub m=4 k=2 frozen |" in markdown and "## Targets" in markdown
+    assert "| minatar | hub m=4 k=2 extractor |" in markdown
     assert (out / "extractor_time_vs_m.png").stat().st_size > 1000
 
 
