@@ -549,9 +549,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         singles = {m: row for m, row in rows.items() if m.startswith("single:")}
         if singles:
             best = max(singles, key=lambda m: mean_ci(singles[m]["auc"].values())[0])
-            rows["single_best"] = {**singles[best], "expert": best.split(":", 1)[1]}
+            # With one expert run (--single-experts) there is no choice to make in hindsight, nor a mean.
+            rows["single_best"] = {**singles[best], "expert": best.split(":", 1)[1], "only": len(singles) == 1}
             seeds = set.intersection(*(set(row["final"]) for row in singles.values()))
-            if seeds:
+            if seeds and len(singles) > 1:
                 mean_row = dict(next(iter(singles.values())))
                 for metric in ("final", "auc"):
                     mean_row[metric] = {s: float(np.mean([row[metric][s] for row in singles.values()])) for s in seeds}
@@ -568,6 +569,8 @@ _ROW_ORDER = ("scratch", "single_best", "single_mean", "dense", "hub_pathway", "
 
 def _label(method: str, row: dict[str, Any]) -> str:
     if method == "single_best":
+        if row.get("only"):
+            return f"single expert ({row['expert']}, the only one run)"
         return f"single expert, best in hindsight ({row['expert']})"
     if method == "single_mean":
         return "single expert, mean over experts"
@@ -588,7 +591,7 @@ def _flops(value: float) -> str:
 
 def _ordered(rows: dict[str, Any], with_experts: bool) -> list[str]:
     order = [m for m in _ROW_ORDER if m in rows]
-    if with_experts:
+    if with_experts and not rows.get("single_best", {}).get("only"):
         order += sorted(m for m in rows if m.startswith("single:"))
     return order
 
@@ -645,7 +648,11 @@ def overview_table(summary: dict[str, Any]) -> list[str]:
             cells.append(f"{value:+.2f}")
         if not values:
             continue
-        label = "single expert, best in hindsight" if method == "single_best" else _label(method, {})
+        if method == "single_best":
+            only = any(summary[s][t]["single_best"].get("only") for s, t in columns if "single_best" in summary[s][t])
+            label = "single expert, best of those run" if only else "single expert, best in hindsight"
+        else:
+            label = _label(method, {})
         above = sum(v > 0 for v in values)
         stats = f"{np.mean(values):+.3f} | {np.median(values):+.3f} | {above} of {len(values)}"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {stats} |")

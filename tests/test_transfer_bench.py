@@ -184,3 +184,25 @@ def test_plan_runs_can_restrict_the_single_experts() -> None:
     assert [k.method for k in keys] == ["scratch", "single:seaquest"] * 2  # the target's own expert stays out
     with pytest.raises(ValueError, match="pong"):
         bench.plan_runs(suite, ["breakout"], ["single"], [0], single_experts=["pong"])
+
+
+def _synthetic_run(method: str, seed: int, level: float) -> dict[str, object]:
+    episodes = [(step, level + seed) for step in range(10, 1001, 10)]
+    return {"suite": "minatar", "target": "breakout", "method": method, "seed": seed, "steps": 1000,
+            "episodes": episodes, "cpu_ms_per_step": 1.0, "forward_flops_per_obs": 1.0,
+            "trainable_parameters": 1}  # fmt: skip
+
+
+def test_summary_picks_the_best_single_expert_and_says_when_only_one_ran() -> None:
+    bench = _bench()
+    several = [_synthetic_run(m, s, lvl) for m, lvl in (("scratch", 1.0), ("single:a", 2.0), ("single:b", 4.0))
+               for s in (0, 1)]  # fmt: skip
+    rows = bench.summarise(several)["minatar"]["breakout"]
+    assert rows["single_best"]["expert"] == "b" and not rows["single_best"]["only"]
+    assert rows["single_mean"]["auc"] == {0: 3.0, 1: 4.0}  # per-seed mean over a and b
+    assert "best in hindsight (b)" in bench.markdown_tables({"minatar": {"breakout": rows}})
+
+    alone = bench.summarise([r for r in several if r["method"] != "single:a"])["minatar"]["breakout"]
+    assert alone["single_best"]["only"] and "single_mean" not in alone  # no choice was made, no mean exists
+    text = bench.markdown_tables({"minatar": {"breakout": alone}})
+    assert "single expert (b, the only one run)" in text and "best in hindsight" not in text
