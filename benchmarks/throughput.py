@@ -24,7 +24,8 @@ Three measurements, one command::
     :class:`~hp_rl.rl.callbacks.GateUsageCallback` attached, and :class:`~hp_rl.rl.algorithms.HubPPO`
     (exploitation loss). Every rate is given per second of wall time and per second of this process's
     CPU time: on a shared machine other processes slow the wall clock unevenly, CPU time far less.
-    ``--repeats R`` measures every configuration R times in interleaved rounds and reports the median.
+    ``--repeats R`` measures every configuration R times in interleaved rounds and reports the median round
+    (the upper median for even R: with 2 rounds, the faster one; a measured round, never an average).
     Rollout share is the fraction of the wall time spent collecting rollouts (environment stepping and
     acting forwards); the rest is the PPO update.
 
@@ -724,7 +725,8 @@ def markdown(report: dict[str, Any]) -> str:
             "## Training throughput (env steps/s of `model.learn`, PPO)",
             "",
             f"{settings['steps']} measured steps per configuration after a warm-up; {settings['repeats']} "
-            "interleaved round(s), median reported. Hubs are random NatureCNN experts (frozen speed equals "
+            "interleaved round(s), median round reported (upper median: with 2 rounds, the faster). "
+            "Hubs are random NatureCNN experts (frozen speed equals "
             "pretrained speed); MinAtar hubs: random SmallFrameCNN experts (the plain network) unless noted. "
             "Rollout share: fraction of the wall time spent collecting rollouts (the rest is the update).",
             "",
