@@ -38,8 +38,9 @@
 # [100000], SEEDS ["0 1 2"], JOBS [15], METHODS [all], HUB_DEADLINE_S [200], SWEEP_DEADLINE_S [330],
 # PYTHON [python3], DRY_RUN [0].
 #
-# Checked on a 2-core CPU machine only: STEPS=1024 SEEDS=0 JOBS=1 with the experts of hub_build/atari (every
-# phase ran, the report was written); the in-script expert build (four processes at once) only as a dry run.
+# Checked on a 2-core CPU machine only: STEPS=1024 SEEDS=0 JOBS=1 with the experts of hub_build/atari, and
+# STEPS=1024 HUB_STEPS=1024 SEEDS=0 JOBS=1 METHODS="scratch hub_pathway" with the in-script expert build (four
+# processes at once; 54 s end to end): every phase ran and the report was written.
 # Sizing (an estimate, not a measurement: no GPU machine was lent while this was written): 3 seeds x 10 runs
 # (scratch, 4 single experts, dense, Hub-Pathway, 3 ablations) = 30 runs in two waves of 15 processes; at
 # about 600-900 env steps/s per process (Atari emulation on one core each, network on the shared GPU) a

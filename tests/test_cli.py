@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from hp_rl import evaluate as evaluate_cli
 from hp_rl import train as train_cli
 from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
-from hp_rl.rl.training import StopOnSignal, run_training
+from hp_rl.rl.training import StopOnSignal, run_training, save_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 # A2C on CartPole with 2 envs x 8 steps per rollout: every step count below is a multiple of 16.
@@ -313,3 +313,25 @@ def test_sigterm_in_a_real_process_saves_a_checkpoint_that_resume_continues(
     assert A2C.load(run / "model.zip").num_timesteps == target
     assert RunConfig.from_yaml(run / "config.yml").n_timesteps == target
     assert len((run / "command.txt").read_text().splitlines()) == 2
+
+
+def test_a_save_that_dies_midway_leaves_no_model_zip_for_a_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that waits for ``model.zip`` to exist (one hub-build process per expert) must never see half a file."""
+    model = A2C("MlpPolicy", "CartPole-v1", n_steps=5, device="cpu")
+    target = tmp_path / "model.zip"
+
+    def write_half_then_die(path: str | Path, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"PK\x03\x04 half of a zip")
+        raise OSError("killed while writing")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(model, "save", write_half_then_die)
+        with pytest.raises(OSError, match="killed while writing"):
+            save_atomically(model, target)
+    assert not target.exists()
+
+    save_atomically(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
+    assert A2C.load(target, device="cpu").observation_space == model.observation_space

@@ -131,6 +131,23 @@ def test_cli_build_evaluate_export(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["export", str(tmp_path / "empty.recipe.yml"), "--out", str(out)]) == 2
 
 
+def test_build_only_one_expert_succeeds_while_the_others_are_unbuilt(tmp_path: Path) -> None:
+    """One process per expert (``--only``) in a shared workdir: each exits 0 once its own expert is done."""
+    recipe = tmp_path / "two.recipe.yml"
+    recipe.write_text(yaml.safe_dump({
+        "description": "two", "algo": "ppo", "n_timesteps": 64, "seed": 0, "save_freq": 0, "eval_episodes": 1,
+        "overrides": {"n_steps": 32, "n_epochs": 1},
+        "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
+    }))  # fmt: skip
+    workdir = tmp_path / "work"
+    assert main(["build", str(recipe), "--workdir", str(workdir), "--only", "cartpole", "--no-eval"]) == 0
+    assert [e["name"] for e in yaml.safe_load((workdir / "hub.yaml").read_text())["experts"]] == ["cartpole"]
+    assert not list(workdir.glob("*.partial")) and not (workdir / "acrobot").exists()
+    # Without --only the build trains the missing expert and the spec lists both.
+    assert main(["build", str(recipe), "--workdir", str(workdir), "--no-eval"]) == 0
+    assert [e["name"] for e in yaml.safe_load((workdir / "hub.yaml").read_text())["experts"]] == ["cartpole", "acrobot"]
+
+
 def test_spec_errors_surface_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "hub.yaml"
     spec.write_text(yaml.safe_dump({"experts": [{"name": "a", "source": "random", "lr": 1}]}))

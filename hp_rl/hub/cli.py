@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -279,12 +280,18 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
     if entries:
         manifest = {"description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
                     "recipe": _display(recipe_path), "experts": entries}  # fmt: skip
-        (workdir / MANIFEST_NAME).write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
+        # Builds of single experts (--only) may run side by side in one workdir: write the spec by rename.
+        partial = workdir / (MANIFEST_NAME + ".partial")
+        partial.write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
+        os.replace(partial, workdir / MANIFEST_NAME)
         _print_summary(entries)
         print(f"Hub spec of the trained checkpoints: {_display(workdir / MANIFEST_NAME)}")
-    if pending:
-        print(f"Not finished yet: {', '.join(pending)}. Run the same command again to continue.")
+    asked_pending = [name for name in pending if not only or name in only]
+    if asked_pending:
+        print(f"Not finished yet: {', '.join(asked_pending)}. Run the same command again to continue.")
         return 3
+    if pending:
+        print(f"Not built yet (not asked for with --only): {', '.join(pending)}.")
     return 0
 
 

@@ -28,7 +28,7 @@ from hp_rl.rl.envs import make_env
 from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
 
 __all__ = ["ALGOS", "UnknownAlgoError", "NoCheckpointError", "TrainOutcome", "algo_class", "build_model", "train",
-           "run_training", "load_latest", "hub_manifest", "StopOnSignal"]  # fmt: skip
+           "run_training", "load_latest", "hub_manifest", "StopOnSignal", "save_atomically"]  # fmt: skip
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 # Algorithm keys that are not constructor arguments.
@@ -208,14 +208,23 @@ def _replay_buffer_path(folder: RunFolder, steps: int) -> Path:
     return folder.checkpoints / f"rl_model_replay_buffer_{steps}_steps.pkl"
 
 
+def save_atomically(model: BaseAlgorithm, path: Path) -> Path:
+    """``model.save(path)`` through a temporary file in the same folder, renamed into place when complete.
+
+    A process killed while writing leaves no truncated zip behind, and another process that waits for
+    ``path`` to exist (a hub build running one expert per process) never reads a half-written one.
+    """
+    partial = path.with_name(path.name + ".partial")
+    model.save(partial)
+    os.replace(partial, path)
+    return path
+
+
 def _save_checkpoint(model: BaseAlgorithm, folder: RunFolder, algo: str) -> Path:
     """Write ``rl_model_<steps>_steps.zip`` (and DQN's replay buffer) through a temporary file, so that a
     process killed while writing never leaves a truncated checkpoint for ``--resume`` to pick."""
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
-    path = folder.checkpoints / f"rl_model_{model.num_timesteps}_steps.zip"
-    partial = path.with_name(path.name + ".partial")
-    model.save(partial)
-    os.replace(partial, path)
+    path = save_atomically(model, folder.checkpoints / f"rl_model_{model.num_timesteps}_steps.zip")
     if algo == "dqn":
         buffer_path = _replay_buffer_path(folder, model.num_timesteps)
         partial = buffer_path.with_name(buffer_path.name + ".partial")
@@ -341,7 +350,7 @@ def run_training(
             model.num_timesteps = stopper.rollout_start_timesteps  # SB3 threw the partial rollout away
         steps = model.num_timesteps - start_steps
         if interrupted is None:
-            model.save(folder.final_model)
+            save_atomically(model, folder.final_model)
         checkpoint = _save_checkpoint(model, folder, config.algo)
     with open(folder.path / "timing.yml", "a") as handle:
         yaml.safe_dump([{"start_step": start_steps, "steps": steps, "seconds": round(elapsed, 1),
