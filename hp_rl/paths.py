@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "require_dir",
-           "unique_run_dir"]  # fmt: skip
+           "unique_run_dir", "written_by_rename"]  # fmt: skip
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -38,3 +41,15 @@ def require_dir(path: Path, what: str) -> Path:
             "`pip install -e .` from a clone of the repository."
         )
     return path
+
+
+@contextmanager
+def written_by_rename(path: Path) -> Iterator[Path]:
+    """Yield ``path.partial`` to write to; rename it onto ``path`` once the block completes.
+
+    A process killed while writing leaves no truncated ``path``, and a process that waits for ``path`` to
+    exist (another hub build in the same folder, ``--resume``) never reads a half-written one.
+    """
+    partial = path.with_name(path.name + ".partial")
+    yield partial
+    os.replace(partial, path)

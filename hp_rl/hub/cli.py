@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
 from hp_rl.hub.sources import SOURCES, load_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
 from hp_rl.hub.vision_sources import vision_available
-from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT
+from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, written_by_rename
 
 __all__ = ["main", "build_parser", "default_workdir", "evaluate_source_task", "describe_expert", "BUNDLED_LIMIT_BYTES"]
 
@@ -280,10 +279,9 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
     if entries:
         manifest = {"description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
                     "recipe": _display(recipe_path), "experts": entries}  # fmt: skip
-        # Builds of single experts (--only) may run side by side in one workdir: write the spec by rename.
-        partial = workdir / (MANIFEST_NAME + ".partial")
-        partial.write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
-        os.replace(partial, workdir / MANIFEST_NAME)
+        # Builds of single experts (--only) may run side by side in one workdir.
+        with written_by_rename(workdir / MANIFEST_NAME) as partial:
+            partial.write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
         _print_summary(entries)
         print(f"Hub spec of the trained checkpoints: {_display(workdir / MANIFEST_NAME)}")
     asked_pending = [name for name in pending if not only or name in only]

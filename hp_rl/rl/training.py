@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 import signal
 import sys
 import time
@@ -23,6 +22,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 
+from hp_rl.paths import written_by_rename
 from hp_rl.rl.config import resolve_hyperparams
 from hp_rl.rl.envs import make_env
 from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
@@ -209,14 +209,10 @@ def _replay_buffer_path(folder: RunFolder, steps: int) -> Path:
 
 
 def save_atomically(model: BaseAlgorithm, path: Path) -> Path:
-    """``model.save(path)`` through a temporary file in the same folder, renamed into place when complete.
-
-    A process killed while writing leaves no truncated zip behind, and another process that waits for
-    ``path`` to exist (a hub build running one expert per process) never reads a half-written one.
-    """
-    partial = path.with_name(path.name + ".partial")
-    model.save(partial)
-    os.replace(partial, path)
+    """``model.save(path)`` through a temporary file renamed into place when complete
+    (:func:`~hp_rl.paths.written_by_rename`)."""
+    with written_by_rename(path) as partial:
+        model.save(partial)
     return path
 
 
@@ -227,9 +223,8 @@ def _save_checkpoint(model: BaseAlgorithm, folder: RunFolder, algo: str) -> Path
     path = save_atomically(model, folder.checkpoints / f"rl_model_{model.num_timesteps}_steps.zip")
     if algo == "dqn":
         buffer_path = _replay_buffer_path(folder, model.num_timesteps)
-        partial = buffer_path.with_name(buffer_path.name + ".partial")
-        model.save_replay_buffer(partial)  # type: ignore[attr-defined]
-        os.replace(partial, buffer_path)
+        with written_by_rename(buffer_path) as partial:
+            model.save_replay_buffer(partial)  # type: ignore[attr-defined]
         for old in folder.checkpoints.glob("rl_model_replay_buffer_*_steps.pkl"):
             if old != buffer_path:
                 old.unlink(missing_ok=True)
