@@ -85,6 +85,8 @@ class Suite:
     :param features_dim: common width d of the hub methods (the plain network's feature width).
     :param scratch_policy_kwargs: ``policy_kwargs`` of the scratch baseline.
     :param overrides: hyperparameter overrides for every target run (on top of ``configs/ppo.yml``).
+    :param hubs: target -> the recipe tasks its hub holds, where that is not "every task but the target"
+        (the needle suites: a target's variant expert among other games' experts).
     """
 
     name: str
@@ -96,7 +98,14 @@ class Suite:
     features_dim: int = 128
     scratch_policy_kwargs: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    hubs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+
+_MINATAR_BUNDLED = REPO_ROOT / "configs/hubs/minatar_bundled.recipe.yml"
+_OTHER_GAMES = {
+    "breakout": ("asterix", "freeway", "seaquest", "space_invaders"),
+    "space_invaders": ("asterix", "breakout", "freeway", "seaquest"),
+}
 
 SUITES: dict[str, Suite] = {
     "minatar": Suite(
@@ -107,6 +116,29 @@ SUITES: dict[str, Suite] = {
     "control": Suite(
         "control", REPO_ROOT / "configs/hubs/control_bundled.recipe.yml", ("cartpole", "acrobot"),
         steps=30_000, k=2, features_dim=64,
+    ),
+    # Needle: the target game in its default setting; the hub holds one variant expert of that game (trained
+    # without sticky actions, or without difficulty ramping) among the other games' experts (2M steps each).
+    "needle": Suite(
+        "needle", _MINATAR_BUNDLED, ("breakout", "space_invaders"), steps=500_000, k=2, features_dim=128,
+        scratch_policy_kwargs={"net_arch": []},
+        hubs={"breakout": ("breakout_nosticky", *_OTHER_GAMES["breakout"]),
+              "space_invaders": ("space_invaders_noramp", *_OTHER_GAMES["space_invaders"])},
+    ),
+    # Two complementary relevant experts: both variants of the target game among the other games' experts.
+    "needle2": Suite(
+        "needle2", _MINATAR_BUNDLED, ("breakout", "space_invaders"), steps=500_000, k=2, features_dim=128,
+        scratch_policy_kwargs={"net_arch": []},
+        hubs={"breakout": ("breakout_nosticky", "breakout_sticky30", *_OTHER_GAMES["breakout"]),
+              "space_invaders": ("space_invaders_noramp", "space_invaders_nosticky",
+                                 *_OTHER_GAMES["space_invaders"])},
+    ),
+    # Do no harm with strong experts: the cross-game leave-one-out suite over the 2M-step experts.
+    "minatar_strong": Suite(
+        "minatar_strong", _MINATAR_BUNDLED, ("asterix", "breakout", "freeway", "seaquest", "space_invaders"),
+        steps=300_000, k=2, features_dim=128, scratch_policy_kwargs={"net_arch": []},
+        hubs={game: tuple(g for g in ("asterix", "breakout", "freeway", "seaquest", "space_invaders") if g != game)
+              for game in ("asterix", "breakout", "freeway", "seaquest", "space_invaders")},
     ),
     "atari": Suite(
         "atari", REPO_ROOT / "configs/hubs/atari_bundled.recipe.yml", ("breakout",),
@@ -124,6 +156,8 @@ class Method:
     :param kind: ``scratch`` (plain PPO), ``single`` (one run per expert) or ``hub`` (all experts).
     :param extractor: :class:`~hp_rl.rl.extractor.HubPathwayExtractor` arguments (``k=None``: the suite's).
     :param exploit_coef: weight of HubPPO's exploitation loss.
+    :param algo_kwargs: further HubPPO arguments (kickstarting).
+    :param random_trunks: replace every expert by a random trunk of the same architecture (capacity control).
     """
 
     name: str
@@ -131,10 +165,17 @@ class Method:
     kind: str
     extractor: dict[str, Any] = field(default_factory=dict)
     exploit_coef: float = 0.0
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    random_trunks: bool = False
 
 
 _NO_AUX = {"noise": "none", "explore_coef": 0.0}
 _HUB_PATHWAY = {"noise": "learned", "explore_coef": 0.01}
+# The transfer configuration (hp_rl.rl.presets "transfer"): output aggregation with the experts' own heads,
+# an always-routed base expert, bounded and annealed noise, a decaying exploration loss, kickstarting.
+_TRANSFER = {"k": 1, "aggregation": "output", "base_expert": True, "noise": "learned", "noise_cap": 1.0,
+             "noise_anneal": 0.25, "explore_coef": 0.01, "explore_decay": 0.5}  # fmt: skip
+_KICKSTART = {"kickstart_coef": 0.5, "kickstart_fraction": 0.2}
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -146,6 +187,18 @@ METHODS: dict[str, Method] = {
         Method("no_noise", "HP w/o noise", "hub", {**_HUB_PATHWAY, "noise": "none"}, exploit_coef=0.1),
         Method("no_explore", "HP w/o explore loss", "hub", {**_HUB_PATHWAY, "explore_coef": 0.0}, exploit_coef=0.1),
         Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
+        Method("single_agent", "single agent (heads kept)", "single", {"k": 1, **_NO_AUX, "aggregation": "output"}),
+        Method("transfer", "HP transfer", "hub", dict(_TRANSFER), exploit_coef=0.1, algo_kwargs=dict(_KICKSTART)),
+        Method("transfer_random", "HP transfer, random trunks", "hub", dict(_TRANSFER), exploit_coef=0.1,
+               algo_kwargs=dict(_KICKSTART), random_trunks=True),
+        Method("transfer_no_kickstart", "HP transfer w/o kickstart", "hub", dict(_TRANSFER), exploit_coef=0.1),
+        Method("transfer_no_base", "HP transfer w/o base expert", "hub", {**_TRANSFER, "base_expert": False},
+               exploit_coef=0.1, algo_kwargs=dict(_KICKSTART)),
+        Method("transfer_features", "HP transfer, feature aggregation", "hub",
+               {**_TRANSFER, "aggregation": "features"}, exploit_coef=0.1),
+        Method("transfer_noise", "HP transfer, unbounded constant noise", "hub",
+               {**_TRANSFER, "noise_cap": None, "noise_anneal": None}, exploit_coef=0.1,
+               algo_kwargs=dict(_KICKSTART)),
     )
 }
 
@@ -226,8 +279,32 @@ def leave_one_out(experts: dict[str, Path], target: str) -> dict[str, Path]:
     return {name: path for name, path in experts.items() if name != target}
 
 
-def _hub_mapping(experts: dict[str, Path]) -> dict[str, Any]:
-    return {"experts": [{"name": name, "source": "sb3", "path": str(path)} for name, path in experts.items()]}
+def target_hub(suite: Suite, experts: dict[str, Path], target: str) -> dict[str, Path]:
+    """The experts of ``target``'s hub: the suite's list for it, else every expert but the target's own."""
+    if target in suite.hubs:
+        return {name: experts[name] for name in suite.hubs[target]}
+    return leave_one_out(experts, target)
+
+
+def _hub_mapping(suite: Suite, experts: dict[str, Path], random_trunks: bool = False) -> dict[str, Any]:
+    """The hub spec of ``experts``, with what each source task's channels and actions mean."""
+    from hp_rl.hub import read_sb3_trunk
+    from hp_rl.rl.hub_builder import load_recipe, task_meanings
+
+    tasks = {task.name: task for task in load_recipe(suite.recipe).tasks}
+    entries = []
+    for name, path in experts.items():
+        if random_trunks:  # same architecture and input, no knowledge
+            _, info, _ = read_sb3_trunk(path)
+            entries.append({"name": name, "source": "random", "arch": info.arch, "input_shape": list(info.input_shape),
+                            "features_dim": info.features_dim, "options": {"seed": 1000 + len(entries)}})  # fmt: skip
+            continue
+        entry: dict[str, Any] = {"name": name, "source": "sb3", "path": str(path)}
+        if name in tasks:
+            channels, actions = task_meanings(tasks[name])
+            entry.update({k: list(v) for k, v in (("channel_names", channels), ("action_meanings", actions)) if v})
+        entries.append(entry)
+    return {"experts": entries}
 
 
 def plan_runs(suite: Suite, targets: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
@@ -244,9 +321,10 @@ def plan_runs(suite: Suite, targets: Sequence[str], methods: Sequence[str], seed
     keys = []
     for seed in seeds:
         for target in targets:
+            in_hub = suite.hubs.get(target, tuple(e for e in sources if e != target))
             for name in methods:
                 if METHODS[name].kind == "single":
-                    keys += [RunKey(suite.name, target, f"single:{e}", seed) for e in chosen if e != target]
+                    keys += [RunKey(suite.name, target, f"{name}:{e}", seed) for e in chosen if e in in_hub]
                 else:
                     keys.append(RunKey(suite.name, target, name, seed))
     return keys
@@ -274,19 +352,39 @@ class RunSettings:
 def _episode_recorder() -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from hp_rl.rl.extractor import find_hub_extractors
+
     class EpisodeRecorder(BaseCallback):
-        """Records (environment steps, return) of every finished training episode."""
+        """Records (environment steps, return) of every finished training episode, and per rollout the share
+        of acting observations routed through each expert."""
 
         def __init__(self) -> None:
             super().__init__()
             self.episodes: list[tuple[int, float]] = []
+            self.route_share: list[tuple[int, dict[str, float]]] = []
+            self._routed: Any = None
+            self._count = 0
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", ()):
                 episode = info.get("episode")
                 if episode is not None:
                     self.episodes.append((int(self.num_timesteps), float(episode["r"])))
+            extractors = find_hub_extractors(self.model)
+            routes = extractors[0].last_acting_routes if extractors else None
+            if routes is not None:
+                routed = (routes.weights > 0).float().sum(0).detach().cpu().numpy()
+                self._routed = routed if self._routed is None else self._routed + routed
+                self._count += int(routes.weights.shape[0])
             return True
+
+        def _on_rollout_end(self) -> None:
+            extractors = find_hub_extractors(self.model)
+            if self._routed is not None and extractors and self._count:
+                names = extractors[0].expert_names
+                share = {n: round(float(v) / self._count, 4) for n, v in zip(names, self._routed, strict=True)}
+                self.route_share.append((int(self.num_timesteps), share))
+            self._routed, self._count = None, 0
 
     return EpisodeRecorder()
 
@@ -321,7 +419,7 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
     params = apply_overrides(load_hyperparams("ppo", family), {**suite.overrides, **settings.overrides})
     params.pop("n_timesteps", None)
     method = METHODS[key.base_method]
-    hub_experts = leave_one_out(experts, key.target)
+    hub_experts = target_hub(suite, experts, key.target)
     hub_kwargs: dict[str, Any] = {}
     hub: dict[str, Any] | None = None
     k = suite.k
@@ -332,12 +430,13 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
         if method.kind == "single":
             name = key.method.split(":", 1)[1]
             hub_experts = {name: hub_experts[name]}
-        hub = _hub_mapping(hub_experts)
+        hub = _hub_mapping(suite, hub_experts, method.random_trunks)
         extractor = dict(method.extractor)
         k = int(extractor.pop("k", None) or suite.k)
         k = len(hub_experts) if extractor.get("dense") else min(k, len(hub_experts))
         hub_kwargs = {"features_dim": suite.features_dim, "freeze_experts": False, **extractor}
         params["exploit_coef"] = method.exploit_coef
+        params.update(method.algo_kwargs)
         params.pop("policy_kwargs", None)  # the hub methods use HubPPO's linear heads on the hub features
     recipe = load_recipe(suite.recipe)
     return RunConfig(algo="ppo", env_id=env_id, hub=hub, k=k, n_timesteps=settings.steps, seed=key.seed,  # type: ignore[arg-type]
@@ -389,7 +488,8 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     record = {
         "suite": key.suite, "target": key.target, "env_id": config.env_id, "method": key.method,
         "base_method": key.base_method, "seed": key.seed, "steps": int(model.num_timesteps),
-        "episodes": recorder.episodes, "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2),
+        "episodes": recorder.episodes, "route_share": recorder.route_share,
+        "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2),
         "cpu_ms_per_step": 1000 * cpu / max(model.num_timesteps, 1),
         "wall_ms_per_step": 1000 * wall / max(model.num_timesteps, 1),
         "forward_flops_per_obs": flops,
@@ -546,11 +646,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "trainable_parameters": records[0]["trainable_parameters"],
                 "episodes": float(np.mean([len(r["episodes"]) for r in records])),
             }
-        singles = {m: row for m, row in rows.items() if m.startswith("single:")}
+        singles = {m: row for m, row in rows.items() if m.split(":")[0] in _SINGLE_METHODS and ":" in m}
         if singles:
             best = max(singles, key=lambda m: mean_ci(singles[m]["auc"].values())[0])
             # With one expert run (--single-experts) there is no choice to make in hindsight, nor a mean.
-            rows["single_best"] = {**singles[best], "expert": best.split(":", 1)[1], "only": len(singles) == 1}
+            rows["single_best"] = {**singles[best], "expert": best, "only": len(singles) == 1}
             seeds = set.intersection(*(set(row["final"]) for row in singles.values()))
             if seeds and len(singles) > 1:
                 mean_row = dict(next(iter(singles.values())))
@@ -564,7 +664,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-_ROW_ORDER = ("scratch", "single_best", "single_mean", "dense", "hub_pathway", "no_noise", "no_explore", "no_exploit")
+_SINGLE_METHODS = ("single", "single_agent")
+_ROW_ORDER = ("scratch", "single_best", "single_mean", "dense", "hub_pathway", "no_noise", "no_explore", "no_exploit",
+              "transfer", "transfer_random", "transfer_no_kickstart", "transfer_no_base", "transfer_features",
+              "transfer_noise")  # fmt: skip
 
 
 def _label(method: str, row: dict[str, Any]) -> str:
@@ -574,8 +677,9 @@ def _label(method: str, row: dict[str, Any]) -> str:
         return f"single expert, best in hindsight ({row['expert']})"
     if method == "single_mean":
         return "single expert, mean over experts"
-    if method.startswith("single:"):
-        return f"single expert: {method.split(':', 1)[1]}"
+    if method.split(":")[0] in _SINGLE_METHODS and ":" in method:
+        kind, expert = method.split(":", 1)
+        return f"{'single agent (heads kept)' if kind == 'single_agent' else 'single expert'}: {expert}"
     return METHODS[method].label if method in METHODS else method
 
 
@@ -592,7 +696,7 @@ def _flops(value: float) -> str:
 def _ordered(rows: dict[str, Any], with_experts: bool) -> list[str]:
     order = [m for m in _ROW_ORDER if m in rows]
     if with_experts and not rows.get("single_best", {}).get("only"):
-        order += sorted(m for m in rows if m.startswith("single:"))
+        order += sorted(m for m in rows if m.split(":")[0] in _SINGLE_METHODS and ":" in m)
     return order
 
 
@@ -835,8 +939,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
-    missing = sorted(set(source_tasks(suite)) - set(experts))
-    if missing:  # a leave-one-out hub must hold every other task's expert
+    needed = {name for target in targets for name in suite.hubs.get(target, source_tasks(suite)) if name != target}
+    missing = sorted(needed - set(experts))
+    if missing:  # a target's hub must hold every expert it names
         raise SystemExit(f"Experts {missing} are not pretrained in {workdir} yet; run again without --no-build.")
     budget = args.budget_cpu_minutes * 60 if args.budget_cpu_minutes else None
     run_sweep(suite, keys, settings, experts, out, jobs=args.jobs, budget_cpu_seconds=budget)

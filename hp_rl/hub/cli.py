@@ -230,7 +230,7 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
               evaluate: bool) -> int:  # fmt: skip
     """Train (or resume) the recipe's experts, evaluate the finished ones, write ``<workdir>/hub.yaml``."""
     from hp_rl.hub.sb3_zip import read_sb3_trunk
-    from hp_rl.rl.hub_builder import build_hub, load_recipe
+    from hp_rl.rl.hub_builder import build_hub, load_recipe, task_meanings
 
     recipe_path = Path(recipe_text)
     if not recipe_path.is_file():
@@ -273,8 +273,10 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
                 "random_return": result["random_return_mean"], "random_return_std": result["random_return_std"],
                 "eval_episodes": result["episodes"], "eval_deterministic": result["deterministic"],
             })  # fmt: skip
+        channel_names, action_meanings = task_meanings(task)
         spec = ExpertSpec(name=task.name, source="sb3", path=f"{task.name}/model.zip", sha256=file_sha256(model_path),
-                          provenance=provenance)  # fmt: skip
+                          provenance=provenance, channel_names=channel_names,
+                          action_meanings=action_meanings)  # fmt: skip
         entries.append(spec.as_dict())
     if entries:
         manifest = {"description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
@@ -333,7 +335,7 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
         provenance = dict(expert.provenance)
         if loaded.provenance.sha256:
             provenance.setdefault("source_sha256", loaded.provenance.sha256)
-        items.append(ExportItem(expert.name, loaded, provenance))
+        items.append(ExportItem(expert.name, loaded, provenance, expert.channel_names, expert.action_meanings))
     manifest = export_hub(items, out, str(raw.get("description", "") if isinstance(raw, dict) else ""),
                           raw.get("recipe") if isinstance(raw, dict) else None, dtype)  # fmt: skip
     entries = yaml.safe_load(manifest.read_text())["experts"]

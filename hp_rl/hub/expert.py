@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from hp_rl.hub.architectures import TrunkInfo
 
-__all__ = ["HubExpert", "Provenance", "file_sha256"]
+__all__ = ["ExpertHeads", "HubExpert", "Provenance", "file_sha256"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,48 @@ class Provenance:
     details: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExpertHeads:
+    """The pretrained policy and value heads of an expert read from a whole agent (linear, on trunk features).
+
+    :param action_weight: ``(n_actions, features_dim)`` logits layer of the policy.
+    :param action_bias: ``(n_actions,)``.
+    :param value_weight: ``(1, features_dim)`` value layer, or ``None`` when the value head does not sit on
+        the trunk's features (an MLP agent with a separate critic).
+    :param value_bias: ``(1,)`` or ``None``.
+    """
+
+    action_weight: Tensor
+    action_bias: Tensor
+    value_weight: Tensor | None = None
+    value_bias: Tensor | None = None
+
+    @property
+    def num_actions(self) -> int:
+        """Actions of the expert's own task."""
+        return int(self.action_weight.shape[0])
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Flat name -> tensor form (``heads.action.weight``, ...), as the safetensors export stores it."""
+        out = {"heads.action.weight": self.action_weight, "heads.action.bias": self.action_bias}
+        if self.value_weight is not None and self.value_bias is not None:
+            out.update({"heads.value.weight": self.value_weight, "heads.value.bias": self.value_bias})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> ExpertHeads | None:
+        """Inverse of :meth:`tensors` (float32), or ``None`` when the file holds no heads."""
+        if "heads.action.weight" not in tensors or "heads.action.bias" not in tensors:
+            return None
+        value_w, value_b = tensors.get("heads.value.weight"), tensors.get("heads.value.bias")
+        return cls(
+            tensors["heads.action.weight"].float(),
+            tensors["heads.action.bias"].float(),
+            None if value_w is None else value_w.float(),
+            None if value_b is None else value_b.float(),
+        )
+
+
 class HubExpert(nn.Module):
     """An expert trunk: ``forward`` maps preprocessed observations ``(B, *info.input_shape)`` to
     ``(B, info.features_dim)`` features.
@@ -36,13 +78,16 @@ class HubExpert(nn.Module):
     :param trunk: the network.
     :param info: its input and output description.
     :param provenance: where its weights came from.
+    :param heads: the agent's own policy/value heads on the trunk's features, when the source has them.
     """
 
-    def __init__(self, trunk: nn.Module, info: TrunkInfo, provenance: Provenance) -> None:
+    def __init__(self, trunk: nn.Module, info: TrunkInfo, provenance: Provenance,
+                 heads: ExpertHeads | None = None) -> None:  # fmt: skip
         super().__init__()
         self.trunk = trunk
         self.info = info
         self.provenance = provenance
+        self.heads = heads
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, *input_shape)``. :return: ``(B, features_dim)``."""

@@ -53,11 +53,15 @@ class ExportItem:
     :param name: expert name (also the file stem).
     :param expert: the loaded expert.
     :param provenance: facts to record (recipe, command, algo, env, steps, seed, returns, ...).
+    :param channel_names: meanings of the expert's input channels, recorded in the manifest.
+    :param action_meanings: meanings of its policy head's actions, recorded in the manifest.
     """
 
     name: str
     expert: HubExpert
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    channel_names: tuple[str, ...] | None = None
+    action_meanings: tuple[str, ...] | None = None
 
 
 _SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
@@ -130,6 +134,9 @@ def export_trunk(item: ExportItem, out_dir: str | Path, dtype: str = "float16") 
     :param item: the expert and its provenance.
     :param out_dir: destination folder (created).
     :param dtype: stored dtype: ``float16`` (default), ``bfloat16`` or ``float32``; loading casts back to fp32.
+    The agent's policy and value heads, when the expert has them, are stored beside the trunk
+    (``heads.action.*``, ``heads.value.*``).
+
     :return: the manifest entry (relative path, sha256, provenance with the file size and the round-trip error).
     :raises ExportError: architecture not rebuildable by the safetensors source, or a failed round trip.
     """
@@ -150,6 +157,9 @@ def export_trunk(item: ExportItem, out_dir: str | Path, dtype: str = "float16") 
         key: value.detach().to("cpu", _DTYPES[dtype]).contiguous()
         for key, value in item.expert.trunk.state_dict().items()
     }
+    if item.expert.heads is not None:  # the agent's own heads travel with the trunk (output aggregation)
+        heads = item.expert.heads.tensors()
+        state.update({k: v.detach().to("cpu", _DTYPES[dtype]).contiguous() for k, v in heads.items()})
     provenance = {str(k): v for k, v in item.provenance.items() if v is not None}
     metadata = {"arch": info.arch, "input_shape": json.dumps(list(info.input_shape)),
                 "features_dim": str(info.features_dim), "options": json.dumps(dict(info.options), sort_keys=True),
@@ -163,7 +173,8 @@ def export_trunk(item: ExportItem, out_dir: str | Path, dtype: str = "float16") 
     provenance.update({"size_bytes": path.stat().st_size, "dtype": dtype, "roundtrip_rel_error": float(f"{error:.3g}")})
     return ExpertSpec(name=item.name, source="safetensors", path=path.name, arch=info.arch,
                       input_shape=tuple(info.input_shape), features_dim=info.features_dim, sha256=digest,
-                      provenance=provenance)  # fmt: skip
+                      provenance=provenance, channel_names=item.channel_names,
+                      action_meanings=item.action_meanings)  # fmt: skip
 
 
 def export_hub(items: Sequence[ExportItem], out_dir: str | Path, description: str = "",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hp_rl.hub.expert import HubExpert, Provenance, file_sha256
-from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_trunk
+from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
 
 __all__ = [
@@ -230,7 +230,8 @@ def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None =
             f"but the spec pins {spec.sha256}. The file changed upstream or the cache is corrupt; pin the revision "
             "that matches, or update the digest."
         )
-    trunk, info, details = read_sb3_trunk(resolved.path)
+    trunk, info, details, heads = read_sb3_expert(resolved.path)
     details = {**details, "repo_id": spec.path, "filename": resolved.filename, "revision": resolved.commit,
                "requested_revision": resolved.requested, "file": str(resolved.path)}  # fmt: skip
-    return HubExpert(trunk, info, Provenance("hf", f"{spec.path}@{resolved.commit}", resolved.sha256, details))
+    provenance = Provenance("hf", f"{spec.path}@{resolved.commit}", resolved.sha256, details)
+    return HubExpert(trunk, info, provenance, heads)

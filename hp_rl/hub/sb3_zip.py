@@ -20,8 +20,9 @@ from hp_rl.hub.architectures import (
     nature_cnn_flat_size,
     small_frame_cnn_flat_size,
 )
+from hp_rl.hub.expert import ExpertHeads
 
-__all__ = ["CheckpointError", "read_sb3_trunk"]
+__all__ = ["CheckpointError", "read_sb3_trunk", "read_sb3_expert"]
 
 # Where each SB3 algorithm keeps its CNN features extractor, most specific first. Zips saved before
 # SB3 1.7 lack the pi_/vf_ copies; the shared one is always there.
@@ -185,6 +186,38 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
     return trunk, info
 
 
+def _heads(state: dict[str, Tensor], features_dim: int, cnn: bool) -> ExpertHeads | None:
+    """The agent's action and value layers, where they sit on the trunk's features (linear heads)."""
+    weight, bias = state.get("action_net.weight"), state.get("action_net.bias")
+    if weight is None or bias is None or weight.dim() != 2 or int(weight.shape[1]) != features_dim:
+        return None
+    if cnn and any(k.startswith("mlp_extractor.") for k in state):
+        return None  # hidden layers between the trunk and the heads (net_arch != [])
+    value_w, value_b = state.get("value_net.weight"), state.get("value_net.bias")
+    # MLP agents keep a separate critic network: their value layer reads its features, not the trunk's.
+    separate_critic = not cnn and any(k.startswith("mlp_extractor.value_net.") for k in state)
+    if value_w is None or value_b is None or separate_critic or int(value_w.shape[1]) != features_dim:
+        value_w = value_b = None
+    return ExpertHeads(weight.float(), bias.float(), None if value_w is None else value_w.float(),
+                       None if value_b is None else value_b.float())  # fmt: skip
+
+
+def read_sb3_expert(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[str, str], ExpertHeads | None]:
+    """:func:`read_sb3_trunk` plus the agent's own policy and value heads (PPO/A2C agents), when linear
+    on the trunk's features.
+
+    :return: trunk, its description, facts from the zip, and the heads or ``None``.
+    """
+    path = Path(path)
+    state, data = _load_state(path)
+    for prefix in _CNN_PREFIXES:
+        if f"{prefix}cnn.0.weight" in state:
+            trunk, info = _cnn_trunk(state, prefix, data)
+            return trunk, info, _details(data, path), _heads(state, info.features_dim, cnn=True)
+    mlp, mlp_info = _mlp_trunk(state, data)
+    return mlp, mlp_info, _details(data, path), _heads(state, mlp_info.features_dim, cnn=False)
+
+
 def read_sb3_trunk(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[str, str]]:
     """The features trunk of a Stable-Baselines3 checkpoint.
 
@@ -196,11 +229,5 @@ def read_sb3_trunk(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[s
     :return: the trunk with the checkpoint's weights, its description, and facts from the zip.
     :raises CheckpointError: missing, corrupt or unsupported file.
     """
-    path = Path(path)
-    state, data = _load_state(path)
-    for prefix in _CNN_PREFIXES:
-        if f"{prefix}cnn.0.weight" in state:
-            trunk, info = _cnn_trunk(state, prefix, data)
-            return trunk, info, _details(data, path)
-    mlp, info = _mlp_trunk(state, data)
-    return mlp, info, _details(data, path)
+    trunk, info, details, _ = read_sb3_expert(path)
+    return trunk, info, details

@@ -16,9 +16,9 @@ from torch import nn
 
 from hp_rl.hub.adapters import AdapterError
 from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
-from hp_rl.hub.expert import HubExpert, Provenance, file_sha256
+from hp_rl.hub.expert import ExpertHeads, HubExpert, Provenance, file_sha256
 from hp_rl.hub.hf import load_hf_expert
-from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_trunk
+from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
 from hp_rl.hub.vision_sources import load_timm_expert, load_torchvision_expert
 
@@ -73,8 +73,8 @@ def verify_file(spec: ExpertSpec) -> Path:
 
 def _load_sb3(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
     path = verify_file(spec)
-    trunk, info, details = read_sb3_trunk(path)
-    return HubExpert(trunk, info, Provenance("sb3", str(path), file_sha256(path), details))
+    trunk, info, details, heads = read_sb3_expert(path)
+    return HubExpert(trunk, info, Provenance("sb3", str(path), file_sha256(path), details), heads)
 
 
 def _info_from_metadata(
@@ -110,14 +110,16 @@ def _load_safetensors(spec: ExpertSpec, observation_shape: tuple[int, ...] | Non
     info = _info_from_metadata(spec, metadata, observation_shape)
     trunk = build_trunk(info)
     expected = trunk.state_dict()
+    heads = ExpertHeads.from_tensors({k: v for k, v in state.items() if k.startswith("heads.")})
+    trunk_state = {k: v for k, v in state.items() if not k.startswith("heads.")}
     try:
-        trunk.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
+        trunk.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in trunk_state.items()})
     except RuntimeError as error:
         raise CheckpointError(
             f"Expert {spec.name!r}: {path} does not match architecture {info.arch!r}: {error}"
         ) from error
     details = {k: v for k, v in sorted(metadata.items()) if k not in ("arch", "input_shape", "features_dim", "options")}
-    return HubExpert(trunk, info, Provenance("safetensors", str(path), file_sha256(path), details))
+    return HubExpert(trunk, info, Provenance("safetensors", str(path), file_sha256(path), details), heads)
 
 
 def random_expert_seed(spec: ExpertSpec) -> int:
@@ -137,13 +139,15 @@ def _load_random(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) ->
         raise HubSpecError(
             f"Expert {spec.name!r}: a random expert needs 'input_shape' when no observation space is known."
         )
-    arch = spec.arch or ("nature_cnn" if len(shape) == 3 else "mlp")
+    # The architecture that fits the observations: NatureCNN needs frames of at least 36x36.
+    small = len(shape) == 3 and min(shape[1], shape[2]) < 36
+    arch = spec.arch or ("mlp" if len(shape) != 3 else "small_frame_cnn" if small else "nature_cnn")
     if arch == "nature_cnn" and len(shape) != 3:
         raise AdapterError(
             f"Expert {spec.name!r}: a random nature_cnn needs image inputs (C, H, W), but the input shape is "
             f"{tuple(shape)}. Use 'random:mlp' for state vectors, or give 'input_shape' for an image expert."
         )
-    features = spec.features_dim or (512 if arch == "nature_cnn" else 64)
+    features = spec.features_dim or {"nature_cnn": 512, "small_frame_cnn": 128}.get(arch, 64)
     options = tuple(sorted((str(k), str(v)) for k, v in spec.options.items()))
     info = TrunkInfo(arch, "image" if len(shape) == 3 else "vector", tuple(shape), features, options)
     seed = random_expert_seed(spec)

@@ -35,6 +35,10 @@ class ExpertSpec:
     :param options: extra source options (for instance ``revision`` for ``hf``).
     :param provenance: facts about how the weights were made (written by ``hp_rl.hub export``: recipe,
         command, algorithm, environment, steps, seed, returns); informational, recorded in run manifests.
+    :param channel_names: what each input channel of an image expert means (MinAtar: ``paddle``, ``ball``,
+        ...); with the target's names the input adapter maps channels by meaning.
+    :param action_meanings: what each action of the expert's policy head means (``NOOP``, ``LEFT``, ...);
+        with the target's meanings the head is mapped onto the target's actions (output aggregation).
     """
 
     name: str
@@ -48,6 +52,8 @@ class ExpertSpec:
     sha256: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    channel_names: tuple[str, ...] | None = None
+    action_meanings: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable form (unset fields left out)."""
@@ -132,6 +138,17 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     for key in ("options", "provenance"):
         if not isinstance(values.get(key, {}), Mapping):
             raise HubSpecError(f"{where}: key '{key}' must be a mapping, got {values[key]!r}.")
+    for key in ("channel_names", "action_meanings"):
+        names = values.get(key)
+        if names is None:
+            continue
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names or not all(
+            isinstance(n, str) and n for n in names
+        ):
+            raise HubSpecError(f"{where}: key '{key}' must be a non-empty list of names, got {names!r}.")
+        if len(set(names)) != len(names):
+            raise HubSpecError(f"{where}: key '{key}' repeats a name: {list(names)}.")
+        values[key] = tuple(names)
     sha = values.get("sha256")
     if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
         raise HubSpecError(f"{where}: key 'sha256' must be 64 hex digits, got {sha!r}.")

@@ -21,15 +21,43 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, RolloutBufferSamples
-from torch import Tensor
+from torch import Tensor, nn
 
-from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss
-from hp_rl.routing import PathwayOutput
+from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss, set_training_progress
+from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
 
-__all__ = ["HubPPO", "HubA2C", "HubActorCriticPolicy", "HubActorCriticCnnPolicy", "TrackingRolloutBuffer"]
+__all__ = ["HubPPO", "HubA2C", "HubActorCriticPolicy", "HubActorCriticCnnPolicy", "TrackingRolloutBuffer",
+           "ActionReadout", "ValueReadout"]  # fmt: skip
 
 _EXTRACTOR_KEYS = ("k", "features_dim", "freeze_experts", "expert_lr_scale", "noise", "noise_std", "explore_coef",
-                   "balance", "dense", "noise_seed")  # fmt: skip
+                   "balance", "dense", "noise_seed", "aggregation", "output_mix", "action_meanings", "num_actions",
+                   "channel_names", "base_expert", "noise_cap", "noise_anneal", "dense_warmup", "explore_decay",
+                   "unfreeze_at", "generator_lr_scale", "teachers")  # fmt: skip
+
+
+class ActionReadout(nn.Module):
+    """The policy "head" under output aggregation: the aggregate already holds the action distribution.
+
+    :param num_actions: n.
+    :param mix: how the experts' policies were mixed (``probs``: the aggregate holds probabilities).
+    """
+
+    def __init__(self, num_actions: int, mix: OutputMix) -> None:
+        super().__init__()
+        self.num_actions = num_actions
+        self.mix: OutputMix = mix
+
+    def forward(self, latent: Tensor) -> Tensor:
+        """:param latent: ``(B, n + 1)`` aggregate. :return: ``(B, n)`` logits."""
+        return readout_logits(latent, self.num_actions, self.mix)
+
+
+class ValueReadout(nn.Module):
+    """The value "head" under output aggregation: the last column of the aggregate."""
+
+    def forward(self, latent: Tensor) -> Tensor:
+        """:param latent: ``(B, n + 1)`` aggregate. :return: ``(B, 1)`` values."""
+        return latent[:, -1:]
 
 
 class TrackingRolloutBuffer(RolloutBuffer):
@@ -46,9 +74,26 @@ class TrackingRolloutBuffer(RolloutBuffer):
 
 
 class _ExploitationPolicyMixin:
-    """Adds the exploitation loss, when ``exploitation_hook`` is set, to ``evaluate_actions``'s values."""
+    """Adds the exploitation loss, when ``exploitation_hook`` is set, to ``evaluate_actions``'s values.
+
+    Under output aggregation (``aggregation="output"``) the action and value layers are readouts of the
+    aggregate, which already holds the experts' mixed policy and value.
+    """
 
     exploitation_hook: Callable[[Tensor], Tensor | None] | None = None
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        extractor = getattr(self, "features_extractor", None)
+        if not isinstance(extractor, HubPathwayExtractor) or extractor.aggregation != "output":
+            return
+        policy: Any = self
+        if policy.mlp_extractor.latent_dim_pi != extractor.features_dim:
+            raise ValueError("aggregation='output' needs linear heads: set net_arch=[] (HubPPO/HubA2C's default).")
+        assert extractor.num_actions is not None
+        policy.action_net = ActionReadout(extractor.num_actions, extractor.output_mix)
+        policy.value_net = ValueReadout()
+        policy.optimizer = policy.optimizer_class(policy.parameters(), lr=lr_schedule(1), **policy.optimizer_kwargs)
 
     def evaluate_actions(self, obs: PyTorchObs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         values, log_prob, entropy = super().evaluate_actions(obs, actions)  # type: ignore[misc]
@@ -90,7 +135,39 @@ class _HubOnPolicyMixin:
         "CnnPolicy": HubActorCriticCnnPolicy,
     }
     exploit_coef: float
+    kickstart_coef: float = 0.0
+    kickstart_fraction: float = 0.5
     rollout_buffer: RolloutBuffer
+
+    def _set_hub_coefs(self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float) -> None:
+        for name, value in (("exploit_coef", exploit_coef), ("kickstart_coef", kickstart_coef)):
+            if not (isinstance(value, int | float) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if not (isinstance(kickstart_fraction, int | float) and 0 < kickstart_fraction <= 1):
+            raise ValueError(f"kickstart_fraction must be in (0, 1] (of training), got {kickstart_fraction!r}.")
+        self.exploit_coef = float(exploit_coef)
+        self.kickstart_coef = float(kickstart_coef)
+        self.kickstart_fraction = float(kickstart_fraction)
+
+    # --- schedules ----------------------------------------------------------------------------------
+    def _training_progress(self) -> float:
+        return 1.0 - float(getattr(self, "_current_progress_remaining", 1.0))
+
+    def _kickstart_weight(self) -> float:
+        """The kickstarting weight now: ``kickstart_coef * max(0, 1 - progress / kickstart_fraction)``."""
+        return self.kickstart_coef * linear_decay(self._training_progress(), self.kickstart_fraction)
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        """SB3's ``collect_rollouts``, after applying the pathway schedules at the current progress.
+
+        The schedules change only here, so a rollout and the update that follows it see the same noise
+        scale, warm-up and trunk training state.
+        """
+        set_training_progress(self, self._training_progress())
+        for extractor in self._hub_extractors():
+            extractor.kickstart_active = False
+        result: bool = super().collect_rollouts(*args, **kwargs)  # type: ignore[misc]
+        return result
 
     @property
     def _policy(self) -> ActorCriticPolicy:
@@ -98,8 +175,19 @@ class _HubOnPolicyMixin:
         assert isinstance(policy, ActorCriticPolicy)
         return policy
 
-    def _split_hub_kwargs(self, kwargs: dict[str, Any], hub: Any) -> dict[str, Any]:
+    def _split_hub_kwargs(self, kwargs: dict[str, Any], hub: Any, env: Any) -> dict[str, Any]:
         extractor_kwargs = {key: kwargs.pop(key) for key in _EXTRACTOR_KEYS if key in kwargs}
+        if hub is not None and not isinstance(env, str) and env is not None:
+            # What the target's channels and actions mean, so experts map onto them (MinAtar, ALE, variants).
+            from hp_rl.rl.envs import env_meanings
+
+            channels, actions = env_meanings(env)
+            if channels is not None:
+                extractor_kwargs.setdefault("channel_names", list(channels))
+            if actions is not None:
+                extractor_kwargs.setdefault("action_meanings", list(actions))
+        if self.kickstart_coef > 0:
+            extractor_kwargs["teachers"] = True
         kwargs["policy_kwargs"] = _hub_policy_kwargs(kwargs.get("policy_kwargs"), hub, extractor_kwargs)
         if kwargs.get("rollout_buffer_class") not in (None, TrackingRolloutBuffer):
             raise ValueError("HubPPO/HubA2C need their own rollout buffer; rollout_buffer_class cannot be set.")
@@ -162,6 +250,31 @@ class _HubOnPolicyMixin:
         if pi_output is None or vf_output is None:
             return None
         self._explore_values.append(float(pi_output.explore_loss.detach()))
+        kickstart = self._kickstart_loss(policy, pi_output)
+        exploit = self._expert_losses(policy, batch, pi_output, vf_output)
+        if kickstart is None:
+            return exploit
+        return kickstart if exploit is None else exploit + kickstart
+
+    def _kickstart_loss(self, policy: ActorCriticPolicy, pi_output: PathwayOutput) -> Tensor | None:
+        """``weight * KL(teacher || agent)`` over rows routed to experts with pretrained policies."""
+        extractor = policy.pi_features_extractor
+        weight = self._kickstart_weight()
+        if weight == 0 or not isinstance(extractor, HubPathwayExtractor) or extractor.last_teacher is None:
+            return None
+        teacher, mask = extractor.last_teacher
+        if not bool(mask.any()):
+            return None
+        latent_pi = policy.mlp_extractor.forward_actor(pi_output.features)
+        student = F.log_softmax(policy.action_net(latent_pi), dim=1)
+        teacher = teacher[mask]
+        kl = (teacher * (torch.log(teacher.clamp_min(1e-8)) - student[mask])).sum(1).mean()
+        self._kickstart_values.append(float(kl.detach()))
+        return weight * kl
+
+    def _expert_losses(self, policy: ActorCriticPolicy, batch: RolloutBufferSamples | None,
+                       pi_output: PathwayOutput, vf_output: PathwayOutput) -> Tensor | None:  # fmt: skip
+        """``exploit_coef`` times the algorithm's loss of each routed expert alone, on its routed rows."""
         if self.exploit_coef == 0 or batch is None:
             return None
         advantages = self._normalized_advantages(batch)
@@ -193,7 +306,11 @@ class _HubOnPolicyMixin:
         """SB3's ``train()``, with the exploitation loss joined to each minibatch's loss."""
         self._explore_values: list[float] = []
         self._exploit_values: list[float] = []
+        self._kickstart_values: list[float] = []
         policy = self._policy
+        weight = self._kickstart_weight()
+        for extractor in self._hub_extractors():
+            extractor.kickstart_active = weight > 0
         if isinstance(policy, _ExploitationPolicyMixin):
             policy.exploitation_hook = self._exploitation_loss
         try:
@@ -205,6 +322,11 @@ class _HubOnPolicyMixin:
             self.logger.record("train/explore_loss", float(np.mean(self._explore_values)))  # type: ignore[attr-defined]
         if self._exploit_values:
             self.logger.record("train/exploit_loss", float(np.mean(self._exploit_values)))  # type: ignore[attr-defined]
+        if self._kickstart_values:
+            self.logger.record("train/kickstart_kl", float(np.mean(self._kickstart_values)))  # type: ignore[attr-defined]
+            self.logger.record("train/kickstart_weight", weight)  # type: ignore[attr-defined]
+        for extractor in self._hub_extractors():
+            extractor.kickstart_active = False
 
 
 class HubPPO(_HubOnPolicyMixin, PPO):
@@ -215,14 +337,21 @@ class HubPPO(_HubOnPolicyMixin, PPO):
     :param hub: the hub (see :class:`~hp_rl.rl.extractor.HubPathwayExtractor`); ``None`` when
         ``policy_kwargs`` already name the extractor (as when SB3 loads a saved model).
     :param exploit_coef: weight of the exploitation loss (0 turns it off: then HubPPO follows PPO exactly).
+    :param kickstart_coef: weight of kickstarting, ``KL(teacher || agent)`` where the teacher mixes the
+        routed experts' pretrained policies (frozen, as loaded) with the pathway weights; needs
+        ``aggregation="output"`` and experts whose heads map onto the target's actions. 0 turns it off.
+    :param kickstart_fraction: the kickstarting weight decays linearly from ``kickstart_coef`` at the start
+        to 0 at this fraction of training (``kickstart_coef * max(0, 1 - progress / fraction)``).
     :param kwargs: PPO arguments and extractor arguments (``k``, ``features_dim``, ``freeze_experts``,
-        ``expert_lr_scale``, ``noise``, ``noise_std``, ``explore_coef``, ``balance``, ``dense``, ``noise_seed``).
+        ``expert_lr_scale``, ``noise``, ``noise_std``, ``explore_coef``, ``balance``, ``dense``, ``noise_seed``,
+        and the transfer options of :class:`~hp_rl.rl.extractor.HubPathwayExtractor`). The target's
+        channel names and action meanings are read from ``env`` when it says them.
     """
 
     def __init__(self, policy: str | type[ActorCriticPolicy], env: Any, hub: Any = None, exploit_coef: float = 0.1,
-                 **kwargs: Any) -> None:  # fmt: skip
-        self.exploit_coef = exploit_coef
-        super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub))
+                 kickstart_coef: float = 0.0, kickstart_fraction: float = 0.5, **kwargs: Any) -> None:  # fmt: skip
+        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction)
+        super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
         advantages = batch.advantages
@@ -248,14 +377,14 @@ class HubPPO(_HubOnPolicyMixin, PPO):
 class HubA2C(_HubOnPolicyMixin, A2C):
     """A2C with a Hub-Pathway features extractor and the exploitation loss.
 
-    Takes every :class:`~stable_baselines3.A2C` argument, plus ``hub``, ``exploit_coef`` and the extractor
-    arguments, as :class:`HubPPO`.
+    Takes every :class:`~stable_baselines3.A2C` argument, plus ``hub``, ``exploit_coef``, ``kickstart_coef``,
+    ``kickstart_fraction`` and the extractor arguments, as :class:`HubPPO`.
     """
 
     def __init__(self, policy: str | type[ActorCriticPolicy], env: Any, hub: Any = None, exploit_coef: float = 0.1,
-                 **kwargs: Any) -> None:  # fmt: skip
-        self.exploit_coef = exploit_coef
-        super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub))
+                 kickstart_coef: float = 0.0, kickstart_fraction: float = 0.5, **kwargs: Any) -> None:  # fmt: skip
+        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction)
+        super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
         advantages = batch.advantages

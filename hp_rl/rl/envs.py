@@ -167,3 +167,42 @@ def make_env(
     if chosen.frame_stack:
         env = VecFrameStack(env, n_stack=chosen.frame_stack)
     return env
+
+
+def env_meanings(env: VecEnv | gym.Env) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """What the observation channels and the actions of an environment mean, where it says.
+
+    - MinAtar: channel names from ``game.env.channels`` (ordered by index), and each action of the (minimal
+      or full) action set named from MinAtar's full set (``NOOP``, ``LEFT``, ``UP``, ``RIGHT``, ``DOWN``,
+      ``FIRE``).
+    - ALE: ``get_action_meanings()``; frames are grey stacks with no named channels.
+    - Any other discrete action space: ``"<task>#<index>"`` (the id without its version), so that physics
+      variants of one task map their actions onto each other and different tasks do not.
+
+    :param env: a vectorised environment (its first copy is asked) or a plain gymnasium environment.
+    :return: ``(channel_names, action_meanings)``, each ``None`` where unknown.
+    """
+    from hp_rl.hub.meanings import MINATAR_FULL_ACTIONS
+
+    if isinstance(env, VecEnv):
+        attrs = env.get_attr("unwrapped", [0])
+        base: Any = attrs[0]
+        action_space = env.action_space
+    else:
+        base = env.unwrapped
+        action_space = env.action_space
+    game = getattr(base, "game", None)
+    game_env = getattr(game, "env", None)
+    channels: tuple[str, ...] | None = None
+    if isinstance(getattr(game_env, "channels", None), dict):
+        named = sorted(game_env.channels.items(), key=lambda item: item[1])  # type: ignore[union-attr]
+        channels = tuple(str(name) for name, _ in named)
+    if game_env is not None and hasattr(base, "action_set"):
+        return channels, tuple(MINATAR_FULL_ACTIONS[int(a)] for a in base.action_set)
+    if hasattr(base, "get_action_meanings"):
+        return channels, tuple(str(m) for m in base.get_action_meanings())
+    if isinstance(action_space, gym.spaces.Discrete):
+        spec = getattr(base, "spec", None)
+        task = str(getattr(spec, "id", type(base).__name__)).rsplit("-v", 1)[0]
+        return channels, tuple(f"{task}#{i}" for i in range(int(action_space.n)))
+    return channels, None

@@ -6,7 +6,7 @@ import json
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from gymnasium import spaces
@@ -14,22 +14,31 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from hp_rl.hub import HubExpert, HubSpec, build_input_adapter, load_expert, parse_hub
+from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, SmallFrameCNNTrunk
+from hp_rl.hub.meanings import action_index_map
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
+    HeadedExpert,
     HubPathway,
     NoiseMode,
     NoisyTopKRouter,
+    OutputMix,
     PathwayGenerator,
     PathwayOutput,
+    PathwaySchedule,
     Routes,
     conv_body,
     mlp_body,
 )
 
-__all__ = ["HubPathwayExtractor", "find_hub_extractors", "routing_noise"]
+__all__ = ["HubPathwayExtractor", "BASE_EXPERT", "Aggregation", "find_hub_extractors", "routing_noise",
+           "set_training_progress", "base_trunk"]  # fmt: skip
+
+BASE_EXPERT = "base"
+Aggregation = Literal["features", "output"]
 
 # Frozen trunks never change, so every extractor in the process that names the same weights shares one
 # copy: actor and critic, a DQN target network, a model loaded beside the one that saved it.
@@ -97,6 +106,29 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     :param balance: ``"cv2"`` (importance + load) or ``"switch"``.
     :param dense: run every expert on every observation with softmax weights (the dense baseline).
     :param noise_seed: seed of the content-keyed noise stream.
+    :param aggregation: ``"features"`` (weighted sum of adapted trunk features; the policy's own heads act
+        on it) or ``"output"`` (each expert keeps its agent's policy and value heads, mapped onto the
+        target's actions by meaning, and the pathway aggregates their outputs; needs HubPPO/HubA2C, whose
+        policy reads the aggregate directly). ``features_dim`` is then ``n_actions + 1``.
+    :param output_mix: with ``aggregation="output"``: ``"probs"`` (a mixture of the experts' policies) or
+        ``"logits"`` (weighted sum of logits).
+    :param action_meanings: what each target action means (HubPPO/HubA2C fill it from the env); heads of
+        experts whose actions cover the target's are reused, the others start fresh.
+    :param num_actions: target actions, where ``action_meanings`` is not given (output aggregation).
+    :param channel_names: what each observation channel means (HubPPO/HubA2C fill it from MinAtar envs):
+        experts that name theirs get a channel map by meaning instead of an average.
+    :param base_expert: add an expert named ``base``, the target's plain network (small-frame CNN for
+        frames under 36x36, NatureCNN above, a 64x64 tanh MLP for vectors) trained from scratch's start
+        and routed for every observation beside the k chosen experts.
+    :param noise_cap: bound the noise std by this multiple of the clean logits' spread (``None``: no bound).
+    :param noise_anneal: fraction of training by which the noise decays linearly to 0 (``None``: constant).
+    :param dense_warmup: fraction of training routed densely (softmax over all experts) before top-k.
+    :param explore_decay: fraction of training by which the exploration loss weight decays to 0.
+    :param unfreeze_at: load the trunks trainable but keep them frozen until this fraction of training,
+        then fine-tune them at ``expert_lr_scale`` (``None``: ``freeze_experts`` decides for good).
+    :param generator_lr_scale: learning-rate multiplier of the pathway generator (HubPPO/HubA2C).
+    :param teachers: keep frozen copies of the experts' pretrained policies for kickstarting
+        (HubPPO/HubA2C ``kickstart_coef``).
     """
 
     updated_since_rollout: Tensor
@@ -115,14 +147,40 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         balance: BalanceMode = "cv2",
         dense: bool = False,
         noise_seed: int = 0,
+        aggregation: Aggregation = "features",
+        output_mix: OutputMix = "probs",
+        action_meanings: Sequence[str] | None = None,
+        num_actions: int | None = None,
+        channel_names: Sequence[str] | None = None,
+        base_expert: bool = False,
+        noise_cap: float | None = None,
+        noise_anneal: float | None = None,
+        dense_warmup: float = 0.0,
+        explore_decay: float | None = None,
+        unfreeze_at: float | None = None,
+        generator_lr_scale: float = 1.0,
+        teachers: bool = False,
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(
                 f"HubPathwayExtractor needs a Box observation space (images or vectors), got {observation_space}. "
                 "Flatten dict or discrete observations with a gymnasium wrapper first."
             )
+        if aggregation not in ("features", "output"):
+            raise ValueError(f"aggregation must be 'features' or 'output', got {aggregation!r}.")
+        meanings = tuple(action_meanings) if action_meanings is not None else None
+        n_actions = len(meanings) if meanings is not None else num_actions
+        if aggregation == "output":
+            if n_actions is None or n_actions < 1:
+                raise ValueError(
+                    "aggregation='output' needs the target's actions: give action_meanings (HubPPO/HubA2C "
+                    "fill it from the env) or num_actions."
+                )
+            features_dim = n_actions + 1
         super().__init__(observation_space, features_dim)
         spec: HubSpec = parse_hub(hub)
+        if base_expert and BASE_EXPERT in spec.names:
+            raise ValueError(f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert.")
         if not 1 <= k <= len(spec.experts) and not dense:
             raise ValueError(
                 f"k={k} is out of range for a hub of {len(spec.experts)} experts "
@@ -131,32 +189,107 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         shape = tuple(int(s) for s in observation_space.shape)
         self.hub_spec = spec
         self.explore_coef = explore_coef
+        self.aggregation: Aggregation = aggregation
+        self.output_mix: OutputMix = output_mix
+        self.num_actions = n_actions
+        self.schedule = PathwaySchedule(noise_anneal, dense_warmup, explore_decay)
+        self.unfreeze_at = unfreeze_at
+        self.generator_lr_scale = generator_lr_scale
         self.lr_scales: dict[str, float] = {}
-        experts: dict[str, AdaptedExpert] = {}
+        self.scheduled_trunks: list[str] = []  # experts whose trunks unfreeze_at keeps frozen at first
+        self.head_sources: dict[str, str] = {}  # expert -> "pretrained" / "fresh" policy head (output mode)
+        targets = tuple(channel_names) if channel_names is not None else None
+        experts: dict[str, nn.Module] = {}
         for expert_spec in spec.experts:
             frozen = freeze_experts if expert_spec.frozen is None else expert_spec.frozen
-            trunk = self._load_trunk(expert_spec, shape, frozen)
-            adapter = build_input_adapter(shape, trunk.info, expert_spec.name)
-            experts[expert_spec.name] = AdaptedExpert(trunk, trunk.info.features_dim, features_dim, adapter, frozen)
-            if not frozen:
+            scheduled = unfreeze_at is not None and frozen
+            trunk = self._load_trunk(expert_spec, shape, frozen and not scheduled)
+            adapter = build_input_adapter(shape, trunk.info, expert_spec.name, targets, expert_spec.channel_names)
+            if aggregation == "output":
+                experts[expert_spec.name] = self._headed(expert_spec, trunk, adapter, frozen, meanings, teachers)
+            else:
+                experts[expert_spec.name] = AdaptedExpert(trunk, trunk.info.features_dim, features_dim, adapter, frozen)
+            if not frozen or scheduled:
                 self.lr_scales[expert_spec.name] = expert_spec.lr_scale * expert_lr_scale
+            if scheduled:
+                self.scheduled_trunks.append(expert_spec.name)
+        if base_expert:
+            experts[BASE_EXPERT] = self._base(shape, features_dim)
         if len(shape) == 3:
             body, body_dim = conv_body(shape[0], shape[1], shape[2])
         else:
             body, body_dim = mlp_body(int(torch.Size(shape).numel()))
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
-        router = NoisyTopKRouter(len(experts), k, noise=noise, noise_std=noise_std, balance=balance, dense=dense)
+        router = NoisyTopKRouter(len(experts), k, noise=noise, noise_std=noise_std, balance=balance, dense=dense,
+                                 num_forced=int(base_expert), noise_cap=noise_cap)  # fmt: skip
         self.pathway = HubPathway(experts, generator, router)
         self.pathway.noise.seed = noise_seed
         self.pathway.noise.enabled = noise != "none"
         self._noise_requested = noise != "none"
+        self.progress = 0.0
+        self.explore_scale = 1.0
+        self.kickstart_active = False
         self.last_output: PathwayOutput | None = None
+        self.last_teacher: tuple[Tensor, Tensor] | None = None
         # Routing of the latest forward made to act (not to update), and how many there were: gate usage
         # statistics count each acting observation exactly once.
         self.last_acting_routes: Routes | None = None
         self.acting_forwards = 0
         # Saved with the model (a buffer), so a loaded model re-draws its noise exactly when the saved one would.
         self.register_buffer("updated_since_rollout", torch.zeros((), dtype=torch.bool))
+        if unfreeze_at is not None:
+            self._set_scheduled_trunks_frozen(True)
+
+    def _headed(self, spec: ExpertSpec, trunk: HubExpert, adapter: nn.Module | None, frozen: bool,
+                meanings: tuple[str, ...] | None, teachers: bool) -> HeadedExpert:  # fmt: skip
+        """An expert with its agent's heads, mapped onto the target's actions where their meanings allow."""
+        heads, action_init, value_init = trunk.heads, None, None
+        if heads is not None and meanings is not None and spec.action_meanings is not None:
+            index = action_index_map(meanings, spec.action_meanings)
+            if index is not None and heads.num_actions == len(spec.action_meanings):
+                rows = torch.tensor(index)
+                action_init = (heads.action_weight[rows], heads.action_bias[rows])
+        if heads is not None and heads.value_weight is not None and heads.value_bias is not None:
+            value_init = (heads.value_weight, heads.value_bias)
+        self.head_sources[spec.name] = "pretrained" if action_init is not None else "fresh"
+        assert self.num_actions is not None
+        return HeadedExpert(trunk, trunk.info.features_dim, self.num_actions, adapter, frozen, action_init,
+                            value_init, self.output_mix, keep_teacher=teachers)  # fmt: skip
+
+    def _base(self, shape: tuple[int, ...], features_dim: int) -> nn.Module:
+        """The always-routed base expert: the target's plain network, left to SB3's initialisation."""
+        trunk, trunk_dim = base_trunk(shape)
+        self.lr_scales[BASE_EXPERT] = 1.0
+        if self.aggregation == "output":
+            assert self.num_actions is not None
+            self.head_sources[BASE_EXPERT] = "fresh"
+            return HeadedExpert(trunk, trunk_dim, self.num_actions, None, frozen=False, mix=self.output_mix,
+                                protect_init=False)  # fmt: skip
+        return AdaptedExpert(trunk, trunk_dim, features_dim, None, frozen=False, protect_init=False,
+                             identity_output=trunk_dim == features_dim)  # fmt: skip
+
+    def _set_scheduled_trunks_frozen(self, frozen: bool) -> None:
+        for name in self.scheduled_trunks:
+            expert = self.pathway.experts[name]
+            assert isinstance(expert, AdaptedExpert | HeadedExpert)
+            expert.frozen = frozen
+            expert.trunk.requires_grad_(not frozen)
+            expert.train(self.training)
+
+    def set_progress(self, progress: float) -> None:
+        """Apply the schedules at training progress ``progress`` in [0, 1] (called when a rollout starts).
+
+        Sets the routing noise scale and the dense warm-up, the exploration loss weight and, with
+        ``unfreeze_at``, whether the trunks train.
+        """
+        self.progress = float(progress)
+        router = self.pathway.router
+        assert isinstance(router, NoisyTopKRouter)
+        router.noise_scale = self.schedule.noise_scale(self.progress)
+        router.dense_active = self.schedule.dense(self.progress)
+        self.explore_scale = self.schedule.explore_scale(self.progress)
+        if self.unfreeze_at is not None:
+            self._set_scheduled_trunks_frozen(self.progress < self.unfreeze_at)
 
     @staticmethod
     def _load_trunk(spec: ExpertSpec, shape: tuple[int, ...], frozen: bool) -> HubExpert:
@@ -203,20 +336,71 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         if not self.training:
             self.last_acting_routes = output.routes
             self.acting_forwards += 1
-        if self.explore_coef:
-            return attach_loss(output.features, self.explore_coef * output.explore_loss)
+        self.last_teacher = self._teacher_policy(observations, output) if self.kickstart_active else None
+        coef = self.explore_coef * self.explore_scale
+        if coef:
+            return attach_loss(output.features, coef * output.explore_loss)
         return output.features
 
+    def _teacher_policy(self, observations: Tensor, output: PathwayOutput) -> tuple[Tensor, Tensor] | None:
+        """The routed experts' pretrained policies mixed with the (detached) pathway weights.
+
+        :return: ``(B, n)`` teacher probabilities and a ``(B,)`` mask of rows routed to any teacher, or ``None``.
+        """
+        mixed: Tensor | None = None
+        total = observations.new_zeros(observations.shape[0])
+        for name, batch in output.experts.items():
+            expert = self.pathway.experts[name]
+            if not isinstance(expert, HeadedExpert) or expert.teacher is None:
+                continue
+            probs = expert.teacher_probs(observations.index_select(0, batch.sample_index))
+            assert probs is not None
+            weight = batch.weight.detach()
+            if mixed is None:
+                mixed = probs.new_zeros(observations.shape[0], probs.shape[1])
+            mixed = mixed.index_add(0, batch.sample_index, weight[:, None] * probs)
+            total = total.index_add(0, batch.sample_index, weight)
+        if mixed is None:
+            return None
+        mask = total > 0
+        return mixed / total.clamp_min(1e-12)[:, None], mask
+
     def trunk_parameter_groups(self) -> dict[float, list[nn.Parameter]]:
-        """Trainable trunk parameters grouped by learning-rate scale (scale 1 groups left out)."""
+        """Trainable trunk (and generator) parameters grouped by learning-rate scale (scale 1 left out).
+
+        Trunks that ``unfreeze_at`` keeps frozen for now are included: they join training later.
+        """
         groups: dict[float, list[nn.Parameter]] = {}
         for name, scale in self.lr_scales.items():
             if scale == 1.0:
                 continue
             expert = self.pathway.experts[name]
-            assert isinstance(expert, AdaptedExpert)
-            groups.setdefault(scale, []).extend(p for p in expert.trunk.parameters() if p.requires_grad)
+            assert isinstance(expert, AdaptedExpert | HeadedExpert)
+            scheduled = name in self.scheduled_trunks
+            groups.setdefault(scale, []).extend(p for p in expert.trunk.parameters() if p.requires_grad or scheduled)
+        if self.generator_lr_scale != 1.0:
+            groups.setdefault(self.generator_lr_scale, []).extend(self.pathway.generator.parameters())
         return groups
+
+
+def base_trunk(shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """The target's plain network for observations of ``shape``: what scratch trains, and the base expert.
+
+    :return: the trunk (SmallFrameCNN for frames under 36x36, NatureCNN above, a 64x64 tanh MLP for
+        vectors) and its output width.
+    """
+    if len(shape) == 3:
+        channels, height, width = shape
+        if min(height, width) < 36:
+            return SmallFrameCNNTrunk(channels, height, width, 128), 128
+        return NatureCNNTrunk(channels, height, width, 512), 512
+    return MLPTrunk(int(torch.Size(shape).numel()), (64, 64), "tanh"), 64
+
+
+def set_training_progress(model: Any, progress: float) -> None:
+    """Apply the pathway schedules of every hub extractor of ``model`` at ``progress`` in [0, 1]."""
+    for extractor in find_hub_extractors(model):
+        extractor.set_progress(progress)
 
 
 def find_hub_extractors(model_or_module: Any) -> list[HubPathwayExtractor]:

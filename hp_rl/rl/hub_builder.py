@@ -13,7 +13,7 @@ from hp_rl.rl.envs import preset_for
 from hp_rl.rl.runs import RunConfig, RunFolder
 from hp_rl.rl.training import train
 
-__all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub"]
+__all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub", "task_meanings"]
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,16 @@ class SourceTask:
     :param name: expert name in the hub.
     :param env_id: source environment.
     :param env_preset: force an ``envs/`` preset, or ``None`` to match by id.
-    :param env_kwargs: arguments for ``gym.make`` (physics variants of a control task).
+    :param env_kwargs: arguments for ``gym.make`` (physics variants of a control task, MinAtar's
+        ``sticky_action_prob`` / ``difficulty_ramping``).
+    :param n_timesteps: this task's budget, or ``None`` for the recipe's.
     """
 
     name: str
     env_id: str
     env_preset: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    n_timesteps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,11 @@ def load_recipe(path: str | Path) -> Recipe:
     for key in ("algo", "n_timesteps", "tasks"):
         if key not in raw:
             raise ValueError(f"{path}: key '{key}' is required.")
-    tasks = tuple(SourceTask(**task) for task in raw["tasks"])
+    try:
+        tasks = tuple(SourceTask(**task) for task in raw["tasks"])
+    except TypeError as error:
+        allowed = sorted(SourceTask.__dataclass_fields__)
+        raise ValueError(f"{path}: a task has an unknown key ({error}); allowed: {allowed}.") from error
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: task names must be unique, got {names}.")
@@ -77,10 +84,23 @@ def load_recipe(path: str | Path) -> Recipe:
                   int(raw.get("eval_episodes", 10)))  # fmt: skip
 
 
+def task_meanings(task: SourceTask) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """What the source task's observation channels and actions mean (:func:`hp_rl.rl.envs.env_meanings`),
+    recorded in hub specs so that a target can map its channels and actions onto the expert's."""
+    from hp_rl.rl.envs import env_meanings, make_env
+
+    env = make_env(task.env_id, 1, 0, task.env_preset, env_kwargs=task.env_kwargs)
+    try:
+        return env_meanings(env)
+    finally:
+        env.close()
+
+
 def _task_config(recipe: Recipe, task: SourceTask) -> RunConfig:
     family = preset_for(task.env_id, task.env_preset).family
     params = apply_overrides(load_hyperparams(recipe.algo, family), recipe.overrides)
-    return RunConfig(algo=recipe.algo, env_id=task.env_id, hub=None, n_timesteps=recipe.n_timesteps,
+    steps = recipe.n_timesteps if task.n_timesteps is None else task.n_timesteps
+    return RunConfig(algo=recipe.algo, env_id=task.env_id, hub=None, n_timesteps=steps,
                      seed=recipe.seed, n_envs=int(params.get("n_envs", 1)), env_preset=task.env_preset,
                      save_freq=recipe.save_freq, hyperparams=params, env_kwargs=dict(task.env_kwargs))  # fmt: skip
 

@@ -92,23 +92,28 @@ def hub_manifest(model: BaseAlgorithm) -> dict[str, Any]:
     """Every expert of the model's hub: source, file digest, architecture, size, training mode."""
     from hp_rl.hub import HubExpert
     from hp_rl.rl.extractor import find_hub_extractors
-    from hp_rl.routing import AdaptedExpert
+    from hp_rl.routing import AdaptedExpert, HeadedExpert
 
     experts = []
     for extractor in find_hub_extractors(model)[:1]:
         for name, module in extractor.pathway.experts.items():
-            assert isinstance(module, AdaptedExpert)
-            trunk = module.trunk.module
-            assert isinstance(trunk, HubExpert)
-            info, provenance = trunk.info, trunk.provenance
-            experts.append({
-                "name": name, "source": provenance.source, "location": provenance.location,
-                "sha256": provenance.sha256, "arch": info.arch, "input_shape": list(info.input_shape),
-                "features_dim": info.features_dim, "parameters": trunk.num_parameters,
-                "frozen": module.frozen,
-                "input_adapter": repr(module.input_adapter) if list(module.input_adapter.children()) else None,
-                "details": dict(provenance.details),
-            })  # fmt: skip
+            assert isinstance(module, AdaptedExpert | HeadedExpert)
+            trunk = module.inner_trunk
+            adapter = repr(module.input_adapter) if list(module.input_adapter.children()) else None
+            entry: dict[str, Any] = {"name": name, "frozen": module.frozen, "input_adapter": adapter,
+                                     "parameters": sum(p.numel() for p in trunk.parameters())}  # fmt: skip
+            if isinstance(trunk, HubExpert):
+                info, provenance = trunk.info, trunk.provenance
+                entry.update({
+                    "source": provenance.source, "location": provenance.location, "sha256": provenance.sha256,
+                    "arch": info.arch, "input_shape": list(info.input_shape), "features_dim": info.features_dim,
+                    "details": dict(provenance.details),
+                })  # fmt: skip
+            else:  # the base expert: the target's plain network, trained from scratch's start
+                entry.update({"source": "base", "arch": type(trunk).__name__})
+            if name in extractor.head_sources:
+                entry["policy_head"] = extractor.head_sources[name]
+            experts.append(entry)
         return {"k": extractor.k, "spec_origin": extractor.hub_spec.origin, "experts": experts}
     return {"experts": []}
 

@@ -1,12 +1,13 @@
 """The routing core of Hub-Pathway, in plain PyTorch (no RL or vision dependencies)."""
 
-from hp_rl.routing.experts import AdaptedExpert
+from hp_rl.routing.experts import AdaptedExpert, HeadedExpert, OutputMix, readout_logits
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.init import KeepInit
 from hp_rl.routing.losses import balance_loss, cv_squared, smooth_load, switch_balance_loss
 from hp_rl.routing.noise import content_keyed_normal
 from hp_rl.routing.pathway import ExpertBatch, HubPathway, NoiseSource, PathwayOutput
 from hp_rl.routing.router import BalanceMode, NoiseMode, NoisyTopKRouter, Routes
+from hp_rl.routing.schedule import PathwaySchedule, linear_decay
 from hp_rl.routing.stats import GateStatistics, GateSummary
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "BalanceMode",
     "ExpertBatch",
     "GateStatistics",
+    "HeadedExpert",
+    "OutputMix",
     "GateSummary",
     "GeneratorLogits",
     "HubPathway",
@@ -22,13 +25,16 @@ __all__ = [
     "NoiseSource",
     "NoisyTopKRouter",
     "PathwayGenerator",
+    "PathwaySchedule",
     "PathwayOutput",
     "Routes",
     "balance_loss",
     "content_keyed_normal",
     "conv_body",
     "cv_squared",
+    "linear_decay",
     "mlp_body",
+    "readout_logits",
     "smooth_load",
     "switch_balance_loss",
 ]

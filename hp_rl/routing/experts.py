@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hp_rl.routing.init import KeepInit
 
-__all__ = ["AdaptedExpert"]
+__all__ = ["AdaptedExpert", "HeadedExpert", "OutputMix", "readout_logits"]
 
 
 class AdaptedExpert(nn.Module):
@@ -21,6 +25,10 @@ class AdaptedExpert(nn.Module):
     :param frozen: freeze the trunk: no gradient to its parameters, and its normalisation layers stay in
         eval mode whatever ``train()`` is called with.
     :param output_activation: append a ReLU to the output adapter.
+    :param protect_init: keep the trunk out of SB3's orthogonal re-initialisation (pretrained trunks);
+        ``False`` for a base expert that should start as scratch's network does.
+    :param identity_output: no output adapter (the trunk's width is already ``features_dim``): a base
+        expert then gives exactly the plain network's features.
     """
 
     def __init__(
@@ -31,18 +39,30 @@ class AdaptedExpert(nn.Module):
         input_adapter: nn.Module | None = None,
         frozen: bool = True,
         output_activation: bool = True,
+        protect_init: bool = True,
+        identity_output: bool = False,
     ) -> None:
         super().__init__()
         self.input_adapter = input_adapter if input_adapter is not None else nn.Identity()
-        self.trunk = trunk if isinstance(trunk, KeepInit) else KeepInit(trunk)
-        layers: list[nn.Module] = [nn.Linear(trunk_dim, features_dim)]
-        if output_activation:
-            layers.append(nn.ReLU())
-        self.output_adapter = nn.Sequential(*layers)
+        self.trunk = KeepInit(trunk) if protect_init and not isinstance(trunk, KeepInit) else trunk
+        if identity_output:
+            if trunk_dim != features_dim:
+                raise ValueError(f"identity_output needs trunk_dim == features_dim ({trunk_dim} != {features_dim}).")
+            self.output_adapter: nn.Module = nn.Identity()
+        else:
+            layers: list[nn.Module] = [nn.Linear(trunk_dim, features_dim)]
+            if output_activation:
+                layers.append(nn.ReLU())
+            self.output_adapter = nn.Sequential(*layers)
         self.frozen = frozen
         if frozen:
             self.trunk.requires_grad_(False)
             self.trunk.eval()
+
+    @property
+    def inner_trunk(self) -> nn.Module:
+        """The trunk itself, without its :class:`~hp_rl.routing.init.KeepInit` wrapper."""
+        return self.trunk.module if isinstance(self.trunk, KeepInit) else self.trunk
 
     @property
     def trunk_needs_grad(self) -> bool:
@@ -67,3 +87,141 @@ class AdaptedExpert(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, ...)`` pathway input. :return: ``(B, features_dim)`` adapted features."""
         return self.output_adapter(self.forward_trunk(x))
+
+
+OutputMix = Literal["probs", "logits"]
+
+
+class HeadedExpert(nn.Module):
+    """An expert that keeps an agent's own heads: ``x -> [policy part (n), value (1)]`` for output aggregation.
+
+    ``P(x)`` (input adapter) -> trunk ``E`` -> the expert's policy and value layers, its policy layer's rows
+    reordered onto the target's actions. The pathway then aggregates *outputs*: with ``mix="probs"`` each
+    expert emits its action probabilities and the pathway's weighted sum is a mixture of the experts'
+    policies; with ``mix="logits"`` the weighted sum of logits (a product of experts). The value is the
+    weighted sum of the experts' values in both cases. :func:`readout_logits` turns the aggregate back
+    into logits for the action distribution.
+
+    :param trunk: the network ``(B, *input) -> (B, trunk_dim)``; kept out of re-initialisation.
+    :param trunk_dim: width of the trunk's output.
+    :param num_actions: n, actions of the target task.
+    :param input_adapter: maps the pathway input to what the trunk expects, or ``None``.
+    :param frozen: freeze the trunk (the heads still train).
+    :param action_init: ``((n, trunk_dim), (n,))`` pretrained policy layer already mapped onto the target's
+        actions, or ``None`` for a fresh one (orthogonal, gain 0.01, as SB3 starts its action layer).
+    :param value_init: ``((1, trunk_dim), (1,))`` pretrained value layer, or ``None`` for a fresh one
+        (orthogonal, gain 1, as SB3).
+    :param mix: ``"probs"`` or ``"logits"``.
+    :param keep_teacher: keep a frozen copy of the pretrained policy (trunk and head as loaded) for
+        kickstarting (:meth:`teacher_probs`); only when ``action_init`` is given.
+    :param protect_init: keep the trunk out of SB3's orthogonal re-initialisation (pretrained trunks);
+        ``False`` for a base expert that should start as scratch's network does.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        trunk_dim: int,
+        num_actions: int,
+        input_adapter: nn.Module | None = None,
+        frozen: bool = True,
+        action_init: tuple[Tensor, Tensor] | None = None,
+        value_init: tuple[Tensor, Tensor] | None = None,
+        mix: OutputMix = "probs",
+        keep_teacher: bool = False,
+        protect_init: bool = True,
+    ) -> None:
+        super().__init__()
+        if mix not in ("probs", "logits"):
+            raise ValueError(f"mix must be 'probs' or 'logits', got {mix!r}.")
+        self.input_adapter = input_adapter if input_adapter is not None else nn.Identity()
+        self.trunk = KeepInit(trunk) if protect_init and not isinstance(trunk, KeepInit) else trunk
+        self.mix = mix
+        self.num_actions = num_actions
+        self.frozen = frozen
+        self.pretrained_policy = action_init is not None
+        self.pretrained_value = value_init is not None
+        self.action_head = KeepInit(_linear_from(trunk_dim, num_actions, action_init, gain=0.01))
+        self.value_head = KeepInit(_linear_from(trunk_dim, 1, value_init, gain=1.0))
+        if frozen:
+            self.trunk.requires_grad_(False)
+            self.trunk.eval()
+        self.teacher: nn.ModuleDict | None = None
+        if keep_teacher and action_init is not None:
+            teacher_trunk = self.trunk if frozen else copy.deepcopy(self.trunk)
+            teacher = nn.ModuleDict({"adapter": copy.deepcopy(self.input_adapter), "trunk": teacher_trunk,
+                                     "head": copy.deepcopy(self.action_head)})  # fmt: skip
+            teacher.requires_grad_(False)
+            teacher.eval()
+            self.teacher = teacher
+
+    @property
+    def inner_trunk(self) -> nn.Module:
+        """The trunk itself, without its :class:`~hp_rl.routing.init.KeepInit` wrapper."""
+        return self.trunk.module if isinstance(self.trunk, KeepInit) else self.trunk
+
+    @property
+    def trunk_needs_grad(self) -> bool:
+        """Whether backpropagation has to go through the trunk."""
+        return not self.frozen or any(p.requires_grad for p in self.input_adapter.parameters())
+
+    def train(self, mode: bool = True) -> HeadedExpert:
+        """Set training mode; a frozen trunk stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """:param x: ``(B, ...)`` pathway input. :return: ``(B, trunk_dim)`` trunk features."""
+        if self.trunk_needs_grad:
+            out: Tensor = self.trunk(self.input_adapter(x))
+            return out
+        with torch.no_grad():
+            out = self.trunk(self.input_adapter(x))
+            return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """:param x: ``(B, ...)`` pathway input. :return: ``(B, n + 1)``: probabilities (``mix="probs"``)
+        or logits of the target's actions, then the value."""
+        hidden = self.forward_trunk(x)
+        logits = self.action_head(hidden)
+        policy = F.softmax(logits, dim=1) if self.mix == "probs" else logits
+        return torch.cat([policy, self.value_head(hidden)], dim=1)
+
+    def teacher_probs(self, x: Tensor) -> Tensor | None:
+        """:param x: ``(B, ...)``. :return: ``(B, n)`` the pretrained policy's probabilities, or ``None``."""
+        if self.teacher is None:
+            return None
+        teacher = self.teacher
+        with torch.no_grad():
+            hidden = teacher["trunk"](teacher["adapter"](x))
+            return F.softmax(teacher["head"](hidden), dim=1)
+
+
+def _linear_from(in_features: int, out_features: int, init: tuple[Tensor, Tensor] | None, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        if init is None:
+            nn.init.orthogonal_(layer.weight, gain=gain)
+            layer.bias.zero_()
+        else:
+            layer.weight.copy_(init[0])
+            layer.bias.copy_(init[1])
+    return layer
+
+
+def readout_logits(aggregate: Tensor, num_actions: int, mix: OutputMix) -> Tensor:
+    """Logits of the action distribution from an output-level aggregate.
+
+    :param aggregate: ``(B, n + 1)`` weighted sum of :class:`HeadedExpert` outputs.
+    :param num_actions: n.
+    :param mix: how the experts' policies were mixed.
+    :return: ``(B, n)`` logits (log-probabilities for ``mix="probs"``).
+    """
+    policy = aggregate[:, :num_actions]
+    if mix == "probs":
+        return torch.log(policy.clamp_min(1e-8))
+    return policy

@@ -129,7 +129,8 @@ class HubPathway(nn.Module):
     def route(self, x: Tensor) -> Routes:
         """Routing decision only. :param x: ``(B, ...)`` inputs."""
         logits = self.generator(x)
-        noise = self.noise.draw(x, len(self.experts))
+        # No draw (and no content hash) when the router would not use it: noise off, annealed or dense.
+        noise = self.noise.draw(x, len(self.experts)) if getattr(self.router, "noise_active", True) else None
         routes: Routes = self.router(logits.clean, logits.noise, noise)
         return routes
 

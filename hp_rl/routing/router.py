@@ -50,17 +50,26 @@ class NoisyTopKRouter(nn.Module):
     """Turns generator logits into sparse pathway weights (Shazeer et al. 2017 noisy top-k gating).
 
     The router owns noise, top-k and renormalisation; the generator only makes logits. Top-k is taken on
-    the noisy logits first and the softmax runs over the k survivors, so the weights of one sample sum to 1
-    over exactly k experts.
+    the noisy logits first and the softmax runs over the k survivors (plus any forced experts), so the
+    weights of one sample sum to 1 over exactly ``k + num_forced`` experts.
 
-    :param num_experts: m, the number of experts.
-    :param k: experts per sample, ``1 <= k <= m``.
+    Three run-time settings, changed by a training schedule (:class:`hp_rl.routing.schedule.PathwaySchedule`):
+    ``noise_scale`` multiplies the noise std (0 skips the noise), ``dense_active`` routes through every
+    expert with softmax weights (a dense warm-up before top-k), and the noise cap bounds the std.
+
+    :param num_experts: m, the number of experts (forced ones included).
+    :param k: routed experts per sample, ``1 <= k <= m - num_forced``.
     :param noise: ``"learned"`` (std = softplus of a generator head), ``"fixed"`` (constant
         ``noise_std``) or ``"none"``.
     :param noise_std: the constant std for ``noise="fixed"``.
     :param balance: ``"cv2"`` (importance + load, Shazeer) or ``"switch"`` (GShard f.P form).
     :param dense: route every sample through all experts with softmax weights (the dense mixture
         baseline); ``k`` is then ignored and set to ``m``.
+    :param num_forced: the last ``num_forced`` columns are routed for every sample (a base expert), beside
+        the k chosen among the others; they get no noise and stay out of the balance loss.
+    :param noise_cap: bound the noise std by ``noise_cap`` times the spread of the clean logits (their std
+        over the routable experts, per sample, without gradient), so that noise explores around the
+        generator's preferences instead of drowning them; ``None`` for no bound.
     """
 
     def __init__(
@@ -71,28 +80,42 @@ class NoisyTopKRouter(nn.Module):
         noise_std: float = 1.0,
         balance: BalanceMode = "cv2",
         dense: bool = False,
+        num_forced: int = 0,
+        noise_cap: float | None = None,
     ) -> None:
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"A hub needs at least one expert, got {num_experts}.")
+        if not 0 <= num_forced < num_experts:
+            raise ValueError(f"num_forced={num_forced} must leave at least one routable expert of {num_experts}.")
+        routable = num_experts - num_forced
         if dense:
-            k = num_experts
-        if not 1 <= k <= num_experts:
-            raise ValueError(
-                f"k={k} is out of range for a hub of {num_experts} experts: choose 1 <= k <= {num_experts}."
-            )
+            k = routable
+        if not 1 <= k <= routable:
+            raise ValueError(f"k={k} is out of range for a hub of {routable} experts: choose 1 <= k <= {routable}.")
         if noise not in ("learned", "fixed", "none"):
             raise ValueError(f"noise must be 'learned', 'fixed' or 'none', got {noise!r}.")
         if balance not in ("cv2", "switch"):
             raise ValueError(f"balance must be 'cv2' or 'switch', got {balance!r}.")
-        if noise == "fixed" and noise_std <= 0:
+        if noise == "fixed" and not noise_std > 0:
             raise ValueError(f"noise='fixed' needs noise_std > 0, got {noise_std}.")
+        if noise_cap is not None and not noise_cap > 0:
+            raise ValueError(f"noise_cap must be > 0 (or None for no cap), got {noise_cap}.")
         self.num_experts = num_experts
+        self.num_forced = num_forced
         self.k = k
         self.noise = noise
         self.noise_std = noise_std
         self.balance = balance
         self.dense = dense
+        self.noise_cap = noise_cap
+        self.noise_scale = 1.0
+        self.dense_active = False
+
+    @property
+    def noise_active(self) -> bool:
+        """Whether this router adds noise at its current schedule."""
+        return self.noise != "none" and self.noise_scale > 0 and not (self.dense or self.dense_active)
 
     def forward(self, clean_logits: Tensor, noise_logits: Tensor | None, standard_normal: Tensor | None) -> Routes:
         """Route one batch.
@@ -102,11 +125,19 @@ class NoisyTopKRouter(nn.Module):
         :param standard_normal: ``(B, m)`` N(0, 1) draws, or ``None`` for noiseless (deterministic)
             routing, as in evaluation.
         """
-        std = self._noise_std(clean_logits, noise_logits) if standard_normal is not None else None
+        routable = self.num_experts - self.num_forced
+        use_noise = standard_normal is not None and self.noise_active
+        std = self._noise_std(clean_logits, noise_logits) if use_noise else None
         noisy = clean_logits if std is None else clean_logits + standard_normal * std  # type: ignore[operator]
-        top_values, top_indices = noisy.topk(self.k, dim=1)
+        if self.dense or self.dense_active:
+            return self._dense_routes(clean_logits, noisy)
+        top_values, top_indices = noisy[:, :routable].topk(self.k, dim=1)
+        if self.num_forced:
+            forced = torch.arange(routable, self.num_experts, device=noisy.device).expand(noisy.shape[0], -1)
+            top_indices = torch.cat([top_indices, forced], dim=1)
+            top_values = torch.cat([top_values, noisy[:, routable:]], dim=1)
         top_weights = F.softmax(top_values, dim=1)
-        if self.k == 1 and self.num_experts > 1:
+        if top_indices.shape[1] == 1 and self.num_experts > 1:
             # A softmax over one expert is constantly 1 and gives the generator no task gradient. Add the
             # full softmax probability of the chosen expert minus itself: the weight stays exactly 1, and
             # its gradient is that of the probability (as in Switch-style gating).
@@ -114,18 +145,10 @@ class NoisyTopKRouter(nn.Module):
             top_weights = top_weights + chosen - chosen.detach()
         weights = torch.zeros_like(noisy).scatter(1, top_indices, top_weights)
         importance = weights.sum(0)
-        if self.balance == "switch":
-            routed = torch.zeros_like(importance).index_add_(
-                0, top_indices.reshape(-1), torch.ones_like(top_values).reshape(-1)
-            )
-            loss = switch_balance_loss(routed / top_indices.numel(), F.softmax(noisy, dim=1).mean(0))
-            load = routed
-        elif std is not None and self.k < self.num_experts:
-            load = smooth_load(clean_logits, noisy, std, self.k)
-            loss = balance_loss(importance, load)
-        else:
-            load = (weights > 0).float().sum(0)
-            loss = balance_loss(importance, None)
+        loss, load = self._balance(weights[:, :routable], clean_logits[:, :routable], noisy[:, :routable],
+                                   None if std is None else std[:, :routable], top_indices[:, : self.k])  # fmt: skip
+        if self.num_forced:
+            load = torch.cat([load, load.new_full((self.num_forced,), float(noisy.shape[0]))])
         return Routes(
             weights=weights,
             indices=top_indices,
@@ -137,15 +160,50 @@ class NoisyTopKRouter(nn.Module):
             balance_loss=loss,
         )
 
-    def _noise_std(self, clean_logits: Tensor, noise_logits: Tensor | None) -> Tensor | None:
-        if self.noise == "none":
-            return None
+    def _balance(self, weights: Tensor, clean: Tensor, noisy: Tensor, std: Tensor | None,
+                 indices: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Exploration loss and load over the routable experts only."""
+        importance = weights.sum(0)
+        routable = weights.shape[1]
+        if self.balance == "switch":
+            routed = torch.zeros_like(importance).index_add_(
+                0, indices.reshape(-1), torch.ones_like(indices, dtype=importance.dtype).reshape(-1)
+            )
+            return switch_balance_loss(routed / indices.numel(), F.softmax(noisy, dim=1).mean(0)), routed
+        if std is not None and self.k < routable:
+            load = smooth_load(clean, noisy, std, self.k)
+            return balance_loss(importance, load), load
+        return balance_loss(importance, None), (weights > 0).float().sum(0)
+
+    def _dense_routes(self, clean_logits: Tensor, noisy: Tensor) -> Routes:
+        """Every expert on every sample, softmax weights (the dense mixture, or the warm-up before top-k)."""
+        weights = F.softmax(noisy, dim=1)
+        batch = noisy.shape[0]
+        indices = torch.arange(self.num_experts, device=noisy.device).expand(batch, -1)
+        routable = self.num_experts - self.num_forced
+        loss = balance_loss(weights[:, :routable].sum(0), None)
+        return Routes(weights=weights, indices=indices, clean_logits=clean_logits, noisy_logits=noisy,
+                      noise_std=torch.zeros_like(clean_logits), importance=weights.sum(0),
+                      load=noisy.new_full((self.num_experts,), float(batch)), balance_loss=loss)  # fmt: skip
+
+    def _noise_std(self, clean_logits: Tensor, noise_logits: Tensor | None) -> Tensor:
         if self.noise == "fixed":
-            return clean_logits.new_full(clean_logits.shape, self.noise_std)
-        if noise_logits is None:
+            std = clean_logits.new_full(clean_logits.shape, self.noise_std)
+        elif noise_logits is None:
             raise ValueError("noise='learned' needs the generator's noise logits.")
-        # The floor keeps the load estimate finite (no division by a zero std).
-        return F.softplus(noise_logits) + 1e-2
+        else:
+            # The floor keeps the load estimate finite (no division by a zero std).
+            std = F.softplus(noise_logits) + 1e-2
+        if self.noise_cap is not None:
+            routable = self.num_experts - self.num_forced
+            spread = clean_logits[:, :routable].detach().std(dim=1, keepdim=True, unbiased=False)
+            std = torch.minimum(std, self.noise_cap * spread)
+        std = std * self.noise_scale
+        if self.num_forced:  # forced experts are always routed: no noise on them
+            std = torch.cat([std[:, : self.num_experts - self.num_forced],
+                             torch.zeros_like(std[:, self.num_experts - self.num_forced :])], dim=1)  # fmt: skip
+        return std.clamp_min(1e-6)
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, k={self.k}, noise={self.noise!r}, balance={self.balance!r}"
+        return (f"num_experts={self.num_experts}, k={self.k}, noise={self.noise!r}, balance={self.balance!r}, "
+                f"num_forced={self.num_forced}, noise_cap={self.noise_cap}")  # fmt: skip

@@ -300,7 +300,7 @@ class HubPathwayClassifier(nn.Module):
                 with torch.no_grad():
                     expert(probe)
             except Exception as error:  # re-raised with the expert and shape named
-                trunk = expert.trunk.module
+                trunk = expert.inner_trunk
                 expected = getattr(getattr(trunk, "info", None), "input_shape", None)
                 raise ExpertInputError(
                     f"Expert {name!r} cannot take images of shape {shape}"
@@ -436,7 +436,7 @@ class HubPathwayClassifier(nn.Module):
         experts = []
         for name, module in self.pathway.experts.items():
             assert isinstance(module, AdaptedExpert)
-            trunk = module.trunk.module
+            trunk = module.inner_trunk
             entry: dict[str, Any] = {
                 "name": name,
                 "frozen": module.frozen,
