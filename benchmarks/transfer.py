@@ -483,7 +483,7 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     env.close()
     policy = model.policy
     hub_experts = [] if config.hub is None else [
-        {**e, "sha256": file_sha256(e["path"])} for e in config.hub["experts"]
+        {**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in config.hub["experts"]
     ]  # fmt: skip
     record = {
         "suite": key.suite, "target": key.target, "env_id": config.env_id, "method": key.method,
@@ -542,7 +542,11 @@ def run_sweep(suite: Suite, keys: Sequence[RunKey], settings: RunSettings, exper
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_run_in_worker, suite, key, settings, experts, out): key for key in todo}
         for future in as_completed(futures):
-            print(future.result(), flush=True)
+            try:
+                print(future.result(), flush=True)
+            except Exception as error:  # one failed run must not cost the others: report it, go on
+                print(f"[transfer] {futures[future]} failed: {type(error).__name__}: {error}", flush=True)
+                continue
             done.append(futures[future])
     return done
 
@@ -650,7 +654,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if singles:
             best = max(singles, key=lambda m: mean_ci(singles[m]["auc"].values())[0])
             # With one expert run (--single-experts) there is no choice to make in hindsight, nor a mean.
-            rows["single_best"] = {**singles[best], "expert": best, "only": len(singles) == 1}
+            rows["single_best"] = {**singles[best], "expert": best.split(":", 1)[1], "kind": best.split(":")[0],
+                                   "only": len(singles) == 1}  # fmt: skip
             seeds = set.intersection(*(set(row["final"]) for row in singles.values()))
             if seeds and len(singles) > 1:
                 mean_row = dict(next(iter(singles.values())))

@@ -232,6 +232,32 @@ def _check_hub_kwargs(hub_kwargs: dict[str, Any]) -> None:
             )
 
 
+def _apply_preset(name: str, algo: str, args: argparse.Namespace, hub_kwargs: dict[str, Any],
+                  params: dict[str, Any], k: int) -> int:  # fmt: skip
+    """Fill in a named preset's options (``--hub-set preset=NAME``) under what the command line gives.
+
+    :return: the number of routed experts: ``-k`` if given, else the preset's.
+    """
+    from hp_rl.rl.presets import ALGORITHM_KEYS, pathway_preset
+
+    try:
+        values = pathway_preset(name)
+    except ValueError as error:
+        raise CliError(f"--hub-set preset={name}: {error}") from error
+    if algo == "dqn" and values.get("aggregation") == "output":
+        raise CliError(f"--hub-set preset={name} aggregates the experts' policy heads, which needs an actor-critic "
+                       "algorithm: use --algo ppo or a2c, or --hub-set preset=paper.")  # fmt: skip
+    for key, value in values.items():
+        if key == "k":
+            k = args.k if args.k is not None else int(value)
+        elif key in ALGORITHM_KEYS:
+            if algo != "dqn" and not (key == "exploit_coef" and args.exploit_coef is not None):
+                params.setdefault(key, value)
+        else:
+            hub_kwargs.setdefault(key, value)
+    return k
+
+
 def _parse_sets(items: list[str], flag: str) -> dict[str, Any]:
     from hp_rl.rl.config import ConfigError, parse_overrides
 
@@ -338,6 +364,9 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
     hub_kwargs = _parse_sets(args.hub_set, "--hub-set")
     if args.explore_coef is not None:
         hub_kwargs["explore_coef"] = args.explore_coef
+    preset = hub_kwargs.pop("preset", None)
+    if preset is not None and hub is not None:
+        k = _apply_preset(str(preset), algo, args, hub_kwargs, params, k)
     if hub is None:
         if hub_kwargs or args.exploit_coef is not None:
             raise CliError("--hub-set, --explore-coef and --exploit-coef configure a hub, but --hub is none: "
@@ -358,7 +387,8 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
                                "Use --algo ppo or a2c, or drop --exploit-coef.")  # fmt: skip
             params["exploit_coef"] = args.exploit_coef
     overridden = {key.split(".")[0] for key in _parse_sets(args.set, "--set")}
-    _check_hyperparams(algo, params, hub is not None, overridden | {"exploit_coef"}, family)
+    _check_hyperparams(algo, params, hub is not None,
+                       overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction"}, family)  # fmt: skip
     return RunConfig(
         algo=algo, env_id=args.env, hub=hub, k=k, env_preset=args.env_preset,
         eval_freq=args.eval_freq if args.eval_freq is not None else 25_000,

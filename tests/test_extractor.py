@@ -188,5 +188,5 @@ def test_cartpole_expert_adapts_to_a_different_state_size(tmp_path: Path) -> Non
                 policy_kwargs=hub_kwargs(str(tmp_path / "acrobot.zip"), k=1))  # fmt: skip
     model.learn(16)
     expert = find_hub_extractors(model)[0].pathway.experts["acrobot"]
-    assert expert.input_adapter.linear.in_features == 4
-    assert expert.input_adapter.linear.out_features == 6
+    assert expert.input_adapter.linear.module.in_features == 4
+    assert expert.input_adapter.linear.module.out_features == 6

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hp_rl.hub import ExpertSpec, NoFittingHubError, defaults, load_expert, load_hub, parse_hub, resolve_auto_hub
+from hp_rl.hub.cli import BUNDLED_LIMIT_BYTES
 from hp_rl.hub.defaults import atari_game, choose_auto_hub, task_key, zoo_repos
 from hp_rl.hub.export import ExportItem, export_hub
 from hp_rl.paths import BUNDLED_HUB_DIR
@@ -114,13 +115,37 @@ def test_pixels_family_gets_image_experts(offline: Path, atari_hub: Path) -> Non
     assert choose_auto_hub("CartPole-v1", "control_pixels").spec == str(atari_hub)
 
 
-def test_no_fitting_hub_names_the_ways_to_give_one(offline: Path) -> None:
+def test_no_fitting_hub_names_the_ways_to_give_one(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(defaults._FAMILY_HUB, "minatar")
     with pytest.raises(NoFittingHubError) as caught:
         resolve_auto_hub("MinAtar/Breakout-v1", "minatar")
     message = str(caught.value)
     assert isinstance(caught.value, ValueError)
     for way in ("--hub path.yaml", "a.zip,b.safetensors", "random:4", "--hub none"):
         assert way in message
+
+
+def test_minatar_games_get_the_bundled_minatar_hub_without_the_target(offline: Path) -> None:
+    choice = choose_auto_hub("MinAtar/Breakout-v1", "minatar")
+    assert choice.name == "bundled-minatar"
+    hub = parse_hub(choice.spec)
+    # leave-target-out drops the default-setting expert and its variants alike
+    assert not any(name.startswith("breakout") for name in hub.names)
+    assert {"asterix", "freeway", "seaquest", "space_invaders"} <= set(hub.names)
+    experts = load_hub(hub, observation_shape=(4, 10, 10))
+    assert all(expert.heads is not None and expert.heads.value_weight is not None for expert in experts.values())
+    assert all(expert.channel_names and expert.action_meanings for expert in hub.experts)
+
+
+def test_bundled_minatar_hub_meets_its_recipe() -> None:
+    hub = parse_hub(str(BUNDLED_HUB_DIR / "minatar" / "hub.yaml"))
+    games = {"asterix", "breakout", "freeway", "seaquest", "space_invaders"}
+    assert games <= set(hub.names)
+    for expert in hub.experts:
+        steps = int(expert.provenance["steps"])
+        assert steps >= (2_000_000 if expert.name in games else 1_000_000)
+        assert float(expert.provenance["source_return"]) > float(expert.provenance["random_return"])
+        assert (expert.name in games) == ("env_kwargs" not in expert.provenance)
 
 
 def test_missing_bundled_hub_is_a_clear_error(offline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +156,7 @@ def test_missing_bundled_hub_is_a_clear_error(offline: Path, tmp_path: Path, mon
 
 def test_bundled_hubs_are_small_and_valid() -> None:
     total = sum(p.stat().st_size for p in BUNDLED_HUB_DIR.rglob("*") if p.is_file())
-    assert total < 15 * 1024 * 1024
+    assert total < BUNDLED_LIMIT_BYTES
     for manifest in BUNDLED_HUB_DIR.glob("*/hub.yaml"):
         hub = parse_hub(str(manifest))
         assert len(hub.experts) >= 4

@@ -90,7 +90,7 @@ def test_minatar_expert_reaches_other_channel_counts(minatar_zip: tuple[Path, ob
     path, _ = minatar_zip
     extractor = HubPathwayExtractor(_minatar_space(4), [str(path), str(path)], k=1, features_dim=16)
     maps = [m for m in extractor.modules() if isinstance(m, ChannelMap)]
-    assert maps and maps[0].conv.in_channels == 4 and maps[0].conv.out_channels == 6
+    assert maps and maps[0].conv.module.in_channels == 4 and maps[0].conv.module.out_channels == 6
     assert extractor(torch.rand(5, 4, 10, 10)).shape == (5, 16)
 
 
@@ -115,7 +115,11 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert bench.main(argv) == 0
     runs = sorted(p.relative_to(out / "runs/control/cartpole").parts[0] for p in out.glob("runs/*/*/*/seed0.json"))
     assert runs == ["dense", "hub_pathway", "no_exploit", "no_explore", "no_noise", "scratch", "single-acrobot",
-                    "single-mountaincar"]  # fmt: skip
+                    "single-mountaincar", "single_agent-acrobot", "single_agent-mountaincar", "transfer",
+                    "transfer_features", "transfer_no_base", "transfer_no_kickstart", "transfer_noise",
+                    "transfer_random"]  # fmt: skip
+    random = json.loads((out / "runs/control/cartpole/transfer_random/seed0.json").read_text())
+    assert {e["source"] for e in random["hub_experts"]} == {"random"} and len(random["hub_experts"]) == 2
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
     assert {e["name"] for e in record["hub_experts"]} == {"acrobot", "mountaincar"}  # the target's own left out
@@ -206,3 +210,35 @@ def test_summary_picks_the_best_single_expert_and_says_when_only_one_ran() -> No
     assert alone["single_best"]["only"] and "single_mean" not in alone  # no choice was made, no mean exists
     text = bench.markdown_tables({"minatar": {"breakout": alone}})
     assert "single expert (b, the only one run)" in text and "best in hindsight" not in text
+
+
+def test_rliable_report_gives_iqm_intervals_probability_of_improvement_and_steps_to_threshold(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("transfer_report", ROOT / "benchmarks" / "transfer_report.py")
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = report
+    spec.loader.exec_module(report)
+    runs = []
+    for seed in range(5):
+        scratch = _synthetic_run("scratch", seed, 1.0)
+        # the transfer method starts high: it reaches scratch's final return at once
+        better = _synthetic_run("transfer", seed, 3.0)
+        better["route_share"] = [[500, {"variant": 0.9, "other": 0.1}], [1000, {"variant": 1.0, "other": 0.0}]]
+        runs += [scratch, better]
+    summary = report.summarise_runs(runs)
+    rows = summary["minatar"]["breakout"]["methods"]
+    transfer = rows["transfer"]
+    low, high = transfer["iqm_auc_ci"]
+    assert low <= transfer["iqm_auc"] <= high
+    assert transfer["iqm_auc_gain"] > 0 and transfer["probability_of_improvement"] > 0.8
+    assert transfer["steps_to_scratch_final_ratio"] < 0.1
+    assert transfer["route_share_mid"] == {"variant": 0.9, "other": 0.1}
+    assert "probability_of_improvement" not in rows["scratch"]
+    out = tmp_path / "summary.json"
+    sweep = tmp_path / "sweep"
+    for run in runs:
+        path = sweep / "runs" / run["suite"] / run["target"] / run["method"] / f"seed{run['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+    assert report.main([str(sweep), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["minatar"]["breakout"]["methods"]["transfer"]["seeds"] == [0, 1, 2, 3, 4]

@@ -6,6 +6,7 @@
   commits) or the Hub answers one short check; otherwise the bundled Atari hub without X.
 - Classic control from states: the bundled control hub without the target task.
 - Control from pixels: the bundled Atari hub (image experts; the input adapters bridge the frames).
+- MinAtar game X: the bundled MinAtar hub without X's experts (its default and its variants).
 - Anything else: :class:`ValueError` naming the ways to give a hub.
 
 Deciding takes a few seconds at most without network: offline mode skips the check entirely, and the
@@ -46,9 +47,10 @@ ZOO_ALGOS = ("ppo", "a2c")
 BUNDLED_HUBS: dict[str, Path] = {
     "atari": BUNDLED_HUB_DIR / "atari" / "hub.yaml",
     "control": BUNDLED_HUB_DIR / "control" / "hub.yaml",
+    "minatar": BUNDLED_HUB_DIR / "minatar" / "hub.yaml",
 }
 # Environment family (envs/<family>.yml) -> bundled hub that fits its observations.
-_FAMILY_HUB = {"atari": "atari", "control": "control", "control_pixels": "atari"}
+_FAMILY_HUB = {"atari": "atari", "control": "control", "control_pixels": "atari", "minatar": "minatar"}
 _ATARI_ID = re.compile(r"^(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip|Deterministic)?-v\d+$")
 
 WAYS_TO_GIVE_A_HUB = (

@@ -32,7 +32,7 @@ __all__ = ["HubPPO", "HubA2C", "HubActorCriticPolicy", "HubActorCriticCnnPolicy"
 _EXTRACTOR_KEYS = ("k", "features_dim", "freeze_experts", "expert_lr_scale", "noise", "noise_std", "explore_coef",
                    "balance", "dense", "noise_seed", "aggregation", "output_mix", "action_meanings", "num_actions",
                    "channel_names", "base_expert", "noise_cap", "noise_anneal", "dense_warmup", "explore_decay",
-                   "unfreeze_at", "generator_lr_scale", "teachers")  # fmt: skip
+                   "unfreeze_at", "generator_lr_scale", "teachers", "prior", "prior_scale")  # fmt: skip
 
 
 class ActionReadout(nn.Module):

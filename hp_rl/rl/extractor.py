@@ -129,6 +129,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     :param generator_lr_scale: learning-rate multiplier of the pathway generator (HubPPO/HubA2C).
     :param teachers: keep frozen copies of the experts' pretrained policies for kickstarting
         (HubPPO/HubA2C ``kickstart_coef``).
+    :param prior: a transferability score file (``python -m hp_rl.hub score``) or a mapping expert name ->
+        prior; the generator's logit biases start at ``prior_scale * prior`` (experts not named: 0).
+    :param prior_scale: how strongly the prior tilts the first routes.
     """
 
     updated_since_rollout: Tensor
@@ -160,6 +163,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         unfreeze_at: float | None = None,
         generator_lr_scale: float = 1.0,
         teachers: bool = False,
+        prior: str | Mapping[str, float] | None = None,
+        prior_scale: float = 2.0,
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(
@@ -220,6 +225,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         else:
             body, body_dim = mlp_body(int(torch.Size(shape).numel()))
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
+        if prior is not None:
+            self._start_from_prior(generator, tuple(experts), prior, prior_scale)
         router = NoisyTopKRouter(len(experts), k, noise=noise, noise_std=noise_std, balance=balance, dense=dense,
                                  num_forced=int(base_expert), noise_cap=noise_cap)  # fmt: skip
         self.pathway = HubPathway(experts, generator, router)
@@ -267,6 +274,21 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                                 protect_init=False)  # fmt: skip
         return AdaptedExpert(trunk, trunk_dim, features_dim, None, frozen=False, protect_init=False,
                              identity_output=trunk_dim == features_dim)  # fmt: skip
+
+    @staticmethod
+    def _start_from_prior(generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float],
+                          scale: float) -> None:  # fmt: skip
+        from hp_rl.rl.scoring import read_prior
+
+        values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"prior names experts {unknown} that the hub does not hold ({', '.join(names)}).")
+        layer = generator.logits.module
+        assert isinstance(layer, nn.Linear)
+        with torch.no_grad():
+            for column, name in enumerate(names):
+                layer.bias[column] += scale * values.get(name, 0.0)
 
     def _set_scheduled_trunks_frozen(self, frozen: bool) -> None:
         for name in self.scheduled_trunks:

@@ -74,8 +74,8 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         tasks = tuple(SourceTask(**task) for task in raw["tasks"])
     except TypeError as error:
-        allowed = sorted(SourceTask.__dataclass_fields__)
-        raise ValueError(f"{path}: a task has an unknown key ({error}); allowed: {allowed}.") from error
+        task_keys = sorted(SourceTask.__dataclass_fields__)
+        raise ValueError(f"{path}: a task has an unknown key ({error}); allowed: {task_keys}.") from error
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: task names must be unique, got {names}.")

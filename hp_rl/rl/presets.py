@@ -1,0 +1,54 @@
+"""Named configurations of the Hub-Pathway method (``--hub-set preset=NAME``, :func:`pathway_preset`).
+
+- ``paper``: the method as the paper states it: feature-level aggregation of the top-2 experts, learned
+  noisy gating without bound or schedule, exploration loss 0.01, exploitation loss 0.1.
+- ``transfer``: what uses a hub's whole agents: output-level aggregation with the experts' own policy and
+  value heads (a mixture of their policies), one routed expert beside an always-routed base expert (the
+  target's plain network, so the agent can always learn as scratch does), noise bounded by the spread of
+  the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
+  half of it, and kickstarting towards the routed experts' pretrained policies for the first fifth.
+
+Every key of a preset is an argument of :class:`~hp_rl.rl.algorithms.HubPPO` (extractor options and the
+algorithm's loss weights); explicit arguments override the preset's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PRESETS", "ALGORITHM_KEYS", "pathway_preset", "apply_preset"]
+
+# Keys that belong to HubPPO/HubA2C rather than to the features extractor.
+ALGORITHM_KEYS = ("exploit_coef", "kickstart_coef", "kickstart_fraction")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "k": 2, "aggregation": "features", "base_expert": False, "noise": "learned", "noise_cap": None,
+        "noise_anneal": None, "dense_warmup": 0.0, "explore_coef": 0.01, "explore_decay": None,
+        "exploit_coef": 0.1, "kickstart_coef": 0.0,
+    },
+    "transfer": {
+        "k": 1, "aggregation": "output", "output_mix": "probs", "base_expert": True, "noise": "learned",
+        "noise_cap": 1.0, "noise_anneal": 0.25, "dense_warmup": 0.0, "explore_coef": 0.01, "explore_decay": 0.5,
+        "exploit_coef": 0.1, "kickstart_coef": 0.5, "kickstart_fraction": 0.2,
+    },
+}  # fmt: skip
+
+
+def pathway_preset(name: str) -> dict[str, Any]:
+    """A copy of the preset's arguments, to pass to HubPPO/HubA2C (``HubPPO(..., **pathway_preset("transfer"))``).
+
+    :raises ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}.")
+    return dict(PRESETS[name])
+
+
+def apply_preset(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with its ``preset`` key (if any) expanded; the other keys of ``options`` win."""
+    options = dict(options)
+    name = options.pop("preset", None)
+    if name is None:
+        return options
+    return {**pathway_preset(str(name)), **options}

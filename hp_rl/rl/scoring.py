@@ -1,0 +1,181 @@
+"""Transferability scores: how promising each hub expert is for a target task, measured before training.
+
+Two pieces of evidence per expert (``python -m hp_rl.hub score SPEC --env ENV_ID``):
+
+- **zero-shot return**: where the expert's own policy head maps onto the target's actions (by meaning), the
+  mean return of that policy (trunk, input adapter and head as loaded, stochastic actions) on the target;
+- **LogME** (You et al. 2021): the log marginal evidence, per sample, of a Bayesian linear regression from the
+  expert's frozen features to the discounted returns of a short random-policy rollout on the target: how
+  well its features already explain value.
+
+The *prior* combines them into one number per expert that the pathway generator can start its biases from
+(``prior=FILE``): the zero-shot return normalised between a random policy's (0) and the best expert's (1)
+where a head maps; for experts without one, half their LogME min-max normalised within the hub (measured
+return is the stronger evidence).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from hp_rl.hub import HubSpec, parse_hub
+
+__all__ = ["logme", "score_hub", "write_scores", "read_prior"]
+
+
+def logme(features: np.ndarray, targets: np.ndarray, iterations: int = 50) -> float:
+    """LogME evidence per sample of a linear Gaussian model ``targets ~ features`` (You et al. 2021).
+
+    :param features: ``(N, D)``.
+    :param targets: ``(N,)``.
+    :return: the maximised log evidence divided by N (higher: the features explain the targets better).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    sigma = s**2
+    z2 = (u.T @ y) ** 2
+    residual = max(float(y @ y - z2.sum()), 0.0)
+    alpha, beta = 1.0, 1.0
+    for _ in range(iterations):
+        t = alpha / beta
+        gamma = float((sigma / (sigma + t)).sum())
+        m2 = float((sigma * z2 / (t + sigma) ** 2).sum())
+        res2 = float((z2 / (1 + sigma / t) ** 2).sum()) + residual
+        new_alpha, new_beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+        converged = abs(new_alpha / new_beta - t) / t < 1e-3
+        alpha, beta = new_alpha, new_beta
+        if converged:
+            break
+    t = alpha / beta
+    m2 = float((sigma * z2 / (t + sigma) ** 2).sum())
+    res2 = float((z2 / (1 + sigma / t) ** 2).sum()) + residual
+    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * float(np.log(alpha + beta * sigma).sum())
+                - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))  # fmt: skip
+    return evidence / n
+
+
+def _discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> np.ndarray:
+    """``(T, E)`` returns-to-go within episodes (cut at the end of the rollout)."""
+    out = np.zeros_like(rewards, dtype=np.float64)
+    running = np.zeros(rewards.shape[1])
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running * (1.0 - dones[t])
+        out[t] = running
+    return out
+
+
+def _single_expert_model(spec: HubSpec, name: str, env: Any) -> Any:
+    from hp_rl.rl.algorithms import HubPPO
+
+    policy = "CnnPolicy" if len(env.observation_space.shape) == 3 else "MlpPolicy"
+    single = {"experts": [e.as_dict() for e in spec.experts if e.name == name]}
+    return HubPPO(policy, env, hub=single, k=1, aggregation="output", noise="none", explore_coef=0.0,
+                  exploit_coef=0.0, n_steps=8, batch_size=8, device="cpu")  # fmt: skip
+
+
+def score_hub(hub: Any, env_id: str, episodes: int = 10, rollout_steps: int = 2048, seed: int = 0,
+              gamma: float = 0.99, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Zero-shot return and LogME of every expert of ``hub`` on ``env_id``, and the prior they give.
+
+    :param hub: anything :func:`hp_rl.hub.parse_hub` accepts.
+    :param env_id: the target task.
+    :param episodes: episodes per zero-shot evaluation (and of the random policy).
+    :param rollout_steps: environment steps of the random rollout that LogME reads.
+    :param seed: seed of the environments.
+    :param gamma: discount of the returns LogME predicts.
+    :return: ``{"env_id", "random_return", "experts": {name: {...}}, "prior": {name: value}}``.
+    """
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from hp_rl.hub.cli import RandomPolicy
+    from hp_rl.rl.envs import make_env
+    from hp_rl.routing import HeadedExpert
+
+    spec = parse_hub(hub)
+    env = make_env(env_id, 8, seed, env_kwargs=env_kwargs)
+    eval_env = make_env(env_id, 4, seed + 1, env_kwargs=env_kwargs)
+    random_result, _ = evaluate_policy(RandomPolicy(eval_env), eval_env, n_eval_episodes=episodes)
+    random_return = float(np.mean(random_result))
+    # One random rollout shared by every expert: observations and discounted returns-to-go.
+    observations: list[np.ndarray] = []
+    rewards, dones = [], []
+    obs = env.reset()
+    env.action_space.seed(seed)
+    for _ in range(max(rollout_steps // env.num_envs, 1)):
+        observations.append(np.asarray(obs))
+        obs, reward, done, _ = env.step(np.array([env.action_space.sample() for _ in range(env.num_envs)]))
+        rewards.append(reward)
+        dones.append(done.astype(np.float64))
+    returns = _discounted_returns(np.array(rewards), np.array(dones), gamma).reshape(-1)
+    frames = torch.as_tensor(np.concatenate(observations)).float()
+    experts: dict[str, dict[str, Any]] = {}
+    for name in spec.names:
+        model = _single_expert_model(spec, name, env)
+        extractor = model.policy.features_extractor
+        expert = extractor.pathway.experts[name]
+        assert isinstance(expert, HeadedExpert)
+        with torch.no_grad():
+            features = expert.forward_trunk(frames).numpy()
+        entry: dict[str, Any] = {"policy_head": extractor.head_sources[name],
+                                 "logme": round(logme(features, returns), 4)}  # fmt: skip
+        if extractor.head_sources[name] == "pretrained":
+            mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=False)
+            entry["zero_shot_return"] = round(float(np.mean(mean)), 4)
+        experts[name] = entry
+    env.close()
+    eval_env.close()
+    return {"env_id": env_id, "episodes": episodes, "rollout_steps": rollout_steps,
+            "random_return": round(random_return, 4), "experts": experts,
+            "prior": _prior(experts, random_return)}  # fmt: skip
+
+
+def _prior(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str, float]:
+    zero_shot = {n: e["zero_shot_return"] for n, e in experts.items() if "zero_shot_return" in e}
+    prior: dict[str, float] = {}
+    if zero_shot:
+        best = max(zero_shot.values())
+        span = best - random_return
+        for name, value in zero_shot.items():
+            prior[name] = round((value - random_return) / span, 4) if span > 0 else 0.0
+    evidence = {n: e["logme"] for n, e in experts.items() if n not in prior}
+    if evidence:
+        low, high = min(evidence.values()), max(evidence.values())
+        for name, value in evidence.items():
+            prior[name] = round(0.5 * (value - low) / (high - low), 4) if high > low else 0.0
+    return prior
+
+
+def write_scores(scores: dict[str, Any], path: str | Path) -> Path:
+    """Write a score file (YAML) that ``prior=FILE`` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(scores, sort_keys=False))
+    return path
+
+
+def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
+    """Expert name -> prior from a score file (or its ``prior`` mapping, or a plain name -> value mapping).
+
+    :raises ValueError: for a file without a ``prior`` mapping or with values that are not finite numbers.
+    """
+    raw: Any = prior
+    if isinstance(prior, str | Path):
+        path = Path(prior)
+        if not path.is_file():
+            raise ValueError(f"prior={prior}: no such file; write one with python -m hp_rl.hub score SPEC --env ENV.")
+        raw = yaml.safe_load(path.read_text())
+    if isinstance(raw, dict) and isinstance(raw.get("prior"), dict):
+        raw = raw["prior"]
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw.values()
+    ):
+        raise ValueError(f"prior={prior!r}: expected a mapping of expert names to finite numbers.")
+    return {str(k): float(v) for k, v in raw.items()}
