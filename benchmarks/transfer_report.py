@@ -11,8 +11,8 @@ Per suite, target and method the summary holds: seeds, IQM AUC and its 95% inter
 scratch relative to |scratch IQM AUC| (with its interval, from the bootstrap of the difference), the probability
 that a run of the method has a higher AUC than a run of scratch (with interval), mean final return, the steps
 at which the mean learning curve first reaches scratch's mean final return (and that as a fraction of scratch's
-run length; ``null`` when never), and, for hub methods, the share of acting observations routed through each expert at the middle
-of training (mean over seeds).
+run length; ``null`` when never), and, for hub methods, the share of acting observations routed through each
+expert at the middle of training (mean over seeds).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _interval(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Stratified-bootstrap 95% interval of the IQM (one task: a bootstrap over runs)."""
     from rliable import library as rly
 
-    point, intervals = rly.get_interval_estimates({"m": scores}, lambda x: np.array([_iqm(x)]),
+    _, intervals = rly.get_interval_estimates({"m": scores}, lambda x: np.array([_iqm(x)]),
                                                   reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed))  # fmt: skip
     return float(intervals["m"][0][0]), float(intervals["m"][1][0])
 
