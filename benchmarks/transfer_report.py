@@ -52,8 +52,9 @@ def _interval(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Stratified-bootstrap 95% interval of the IQM (one task: a bootstrap over runs)."""
     from rliable import library as rly
 
-    _, intervals = rly.get_interval_estimates({"m": scores}, lambda x: np.array([_iqm(x)]),
-                                                  reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed))  # fmt: skip
+    rng = np.random.RandomState(seed)
+    _, intervals = rly.get_interval_estimates({"m": scores}, lambda x: np.array([_iqm(x)]), reps=BOOTSTRAP_REPS,
+                                              random_state=rng)  # fmt: skip
     return float(intervals["m"][0][0]), float(intervals["m"][1][0])
 
 
@@ -138,8 +139,8 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 if len(aucs[method]) > 1 and len(aucs["scratch"]) > 1:
                     p, p_low, p_high = _probability_of_improvement(aucs[method], aucs["scratch"])
                     row["probability_of_improvement"], row["probability_of_improvement_ci"] = p, [p_low, p_high]
-        summary.setdefault(suite, {})[target] = {"methods": rows,
-                                                 "curves": {m: [c[0].tolist(), c[1].tolist()] for m, c in curves.items()}}  # fmt: skip
+        mean_curves = {m: [c[0].tolist(), c[1].tolist()] for m, c in curves.items()}
+        summary.setdefault(suite, {})[target] = {"methods": rows, "curves": mean_curves}
     return summary
 
 
