@@ -87,6 +87,7 @@ class Suite:
     :param overrides: hyperparameter overrides for every target run (on top of ``configs/ppo.yml``).
     :param hubs: target -> the recipe tasks its hub holds, where that is not "every task but the target"
         (the needle suites: a target's variant expert among other games' experts).
+    :param target_env_kwargs: ``gym.make`` arguments of extra targets (a game mode or difficulty).
     """
 
     name: str
@@ -99,6 +100,7 @@ class Suite:
     scratch_policy_kwargs: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     hubs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    target_env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 _MINATAR_BUNDLED = REPO_ROOT / "configs/hubs/minatar_bundled.recipe.yml"
@@ -139,6 +141,14 @@ SUITES: dict[str, Suite] = {
         steps=300_000, k=2, features_dim=128, scratch_policy_kwargs={"net_arch": []},
         hubs={game: tuple(g for g in ("asterix", "breakout", "freeway", "seaquest", "space_invaders") if g != game)
               for game in ("asterix", "breakout", "freeway", "seaquest", "space_invaders")},
+    ),
+    # Atari needle (benchmarks/transfer_atari_gpu.sh): Breakout at difficulty 1 (smaller paddle) as the target,
+    # the default-mode Breakout agent among four other games' agents.
+    "atari_needle": Suite(
+        "atari_needle", REPO_ROOT / "configs/hubs/atari_needle.recipe.yml", ("breakout_hard",),
+        extra_targets={"breakout_hard": "BreakoutNoFrameskip-v4"}, steps=100_000, k=2, features_dim=512,
+        hubs={"breakout_hard": ("breakout", "spaceinvaders", "qbert", "seaquest", "roadrunner")},
+        target_env_kwargs={"breakout_hard": {"difficulty": 1}},
     ),
     "atari": Suite(
         "atari", REPO_ROOT / "configs/hubs/atari_bundled.recipe.yml", ("breakout",),
@@ -442,7 +452,8 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
     return RunConfig(algo="ppo", env_id=env_id, hub=hub, k=k, n_timesteps=settings.steps, seed=key.seed,  # type: ignore[arg-type]
                      n_envs=int(params.get("n_envs", 1)), device=settings.device, hyperparams=params,
                      hub_kwargs=hub_kwargs, env_preset=None,
-                     env_kwargs={t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}))  # fmt: skip
+                     env_kwargs=suite.target_env_kwargs.get(key.target)
+                     or {t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}))  # fmt: skip
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

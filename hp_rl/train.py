@@ -367,6 +367,13 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
     preset = hub_kwargs.pop("preset", None)
     if preset is not None and hub is not None:
         k = _apply_preset(str(preset), algo, args, hub_kwargs, params, k)
+    if isinstance(hub_kwargs.get("prior"), str):  # the run folder keeps the values, not a path outside it
+        from hp_rl.rl.scoring import read_prior
+
+        try:
+            hub_kwargs["prior"] = read_prior(hub_kwargs["prior"])
+        except ValueError as error:
+            raise CliError(f"--hub-set {error}") from error
     if hub is None:
         if hub_kwargs or args.exploit_coef is not None:
             raise CliError("--hub-set, --explore-coef and --exploit-coef configure a hub, but --hub is none: "
