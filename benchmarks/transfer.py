@@ -168,6 +168,9 @@ class Method:
     :param exploit_coef: weight of HubPPO's exploitation loss.
     :param algo_kwargs: further HubPPO arguments (kickstarting).
     :param random_trunks: replace every expert by a random trunk of the same architecture (capacity control).
+    :param prior: start the generator from the transferability scores of the target's hub
+        (:func:`hp_rl.rl.scoring.score_hub`, measured once per target before any run, cached in
+        ``<out>/scores``).
     """
 
     name: str
@@ -177,6 +180,7 @@ class Method:
     exploit_coef: float = 0.0
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     random_trunks: bool = False
+    prior: bool = False
 
 
 _NO_AUX = {"noise": "none", "explore_coef": 0.0}
@@ -199,6 +203,8 @@ METHODS: dict[str, Method] = {
         Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
         Method("single_agent", "single agent (heads kept)", "single", {"k": 1, **_NO_AUX, "aggregation": "output"}),
         Method("transfer", "HP transfer", "hub", dict(_TRANSFER), exploit_coef=0.1, algo_kwargs=dict(_KICKSTART)),
+        Method("transfer_prior", "HP transfer + score prior", "hub", dict(_TRANSFER), exploit_coef=0.1,
+               algo_kwargs=dict(_KICKSTART), prior=True),
         Method("transfer_random", "HP transfer, random trunks", "hub", dict(_TRANSFER), exploit_coef=0.1,
                algo_kwargs=dict(_KICKSTART), random_trunks=True),
         Method("transfer_no_kickstart", "HP transfer w/o kickstart", "hub", dict(_TRANSFER), exploit_coef=0.1),
@@ -351,12 +357,14 @@ class RunSettings:
     :param threads: torch threads per run.
     :param device: torch device.
     :param overrides: hyperparameter overrides from the command line.
+    :param out: the sweep's output folder (score files are cached there).
     """
 
     steps: int
     threads: int = 1
     device: str = "auto"
     overrides: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
 
 
 def _episode_recorder() -> Any:
@@ -447,6 +455,8 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
         hub_kwargs = {"features_dim": suite.features_dim, "freeze_experts": False, **extractor}
         params["exploit_coef"] = method.exploit_coef
         params.update(method.algo_kwargs)
+        if method.prior:
+            hub_kwargs["prior"] = target_prior(suite, key.target, hub, env_id, settings.out)
         params.pop("policy_kwargs", None)  # the hub methods use HubPPO's linear heads on the hub features
     recipe = load_recipe(suite.recipe)
     return RunConfig(algo="ppo", env_id=env_id, hub=hub, k=k, n_timesteps=settings.steps, seed=key.seed,  # type: ignore[arg-type]
@@ -454,6 +464,21 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
                      hub_kwargs=hub_kwargs, env_preset=None,
                      env_kwargs=suite.target_env_kwargs.get(key.target)
                      or {t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}))  # fmt: skip
+
+
+SCORE_SEED = 12_345  # scores are pre-training evidence: their environments share no seed with any run
+
+
+def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, out: Path | None) -> dict[str, float]:
+    """The prior of ``target``'s hub: scored once (zero-shot returns, LogME), cached in ``<out>/scores``."""
+    from hp_rl.rl.scoring import read_prior, score_hub, write_scores
+
+    path = (out or REPO_ROOT / "bench_out") / "scores" / f"{suite.name}_{target}.yml"
+    if not path.is_file():
+        env_kwargs = suite.target_env_kwargs.get(target)
+        write_scores(score_hub(hub, env_id, episodes=10, rollout_steps=2048, seed=SCORE_SEED,
+                               env_kwargs=env_kwargs), path)  # fmt: skip
+    return read_prior(path)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -682,8 +707,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 _SINGLE_METHODS = ("single", "single_agent")
 _ROW_ORDER = ("scratch", "single_best", "single_mean", "dense", "hub_pathway", "no_noise", "no_explore", "no_exploit",
-              "transfer", "transfer_random", "transfer_no_kickstart", "transfer_no_base", "transfer_features",
-              "transfer_noise")  # fmt: skip
+              "transfer", "transfer_prior", "transfer_random", "transfer_no_kickstart", "transfer_no_base",
+              "transfer_features", "transfer_noise")  # fmt: skip
 
 
 def _label(method: str, row: dict[str, Any]) -> str:
@@ -930,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.recipe is not None:
         suite = replace(suite, recipe=args.recipe.resolve())
     settings = RunSettings(steps=args.steps or suite.steps, threads=args.threads, device=args.device,
-                           overrides=parse_overrides(args.set))  # fmt: skip
+                           overrides=parse_overrides(args.set), out=out)  # fmt: skip
     targets = tuple(args.targets or suite.targets)
     for target in targets:
         target_env_id(suite, target)  # fail early on a wrong name

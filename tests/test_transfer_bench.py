@@ -117,7 +117,10 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert runs == ["dense", "hub_pathway", "no_exploit", "no_explore", "no_noise", "scratch", "single-acrobot",
                     "single-mountaincar", "single_agent-acrobot", "single_agent-mountaincar", "transfer",
                     "transfer_features", "transfer_no_base", "transfer_no_kickstart", "transfer_noise",
-                    "transfer_random"]  # fmt: skip
+                    "transfer_prior", "transfer_random"]  # fmt: skip
+    prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
+    assert set(prior["hub_kwargs"]["prior"]) == {"acrobot", "mountaincar"}
+    assert (out / "scores/control_cartpole.yml").is_file()  # scored once, before the runs
     random = json.loads((out / "runs/control/cartpole/transfer_random/seed0.json").read_text())
     assert {e["source"] for e in random["hub_experts"]} == {"random"} and len(random["hub_experts"]) == 2
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())

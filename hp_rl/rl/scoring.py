@@ -155,9 +155,12 @@ def _prior(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str
 
 def write_scores(scores: dict[str, Any], path: str | Path) -> Path:
     """Write a score file (YAML) that ``prior=FILE`` reads."""
+    from hp_rl.paths import written_by_rename
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(scores, sort_keys=False))
+    with written_by_rename(path) as partial:  # a reader never sees half a file
+        partial.write_text(yaml.safe_dump(scores, sort_keys=False))
     return path
 
 
