@@ -142,6 +142,13 @@ SUITES: dict[str, Suite] = {
         hubs={game: tuple(g for g in ("asterix", "breakout", "freeway", "seaquest", "space_invaders") if g != game)
               for game in ("asterix", "breakout", "freeway", "seaquest", "space_invaders")},
     ),
+    # Control physics variants: each task in its default physics, its variant among other tasks' variants.
+    "control_needle": Suite(
+        "control_needle", REPO_ROOT / "configs/hubs/control_variants.recipe.yml", ("cartpole", "acrobot"),
+        extra_targets={"cartpole": "CartPole-v1", "acrobot": "Acrobot-v1"}, steps=100_000, k=2, features_dim=64,
+        hubs={"cartpole": ("cartpole_long", "acrobot_heavy", "pendulum_low_g"),
+              "acrobot": ("acrobot_heavy", "cartpole_heavy", "pendulum_low_g")},
+    ),
     # Atari needle (benchmarks/transfer_atari_gpu.sh): Breakout at difficulty 1 (smaller paddle) as the target,
     # the default-mode Breakout agent among four other games' agents.
     "atari_needle": Suite(

@@ -338,3 +338,16 @@ def test_needle_suites_hold_one_or_two_variants_of_the_target_among_other_games(
             assert target not in experts
             assert sum(e.startswith(target) for e in experts) == variants
             assert len(experts) == variants + 4
+
+
+def test_physics_variants_change_the_task_and_reject_unknown_constants() -> None:
+    env = make_env("CartPole-v1", 1, 0, env_kwargs={"physics": {"length": 1.0, "masspole": 0.3}})
+    cartpole = env.envs[0].unwrapped  # type: ignore[attr-defined]
+    assert (cartpole.length, cartpole.masspole) == (1.0, 0.3)
+    assert cartpole.polemass_length == pytest.approx(0.3) and cartpole.total_mass == pytest.approx(1.3)
+    with pytest.raises(ValueError, match=r"no numeric constant 'lenght'.*length"):
+        make_env("CartPole-v1", 1, 0, env_kwargs={"physics": {"lenght": 1.0}})
+    with pytest.raises(ValueError, match="finite"):
+        make_env("Acrobot-v1", 1, 0, env_kwargs={"physics": {"LINK_MASS_1": float("nan")}})
+    # variants of one task share action meanings, so their heads map onto the default task
+    assert env_meanings(env)[1] == env_meanings(make_env("CartPole-v1", 1, 0))[1]

@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from hp_rl.paths import ENV_PRESET_DIR, require_dir
 
 __all__ = ["EnvPreset", "UnknownEnvError", "load_presets", "preset_for", "make_env", "register_env_families",
-           "MinAtarObservation"]  # fmt: skip
+           "MinAtarObservation", "PhysicsVariant", "env_meanings"]  # fmt: skip
 
 
 class UnknownEnvError(ValueError):
@@ -114,6 +114,45 @@ class MinAtarObservation(gym.ObservationWrapper):
         return np.ascontiguousarray(np.transpose(observation, (2, 0, 1)), dtype=np.float32)
 
 
+def _cartpole_derived(env: Any) -> None:
+    env.total_mass = env.masspole + env.masscart
+    env.polemass_length = env.masspole * env.length
+
+
+# Quantities an environment computes from its physical constants in __init__, recomputed after a change.
+_DERIVED: dict[str, Callable[[Any], None]] = {"CartPoleEnv": _cartpole_derived}
+
+
+class PhysicsVariant(gym.Wrapper):
+    """Changes physical constants of a task (pole length, masses, gravity) on its unwrapped environment.
+
+    Given in ``env_kwargs`` under the key ``physics`` (``{physics: {length: 1.0, masspole: 0.3}}`` for CartPole,
+    ``{physics: {LINK_MASS_1: 2.0}}`` for Acrobot, ``{physics: {g: 5.0}}`` for Pendulum), so recipes and run
+    configs name a variant as they name any other environment argument.
+
+    :param env: the environment.
+    :param physics: attribute -> new numeric value; each must already be a numeric attribute of the task.
+    :raises ValueError: for an attribute the task does not have or a value that is not a finite number.
+    """
+
+    def __init__(self, env: gym.Env, physics: dict[str, float]) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        for name, value in physics.items():
+            current = getattr(base, name, None)
+            if isinstance(current, bool) or not isinstance(current, int | float):
+                numeric = sorted(k for k, v in vars(base).items() if isinstance(v, float) and not k.startswith("_"))
+                numeric += sorted(k for k, v in vars(type(base)).items() if isinstance(v, float) and k.isupper())
+                raise ValueError(f"physics: {type(base).__name__} has no numeric constant {name!r}; "
+                                 f"it has {', '.join(numeric) or 'none'}.")  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise ValueError(f"physics: {name} must be a finite number, got {value!r}.")
+            setattr(base, name, float(value))
+        derive = _DERIVED.get(type(base).__name__)
+        if derive is not None:
+            derive(base)
+
+
 def _pixel_wrapper(size: int) -> Callable[[gym.Env], gym.Env]:
     def wrap(env: gym.Env) -> gym.Env:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # render off-screen: no display needed
@@ -141,12 +180,14 @@ def make_env(
     :param preset: force a family preset (``control_pixels`` to learn a control task from pixels).
     :param evaluation: use the preset's evaluation settings (Atari: whole games, unclipped score).
     :param subprocess: one process per copy (``SubprocVecEnv``) instead of stepping them in turn.
-    :param env_kwargs: keyword arguments for ``gym.make``.
+    :param env_kwargs: keyword arguments for ``gym.make``; the key ``physics`` instead changes physical
+        constants of the task (:class:`PhysicsVariant`).
     :raises UnknownEnvError: for an id no installed package registers, with the closest ids.
     """
     _check_env_id(env_id)
     chosen = preset_for(env_id, preset)
     kwargs = dict(env_kwargs or {})
+    physics = kwargs.pop("physics", None)
     vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
     wrapper: Callable[..., gym.Env] | None = None
     wrapper_kwargs: dict[str, Any] | None = None
@@ -162,6 +203,16 @@ def make_env(
         wrapper = MinAtarObservation
     elif chosen.wrapper != "none":
         raise ValueError(f"Preset {chosen.family!r} names unknown wrapper {chosen.wrapper!r}.")
+    if physics:
+        if not isinstance(physics, dict):
+            raise ValueError(f"env_kwargs 'physics' must be a mapping of constants to values, got {physics!r}.")
+        outer, outer_kwargs = wrapper, dict(wrapper_kwargs or {})
+
+        def with_physics(env: gym.Env, **extra: Any) -> gym.Env:
+            env = PhysicsVariant(env, physics)
+            return outer(env, **extra) if outer is not None else env
+
+        wrapper, wrapper_kwargs = with_physics, outer_kwargs or None
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, wrapper_class=wrapper,
                        wrapper_kwargs=wrapper_kwargs, env_kwargs=kwargs)  # fmt: skip
     if chosen.frame_stack:
