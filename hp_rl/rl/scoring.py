@@ -10,7 +10,7 @@ Two pieces of evidence per expert (``python -m hp_rl.hub score SPEC --env ENV_ID
 
 The *prior* combines them into one number per expert that the pathway generator can start its biases from
 (``prior=FILE``): the zero-shot return normalised between a random policy's (0) and the best expert's (1)
-where a head maps; for experts without one, half their LogME min-max normalised within the hub (measured
+where a head maps (floored at 0); for experts without one, half their LogME min-max normalised within the hub (measured
 return is the stronger evidence).
 """
 
@@ -144,7 +144,8 @@ def _prior(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str
         best = max(zero_shot.values())
         span = best - random_return
         for name, value in zero_shot.items():
-            prior[name] = round((value - random_return) / span, 4) if span > 0 else 0.0
+            # below a random policy is no evidence for the expert, not evidence against the others: floor at 0
+            prior[name] = round(max(0.0, (value - random_return) / span), 4) if span > 0 else 0.0
     evidence = {n: e["logme"] for n, e in experts.items() if n not in prior}
     if evidence:
         low, high = min(evidence.values()), max(evidence.values())
