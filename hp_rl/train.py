@@ -367,7 +367,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
     preset = hub_kwargs.pop("preset", None)
     if preset is not None and hub is not None:
         k = _apply_preset(str(preset), algo, args, hub_kwargs, params, k)
-    if isinstance(hub_kwargs.get("prior"), str):  # the run folder keeps the values, not a path outside it
+    if isinstance(hub_kwargs.get("prior"), str) and hub_kwargs["prior"] != "auto":  # keep values, not a path
         from hp_rl.rl.scoring import read_prior
 
         try:

@@ -188,11 +188,28 @@ class _HubOnPolicyMixin:
                 extractor_kwargs.setdefault("action_meanings", list(actions))
         if self.kickstart_coef > 0:
             extractor_kwargs["teachers"] = True
+        if extractor_kwargs.get("prior") == "auto":
+            extractor_kwargs["prior"] = self._auto_prior(hub, env)
         kwargs["policy_kwargs"] = _hub_policy_kwargs(kwargs.get("policy_kwargs"), hub, extractor_kwargs)
         if kwargs.get("rollout_buffer_class") not in (None, TrackingRolloutBuffer):
             raise ValueError("HubPPO/HubA2C need their own rollout buffer; rollout_buffer_class cannot be set.")
         kwargs["rollout_buffer_class"] = TrackingRolloutBuffer
         return kwargs
+
+    @staticmethod
+    def _auto_prior(hub: Any, env: Any) -> dict[str, float]:
+        """``prior="auto"``: score the hub on the target before training (:func:`hp_rl.rl.scoring.score_hub`).
+
+        The target is rebuilt from the environment's id with the project's presets (``gym.make`` arguments
+        of ``env`` are not known here; give a score file as ``prior`` for a variant).
+        """
+        from hp_rl.rl.scoring import AUTO_PRIOR_SEED, score_hub
+
+        specs = env.get_attr("spec", [0]) if hasattr(env, "get_attr") else [getattr(env, "spec", None)]
+        env_id = getattr(specs[0], "id", None)
+        if env_id is None:
+            raise ValueError("prior='auto' needs an environment made from a registered id; give a score file instead.")
+        return dict(score_hub(hub, str(env_id), seed=AUTO_PRIOR_SEED)["prior"])
 
     # --- per-group learning rates -------------------------------------------------------------------
     def _hub_extractors(self) -> list[HubPathwayExtractor]:

@@ -131,6 +131,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         (HubPPO/HubA2C ``kickstart_coef``).
     :param prior: a transferability score file (``python -m hp_rl.hub score``) or a mapping expert name ->
         prior; the generator's logit biases start at ``prior_scale * prior`` (experts not named: 0).
+        HubPPO/HubA2C also take ``"auto"``: they score the hub on the target before training.
     :param prior_scale: how strongly the prior tilts the first routes.
     """
 

@@ -26,7 +26,10 @@ import yaml
 
 from hp_rl.hub import HubSpec, parse_hub
 
-__all__ = ["logme", "score_hub", "write_scores", "read_prior"]
+__all__ = ["logme", "score_hub", "write_scores", "read_prior", "AUTO_PRIOR_SEED"]
+
+# Seed of the scoring environments for prior="auto" (and the benchmark's scores): no training run uses it.
+AUTO_PRIOR_SEED = 12_345
 
 
 def logme(features: np.ndarray, targets: np.ndarray, iterations: int = 50) -> float:
