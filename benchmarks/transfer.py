@@ -473,17 +473,15 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
                      or {t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}))  # fmt: skip
 
 
-SCORE_SEED = 12_345  # scores are pre-training evidence: their environments share no seed with any run
-
-
 def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, out: Path | None) -> dict[str, float]:
-    """The prior of ``target``'s hub: scored once (zero-shot returns, LogME), cached in ``<out>/scores``."""
-    from hp_rl.rl.scoring import read_prior, score_hub, write_scores
+    """The prior of ``target``'s hub: scored once (zero-shot returns, LogME), cached in ``<out>/scores``, as
+    ``prior="auto"`` scores it (the same seed, which no training run uses)."""
+    from hp_rl.rl.scoring import AUTO_PRIOR_SEED, read_prior, score_hub, write_scores
 
     path = (out or REPO_ROOT / "bench_out") / "scores" / f"{suite.name}_{target}.yml"
     if not path.is_file():
         env_kwargs = suite.target_env_kwargs.get(target)
-        write_scores(score_hub(hub, env_id, episodes=10, rollout_steps=2048, seed=SCORE_SEED,
+        write_scores(score_hub(hub, env_id, episodes=10, rollout_steps=2048, seed=AUTO_PRIOR_SEED,
                                env_kwargs=env_kwargs), path)  # fmt: skip
     return read_prior(path)
 

@@ -281,6 +281,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                           scale: float) -> None:  # fmt: skip
         from hp_rl.rl.scoring import read_prior
 
+        if prior == "auto":
+            raise ValueError("prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
+                             "with the extractor alone give a score file (python -m hp_rl.hub score).")  # fmt: skip
         values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
         unknown = sorted(set(values) - set(names))
         if unknown:

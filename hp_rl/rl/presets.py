@@ -6,7 +6,10 @@
   value heads (a mixture of their policies), one routed expert beside an always-routed base expert (the
   target's plain network, so the agent can always learn as scratch does), noise bounded by the spread of
   the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
-  half of it, and kickstarting towards the routed experts' pretrained policies for the first fifth.
+  half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, and the
+  generator started from the experts' transferability scores on the target (``prior="auto"``: zero-shot
+  returns where heads map, LogME otherwise; measured before training). This is the benchmark's
+  "HP transfer + score prior" (``benchmarks/transfer.py`` method ``transfer_prior``).
 
 Every key of a preset is an argument of :class:`~hp_rl.rl.algorithms.HubPPO` (extractor options and the
 algorithm's loss weights); explicit arguments override the preset's.
@@ -30,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "transfer": {
         "k": 1, "aggregation": "output", "output_mix": "probs", "base_expert": True, "noise": "learned",
         "noise_cap": 1.0, "noise_anneal": 0.25, "dense_warmup": 0.0, "explore_coef": 0.01, "explore_decay": 0.5,
-        "exploit_coef": 0.1, "kickstart_coef": 0.5, "kickstart_fraction": 0.2,
+        "exploit_coef": 0.1, "kickstart_coef": 0.5, "kickstart_fraction": 0.2, "prior": "auto",
     },
 }  # fmt: skip
 
