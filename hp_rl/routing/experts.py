@@ -11,10 +11,58 @@ from torch import Tensor, nn
 
 from hp_rl.routing.init import KeepInit
 
-__all__ = ["AdaptedExpert", "HeadedExpert", "OutputMix", "readout_logits"]
+__all__ = ["TrunkExpert", "AdaptedExpert", "HeadedExpert", "OutputMix", "readout_logits"]
 
 
-class AdaptedExpert(nn.Module):
+class TrunkExpert(nn.Module):
+    """What every pathway expert shares: an input adapter P, a trunk E, and a trunk that may be frozen.
+
+    :param trunk: the network ``(B, *input) -> (B, trunk_dim)``.
+    :param input_adapter: maps the pathway input to what the trunk expects, or ``None`` for identity.
+    :param frozen: freeze the trunk: no gradient to its parameters, and its normalisation layers stay in
+        eval mode whatever ``train()`` is called with.
+    :param protect_init: keep the trunk out of SB3's orthogonal re-initialisation (pretrained trunks);
+        ``False`` for a base expert that should start as scratch's network does.
+    """
+
+    def __init__(self, trunk: nn.Module, input_adapter: nn.Module | None, frozen: bool, protect_init: bool) -> None:
+        super().__init__()
+        self.input_adapter = input_adapter if input_adapter is not None else nn.Identity()
+        self.trunk = KeepInit(trunk) if protect_init and not isinstance(trunk, KeepInit) else trunk
+        self.frozen = frozen
+        if frozen:
+            self.trunk.requires_grad_(False)
+            self.trunk.eval()
+
+    @property
+    def inner_trunk(self) -> nn.Module:
+        """The trunk itself, without its :class:`~hp_rl.routing.init.KeepInit` wrapper."""
+        return self.trunk.module if isinstance(self.trunk, KeepInit) else self.trunk
+
+    @property
+    def trunk_needs_grad(self) -> bool:
+        """Whether backpropagation has to go through the trunk (to its weights or to the input adapter)."""
+        return not self.frozen or any(p.requires_grad for p in self.input_adapter.parameters())
+
+    def train(self, mode: bool = True) -> TrunkExpert:
+        """Set training mode; a frozen trunk stays in eval mode (frozen BatchNorm keeps its statistics)."""
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()
+        return self
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """:param x: ``(B, ...)`` pathway input. :return: ``(B, trunk_dim)`` trunk features."""
+        if self.trunk_needs_grad:
+            out: Tensor = self.trunk(self.input_adapter(x))
+            return out
+        # Frozen trunk, nothing to train before it: skip building its autograd graph.
+        with torch.no_grad():
+            out = self.trunk(self.input_adapter(x))
+            return out
+
+
+class AdaptedExpert(TrunkExpert):
     """``z = A(E(P(x)))``: an expert trunk E between a trainable input adapter P and output adapter A.
 
     :param trunk: the pretrained network, ``(B, *input) -> (B, trunk_dim)``. Its initialisation is kept
@@ -42,9 +90,7 @@ class AdaptedExpert(nn.Module):
         protect_init: bool = True,
         identity_output: bool = False,
     ) -> None:
-        super().__init__()
-        self.input_adapter = input_adapter if input_adapter is not None else nn.Identity()
-        self.trunk = KeepInit(trunk) if protect_init and not isinstance(trunk, KeepInit) else trunk
+        super().__init__(trunk, input_adapter, frozen, protect_init)
         if identity_output:
             if trunk_dim != features_dim:
                 raise ValueError(f"identity_output needs trunk_dim == features_dim ({trunk_dim} != {features_dim}).")
@@ -54,35 +100,6 @@ class AdaptedExpert(nn.Module):
             if output_activation:
                 layers.append(nn.ReLU())
             self.output_adapter = nn.Sequential(*layers)
-        self.frozen = frozen
-        if frozen:
-            self.trunk.requires_grad_(False)
-            self.trunk.eval()
-
-    @property
-    def inner_trunk(self) -> nn.Module:
-        """The trunk itself, without its :class:`~hp_rl.routing.init.KeepInit` wrapper."""
-        return self.trunk.module if isinstance(self.trunk, KeepInit) else self.trunk
-
-    @property
-    def trunk_needs_grad(self) -> bool:
-        """Whether backpropagation has to go through the trunk (to its weights or to the input adapter)."""
-        return not self.frozen or any(p.requires_grad for p in self.input_adapter.parameters())
-
-    def train(self, mode: bool = True) -> AdaptedExpert:
-        """Set training mode; a frozen trunk stays in eval mode (frozen BatchNorm keeps its statistics)."""
-        super().train(mode)
-        if self.frozen:
-            self.trunk.eval()
-        return self
-
-    def forward_trunk(self, x: Tensor) -> Tensor:
-        """:param x: ``(B, ...)`` pathway input. :return: ``(B, trunk_dim)`` trunk features."""
-        if self.trunk_needs_grad:
-            return self.trunk(self.input_adapter(x))
-        # Frozen trunk, nothing to train before it: skip building its autograd graph.
-        with torch.no_grad():
-            return self.trunk(self.input_adapter(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, ...)`` pathway input. :return: ``(B, features_dim)`` adapted features."""
@@ -92,7 +109,7 @@ class AdaptedExpert(nn.Module):
 OutputMix = Literal["probs", "logits"]
 
 
-class HeadedExpert(nn.Module):
+class HeadedExpert(TrunkExpert):
     """An expert that keeps an agent's own heads: ``x -> [policy part (n), value (1)]`` for output aggregation.
 
     ``P(x)`` (input adapter) -> trunk ``E`` -> the expert's policy and value layers, its policy layer's rows
@@ -131,21 +148,15 @@ class HeadedExpert(nn.Module):
         keep_teacher: bool = False,
         protect_init: bool = True,
     ) -> None:
-        super().__init__()
         if mix not in ("probs", "logits"):
             raise ValueError(f"mix must be 'probs' or 'logits', got {mix!r}.")
-        self.input_adapter = input_adapter if input_adapter is not None else nn.Identity()
-        self.trunk = KeepInit(trunk) if protect_init and not isinstance(trunk, KeepInit) else trunk
+        super().__init__(trunk, input_adapter, frozen, protect_init)
         self.mix = mix
         self.num_actions = num_actions
-        self.frozen = frozen
         self.pretrained_policy = action_init is not None
         self.pretrained_value = value_init is not None
         self.action_head = KeepInit(_linear_from(trunk_dim, num_actions, action_init, gain=0.01))
         self.value_head = KeepInit(_linear_from(trunk_dim, 1, value_init, gain=1.0))
-        if frozen:
-            self.trunk.requires_grad_(False)
-            self.trunk.eval()
         self.teacher: nn.ModuleDict | None = None
         if keep_teacher and action_init is not None:
             teacher_trunk = self.trunk if frozen else copy.deepcopy(self.trunk)
@@ -155,33 +166,12 @@ class HeadedExpert(nn.Module):
             teacher.eval()
             self.teacher = teacher
 
-    @property
-    def inner_trunk(self) -> nn.Module:
-        """The trunk itself, without its :class:`~hp_rl.routing.init.KeepInit` wrapper."""
-        return self.trunk.module if isinstance(self.trunk, KeepInit) else self.trunk
-
-    @property
-    def trunk_needs_grad(self) -> bool:
-        """Whether backpropagation has to go through the trunk."""
-        return not self.frozen or any(p.requires_grad for p in self.input_adapter.parameters())
-
     def train(self, mode: bool = True) -> HeadedExpert:
-        """Set training mode; a frozen trunk stays in eval mode."""
+        """Set training mode; a frozen trunk and the teacher stay in eval mode."""
         super().train(mode)
-        if self.frozen:
-            self.trunk.eval()
         if self.teacher is not None:
             self.teacher.eval()
         return self
-
-    def forward_trunk(self, x: Tensor) -> Tensor:
-        """:param x: ``(B, ...)`` pathway input. :return: ``(B, trunk_dim)`` trunk features."""
-        if self.trunk_needs_grad:
-            out: Tensor = self.trunk(self.input_adapter(x))
-            return out
-        with torch.no_grad():
-            out = self.trunk(self.input_adapter(x))
-            return out
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, ...)`` pathway input. :return: ``(B, n + 1)``: probabilities (``mix="probs"``)
