@@ -389,14 +389,17 @@ def _episode_recorder() -> Any:
             self.route_share: list[tuple[int, dict[str, float]]] = []
             self._routed: Any = None
             self._count = 0
+            self._extractors: list[Any] = []
+
+        def _on_training_start(self) -> None:
+            self._extractors = find_hub_extractors(self.model)  # once: the per-step path stays a lookup
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", ()):
                 episode = info.get("episode")
                 if episode is not None:
                     self.episodes.append((int(self.num_timesteps), float(episode["r"])))
-            extractors = find_hub_extractors(self.model)
-            routes = extractors[0].last_acting_routes if extractors else None
+            routes = self._extractors[0].last_acting_routes if self._extractors else None
             if routes is not None:
                 routed = (routes.weights > 0).float().sum(0).detach().cpu().numpy()
                 self._routed = routed if self._routed is None else self._routed + routed
@@ -404,9 +407,8 @@ def _episode_recorder() -> Any:
             return True
 
         def _on_rollout_end(self) -> None:
-            extractors = find_hub_extractors(self.model)
-            if self._routed is not None and extractors and self._count:
-                names = extractors[0].expert_names
+            if self._routed is not None and self._extractors and self._count:
+                names = self._extractors[0].expert_names
                 share = {n: round(float(v) / self._count, 4) for n, v in zip(names, self._routed, strict=True)}
                 self.route_share.append((int(self.num_timesteps), share))
             self._routed, self._count = None, 0

@@ -9,6 +9,7 @@ loss reaches SB3's unmodified ``train()`` through the value output (see
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
@@ -29,10 +30,11 @@ from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
 __all__ = ["HubPPO", "HubA2C", "HubActorCriticPolicy", "HubActorCriticCnnPolicy", "TrackingRolloutBuffer",
            "ActionReadout", "ValueReadout"]  # fmt: skip
 
-_EXTRACTOR_KEYS = ("k", "features_dim", "freeze_experts", "expert_lr_scale", "noise", "noise_std", "explore_coef",
-                   "balance", "dense", "noise_seed", "aggregation", "output_mix", "action_meanings", "num_actions",
-                   "channel_names", "base_expert", "noise_cap", "noise_anneal", "dense_warmup", "explore_decay",
-                   "unfreeze_at", "generator_lr_scale", "teachers", "prior", "prior_scale")  # fmt: skip
+# Every option of the extractor (one list: its signature), split off HubPPO/HubA2C's keyword arguments.
+_EXTRACTOR_KEYS = tuple(
+    name for name in inspect.signature(HubPathwayExtractor.__init__).parameters
+    if name not in ("self", "observation_space", "hub")
+)  # fmt: skip
 
 
 class ActionReadout(nn.Module):
@@ -164,8 +166,6 @@ class _HubOnPolicyMixin:
         scale, warm-up and trunk training state.
         """
         set_training_progress(self, self._training_progress())
-        for extractor in self._hub_extractors():
-            extractor.kickstart_active = False
         result: bool = super().collect_rollouts(*args, **kwargs)  # type: ignore[misc]
         return result
 

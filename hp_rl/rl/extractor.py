@@ -30,6 +30,7 @@ from hp_rl.routing import (
     PathwayOutput,
     PathwaySchedule,
     Routes,
+    TrunkExpert,
     conv_body,
     mlp_body,
 )
@@ -234,7 +235,6 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         self.pathway.noise.seed = noise_seed
         self.pathway.noise.enabled = noise != "none"
         self._noise_requested = noise != "none"
-        self.progress = 0.0
         self.explore_scale = 1.0
         self.kickstart_active = False
         self.last_output: PathwayOutput | None = None
@@ -297,7 +297,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     def _set_scheduled_trunks_frozen(self, frozen: bool) -> None:
         for name in self.scheduled_trunks:
             expert = self.pathway.experts[name]
-            assert isinstance(expert, AdaptedExpert | HeadedExpert)
+            assert isinstance(expert, TrunkExpert)
             expert.frozen = frozen
             expert.trunk.requires_grad_(not frozen)
             expert.train(self.training)
@@ -308,14 +308,13 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         Sets the routing noise scale and the dense warm-up, the exploration loss weight and, with
         ``unfreeze_at``, whether the trunks train.
         """
-        self.progress = float(progress)
         router = self.pathway.router
         assert isinstance(router, NoisyTopKRouter)
-        router.noise_scale = self.schedule.noise_scale(self.progress)
-        router.dense_active = self.schedule.dense(self.progress)
-        self.explore_scale = self.schedule.explore_scale(self.progress)
+        router.noise_scale = self.schedule.noise_scale(progress)
+        router.dense_active = self.schedule.dense(progress)
+        self.explore_scale = self.schedule.explore_scale(progress)
         if self.unfreeze_at is not None:
-            self._set_scheduled_trunks_frozen(self.progress < self.unfreeze_at)
+            self._set_scheduled_trunks_frozen(progress < self.unfreeze_at)
 
     @staticmethod
     def _load_trunk(spec: ExpertSpec, shape: tuple[int, ...], frozen: bool) -> HubExpert:
@@ -401,7 +400,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             if scale == 1.0:
                 continue
             expert = self.pathway.experts[name]
-            assert isinstance(expert, AdaptedExpert | HeadedExpert)
+            assert isinstance(expert, TrunkExpert)
             scheduled = name in self.scheduled_trunks
             groups.setdefault(scale, []).extend(p for p in expert.trunk.parameters() if p.requires_grad or scheduled)
         if self.generator_lr_scale != 1.0:

@@ -92,12 +92,12 @@ def hub_manifest(model: BaseAlgorithm) -> dict[str, Any]:
     """Every expert of the model's hub: source, file digest, architecture, size, training mode."""
     from hp_rl.hub import HubExpert
     from hp_rl.rl.extractor import find_hub_extractors
-    from hp_rl.routing import AdaptedExpert, HeadedExpert
+    from hp_rl.routing import TrunkExpert
 
     experts = []
     for extractor in find_hub_extractors(model)[:1]:
         for name, module in extractor.pathway.experts.items():
-            assert isinstance(module, AdaptedExpert | HeadedExpert)
+            assert isinstance(module, TrunkExpert)
             trunk = module.inner_trunk
             adapter = repr(module.input_adapter) if list(module.input_adapter.children()) else None
             entry: dict[str, Any] = {"name": name, "frozen": module.frozen, "input_adapter": adapter,

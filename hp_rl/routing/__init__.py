@@ -1,6 +1,6 @@
 """The routing core of Hub-Pathway, in plain PyTorch (no RL or vision dependencies)."""
 
-from hp_rl.routing.experts import AdaptedExpert, HeadedExpert, OutputMix, readout_logits
+from hp_rl.routing.experts import AdaptedExpert, HeadedExpert, OutputMix, TrunkExpert, readout_logits
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.init import KeepInit
 from hp_rl.routing.losses import balance_loss, cv_squared, smooth_load, switch_balance_loss
@@ -28,6 +28,7 @@ __all__ = [
     "PathwaySchedule",
     "PathwayOutput",
     "Routes",
+    "TrunkExpert",
     "balance_loss",
     "content_keyed_normal",
     "conv_body",
