@@ -19,12 +19,13 @@ import os
 import sys
 import time
 import traceback
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hp_rl.errors import HpRlError
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
 
@@ -33,7 +34,7 @@ _GIF_MAX_FRAMES = 3000  # a gif keeps every frame in memory; mp4/avi stream to d
 _MAX_FRAMES = 30_000
 
 
-class CliError(Exception):
+class CliError(HpRlError):
     """A problem with the command line or its inputs: reported in one paragraph, exit code 2."""
 
 
@@ -51,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     parser.add_argument("--video", metavar="PATH",
                         help="record one episode to PATH (.mp4 or .avi with opencv, .gif with pillow)")  # fmt: skip
-    parser.add_argument("--checkpoint", choices=("best", "final", "latest"),
+    parser.add_argument("--checkpoint", metavar="{best,final,latest,FILE}",
                         help="which model: final (model.zip), best (eval/best_model.zip, needs --eval-freq during "
-                        "training) or latest (newest checkpoint). Default: final, else latest")  # fmt: skip
+                        "training), latest (newest checkpoint), or a checkpoint FILE of the same configuration "
+                        "(only its weights and step counters are read). Default: final, else latest")  # fmt: skip
     parser.add_argument("--seed", type=int, help="seed of the evaluation environment (default: the run's seed + 20000)")
     parser.add_argument("--device", default="auto", help="torch device (default: auto)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks with error messages")
@@ -64,11 +66,20 @@ def choose_checkpoint(folder: Any, which: str | None) -> Path:
     """The model file of a run folder for ``--checkpoint`` (``None``: final, else the latest checkpoint).
 
     :param folder: a :class:`~hp_rl.rl.runs.RunFolder`.
-    :param which: ``best``, ``final``, ``latest`` or ``None``.
+    :param which: ``best``, ``final``, ``latest``, a file path, or ``None``.
     :raises CliError: when the asked-for file is not there.
     """
     from hp_rl.rl.runs import latest_checkpoint
 
+    if which not in (None, "best", "final", "latest"):
+        path = Path(str(which)).expanduser()
+        if not path.is_file():
+            raise CliError(f"--checkpoint {which}: no such file; give best, final, latest or a checkpoint .zip.")
+        if folder.path.resolve() not in path.resolve().parents:
+            print(f"note: {path} is read as a checkpoint of {folder.config}: its weights (policy.pth, weights only) "
+                  "and plain step counters; nothing pickled in it (policy class, spaces, schedules in 'data') is "
+                  "decoded, the run's config.yml builds the model.", file=sys.stderr)  # fmt: skip
+        return path
     if which == "best":
         if not folder.best_model.is_file():
             raise CliError(f"{folder.best_model} does not exist: no evaluation ran during training (it runs every "
@@ -215,10 +226,12 @@ def evaluate_run(
     import yaml
     from stable_baselines3.common.evaluation import evaluate_policy
 
+    from hp_rl.archive import ArchiveError
+    from hp_rl.rl.checkpoints import load_model
     from hp_rl.rl.envs import make_env
     from hp_rl.rl.extractor import routing_noise
+    from hp_rl.rl.models import check_device
     from hp_rl.rl.runs import RunConfig, RunFolder
-    from hp_rl.rl.training import algo_class
 
     if episodes < 1:
         raise CliError(f"--episodes {episodes}: must be at least 1.")
@@ -228,19 +241,23 @@ def evaluate_run(
                        "python -m hp_rl.train (for example runs/ppo_CartPole-v1_nohub_1).")  # fmt: skip
     try:
         config = RunConfig.from_yaml(folder.config)
-    except (ValueError, TypeError) as error:
+    except HpRlError as error:
         raise CliError(f"{run}: cannot read its config: {error}") from error
+    config.device = check_device(device, "--device")
     if video is not None:
         _FrameWriter(Path(video), 30.0)  # fail on a bad format or a missing package before the evaluation
     path = choose_checkpoint(folder, checkpoint)
     seed = config.seed + 20_000 if seed is None else seed
     env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
     try:
-        model = algo_class(config.algo, config.hub is not None).load(path, env=env, device=device)
-    except (zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError) as error:
+        model = load_model(config, path, env, folder, verbose=0)
+    except ArchiveError as error:
         env.close()
-        raise CliError(f"{path} cannot be loaded ({type(error).__name__}: {error}); it may be truncated. "
-                       "Try --checkpoint latest or an earlier file in checkpoints/.") from error  # fmt: skip
+        raise CliError(f"{path} cannot be used: {error} Try --checkpoint latest or an earlier file in "
+                       "checkpoints/.") from error  # fmt: skip
+    except BaseException:
+        env.close()
+        raise
     started = time.time()
     with routing_noise(model, enabled=False):
         returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
@@ -271,14 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    from hp_rl.hub import AdapterError, CheckpointError, HubSpecError
-    from hp_rl.rl.envs import UnknownEnvError
-    from hp_rl.rl.training import UnknownAlgoError
-
     try:
         result = evaluate_run(args.run, args.episodes, args.deterministic, args.checkpoint, args.seed, args.device,
                               args.video)  # fmt: skip
-    except (CliError, UnknownAlgoError, UnknownEnvError, HubSpecError, CheckpointError, AdapterError) as error:
+    except HpRlError as error:
         if args.verbose:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)

@@ -6,10 +6,12 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from hp_rl.errors import HpRlError
+
 __all__ = ["ConfigError", "parse_overrides"]
 
 
-class ConfigError(ValueError):
+class ConfigError(HpRlError, ValueError):
     """A malformed configuration file or override."""
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from hp_rl.errors import HpRlError
+
 __all__ = ["CliError", "build_parser", "main", "resolve_hub", "hub_tag", "run_name"]
 
 # Flags a --resume run takes from its config.yml instead (flag -> RunConfig field).
@@ -52,7 +54,7 @@ _RESERVED_SET = {
 }
 
 
-class CliError(Exception):
+class CliError(HpRlError):
     """A problem with the command line or its inputs: reported in one paragraph, exit code 2."""
 
 

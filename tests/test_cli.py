@@ -116,7 +116,7 @@ def test_evaluate_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "not a run folder" in capsys.readouterr().err
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yml").write_text(RunConfig("a2c", "CartPole-v1", None).to_yaml())
+    (run / "config.yml").write_text(RunConfig("a2c", "CartPole-v1", None, n_timesteps=1000).to_yaml())
     assert evaluate_cli.main([str(run), "--checkpoint", "best"]) == 2
     assert "--eval-freq" in capsys.readouterr().err
     assert evaluate_cli.main([str(run)]) == 2
@@ -133,7 +133,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "experts:\n  - {name: pixels, source: random, arch: nature_cnn, input_shape: [4, 84, 84]}\n"
     )
     (folder / "empty_run" / "checkpoints").mkdir(parents=True)
-    (folder / "empty_run" / "config.yml").write_text(RunConfig("a2c", "CartPole-v1", None).to_yaml())
+    (folder / "empty_run" / "config.yml").write_text(RunConfig("a2c", "CartPole-v1", None, n_timesteps=1000).to_yaml())
     return folder
 
 
@@ -256,7 +256,7 @@ def test_ctrl_c_checkpoint_then_resume_reaches_n(algo: str, tmp_path: Path) -> N
     expected = 32 if algo == "a2c" else 46
     assert outcome.model.num_timesteps == expected and outcome.checkpoint.name == f"rl_model_{expected}_steps.zip"
     if algo == "dqn":
-        assert (folder.checkpoints / f"rl_model_replay_buffer_{expected}_steps.pkl").is_file()
+        assert (folder.checkpoints / f"rl_model_replay_buffer_{expected}_steps.npz").is_file()
     assert train_cli.main(["--resume", str(folder.path), "--no-progress"]) == 0
     final = (A2C if algo == "a2c" else DQN).load(folder.final_model).num_timesteps
     if algo == "a2c":

@@ -166,7 +166,7 @@ def test_bad_hubs_give_clear_errors(tmp_path: Path) -> None:
     env = make_env("CartPole-v1", n_envs=1, seed=0)
     with pytest.raises(ValueError, match=r"k=3 is out of range .* 1 <= k <= 2"):
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs("random:2", k=3))
-    with pytest.raises(ValueError, match="k=0 is out of range"):
+    with pytest.raises(ValueError, match="option k: 0 is not accepted"):
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs("random:2", k=0))
     with pytest.raises(AdapterError, match="expects images"):
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(["random:nature_cnn"], k=1) | {

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hp_rl.errors import HpRlError
 from hp_rl.hub.architectures import TrunkInfo
 from hp_rl.hub.meanings import channel_map_weight
 from hp_rl.routing.init import KeepInit
@@ -13,7 +14,7 @@ from hp_rl.routing.init import KeepInit
 __all__ = ["AdapterError", "ChannelMap", "LinearMap", "Resize", "build_input_adapter"]
 
 
-class AdapterError(ValueError):
+class AdapterError(HpRlError, ValueError):
     """An expert's input cannot be adapted to the observation space."""
 
 

@@ -9,10 +9,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "SmallFrameCNNTrunk", "ARCHITECTURES", "build_trunk",
-           "nature_cnn_flat_size"]  # fmt: skip
+from hp_rl.errors import HpRlError
+
+__all__ = ["ArchitectureError", "TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "SmallFrameCNNTrunk", "ARCHITECTURES",
+           "build_trunk", "nature_cnn_flat_size"]  # fmt: skip
 
 InputKind = Literal["image", "vector"]
+
+
+class ArchitectureError(HpRlError, ValueError):
+    """An architecture name, activation or input size that no trunk of the hub can take."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def nature_cnn_flat_size(height: int, width: int) -> int:
         return ((size - 8) // 4 + 1 - 4) // 2 + 1 - 3 + 1
 
     if out(height) < 1 or out(width) < 1:
-        raise ValueError(f"NatureCNN needs frames of at least 36x36, got {height}x{width}.")
+        raise ArchitectureError(f"NatureCNN needs frames of at least 36x36, got {height}x{width}.")
     return 64 * out(height) * out(width)
 
 
@@ -89,7 +95,7 @@ class SmallFrameCNNTrunk(nn.Module):
                  channels: int = 16) -> None:  # fmt: skip
         super().__init__()
         if height < 3 or width < 3:
-            raise ValueError(f"small_frame_cnn needs frames of at least 3x3, got {height}x{width}.")
+            raise ArchitectureError(f"small_frame_cnn needs frames of at least 3x3, got {height}x{width}.")
         self.cnn = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=3, stride=1), nn.ReLU(), nn.Flatten())
         flat = small_frame_cnn_flat_size(height, width, channels)
         self.linear = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
@@ -118,7 +124,7 @@ class MLPTrunk(nn.Module):
     def __init__(self, in_features: int, hidden: tuple[int, ...] = (64, 64), activation: str = "tanh") -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}.")
+            raise ArchitectureError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}.")
         layers: list[nn.Module] = []
         width = in_features
         for size in hidden:
@@ -156,5 +162,5 @@ ARCHITECTURES: dict[str, Callable[[TrunkInfo], nn.Module]] = {
 def build_trunk(info: TrunkInfo) -> nn.Module:
     """A freshly initialised trunk of the described architecture."""
     if info.arch not in ARCHITECTURES:
-        raise ValueError(f"Unknown architecture {info.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}.")
+        raise ArchitectureError(f"Unknown architecture {info.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}.")
     return ARCHITECTURES[info.arch](info)

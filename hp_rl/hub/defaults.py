@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from hp_rl.errors import HpRlError
 from hp_rl.hub.hf import find_cached, hf_offline, hf_reachable
 from hp_rl.paths import BUNDLED_HUB_DIR
 
@@ -60,7 +61,7 @@ WAYS_TO_GIVE_A_HUB = (
 )
 
 
-class NoFittingHubError(ValueError):
+class NoFittingHubError(HpRlError, ValueError):
     """No default hub fits the target task; the message names the ways to give one."""
 
 

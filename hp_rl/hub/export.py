@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from hp_rl.errors import HpRlError
 from hp_rl.hub.architectures import ARCHITECTURES
 from hp_rl.hub.expert import HubExpert, file_sha256
 from hp_rl.hub.spec import ExpertSpec, HubSpec
@@ -42,7 +43,7 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 _STRUCTURE_KEYS = ("arch", "input_shape", "features_dim", "options")
 
 
-class ExportError(ValueError):
+class ExportError(HpRlError, ValueError):
     """An expert cannot be exported (architecture the safetensors source cannot rebuild, or a bad round trip)."""
 
 

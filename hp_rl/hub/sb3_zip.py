@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import zipfile
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hp_rl.errors import HpRlError
 from hp_rl.hub.architectures import (
     MLPTrunk,
     NatureCNNTrunk,
@@ -35,38 +35,38 @@ _CNN_PREFIXES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HpRlError, ValueError):
     """A checkpoint file is missing, corrupt, or holds no trunk this project can read."""
 
 
-def _read_member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
-    try:
-        return archive.read(name)
-    except KeyError as error:
-        raise CheckpointError(
-            f"{path} has no '{name}': it is not a Stable-Baselines3 checkpoint (saved by model.save())."
-        ) from error
-
-
 def _load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The policy weights and the plain values of ``data`` (size-capped; nothing is unpickled)."""
+    from hp_rl.archive import MAX_DATA_BYTES, MAX_TENSOR_BYTES, ArchiveError, load_tensors, read_member
+
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path in the hub spec.")
     try:
         with zipfile.ZipFile(path) as archive:
-            raw_policy = _read_member(archive, "policy.pth", path)
-            raw_data = archive.read("data") if "data" in archive.namelist() else b"{}"
+            if "policy.pth" not in archive.namelist():
+                raise CheckpointError(
+                    f"{path} has no 'policy.pth': it is not a Stable-Baselines3 checkpoint (saved by model.save())."
+                )
+            raw_policy = read_member(archive, "policy.pth", path, MAX_TENSOR_BYTES)
+            has_data = "data" in archive.namelist()
+            raw_data = read_member(archive, "data", path, MAX_DATA_BYTES) if has_data else b"{}"
+        # weights_only refuses arbitrary pickled objects: an untrusted file cannot run code here.
+        state = load_tensors(raw_policy, f"{path}: policy.pth")
     except zipfile.BadZipFile as error:
         raise CheckpointError(f"{path} is not a valid zip file (truncated or corrupt download?).") from error
-    try:
-        # weights_only refuses arbitrary pickled objects: an untrusted file cannot run code here.
-        state = torch.load(io.BytesIO(raw_policy), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe payloads
-        raise CheckpointError(f"{path}: policy.pth cannot be read as plain weights ({error}).") from error
+    except ArchiveError as error:
+        raise CheckpointError(str(error)) from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: policy.pth is not a mapping of weights; the file is corrupt.")
     try:
         data = json.loads(raw_data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = {}
-    return state, data
+    return state, data if isinstance(data, dict) else {}
 
 
 def _square_frame_for(flat_size: int) -> int:

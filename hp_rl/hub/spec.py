@@ -8,10 +8,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hp_rl.errors import HpRlError
+
 __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 
 
-class HubSpecError(ValueError):
+class HubSpecError(HpRlError, ValueError):
     """A hub spec is malformed: the message names the file and the key."""
 
 

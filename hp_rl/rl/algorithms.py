@@ -24,6 +24,7 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticP
 from stable_baselines3.common.type_aliases import PyTorchObs, RolloutBufferSamples
 from torch import Tensor, nn
 
+from hp_rl.hub.options import PathwayOptionError
 from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss, set_training_progress
 from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
 
@@ -91,7 +92,8 @@ class _ExploitationPolicyMixin:
             return
         policy: Any = self
         if policy.mlp_extractor.latent_dim_pi != extractor.features_dim:
-            raise ValueError("aggregation='output' needs linear heads: set net_arch=[] (HubPPO/HubA2C's default).")
+            raise PathwayOptionError("aggregation='output' needs linear heads: set net_arch=[] "
+                                     "(HubPPO/HubA2C's default).")
         assert extractor.num_actions is not None
         policy.action_net = ActionReadout(extractor.num_actions, extractor.output_mix)
         policy.value_net = ValueReadout()
@@ -121,7 +123,7 @@ def _hub_policy_kwargs(
     if hub is None:
         return kwargs
     if "features_extractor_class" in kwargs and kwargs["features_extractor_class"] is not HubPathwayExtractor:
-        raise ValueError("Give either hub=... or a features_extractor_class in policy_kwargs, not both.")
+        raise PathwayOptionError("Give either hub=... or a features_extractor_class in policy_kwargs, not both.")
     kwargs["features_extractor_class"] = HubPathwayExtractor
     user_kwargs = kwargs.get("features_extractor_kwargs", {})
     kwargs["features_extractor_kwargs"] = {"hub": hub, **extractor_kwargs, **user_kwargs}
@@ -144,9 +146,9 @@ class _HubOnPolicyMixin:
     def _set_hub_coefs(self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float) -> None:
         for name, value in (("exploit_coef", exploit_coef), ("kickstart_coef", kickstart_coef)):
             if not (isinstance(value, int | float) and np.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+                raise PathwayOptionError(f"{name} must be a finite number >= 0, got {value!r}.")
         if not (isinstance(kickstart_fraction, int | float) and 0 < kickstart_fraction <= 1):
-            raise ValueError(f"kickstart_fraction must be in (0, 1] (of training), got {kickstart_fraction!r}.")
+            raise PathwayOptionError(f"kickstart_fraction must be in (0, 1] (of training), got {kickstart_fraction!r}.")
         self.exploit_coef = float(exploit_coef)
         self.kickstart_coef = float(kickstart_coef)
         self.kickstart_fraction = float(kickstart_fraction)
@@ -192,7 +194,7 @@ class _HubOnPolicyMixin:
             extractor_kwargs["prior"] = self._auto_prior(hub, env)
         kwargs["policy_kwargs"] = _hub_policy_kwargs(kwargs.get("policy_kwargs"), hub, extractor_kwargs)
         if kwargs.get("rollout_buffer_class") not in (None, TrackingRolloutBuffer):
-            raise ValueError("HubPPO/HubA2C need their own rollout buffer; rollout_buffer_class cannot be set.")
+            raise PathwayOptionError("HubPPO/HubA2C need their own rollout buffer; rollout_buffer_class cannot be set.")
         kwargs["rollout_buffer_class"] = TrackingRolloutBuffer
         return kwargs
 
@@ -208,7 +210,8 @@ class _HubOnPolicyMixin:
         specs = env.get_attr("spec", [0]) if hasattr(env, "get_attr") else [getattr(env, "spec", None)]
         env_id = getattr(specs[0], "id", None)
         if env_id is None:
-            raise ValueError("prior='auto' needs an environment made from a registered id; give a score file instead.")
+            raise PathwayOptionError("prior='auto' needs an environment made from a registered id; "
+                                     "give a score file instead.")
         return dict(score_hub(hub, str(env_id), seed=AUTO_PRIOR_SEED)["prior"])
 
     # --- per-group learning rates -------------------------------------------------------------------

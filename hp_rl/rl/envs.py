@@ -15,13 +15,14 @@ import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
+from hp_rl.errors import HpRlError
 from hp_rl.paths import ENV_PRESET_DIR, require_dir
 
 __all__ = ["EnvPreset", "UnknownEnvError", "load_presets", "preset_for", "make_env", "register_env_families",
            "MinAtarObservation", "PhysicsVariant", "env_meanings"]  # fmt: skip
 
 
-class UnknownEnvError(ValueError):
+class UnknownEnvError(HpRlError, ValueError):
     """An environment id that no installed package registers."""
 
 
@@ -94,7 +95,7 @@ def preset_for(env_id: str, preset: str | None = None) -> EnvPreset:
     presets = load_presets()
     if preset is not None:
         if preset not in presets:
-            raise ValueError(f"Unknown env preset {preset!r}; choose one of {', '.join(sorted(presets))}.")
+            raise UnknownEnvError(f"Unknown env preset {preset!r}; choose one of {', '.join(sorted(presets))}.")
         return presets[preset]
     for candidate in presets.values():
         if any(fnmatch.fnmatch(env_id, pattern) for pattern in candidate.match):
@@ -143,10 +144,10 @@ class PhysicsVariant(gym.Wrapper):
             if isinstance(current, bool) or not isinstance(current, int | float):
                 numeric = sorted(k for k, v in vars(base).items() if isinstance(v, float) and not k.startswith("_"))
                 numeric += sorted(k for k, v in vars(type(base)).items() if isinstance(v, float) and k.isupper())
-                raise ValueError(f"physics: {type(base).__name__} has no numeric constant {name!r}; "
+                raise UnknownEnvError(f"physics: {type(base).__name__} has no numeric constant {name!r}; "
                                  f"it has {', '.join(numeric) or 'none'}.")  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-                raise ValueError(f"physics: {name} must be a finite number, got {value!r}.")
+                raise UnknownEnvError(f"physics: {name} must be a finite number, got {value!r}.")
             setattr(base, name, float(value))
         derive = _DERIVED.get(type(base).__name__)
         if derive is not None:
@@ -202,10 +203,10 @@ def make_env(
     elif chosen.wrapper == "minatar":
         wrapper = MinAtarObservation
     elif chosen.wrapper != "none":
-        raise ValueError(f"Preset {chosen.family!r} names unknown wrapper {chosen.wrapper!r}.")
+        raise UnknownEnvError(f"Preset {chosen.family!r} names unknown wrapper {chosen.wrapper!r}.")
     if physics:
         if not isinstance(physics, dict):
-            raise ValueError(f"env_kwargs 'physics' must be a mapping of constants to values, got {physics!r}.")
+            raise UnknownEnvError(f"env_kwargs 'physics' must be a mapping of constants to values, got {physics!r}.")
         outer, outer_kwargs = wrapper, dict(wrapper_kwargs or {})
 
         def with_physics(env: gym.Env, **extra: Any) -> gym.Env:

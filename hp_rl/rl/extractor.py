@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from hp_rl.hub import HubExpert, HubSpec, build_input_adapter, load_expert, parse_hub
 from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, SmallFrameCNNTrunk
 from hp_rl.hub.meanings import action_index_map
+from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway_options
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
 from hp_rl.routing import (
@@ -173,13 +174,13 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 f"HubPathwayExtractor needs a Box observation space (images or vectors), got {observation_space}. "
                 "Flatten dict or discrete observations with a gymnasium wrapper first."
             )
-        if aggregation not in ("features", "output"):
-            raise ValueError(f"aggregation must be 'features' or 'output', got {aggregation!r}.")
+        options = {name: value for name, value in locals().items() if name in PATHWAY_OPTIONS}
+        check_pathway_options(options)
         meanings = tuple(action_meanings) if action_meanings is not None else None
         n_actions = len(meanings) if meanings is not None else num_actions
         if aggregation == "output":
             if n_actions is None or n_actions < 1:
-                raise ValueError(
+                raise PathwayOptionError(
                     "aggregation='output' needs the target's actions: give action_meanings (HubPPO/HubA2C "
                     "fill it from the env) or num_actions."
                 )
@@ -187,9 +188,10 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         spec: HubSpec = parse_hub(hub)
         if base_expert and BASE_EXPERT in spec.names:
-            raise ValueError(f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert.")
+            raise PathwayOptionError(f"The hub already has an expert named {BASE_EXPERT!r}; "
+                                     "rename it to use base_expert.")
         if not 1 <= k <= len(spec.experts) and not dense:
-            raise ValueError(
+            raise PathwayOptionError(
                 f"k={k} is out of range for a hub of {len(spec.experts)} experts "
                 f"({', '.join(spec.names)}): choose 1 <= k <= {len(spec.experts)}."
             )
@@ -282,12 +284,12 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         from hp_rl.rl.scoring import read_prior
 
         if prior == "auto":
-            raise ValueError("prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
+            raise PathwayOptionError("prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
                              "with the extractor alone give a score file (python -m hp_rl.hub score).")  # fmt: skip
         values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"prior names experts {unknown} that the hub does not hold ({', '.join(names)}).")
+            raise PathwayOptionError(f"prior names experts {unknown} that the hub does not hold ({', '.join(names)}).")
         layer = generator.logits.module
         assert isinstance(layer, nn.Linear)
         with torch.no_grad():

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hp_rl.errors import HpRlError
 from hp_rl.paths import unique_run_dir
 
-__all__ = ["RunConfig", "RunFolder", "package_versions", "latest_checkpoint", "checkpoints_by_step"]
+__all__ = ["RunConfig", "RunConfigError", "RunFolder", "RunLockedError", "NONFINITE_MODES", "acquire_lock",
+           "release_lock", "package_versions", "latest_checkpoint", "checkpoints_by_step"]  # fmt: skip
 
 _CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip$")
 
@@ -41,6 +46,9 @@ class RunConfig:
     :param hyperparams: algorithm keyword arguments after overrides (plain data).
     :param hub_kwargs: extra extractor keyword arguments (noise, coefficients, ...).
     :param env_kwargs: keyword arguments for ``gym.make`` (physics variants of a control task).
+    :param keep_checkpoints: periodic checkpoints kept in ``checkpoints/`` (older ones are deleted; 0 keeps all).
+    :param nonfinite_obs: what a NaN or infinite observation does: ``error`` (stop with a message naming the
+        step) or ``sanitize`` (replace with 0, counted in TensorBoard as ``env/nonfinite_observations``).
     """
 
     algo: str
@@ -58,30 +66,138 @@ class RunConfig:
     hyperparams: dict[str, Any] = field(default_factory=dict)
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    keep_checkpoints: int = 5
+    nonfinite_obs: str = "error"
 
     def to_yaml(self) -> str:
         """The config as YAML."""
         return yaml.safe_dump(asdict(self), sort_keys=False)
 
+    def validate(self, origin: str | None = None) -> RunConfig:
+        """Check every field's type and range; returns ``self``.
+
+        :param origin: the file the config was read from (messages then name its keys), or ``None`` for a
+            config made from the command line (messages name the flags).
+        :raises RunConfigError: naming the key or flag, the value and what is accepted.
+        """
+
+        def where(name: str) -> str:
+            return f"{origin}: key {name}" if origin else _FLAGS.get(name, name)
+
+        def integer(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            bad_type = isinstance(value, bool) or not isinstance(value, int)
+            if bad_type or value < low or (high is not None and value > high):
+                limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise RunConfigError(f"{where(name)}: {value!r} must be a whole number {limit}.")
+
+        for name in ("algo", "env_id", "device", "nonfinite_obs"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise RunConfigError(f"{where(name)}: {getattr(self, name)!r} must be a non-empty string.")
+        for name in ("hub", "env_preset"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise RunConfigError(f"{where(name)}: {getattr(self, name)!r} must be a string.")
+        integer("k", 1)
+        integer("n_timesteps", 1)
+        integer("seed", 0, 2**32 - 1)
+        integer("n_envs", 1, 1024)
+        integer("eval_freq", 0)
+        integer("eval_episodes", 1)
+        integer("save_freq", 0)
+        integer("keep_checkpoints", 0)
+        if self.nonfinite_obs not in NONFINITE_MODES:
+            raise RunConfigError(f"{where('nonfinite_obs')}: {self.nonfinite_obs!r}; choose one of "
+                                 f"{', '.join(NONFINITE_MODES)}.")  # fmt: skip
+        for name in ("hyperparams", "hub_kwargs", "env_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise RunConfigError(f"{where(name)}: must be a mapping, got {getattr(self, name)!r}.")
+        return self
+
     @classmethod
     def from_yaml(cls, path: Path) -> RunConfig:
-        """Read a ``config.yml`` written by :meth:`to_yaml`.
+        """Read and validate a ``config.yml`` written by :meth:`to_yaml`.
 
-        :raises ValueError: for a file that is not such a mapping (naming the unknown or missing keys).
+        :raises RunConfigError: for a file that is not such a mapping (naming the unknown or missing keys)
+            or holds a value out of range.
         """
         try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path} is not valid YAML ({error}).") from error
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+            raise RunConfigError(f"{path} cannot be read as YAML ({error}).") from error
         if not isinstance(raw, dict):
-            raise ValueError(f"{path} does not hold a run configuration (a mapping with algo, env_id, hub, ...).")
+            raise RunConfigError(f"{path} does not hold a run configuration (a mapping with algo, env_id, hub, ...).")
         known = {item.name for item in fields(cls)}
         unknown = sorted(set(raw) - known)
         missing = sorted(name for name in ("algo", "env_id", "hub") if name not in raw)
         if unknown or missing:
-            raise ValueError(f"{path}: unknown key(s) {unknown}, missing key(s) {missing}; "
-                             f"known keys: {sorted(known)}.")  # fmt: skip
-        return cls(**raw)
+            raise RunConfigError(f"{path}: unknown key(s) {unknown}, missing key(s) {missing}; "
+                                 f"known keys: {sorted(known)}.")  # fmt: skip
+        return cls(**raw).validate(str(path))
+
+
+class RunConfigError(HpRlError, ValueError):
+    """A run configuration (``config.yml`` or the flags that make one) holds a bad value."""
+
+
+NONFINITE_MODES = ("error", "sanitize")
+# RunConfig field -> the hp_rl.train flag that sets it, for messages about command-line values.
+_FLAGS = {"k": "-k", "n_timesteps": "-n", "seed": "--seed", "n_envs": "--n-envs", "eval_freq": "--eval-freq",
+          "eval_episodes": "--eval-episodes", "save_freq": "--save-freq", "device": "--device",
+          "keep_checkpoints": "--keep-checkpoints", "nonfinite_obs": "--nonfinite-obs", "env_preset": "--env-preset",
+          "hub": "--hub", "algo": "--algo", "env_id": "--env"}  # fmt: skip
+
+
+class RunLockedError(HpRlError):
+    """Another live process trains into the run folder."""
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def acquire_lock(path: Path) -> None:
+    """Create ``path`` holding this process's id, atomically; take it over from a dead process.
+
+    :raises RunLockedError: naming the live process that holds it.
+    """
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                text = ""
+            pid = int(text) if text.isdigit() else -1
+            if pid != os.getpid() and _process_alive(pid):
+                raise RunLockedError(
+                    f"{path.parent} is being trained by process {pid} (it holds {path.name}). Wait for it to "
+                    f"finish or stop it (kill {pid}) before resuming; two processes would write the same "
+                    "checkpoints and TensorBoard steps."
+                ) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return
+    raise RunLockedError(f"{path} keeps appearing: another process is taking the lock of {path.parent}; retry.")
+
+
+def release_lock(path: Path) -> None:
+    """Remove ``path`` if this process holds it."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
 
 
 def package_versions() -> dict[str, str]:
@@ -139,6 +255,27 @@ class RunFolder:
     @property
     def hub_manifest(self) -> Path:
         return self.path / "hub_manifest.yml"
+
+    @property
+    def hub_spec(self) -> Path:
+        """The run's own copy of its hub spec (absolute paths), so it resumes without the original file."""
+        return self.path / "hub.yml"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "run.lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``run.lock`` (this process's id) while training into the folder.
+
+        :raises RunLockedError: when a live process holds it; a lock left by a dead process is taken over.
+        """
+        acquire_lock(self.lock_file)
+        try:
+            yield
+        finally:
+            release_lock(self.lock_file)
 
     @classmethod
     def create(cls, root: Path, name: str) -> RunFolder:

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from hp_rl.hub import HubSpec, parse_hub
+from hp_rl.hub.options import PathwayOptionError
 
 __all__ = ["logme", "score_hub", "write_scores", "read_prior", "AUTO_PRIOR_SEED"]
 
@@ -171,18 +172,22 @@ def write_scores(scores: dict[str, Any], path: str | Path) -> Path:
 def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
     """Expert name -> prior from a score file (or its ``prior`` mapping, or a plain name -> value mapping).
 
-    :raises ValueError: for a file without a ``prior`` mapping or with values that are not finite numbers.
+    :raises PathwayOptionError: for a file without a ``prior`` mapping or with values that are not finite numbers.
     """
     raw: Any = prior
     if isinstance(prior, str | Path):
         path = Path(prior)
         if not path.is_file():
-            raise ValueError(f"prior={prior}: no such file; write one with python -m hp_rl.hub score SPEC --env ENV.")
-        raw = yaml.safe_load(path.read_text())
+            raise PathwayOptionError(f"prior={prior}: no such file; write one with "
+                                     "python -m hp_rl.hub score SPEC --env ENV.")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+            raise PathwayOptionError(f"prior={prior}: not a readable YAML score file ({error}).") from error
     if isinstance(raw, dict) and isinstance(raw.get("prior"), dict):
         raw = raw["prior"]
     if not isinstance(raw, dict) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw.values()
     ):
-        raise ValueError(f"prior={prior!r}: expected a mapping of expert names to finite numbers.")
+        raise PathwayOptionError(f"prior={prior!r}: expected a mapping of expert names to finite numbers.")
     return {str(k): float(v) for k, v in raw.items()}

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hp_rl.errors import RoutingError
 from hp_rl.routing.init import KeepInit
 
 __all__ = ["TrunkExpert", "AdaptedExpert", "HeadedExpert", "OutputMix", "readout_logits"]
@@ -93,7 +94,7 @@ class AdaptedExpert(TrunkExpert):
         super().__init__(trunk, input_adapter, frozen, protect_init)
         if identity_output:
             if trunk_dim != features_dim:
-                raise ValueError(f"identity_output needs trunk_dim == features_dim ({trunk_dim} != {features_dim}).")
+                raise RoutingError(f"identity_output needs trunk_dim == features_dim ({trunk_dim} != {features_dim}).")
             self.output_adapter: nn.Module = nn.Identity()
         else:
             layers: list[nn.Module] = [nn.Linear(trunk_dim, features_dim)]
@@ -149,7 +150,7 @@ class HeadedExpert(TrunkExpert):
         protect_init: bool = True,
     ) -> None:
         if mix not in ("probs", "logits"):
-            raise ValueError(f"mix must be 'probs' or 'logits', got {mix!r}.")
+            raise RoutingError(f"mix must be 'probs' or 'logits', got {mix!r}.")
         super().__init__(trunk, input_adapter, frozen, protect_init)
         self.mix = mix
         self.num_actions = num_actions

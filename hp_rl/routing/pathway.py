@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hp_rl.errors import RoutingError
 from hp_rl.routing.generator import PathwayGenerator
 from hp_rl.routing.noise import content_keyed_normal
 from hp_rl.routing.router import Routes
@@ -111,10 +112,10 @@ class HubPathway(nn.Module):
                  sparse: bool = True) -> None:  # fmt: skip
         super().__init__()
         if not experts:
-            raise ValueError("A hub needs at least one expert.")
+            raise RoutingError("A hub needs at least one expert.")
         num = getattr(router, "num_experts", None)
         if num != len(experts):
-            raise ValueError(f"The router expects {num} experts but the hub has {len(experts)}.")
+            raise RoutingError(f"The router expects {num} experts but the hub has {len(experts)}.")
         self.experts = nn.ModuleDict(dict(experts))
         self.generator = generator
         self.router = router

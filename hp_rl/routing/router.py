@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hp_rl.errors import RoutingError
 from hp_rl.routing.losses import balance_loss, smooth_load, switch_balance_loss
 
 __all__ = ["NoiseMode", "BalanceMode", "Routes", "NoisyTopKRouter"]
@@ -85,22 +86,22 @@ class NoisyTopKRouter(nn.Module):
     ) -> None:
         super().__init__()
         if num_experts < 1:
-            raise ValueError(f"A hub needs at least one expert, got {num_experts}.")
+            raise RoutingError(f"A hub needs at least one expert, got {num_experts}.")
         if not 0 <= num_forced < num_experts:
-            raise ValueError(f"num_forced={num_forced} must leave at least one routable expert of {num_experts}.")
+            raise RoutingError(f"num_forced={num_forced} must leave at least one routable expert of {num_experts}.")
         routable = num_experts - num_forced
         if dense:
             k = routable
         if not 1 <= k <= routable:
-            raise ValueError(f"k={k} is out of range for a hub of {routable} experts: choose 1 <= k <= {routable}.")
+            raise RoutingError(f"k={k} is out of range for a hub of {routable} experts: choose 1 <= k <= {routable}.")
         if noise not in ("learned", "fixed", "none"):
-            raise ValueError(f"noise must be 'learned', 'fixed' or 'none', got {noise!r}.")
+            raise RoutingError(f"noise must be 'learned', 'fixed' or 'none', got {noise!r}.")
         if balance not in ("cv2", "switch"):
-            raise ValueError(f"balance must be 'cv2' or 'switch', got {balance!r}.")
+            raise RoutingError(f"balance must be 'cv2' or 'switch', got {balance!r}.")
         if noise == "fixed" and not noise_std > 0:
-            raise ValueError(f"noise='fixed' needs noise_std > 0, got {noise_std}.")
+            raise RoutingError(f"noise='fixed' needs noise_std > 0, got {noise_std}.")
         if noise_cap is not None and not noise_cap > 0:
-            raise ValueError(f"noise_cap must be > 0 (or None for no cap), got {noise_cap}.")
+            raise RoutingError(f"noise_cap must be > 0 (or None for no cap), got {noise_cap}.")
         self.num_experts = num_experts
         self.num_forced = num_forced
         self.k = k
@@ -190,7 +191,7 @@ class NoisyTopKRouter(nn.Module):
         if self.noise == "fixed":
             std = clean_logits.new_full(clean_logits.shape, self.noise_std)
         elif noise_logits is None:
-            raise ValueError("noise='learned' needs the generator's noise logits.")
+            raise RoutingError("noise='learned' needs the generator's noise logits.")
         else:
             # The floor keeps the load estimate finite (no division by a zero std).
             std = F.softplus(noise_logits) + 1e-2

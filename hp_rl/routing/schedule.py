@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hp_rl.errors import RoutingError
+
 __all__ = ["linear_decay", "PathwaySchedule"]
 
 
@@ -41,9 +43,9 @@ class PathwaySchedule:
         for name in ("noise_anneal", "explore_decay"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
-                raise ValueError(f"{name} must be in (0, 1] (a fraction of training) or None, got {value}.")
+                raise RoutingError(f"{name} must be in (0, 1] (a fraction of training) or None, got {value}.")
         if not 0 <= self.dense_warmup < 1:
-            raise ValueError(f"dense_warmup must be in [0, 1) (a fraction of training), got {self.dense_warmup}.")
+            raise RoutingError(f"dense_warmup must be in [0, 1) (a fraction of training), got {self.dense_warmup}.")
 
     def noise_scale(self, progress: float) -> float:
         """Multiplier of the noise std at ``progress``."""

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from hp_rl.errors import HpRlError
+
 __all__ = [
     "BUILTIN_DATASETS",
     "IMAGE_EXTENSIONS",
@@ -40,7 +42,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-class DataError(ValueError):
+class DataError(HpRlError, ValueError):
     """A data set that cannot be used for classification; the message says what to change."""
 
 

@@ -1,0 +1,152 @@
+"""Reading zip files (SB3 checkpoints) with size caps and without unpickling anything.
+
+Stable-Baselines3 saves a model as a zip of ``data`` (JSON in which objects such as spaces and schedules
+are cloudpickled under ``:serialized:``), ``policy.pth``, ``policy.optimizer.pth``,
+``pytorch_variables.pth`` and version files. Whoever wrote the file can make SB3's own loader run code
+through ``data``. Here only the JSON's plain values are read (nothing under ``:serialized:`` is decoded),
+tensors are read with ``torch.load(weights_only=True)``, and every member's decompressed size is checked
+against a cap before it is read, so a small file cannot inflate to gigabytes in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hp_rl.errors import HpRlError
+
+__all__ = ["ArchiveError", "MAX_DATA_BYTES", "MAX_TENSOR_BYTES", "MAX_COMPRESSION_RATIO", "read_member",
+           "load_tensors", "SB3Archive", "read_sb3_archive"]  # fmt: skip
+
+# Caps on decompressed member sizes. A CnnPolicy's ``data`` is well under 1 MiB; the largest hub
+# backbones' weights are a few hundred MiB. HP_RL_MAX_TENSOR_BYTES raises the tensor cap for larger models.
+MAX_DATA_BYTES = 64 * 2**20
+MAX_TENSOR_BYTES = int(os.environ.get("HP_RL_MAX_TENSOR_BYTES", 4 * 2**30))
+# Trained float weights barely compress; a member over 64 MiB that inflates more than this is a zip bomb.
+MAX_COMPRESSION_RATIO = 100
+_RATIO_CHECK_BYTES = 64 * 2**20
+
+
+class ArchiveError(HpRlError, ValueError):
+    """A zip file is missing, corrupt, over a size cap, or does not hold what it should."""
+
+
+def read_member(archive: zipfile.ZipFile, name: str, path: Path, limit: int) -> bytes:
+    """The bytes of member ``name``, refused when it would decompress past ``limit`` bytes.
+
+    The size in the zip's directory is checked first; the read itself also stops at ``limit + 1`` bytes,
+    so a directory that lies about the size cannot get past the cap.
+
+    :raises ArchiveError: a missing member, or one over the cap or the compression-ratio limit.
+    """
+    try:
+        info = archive.getinfo(name)
+    except KeyError as error:
+        raise ArchiveError(f"{path} has no member '{name}': it is not a file saved by Stable-Baselines3's "
+                           "model.save() (or it is truncated).") from error  # fmt: skip
+    too_big = (f"{path}: member '{name}' inflates to {{}} bytes, over the limit of {limit} bytes; "
+               "the file is corrupt or built to exhaust memory. Use the original file.")  # fmt: skip
+    if info.file_size > limit:
+        raise ArchiveError(too_big.format(info.file_size))
+    if info.file_size > _RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise ArchiveError(f"{path}: member '{name}' inflates {info.file_size / max(info.compress_size, 1):.0f}-fold "
+                           f"(limit {MAX_COMPRESSION_RATIO}); weights do not compress like that: the file is built "
+                           "to exhaust memory. Use the original file.")  # fmt: skip
+    try:
+        with archive.open(info) as handle:
+            data = handle.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        raise ArchiveError(f"{path}: member '{name}' cannot be read ({error}); the file is corrupt or "
+                           "truncated.") from error
+    if len(data) > limit:
+        raise ArchiveError(too_big.format(f"more than {limit}"))
+    return data
+
+
+def load_tensors(raw: bytes, what: str) -> Any:
+    """``torch.load`` of ``raw`` with ``weights_only=True``: tensors and plain containers only.
+
+    :param raw: the serialized bytes.
+    :param what: the member and file, for the message.
+    :raises ArchiveError: for anything that is not plain weights (a pickled object, a corrupt stream).
+    """
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe payloads
+        raise ArchiveError(f"{what} cannot be read as plain weights ({type(error).__name__}: {error}); nothing "
+                           "in it was run. Use a file saved by hp_rl or Stable-Baselines3.") from error  # fmt: skip
+
+
+@dataclass
+class SB3Archive:
+    """What can be read from an SB3 zip without unpickling.
+
+    :param path: the file.
+    :param data: the plain JSON values of ``data`` (numbers, strings, lists; every ``:serialized:`` object
+        is left out).
+    :param serialized_keys: the keys of ``data`` whose values are pickled objects (never decoded).
+    :param state_dicts: member stem -> loaded weights: ``policy``, ``policy.optimizer``, ...
+    :param pytorch_variables: the tensors of ``pytorch_variables.pth`` (empty when absent).
+    """
+
+    path: Path
+    data: dict[str, Any]
+    serialized_keys: tuple[str, ...]
+    state_dicts: dict[str, Any] = field(default_factory=dict)
+    pytorch_variables: dict[str, Any] = field(default_factory=dict)
+
+
+def _plain_json(raw: bytes, path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArchiveError(f"{path}: member 'data' is not JSON ({error}); the file is corrupt.") from error
+    if not isinstance(parsed, dict):
+        raise ArchiveError(f"{path}: member 'data' is not a JSON object; the file is corrupt.")
+    plain: dict[str, Any] = {}
+    serialized = []
+    for key, value in parsed.items():
+        if isinstance(value, dict) and ":serialized:" in value:
+            serialized.append(key)  # a cloudpickle payload: never decoded
+        else:
+            plain[key] = value
+    return plain, tuple(serialized)
+
+
+def read_sb3_archive(path: str | Path, tensors: bool = True) -> SB3Archive:
+    """Read an SB3 checkpoint zip safely (see the module docstring).
+
+    :param path: the zip.
+    :param tensors: also read every ``.pth`` member (else only ``data``).
+    :raises ArchiveError: a missing, corrupt or oversized file or member, or a ``.pth`` that is not weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"{path} does not exist (or is not a file).")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data, serialized = _plain_json(read_member(archive, "data", path, MAX_DATA_BYTES), path)
+            result = SB3Archive(path, data, serialized)
+            if not tensors:
+                return result
+            for name in archive.namelist():
+                if not name.endswith(".pth"):
+                    continue
+                loaded = load_tensors(read_member(archive, name, path, MAX_TENSOR_BYTES), f"{path}: member '{name}'")
+                if not isinstance(loaded, dict):
+                    raise ArchiveError(f"{path}: member '{name}' is not a mapping of weights; the file is corrupt.")
+                stem = name[: -len(".pth")]
+                if stem == "pytorch_variables":
+                    result.pytorch_variables = loaded
+                else:
+                    result.state_dicts[stem] = loaded
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as error:
+        raise ArchiveError(f"{path} is not a readable zip file ({error}): truncated or corrupt.") from error
+    return result

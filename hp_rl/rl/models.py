@@ -1,0 +1,145 @@
+"""Building the model of a run from its :class:`~hp_rl.rl.runs.RunConfig`: one construction path for new
+runs, resumed runs and evaluation (a checkpoint only fills in the weights)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.vec_env import VecEnv
+
+from hp_rl.errors import HpRlError
+from hp_rl.rl.config import ConfigError, resolve_hyperparams
+from hp_rl.rl.runs import RunConfig
+
+__all__ = ["ALGOS", "UnknownAlgoError", "algo_class", "build_model", "hub_manifest",
+           "check_device"]  # fmt: skip
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+# Algorithm keys that are not constructor arguments.
+_RUN_KEYS = ("n_envs", "n_timesteps", "frame_stack", "normalize", "policy")
+
+
+class UnknownAlgoError(HpRlError, ValueError):
+    """An algorithm name this project does not train."""
+
+
+def check_device(device: str, where: str) -> str:
+    """``device`` if torch can parse it (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+
+    :raises ConfigError: naming ``where`` (the flag or key) and the accepted forms.
+    """
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ConfigError(f"{where} {device!r} is not a torch device ({error}); use auto, cpu, cuda, "
+                                  "cuda:N or mps.") from error  # fmt: skip
+    return device
+
+
+def algo_class(algo: str, with_hub: bool) -> type[BaseAlgorithm]:
+    """The class that trains ``algo``: HubPPO/HubA2C with a hub (full method), else plain SB3."""
+    if algo not in ALGOS:
+        close = difflib.get_close_matches(algo, list(ALGOS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownAlgoError(f"Unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}.{hint}")
+    if with_hub and algo in ("ppo", "a2c"):
+        from hp_rl.rl.algorithms import HubA2C, HubPPO
+
+        return HubPPO if algo == "ppo" else HubA2C
+    return ALGOS[algo]
+
+
+def _policy_name(env: VecEnv) -> str:
+    return "CnnPolicy" if len(env.observation_space.shape or ()) == 3 else "MlpPolicy"
+
+
+def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = None, verbose: int = 0) -> BaseAlgorithm:
+    """A fresh model for ``config`` on ``env``.
+
+    With ``config.hub`` the policy's features extractor is :class:`HubPathwayExtractor` with linear heads
+    (``net_arch=[]``); without, the plain SB3 policy (NatureCNN for frames; a small CNN for MinAtar).
+    """
+    params = {k: v for k, v in resolve_hyperparams(config.hyperparams).items() if k not in _RUN_KEYS}
+    policy_kwargs: dict[str, Any] = dict(params.pop("policy_kwargs", None) or {})
+    cls = algo_class(config.algo, config.hub is not None)
+    shape = env.observation_space.shape or ()
+    if config.hub is not None:
+        from hp_rl.rl.extractor import HubPathwayExtractor
+
+        extractor_kwargs = {"hub": config.hub, "k": config.k, **config.hub_kwargs}
+        if cls is not ALGOS.get(config.algo):  # HubPPO / HubA2C take the hub directly
+            params.update(extractor_kwargs)
+        else:
+            policy_kwargs.setdefault("features_extractor_class", HubPathwayExtractor)
+            policy_kwargs.setdefault("features_extractor_kwargs", extractor_kwargs)
+            if config.algo != "dqn":
+                policy_kwargs.setdefault("net_arch", [])
+    elif len(shape) == 3 and not is_image_space(env.observation_space, check_channels=False):
+        from hp_rl.rl.baselines import SmallFrameCNN
+
+        policy_kwargs.setdefault("features_extractor_class", SmallFrameCNN)
+        policy_kwargs.setdefault("net_arch", [])  # the MinAtar paper network: linear heads on the trunk
+    try:
+        return cls(
+            _policy_name(env), env, seed=config.seed, device=config.device, tensorboard_log=tensorboard_log,
+            verbose=verbose, policy_kwargs=policy_kwargs or None, **params,
+        )  # fmt: skip
+    except (AssertionError, TypeError, ValueError, RuntimeError) as error:
+        if isinstance(error, HpRlError) or not _raised_by_library(error):
+            raise
+        message = str(error).strip() or "an assertion failed"
+        raise ConfigError(
+            f"{cls.__name__} refused the run's hyperparameters ({type(error).__name__}: {message}). Check the values "
+            f"given with --set / --hub-set or in configs/{config.algo}.yml (and policy_kwargs keys: SB3's policy "
+            "takes net_arch, activation_fn, ortho_init, optimizer_class, optimizer_kwargs, ...)."
+        ) from error
+
+
+def _raised_by_library(error: BaseException) -> bool:
+    """Whether ``error`` comes from Stable-Baselines3, torch or gymnasium checking its arguments (a bad value
+    given by the user) rather than from this package (a bug, which keeps its traceback)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    innermost = frames[-1].filename.replace("\\", "/")
+    return any(f"/{name}/" in innermost for name in ("stable_baselines3", "torch", "gymnasium", "typing"))
+
+
+def hub_manifest(model: BaseAlgorithm) -> dict[str, Any]:
+    """Every expert of the model's hub: source, file digest, architecture, size, training mode."""
+    from hp_rl.hub import HubExpert
+    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.routing import TrunkExpert
+
+    experts = []
+    for extractor in find_hub_extractors(model)[:1]:
+        for name, module in extractor.pathway.experts.items():
+            assert isinstance(module, TrunkExpert)
+            trunk = module.inner_trunk
+            adapter = repr(module.input_adapter) if list(module.input_adapter.children()) else None
+            entry: dict[str, Any] = {"name": name, "frozen": module.frozen, "input_adapter": adapter,
+                                     "parameters": sum(p.numel() for p in trunk.parameters())}  # fmt: skip
+            if isinstance(trunk, HubExpert):
+                info, provenance = trunk.info, trunk.provenance
+                entry.update({
+                    "source": provenance.source, "location": provenance.location, "sha256": provenance.sha256,
+                    "arch": info.arch, "input_shape": list(info.input_shape), "features_dim": info.features_dim,
+                    "details": dict(provenance.details),
+                })  # fmt: skip
+            else:  # the base expert: the target's plain network, trained from scratch's start
+                entry.update({"source": "base", "arch": type(trunk).__name__})
+            if name in extractor.head_sources:
+                entry["policy_head"] = extractor.head_sources[name]
+            experts.append(entry)
+        return {"k": extractor.k, "spec_origin": extractor.hub_spec.origin, "experts": experts}
+    return {"experts": []}
