@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 5)")
     parser.add_argument("--save-freq", type=int,
                         help="checkpoint every this many steps; 0: only at the end and on Ctrl-C (default: 100000)")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="N",
+                        help="periodic checkpoints kept in checkpoints/, older ones deleted; 0 keeps all (default: 5)")
+    parser.add_argument("--nonfinite-obs", choices=("error", "sanitize"),
+                        help="a NaN/inf observation stops training with a message naming the step (error, the "
+                        "default), or is replaced by 0 and counted in TensorBoard (sanitize)")  # fmt: skip
     parser.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto)")
     parser.add_argument("--env-preset", metavar="PRESET",
                         help="force an environment preset from envs/, e.g. control_pixels (default: match by id)")
@@ -97,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exploit-coef", type=float, help="weight of the exploitation loss (ppo, a2c)")
     parser.add_argument("--resume", metavar="RUN",
                         help="continue the run folder RUN from its latest checkpoint (its config.yml decides "
-                        "everything except -n, --device, --no-progress and -v)")  # fmt: skip
+                        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --no-progress "
+                        "and -v)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="-v: SB3 training logs; -vv: also tracebacks with error messages")  # fmt: skip
@@ -205,12 +211,17 @@ def _extractor_options() -> set[str]:
 
 def _check_hyperparams(algo: str, params: dict[str, Any], with_hub: bool, overridden: set[str], family: str) -> None:
     """Every hyperparameter is a constructor argument of the algorithm (``overridden``: keys given by --set)."""
+    from hp_rl.rl.config import check_hyperparam_values
     from hp_rl.rl.training import algo_class
 
     cls = algo_class(algo, with_hub)
     allowed = _init_parameters(cls) - set(_RESERVED_SET) - _extractor_options()
+
+    def origin(key: str) -> str:
+        return f"--set {key}" if key in overridden else f"configs/{algo}.yml, section {family}, key {key}"
+
     for key in params:
-        where = f"--set {key}=..." if key in overridden else f"configs/{algo}.yml, section {family}, key {key}"
+        where = origin(key)
         if key in _RESERVED_SET:
             raise CliError(f"{where}: {key} cannot be set this way; {_RESERVED_SET[key]}.")
         if key in _extractor_options():
@@ -220,9 +231,14 @@ def _check_hyperparams(algo: str, params: dict[str, Any], with_hub: bool, overri
                 f"{where}: {cls.__name__} has no hyperparameter {key!r}.{_closest(key, sorted(allowed))} "
                 f"Valid keys: {', '.join(sorted(allowed))}."
             )
+    check_hyperparam_values(params, origin, CliError)
 
 
-def _check_hub_kwargs(hub_kwargs: dict[str, Any]) -> None:
+def _check_hub_kwargs(hub_kwargs: dict[str, Any], from_flags: set[str]) -> None:
+    """Every ``--hub-set`` key is an extractor option and every value one it accepts (``from_flags``: keys
+    that a flag of their own gave, such as ``--explore-coef``)."""
+    from hp_rl.hub.options import check_pathway_options
+
     options = _extractor_options()
     for key in hub_kwargs:
         if key == "k":
@@ -232,6 +248,11 @@ def _check_hub_kwargs(hub_kwargs: dict[str, Any]) -> None:
                 f"--hub-set {key}=...: the hub extractor has no option {key!r}.{_closest(key, sorted(options))} "
                 f"Valid options: {', '.join(sorted(options))}."
             )
+    try:
+        check_pathway_options(hub_kwargs, lambda key: f"--{key.replace('_', '-')}" if key in from_flags
+                              else f"--hub-set {key}")  # fmt: skip
+    except HpRlError as error:
+        raise CliError(str(error)) from error
 
 
 def _apply_preset(name: str, algo: str, args: argparse.Namespace, hub_kwargs: dict[str, Any],
@@ -334,7 +355,10 @@ def _config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
             raise CliError(f"{flag} {value}: must be at least 1.")
 
     seed = args.seed if args.seed is not None else 0
-    env = _make_env(args.env, n_envs, seed, args.env_preset)
+    if not 0 <= seed < 2**32:
+        raise CliError(f"--seed {seed}: must be a whole number between 0 and {2**32 - 1}.")
+    _check_run_flags(args)
+    env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error")
     try:
         if algo == "dqn" and not isinstance(env.action_space, gym.spaces.Discrete):
             raise CliError(f"DQN needs discrete actions, but {args.env} has {env.action_space}: "
@@ -344,14 +368,50 @@ def _config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
         env.close()
         raise
     config.n_timesteps, config.n_envs, config.seed = int(n_timesteps), n_envs, seed
+    try:
+        config.validate()
+    except HpRlError:
+        env.close()
+        raise
     return config, env
 
 
-def _make_env(env_id: str, n_envs: int, seed: int, preset: str | None) -> Any:
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The flags that need no environment: device, log folder, frequencies, counts."""
+    from hp_rl.rl.models import check_device
+
+    if args.device is not None:
+        check_device(args.device, "--device")
+    for flag, value, low in (("--eval-freq", args.eval_freq, 0), ("--save-freq", args.save_freq, 0),
+                             ("--eval-episodes", args.eval_episodes, 1),
+                             ("--keep-checkpoints", args.keep_checkpoints, 0)):  # fmt: skip
+        if value is not None and value < low:
+            raise CliError(f"{flag} {value}: must be at least {low}.")
+    if args.tensorboard_log is not None:
+        _check_log_root(Path(args.tensorboard_log))
+
+
+def _check_log_root(root: Path) -> None:
+    """``root`` is a folder, or can become one (nothing in its way is a file)."""
+    text = str(root)
+    if "\0" in text or len(text) > 4096:
+        raise CliError(f"--tensorboard-log: {text[:80]!r}... is not a usable folder name (too long or a NUL byte).")
+    for parent in (root, *root.parents):
+        try:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise CliError(f"--tensorboard-log {root}: {parent} is a file, not a folder; give a folder "
+                                   "for the run folders (default: runs).")  # fmt: skip
+                return
+        except OSError as error:
+            raise CliError(f"--tensorboard-log {root}: not a usable folder name ({error.strerror}).") from error
+
+
+def _make_env(env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite: str) -> Any:
     from hp_rl.rl.envs import make_env
 
     try:
-        return make_env(env_id, n_envs, seed, preset)
+        return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite)
     except gym.error.DependencyNotInstalled as error:
         raise CliError(f"{env_id} cannot be built: {error}") from error
 
@@ -359,6 +419,7 @@ def _make_env(env_id: str, n_envs: int, seed: int, preset: str | None) -> Any:
 def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any]) -> Any:
     """The run config (step counts and seed filled in by the caller) with the hub resolved and checked."""
     from hp_rl.hub import HubSpecError, parse_hub
+    from hp_rl.rl.checkpoints import DEFAULT_KEEP_CHECKPOINTS
     from hp_rl.rl.runs import RunConfig
 
     hub = resolve_hub(args.hub or "auto", args.env, family)
@@ -381,7 +442,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
             raise CliError("--hub-set, --explore-coef and --exploit-coef configure a hub, but --hub is none: "
                            "give a hub (--hub random:4, --hub spec.yml, ...) or drop those flags.")  # fmt: skip
     else:
-        _check_hub_kwargs(hub_kwargs)
+        _check_hub_kwargs(hub_kwargs, {"explore_coef"} if args.explore_coef is not None else set())
         try:
             spec = parse_hub(hub)
         except HubSpecError as error:
@@ -404,6 +465,8 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         eval_episodes=args.eval_episodes if args.eval_episodes is not None else 5,
         save_freq=args.save_freq if args.save_freq is not None else 100_000,
         device=args.device or "auto", hyperparams=params, hub_kwargs=hub_kwargs,
+        keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else DEFAULT_KEEP_CHECKPOINTS,
+        nonfinite_obs=args.nonfinite_obs or "error",
     )  # fmt: skip
 
 
@@ -450,18 +513,41 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     dense = bool(config.hub_kwargs.get("dense"))
     root = Path(args.tensorboard_log or "runs")
     name = run_name(config.algo, config.env_id, config.hub, config.k, config.env_preset, dense)
-    folder = RunFolder.create(root, name)
-    folder.write_start(config, argv)
-    hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={config.k})"
-    print(f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
-          f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}", flush=True)  # fmt: skip
-    progress_bar, callbacks = _progress(args)
-    outcome = run_training(config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model,
-                           callbacks=callbacks)  # fmt: skip
+    try:
+        folder = RunFolder.create(root, name)
+    except OSError as error:
+        env.close()
+        raise CliError(f"--tensorboard-log {root}: cannot create a run folder there ({error}).") from error
+    try:
+        with folder.locked():
+            folder.write_start(config, argv)
+            hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={config.k})"
+            print(f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
+                  f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}",
+                  flush=True)  # fmt: skip
+            progress_bar, callbacks = _progress(args)
+            outcome = run_training(config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model,
+                                   callbacks=callbacks)  # fmt: skip
+    except KeyboardInterrupt:
+        _remove_if_empty(folder.path)
+        raise
     return _print_outcome(outcome, folder)
 
 
+def _remove_if_empty(path: Path) -> None:
+    """Delete a run folder that a signal stopped before training wrote anything (no checkpoint, no events)."""
+    import shutil
+
+    produced = [p for p in path.rglob("*") if p.is_file() and (p.suffix == ".zip" or "tfevents" in p.name
+                                                              or p.name == "timing.yml")]  # fmt: skip
+    if not produced:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
+    from hp_rl.rl.checkpoints import load_latest
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.models import check_device
     from hp_rl.rl.runs import RunConfig, RunFolder, latest_checkpoint
     from hp_rl.rl.training import run_training
 
@@ -471,7 +557,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
                        "Give a folder made by python -m hp_rl.train (such as runs/ppo_CartPole-v1_nohub_1).")
     try:
         config = RunConfig.from_yaml(folder.config)
-    except (ValueError, TypeError) as error:
+    except HpRlError as error:
         raise CliError(f"--resume {args.resume}: cannot read its config: {error}") from error
     found = latest_checkpoint(folder.checkpoints)
     if found is None:
@@ -488,20 +574,33 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
             raise CliError(f"-n {args.n_timesteps}: must be at least 1.")
         config.n_timesteps = args.n_timesteps
     if args.device is not None:
-        config.device = args.device
-    _, steps = found
-    if steps >= config.n_timesteps and folder.final_model.is_file():
-        print(f"{folder.path} is already trained for {steps} steps (n_timesteps={config.n_timesteps}): nothing to do. "
-              "Give a larger -n to train it further.")  # fmt: skip
+        config.device = check_device(args.device, "--device")
+    if args.keep_checkpoints is not None:
+        if args.keep_checkpoints < 0:
+            raise CliError(f"--keep-checkpoints {args.keep_checkpoints}: must be at least 0 (0 keeps all).")
+        config.keep_checkpoints = args.keep_checkpoints
+    if args.nonfinite_obs is not None:
+        config.nonfinite_obs = args.nonfinite_obs
+    if found[1] >= config.n_timesteps and folder.final_model.is_file():
+        print(f"{folder.path} is already trained for {found[1]} steps (n_timesteps={config.n_timesteps}): nothing to "
+              "do. Give a larger -n to train it further.")  # fmt: skip
         return 0
-    changed = folder.write_resume(config, argv, steps)
-    if changed is not None:
-        print(f"note: package versions differ from the run's start; the current ones are in {changed}.",
-              file=sys.stderr)  # fmt: skip
-    print(f"Resuming {folder.path} from step {steps} up to {config.n_timesteps}.", flush=True)
-    progress_bar, callbacks = _progress(args)
-    outcome = run_training(config, folder, resume=True, progress_bar=progress_bar, verbose=min(args.verbose, 2),
-                           callbacks=callbacks)  # fmt: skip
+    with folder.locked():  # nothing in the folder changes before a checkpoint has loaded
+        env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs,
+                       nonfinite=config.nonfinite_obs)  # fmt: skip
+        try:
+            model, path, steps = load_latest(config, folder, env, str(folder.path), verbose=min(args.verbose, 2))
+        except BaseException:
+            env.close()
+            raise
+        changed = folder.write_resume(config, argv, steps)
+        if changed is not None:
+            print(f"note: package versions differ from the run's start; the current ones are in {changed}.",
+                  file=sys.stderr)  # fmt: skip
+        print(f"Resuming {folder.path} from {path.name} (step {steps}) up to {config.n_timesteps}.", flush=True)
+        progress_bar, callbacks = _progress(args)
+        outcome = run_training(config, folder, resume=True, progress_bar=progress_bar, verbose=min(args.verbose, 2),
+                               model=model, callbacks=callbacks)  # fmt: skip
     return _print_outcome(outcome, folder)
 
 
@@ -527,18 +626,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse reports usage errors itself, with code 2
         return int(exit_.code or 0)
-    from hp_rl.hub import AdapterError, CheckpointError, HubSpecError
-    from hp_rl.rl.config import ConfigError
-    from hp_rl.rl.envs import UnknownEnvError
-    from hp_rl.rl.training import NoCheckpointError, UnknownAlgoError
-
-    known = (CliError, UnknownAlgoError, UnknownEnvError, HubSpecError, CheckpointError, AdapterError, ConfigError,
-             NoCheckpointError)  # fmt: skip
     try:
         if args.resume is not None:
             return _resume(args, argv, _given(argv, parser))
         return _train_new(args, argv)
-    except known as error:
+    except HpRlError as error:
         if args.verbose >= 2:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)

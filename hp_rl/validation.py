@@ -118,7 +118,7 @@ class Schedule(Rule):
     optional: bool = False
 
     def describe(self) -> str:
-        text = f"{self.constant.describe()}, or lin_<such a number> (linear decay)"
+        text = f"{self.constant.describe()}, or lin_<such a number> for a linear decay (for example lin_2.5e-4)"
         return text + (" or null" if self.optional else "")
 
     def accepts(self, value: Any) -> bool:

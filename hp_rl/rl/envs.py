@@ -13,13 +13,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper, VecFrameStack
 
 from hp_rl.errors import HpRlError
 from hp_rl.paths import ENV_PRESET_DIR, require_dir
 
-__all__ = ["EnvPreset", "UnknownEnvError", "load_presets", "preset_for", "make_env", "register_env_families",
-           "MinAtarObservation", "PhysicsVariant", "env_meanings"]  # fmt: skip
+__all__ = ["EnvPreset", "UnknownEnvError", "NonFiniteObservationError", "FiniteObservations", "load_presets",
+           "preset_for", "make_env", "register_env_families", "MinAtarObservation", "PhysicsVariant",
+           "env_meanings"]  # fmt: skip
 
 
 class UnknownEnvError(HpRlError, ValueError):
@@ -172,6 +173,7 @@ def make_env(
     evaluation: bool = False,
     subprocess: bool = False,
     env_kwargs: dict[str, Any] | None = None,
+    nonfinite: str | None = "error",
 ) -> VecEnv:
     """A vectorised environment built as its family's preset says.
 
@@ -183,6 +185,8 @@ def make_env(
     :param subprocess: one process per copy (``SubprocVecEnv``) instead of stepping them in turn.
     :param env_kwargs: keyword arguments for ``gym.make``; the key ``physics`` instead changes physical
         constants of the task (:class:`PhysicsVariant`).
+    :param nonfinite: NaN/inf in float observations: ``error``, ``sanitize`` (:class:`FiniteObservations`) or
+        ``None`` (not checked).
     :raises UnknownEnvError: for an id no installed package registers, with the closest ids.
     """
     _check_env_id(env_id)
@@ -216,9 +220,64 @@ def make_env(
         wrapper, wrapper_kwargs = with_physics, outer_kwargs or None
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, wrapper_class=wrapper,
                        wrapper_kwargs=wrapper_kwargs, env_kwargs=kwargs)  # fmt: skip
+    if nonfinite is not None and np.issubdtype(env.observation_space.dtype or np.uint8, np.floating):
+        env = FiniteObservations(env, nonfinite, env_id)  # integer frames cannot hold NaN: nothing to check
     if chosen.frame_stack:
         env = VecFrameStack(env, n_stack=chosen.frame_stack)
     return env
+
+
+class NonFiniteObservationError(HpRlError, ValueError):
+    """An environment returned an observation holding NaN or inf."""
+
+
+class FiniteObservations(VecEnvWrapper):
+    """Stops at (``mode="error"``) or replaces with 0 (``mode="sanitize"``, counted) NaN and inf in observations.
+
+    A non-finite observation would give the pathway generator NaN logits and route that row to no expert.
+
+    :param venv: the environments.
+    :param mode: ``error`` or ``sanitize``.
+    :param env_id: the environment's id, for the message.
+    """
+
+    def __init__(self, venv: VecEnv, mode: str, env_id: str) -> None:
+        if mode not in ("error", "sanitize"):
+            raise NonFiniteObservationError(f"nonfinite_obs={mode!r}: choose error or sanitize.")
+        super().__init__(venv)
+        self.mode = mode
+        self.env_id = env_id
+        self.steps = 0
+        self.sanitized_values = 0
+
+    def _check(self, obs: np.ndarray, when: str) -> np.ndarray:
+        finite = np.isfinite(obs)
+        if finite.all():
+            return obs
+        if self.mode == "sanitize":
+            self.sanitized_values += int((~finite).sum())
+            return np.where(finite, obs, 0).astype(obs.dtype)
+        rows = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(axis=1))
+        raise NonFiniteObservationError(
+            f"{self.env_id} returned an observation with {int((~finite).sum())} NaN/inf value(s) {when} (env "
+            f"copy {int(rows[0])}; {self.steps} steps per copy so far). The pathway cannot route it. Fix the "
+            "environment, or train with --nonfinite-obs sanitize to replace such values with 0 (counted in "
+            "TensorBoard as env/nonfinite_observations); the last checkpoint is kept for --resume."
+        )
+
+    def reset(self) -> np.ndarray:
+        """Reset every copy; checks the first observations."""
+        return self._check(np.asarray(self.venv.reset()), "at reset")
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Step every copy; checks the observations (and each finished episode's terminal one)."""
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self.steps += 1
+        for info in infos:
+            terminal = info.get("terminal_observation")
+            if isinstance(terminal, np.ndarray):
+                info["terminal_observation"] = self._check(terminal[None], f"at step {self.steps}")[0]
+        return self._check(np.asarray(obs), f"at step {self.steps}"), rewards, dones, infos
 
 
 def env_meanings(env: VecEnv | gym.Env) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:

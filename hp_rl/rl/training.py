@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -24,7 +25,7 @@ from hp_rl.rl.checkpoints import (
     save_atomically,
     save_checkpoint,
 )
-from hp_rl.rl.envs import make_env
+from hp_rl.rl.envs import FiniteObservations, NonFiniteObservationError, make_env
 from hp_rl.rl.models import ALGOS, UnknownAlgoError, algo_class, build_model, hub_manifest
 from hp_rl.rl.runs import RunConfig, RunFolder
 
@@ -81,6 +82,20 @@ class _NoiseFreeEval(EvalCallback):
             return super()._on_step()
 
 
+class _SanitizedCount(BaseCallback):
+    """Logs ``env/nonfinite_observations``: NaN/inf values replaced by 0 so far (``nonfinite_obs=sanitize``)."""
+
+    def _on_rollout_end(self) -> None:
+        env: Any = self.training_env
+        while env is not None and not isinstance(env, FiniteObservations):
+            env = getattr(env, "venv", None)
+        if isinstance(env, FiniteObservations):
+            self.logger.record("env/nonfinite_observations", env.sanitized_values)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def _callbacks(config: RunConfig, folder: RunFolder, stopper: StopOnSignal, with_hub: bool) -> list[BaseCallback]:
     callbacks: list[BaseCallback] = [stopper]
     if with_hub:
@@ -88,11 +103,13 @@ def _callbacks(config: RunConfig, folder: RunFolder, stopper: StopOnSignal, with
 
         # Before evaluation: the gate statistics must read this step's acting forward, not an evaluation's.
         callbacks.append(GateUsageCallback())
+    if config.nonfinite_obs == "sanitize":
+        callbacks.append(_SanitizedCount())
     if config.save_freq > 0:
         callbacks.append(CheckpointAfterUpdate(config.save_freq, folder, config.algo, config.keep_checkpoints))
     if config.eval_freq > 0:
         eval_env: VecEnv = make_env(config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True,
-                                    env_kwargs=config.env_kwargs)  # fmt: skip
+                                    env_kwargs=config.env_kwargs, nonfinite=config.nonfinite_obs)  # fmt: skip
         space = eval_env.observation_space
         if is_image_space(space) and not is_image_space_channels_first(space):  # type: ignore[arg-type]
             eval_env = VecTransposeImage(eval_env)  # as SB3 wraps the training env
@@ -121,6 +138,19 @@ class TrainOutcome:
     final_model: Path | None
     steps: int
     seconds: float
+
+
+def _write_hub_spec(model: BaseAlgorithm, folder: RunFolder) -> None:
+    """The run's own copy of the hub spec it trains with (absolute paths), which resume and evaluate read,
+    so the run does not depend on a spec file elsewhere (``--hub auto`` writes one into the user cache)."""
+    from hp_rl.rl.extractor import find_hub_extractors
+
+    extractors = find_hub_extractors(model)
+    if extractors:
+        spec = extractors[0].hub_spec
+        text = f"# The hub spec this run trains with (from {spec.origin}).\n" + yaml.safe_dump(spec.as_dict(),
+                                                                                             sort_keys=False)
+        folder.hub_spec.write_text(text)
 
 
 def run_training(
@@ -156,7 +186,8 @@ def run_training(
     tb_log = str(folder.path) if tensorboard else None
     with_hub = config.hub is not None
     if model is None:
-        env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs)
+        env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs,
+                       nonfinite=config.nonfinite_obs)  # fmt: skip
         model = load_latest(config, folder, env, tb_log, verbose)[0] if resume else build_model(config, env, tb_log,
                                                                                                   verbose=verbose)
     else:
@@ -164,6 +195,7 @@ def run_training(
         model.verbose = verbose
     if with_hub and not resume:
         folder.hub_manifest.write_text(yaml.safe_dump(hub_manifest(model), sort_keys=False))
+        _write_hub_spec(model, folder)
     vec_env = model.get_env()
     assert vec_env is not None
     start_steps = model.num_timesteps
@@ -172,8 +204,16 @@ def run_training(
     started = time.time()
     with _signals_to(stopper):
         every = CallbackList([*_callbacks(config, folder, stopper, with_hub), *(callbacks or [])])
-        model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume,
-                    progress_bar=progress_bar)  # fmt: skip
+        try:
+            model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume,
+                        progress_bar=progress_bar)  # fmt: skip
+        except NonFiniteObservationError as error:
+            # Keep what was learnt: the weights are those of the last update, so count only its steps.
+            if isinstance(model, OnPolicyAlgorithm):
+                model.num_timesteps = stopper.rollout_start_timesteps
+            kept = save_checkpoint(model, folder, config.algo, config.keep_checkpoints)
+            vec_env.close()
+            raise NonFiniteObservationError(f"{error} Checkpoint {kept} holds the training so far.") from error
         elapsed = time.time() - started
         interrupted = stopper.received  # a signal during the saves below no longer counts as an interruption
         if interrupted is not None and isinstance(model, OnPolicyAlgorithm):

@@ -130,6 +130,8 @@ class HubPathway(nn.Module):
     def route(self, x: Tensor) -> Routes:
         """Routing decision only. :param x: ``(B, ...)`` inputs."""
         logits = self.generator(x)
+        if not bool(torch.isfinite(logits.clean).all()):
+            raise RoutingError(_nonfinite_message(x))
         # No draw (and no content hash) when the router would not use it: noise off, annealed or dense.
         noise = self.noise.draw(x, len(self.experts)) if getattr(self.router, "noise_active", True) else None
         routes: Routes = self.router(logits.clean, logits.noise, noise)
@@ -162,3 +164,15 @@ class HubPathway(nn.Module):
                 per_expert[name] = ExpertBatch(index[keep], z[keep], weight[keep])
         assert combined is not None  # every row routes to k >= 1 experts
         return PathwayOutput(combined, routes, per_expert, names, routes.balance_loss)
+
+
+def _nonfinite_message(x: Tensor) -> str:
+    """Why the generator's logits are not finite: NaN/inf in the inputs, or diverged weights."""
+    bad_rows = (~torch.isfinite(x.reshape(x.shape[0], -1).float())).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        return (f"{len(bad_rows)} of {x.shape[0]} input row(s) hold NaN or inf (first: row {bad_rows[0]}), so they "
+                "cannot be routed to any expert. Find where the observations become non-finite (python -m "
+                "hp_rl.train stops at that environment step and names it; --nonfinite-obs sanitize replaces such "
+                "values with 0 and counts them).")  # fmt: skip
+    return ("The pathway generator's logits are NaN or inf although its input is finite: training diverged. Lower "
+            "learning_rate or max_grad_norm, or resume from an earlier checkpoint.")  # fmt: skip
