@@ -9,7 +9,7 @@ import pytest
 import torch
 from stable_baselines3 import A2C, DQN, PPO
 
-from hp_rl.hub import AdapterError, CheckpointError, read_sb3_trunk
+from hp_rl.hub import AdapterError, CheckpointError, HubSpecError, read_sb3_trunk
 from hp_rl.rl.envs import make_env
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors, routing_noise
 from hp_rl.routing import AdaptedExpert
@@ -172,8 +172,8 @@ def test_bad_hubs_give_clear_errors(tmp_path: Path) -> None:
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(["random:nature_cnn"], k=1) | {
             "features_extractor_kwargs": {"hub": {"experts": [{"name": "cnn", "source": "random", "arch": "nature_cnn",
                                                                "input_shape": [4, 84, 84]}]}, "k": 1}})  # fmt: skip
-    with pytest.raises(CheckpointError, match="does not exist"):
-        PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(str(tmp_path / "missing.zip"), k=1))
+    with pytest.raises(HubSpecError, match="missing.zip does not exist"):  # the file, before k is checked
+        PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(str(tmp_path / "missing.zip"), k=2))
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(b"not a zip at all")
     with pytest.raises(CheckpointError, match="not a valid zip"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hp_rl.errors import HpRlError
+from hp_rl.hub.options import MAX_EXPERTS, MAX_FEATURES_DIM
 
 __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 
@@ -16,6 +18,12 @@ __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 class HubSpecError(HpRlError, ValueError):
     """A hub spec is malformed: the message names the file and the key."""
 
+
+# Bounds checked before anything is built (see also hp_rl.hub.options).
+MAX_PATH_CHARS = 4096
+MAX_SPEC_BYTES = 4 * 2**20
+MAX_INPUT_SIDE = 4096
+_NAME = re.compile(r"[A-Za-z0-9_+-]{1,64}")
 
 _EXTENSION_SOURCES = {".zip": "sb3", ".safetensors": "safetensors", ".pt": "torchscript", ".ts": "torchscript"}
 
@@ -108,6 +116,9 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     for key in ("name", "source"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise HubSpecError(f"{where}: key '{key}' is required and must be a non-empty string.")
+    if not _NAME.fullmatch(raw["name"]):
+        raise HubSpecError(f"{where}: key 'name': {raw['name']!r} is not a usable expert name; use up to 64 letters, "
+                           "digits, '_', '-' or '+' (names become module keys and TensorBoard tags).")  # fmt: skip
     from hp_rl.hub.sources import SOURCES  # the registry imports this module: import on use
 
     if raw["source"] not in SOURCES:
@@ -119,27 +130,46 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     values = dict(raw)
     path = values.get("path")
     if path is not None and values["source"] not in _REPO_SOURCES:
+        _check_path_text(path, f"{where}: key 'path'")
         if base_dir is not None and not Path(path).expanduser().is_absolute():
             values["path"] = str((base_dir / path).resolve())
-        if not Path(values["path"]).expanduser().is_file():
+        if not _is_file(Path(values["path"]).expanduser()):
             raise HubSpecError(f"{where}: key 'path': file {values['path']} does not exist.")
+    arch = values.get("arch")
+    if arch is not None and values["source"] == "random":  # other sources name their own architectures
+        from hp_rl.hub.architectures import ARCHITECTURES
+
+        if arch not in ARCHITECTURES:
+            raise HubSpecError(f"{where}: key 'arch': unknown architecture {arch!r}; known: "
+                               f"{', '.join(sorted(ARCHITECTURES))}.")  # fmt: skip
     if "input_shape" in values and values["input_shape"] is not None:
         shape = values["input_shape"]
-        if not isinstance(shape, Sequence) or not all(isinstance(s, int) and s > 0 for s in shape):
-            raise HubSpecError(f"{where}: key 'input_shape' must be a list of positive integers, got {shape!r}.")
+        if (not isinstance(shape, Sequence) or isinstance(shape, str) or not 1 <= len(shape) <= 3
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_INPUT_SIDE
+                           for s in shape)):  # fmt: skip
+            raise HubSpecError(f"{where}: key 'input_shape' must be a list of 1 to 3 integers in [1, "
+                               f"{MAX_INPUT_SIDE}], got {shape!r}.")  # fmt: skip
         values["input_shape"] = tuple(shape)
     if "frozen" in values and not isinstance(values["frozen"], bool | None):
         raise HubSpecError(f"{where}: key 'frozen' must be true or false, got {values['frozen']!r}.")
     scale = values.get("lr_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
-        raise HubSpecError(f"{where}: key 'lr_scale' must be a number >= 0, got {scale!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+        raise HubSpecError(f"{where}: key 'lr_scale' must be a finite number >= 0, got {scale!r}.")
     values["lr_scale"] = float(scale)
     features = values.get("features_dim")
-    if features is not None and (isinstance(features, bool) or not isinstance(features, int) or features <= 0):
-        raise HubSpecError(f"{where}: key 'features_dim' must be a positive integer, got {features!r}.")
+    if features is not None and (isinstance(features, bool) or not isinstance(features, int)
+                                 or not 0 < features <= MAX_FEATURES_DIM):  # fmt: skip
+        raise HubSpecError(f"{where}: key 'features_dim' must be an integer in [1, {MAX_FEATURES_DIM}], "
+                           f"got {features!r}.")  # fmt: skip
     for key in ("options", "provenance"):
-        if not isinstance(values.get(key, {}), Mapping):
-            raise HubSpecError(f"{where}: key '{key}' must be a mapping, got {values[key]!r}.")
+        if not isinstance(values.get(key, {}), Mapping) or not all(isinstance(k, str) for k in values.get(key, {})):
+            raise HubSpecError(f"{where}: key '{key}' must be a mapping with string keys, got {values[key]!r}.")
+    seed = dict(values.get("options", {})).get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise HubSpecError(f"{where}: key 'options.seed' must be a whole number in [0, 2**63), got {seed!r}.")
+    revision = dict(values.get("options", {})).get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise HubSpecError(f"{where}: key 'options.revision' must be a string, got {revision!r}.")
     for key in ("channel_names", "action_meanings"):
         names = values.get(key)
         if names is None:
@@ -165,6 +195,7 @@ def _expert_from_string(entry: str, index: int) -> ExpertSpec:
         return ExpertSpec(name=name, source="hf", path=repo, options={"revision": revision} if revision else {})
     if entry.startswith("random:"):
         return ExpertSpec(name=f"random{index}", source="random", arch=entry[len("random:") :] or None)
+    _check_path_text(entry, "hub entry")
     path = Path(entry).expanduser()
     source = _EXTENSION_SOURCES.get(path.suffix.lower())
     if source is None:
@@ -172,7 +203,34 @@ def _expert_from_string(entry: str, index: int) -> ExpertSpec:
             f"Cannot tell the source of hub entry {entry!r}: use a .zip (SB3 checkpoint), .safetensors, "
             ".pt (TorchScript) file, 'hf:org/repo[@rev]', 'random:nature_cnn' or a YAML hub spec."
         )
-    return ExpertSpec(name=path.stem, source=source, path=str(path.resolve()))
+    if not _is_file(path):
+        raise HubSpecError(f"Hub entry {entry!r}: file {path.resolve()} does not exist. Check the path.")
+    return ExpertSpec(name=_name_from_path(path), source=source, path=str(path.resolve()))
+
+
+def _name_from_path(path: Path) -> str:
+    """An expert name from a file: the stem, or the folder's name for SB3's generic ``model``/``best_model``
+    (``breakout/model.zip`` -> ``breakout``), with unusable characters replaced."""
+    stem = path.stem
+    if stem in ("model", "best_model", "policy") and path.parent.name:
+        stem = path.parent.name if stem == "model" or path.parent.name != "eval" else path.parent.parent.name
+    name = re.sub(r"[^A-Za-z0-9_+-]", "_", stem)[:64].strip("_") or "expert"
+    return name
+
+
+def _check_path_text(path: Any, where: str) -> None:
+    if not isinstance(path, str) or "\0" in path or len(path) > MAX_PATH_CHARS:
+        shown = repr(path)[:80]
+        raise HubSpecError(f"{where}: {shown} is not a usable path (a NUL byte, over {MAX_PATH_CHARS} characters, "
+                           "or not text).")  # fmt: skip
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, with names the system cannot take (too long, bad bytes) reported as errors."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError) as error:
+        raise HubSpecError(f"{str(path)[:80]!r}: not a usable path ({error}).") from error
 
 
 def _unique_names(experts: Sequence[ExpertSpec], origin: str, rename: bool) -> tuple[ExpertSpec, ...]:
@@ -192,11 +250,15 @@ def _unique_names(experts: Sequence[ExpertSpec], origin: str, rename: bool) -> t
 def _load_yaml(path: Path) -> Any:
     import yaml
 
-    if not path.is_file():
+    if not _is_file(path):
         raise HubSpecError(f"Hub spec {path} does not exist.")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise HubSpecError(f"Hub spec {path} is over {MAX_SPEC_BYTES} bytes; a spec lists experts, not weights.")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise HubSpecError(f"{path}: not UTF-8 text (byte {error.start}); save the spec as UTF-8.") from error
+    except (yaml.YAMLError, RecursionError) as error:
         raise HubSpecError(f"{path}: not valid YAML ({error}).") from error
 
 
@@ -214,12 +276,13 @@ def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: 
     if isinstance(hub, str):
         text = hub.strip()
         if text.lower().endswith((".yml", ".yaml")) and "," not in text:
+            _check_path_text(text, "hub spec")
             path = Path(text).expanduser().resolve()
             return _parse_mapping(_load_yaml(path), str(path), path.parent)
         if text.startswith("random:") and text[len("random:") :].isdigit():
             count = int(text[len("random:") :])
-            if count < 1:
-                raise HubSpecError(f"'{text}': a hub needs at least one expert.")
+            if not 1 <= count <= MAX_EXPERTS:
+                raise HubSpecError(f"'{text}': a hub holds between 1 and {MAX_EXPERTS} experts.")
             return HubSpec(tuple(ExpertSpec(name=f"random{i}", source="random") for i in range(count)), text)
         entries = [part.strip() for part in text.split(",") if part.strip()]
         if not entries:
@@ -230,6 +293,8 @@ def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: 
     entries = list(hub)
     if not entries:
         raise HubSpecError("The hub is empty: give at least one expert.")
+    if len(entries) > MAX_EXPERTS:
+        raise HubSpecError(f"The hub lists {len(entries)} experts; at most {MAX_EXPERTS} are supported.")
     experts = [
         _expert_from_mapping(e, f"<list>[{i}]", None) if isinstance(e, Mapping) else _expert_from_string(str(e), i)
         for i, e in enumerate(entries)
@@ -246,5 +311,7 @@ def _parse_mapping(raw: Any, origin: str, base_dir: Path | None) -> HubSpec:
     experts_raw = raw["experts"]
     if not isinstance(experts_raw, Sequence) or isinstance(experts_raw, str) or not experts_raw:
         raise HubSpecError(f"{origin}: 'experts' must be a non-empty list.")
+    if len(experts_raw) > MAX_EXPERTS:
+        raise HubSpecError(f"{origin}: 'experts' lists {len(experts_raw)}; at most {MAX_EXPERTS} are supported.")
     experts = [_expert_from_mapping(e, f"{origin}: experts[{i}]", base_dir) for i, e in enumerate(experts_raw)]
     return HubSpec(_unique_names(experts, origin, rename=False), origin)
