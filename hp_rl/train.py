@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _absolute_entry(entry: str) -> str:
     if entry.startswith(("hf:", "random:")):
         return entry
-    return str(Path(entry).expanduser().resolve())
+    if "\0" in entry or len(entry) > 4096:
+        raise CliError(f"--hub: {entry[:80]!r} is not a usable path (a NUL byte, or over 4096 characters).")
+    try:
+        return str(Path(entry).expanduser().resolve())
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CliError(f"--hub: {entry[:80]!r} is not a usable path ({error}).") from error
 
 
 def resolve_hub(hub: str, env_id: str, family: str) -> str | None:

@@ -172,7 +172,7 @@ def test_bad_hubs_give_clear_errors(tmp_path: Path) -> None:
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(["random:nature_cnn"], k=1) | {
             "features_extractor_kwargs": {"hub": {"experts": [{"name": "cnn", "source": "random", "arch": "nature_cnn",
                                                                "input_shape": [4, 84, 84]}]}, "k": 1}})  # fmt: skip
-    with pytest.raises(HubSpecError, match="missing.zip does not exist"):  # the file, before k is checked
+    with pytest.raises(HubSpecError, match=r"missing\.zip does not exist"):  # the file, before k is checked
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(str(tmp_path / "missing.zip"), k=2))
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(b"not a zip at all")

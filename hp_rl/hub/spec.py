@@ -290,6 +290,8 @@ def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: 
         return parse_hub(entries)
     if isinstance(hub, Mapping):
         return _parse_mapping(hub, "<mapping>", Path(base_dir) if base_dir is not None else None)
+    if not isinstance(hub, Sequence) or isinstance(hub, bytes):
+        raise HubSpecError(f"A hub is a spec path, a list of entries or a mapping with 'experts'; got {hub!r}.")
     entries = list(hub)
     if not entries:
         raise HubSpecError("The hub is empty: give at least one expert.")

@@ -1,0 +1,309 @@
+"""Run folders are read without running anything in them; checkpoints agree with their step counts; bad
+input is exit 2 with no run folder left behind; the hub spec parser lets only the project's errors escape."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from hp_rl import evaluate as evaluate_cli
+from hp_rl import train as train_cli
+from hp_rl.archive import read_sb3_archive
+from hp_rl.errors import HpRlError
+from hp_rl.hub import CheckpointError, parse_hub, read_sb3_trunk
+from hp_rl.rl.runs import RunFolder, checkpoints_by_step
+
+TINY = ["--algo", "a2c", "--env", "CartPole-v1", "--n-envs", "2", "--set", "n_steps=8", "--no-progress",
+        "--eval-freq", "0"]  # fmt: skip
+
+
+class _Touch:
+    """A pickle payload: unpickling it creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.path,))
+
+
+def _train(tmp_path: Path, *extra: str) -> Path:
+    assert train_cli.main([*TINY, "--tensorboard-log", str(tmp_path), *extra]) == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "config.yml").is_file()]
+    return run
+
+
+def _rewrite_member(path: Path, name: str, content: bytes) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    members[name] = content
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+
+
+def _poison_data(path: Path, marker: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        data = json.loads(archive.read("data"))
+    payload = base64.b64encode(pickle.dumps(_Touch(marker))).decode()
+    for value in data.values():
+        if isinstance(value, dict) and ":serialized:" in value:
+            value[":serialized:"] = payload
+    _rewrite_member(path, "data", json.dumps(data).encode())
+
+
+def _poison_pth(path: Path, member: str, marker: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"weights": _Touch(marker)}, buffer)
+    _rewrite_member(path, member, buffer.getvalue())
+
+
+def test_payloads_in_every_member_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _train(tmp_path / "runs", "--hub", "none", "-n", "64", "--save-freq", "16")
+    marker = tmp_path / "payload_ran"
+    checkpoints = [p for p, _ in checkpoints_by_step(run / "checkpoints")]
+    # Pickled objects in 'data' are never decoded: resume and evaluate work, and nothing runs.
+    for path in [*checkpoints, run / "model.zip"]:
+        _poison_data(path, marker)
+    assert train_cli.main(["--resume", str(run), "-n", "80", "--no-progress"]) == 0
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
+    assert not marker.exists()
+    # A pickled object in any .pth is refused: every checkpoint poisoned -> exit 2, the folder unchanged.
+    for index, path in enumerate(checkpoints_by_step(run / "checkpoints")):
+        member = ("policy.pth", "policy.optimizer.pth", "pytorch_variables.pth")[index % 3]
+        _poison_pth(path[0], member, marker)
+    _poison_pth(run / "model.zip", "policy.pth", marker)
+    before = {p.name: p.read_bytes() for p in (run / "config.yml", run / "command.txt")}
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(run), "-n", "200", "--no-progress"]) == 2
+    assert "weights" in capsys.readouterr().err
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 2
+    assert not marker.exists()
+    assert {p.name: p.read_bytes() for p in (run / "config.yml", run / "command.txt")} == before
+    assert not (run / "run.lock").exists()
+
+
+def test_dqn_replay_buffer_has_no_pickle_and_a_planted_one_is_ignored(tmp_path: Path) -> None:
+    run = _train(tmp_path / "runs", "--algo", "dqn", "--hub", "none", "-n", "64", "--set", "learning_starts=16",
+                 "--set", "buffer_size=500", "--set", "train_freq=4",
+                 "--set", "policy_kwargs.net_arch=[16]")  # fmt: skip
+    (buffer,) = (run / "checkpoints").glob("rl_model_replay_buffer_*")
+    assert buffer.suffix == ".npz"
+    marker = tmp_path / "payload_ran"
+    buffer.unlink()
+    steps = checkpoints_by_step(run / "checkpoints")[0][1]
+    (run / "checkpoints" / f"rl_model_replay_buffer_{steps}_steps.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    assert train_cli.main(["--resume", str(run), "-n", "96", "--no-progress"]) == 0
+    assert not marker.exists()
+
+
+def test_checkpoints_hold_exactly_the_updates_of_their_steps(tmp_path: Path) -> None:
+    run = _train(tmp_path / "runs", "--hub", "none", "-n", "160", "--save-freq", "16", "--keep-checkpoints", "0")
+    found = checkpoints_by_step(run / "checkpoints")
+    assert len(found) >= 5
+    for path, steps in found:
+        data = read_sb3_archive(path, tensors=False).data
+        assert data["num_timesteps"] == steps and data["_n_updates"] == steps // 16  # A2C: one update per rollout
+
+
+def test_resume_falls_back_from_a_truncated_checkpoint_and_prunes(tmp_path: Path) -> None:
+    run = _train(tmp_path / "runs", "--hub", "none", "-n", "64", "--save-freq", "16", "--keep-checkpoints", "3")
+    found = checkpoints_by_step(run / "checkpoints")
+    assert len(found) == 3  # pruned to --keep-checkpoints
+    newest = found[0][0]
+    newest.write_bytes(newest.read_bytes()[:300])
+    (run / "model.zip").unlink()
+    assert train_cli.main(["--resume", str(run), "-n", "96", "--no-progress"]) == 0
+    assert read_sb3_archive(run / "model.zip", tensors=False).data["num_timesteps"] == 96
+
+
+def test_a_second_resume_of_a_running_run_exits_2_and_a_stale_lock_is_taken_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _train(tmp_path / "runs", "--hub", "none", "-n", "32", "--save-freq", "16")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.lock").write_text(str(sleeper.pid))
+        capsys.readouterr()
+        assert train_cli.main(["--resume", str(run), "-n", "64", "--no-progress"]) == 2
+        assert str(sleeper.pid) in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert train_cli.main(["--resume", str(run), "-n", "64", "--no-progress"]) == 0  # dead pid: taken over
+    assert not (run / "run.lock").exists()
+
+
+def test_a_run_resumes_and_evaluates_after_its_hub_spec_is_deleted(tmp_path: Path) -> None:
+    spec = tmp_path / "hub.yml"
+    spec.write_text(yaml.safe_dump({"experts": [{"name": "a", "source": "random", "arch": "mlp"},
+                                                {"name": "b", "source": "random", "arch": "mlp"}]}))  # fmt: skip
+    run = _train(tmp_path / "runs", "--hub", str(spec), "-k", "1", "-n", "32", "--save-freq", "16")
+    assert RunFolder(run).hub_spec.is_file()
+    spec.unlink()
+    assert train_cli.main(["--resume", str(run), "-n", "48", "--no-progress"]) == 0
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
+
+
+def test_oversized_zip_members_are_refused_before_they_are_read(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data", b"{" + b" " * (65 * 2**20) + b"}")
+        archive.writestr("policy.pth", b"\0" * (65 * 2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"over the limit|inflates"):
+        read_sb3_trunk(bomb)
+    with pytest.raises(HpRlError, match=r"over the limit|inflates"):
+        read_sb3_archive(bomb)
+
+
+BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
+    "n_steps text": (["--set", "n_steps=abc"], ["n_steps", "'abc'"]),
+    "n_steps zero": (["--set", "n_steps=0"], ["n_steps", "0"]),
+    "batch_size negative": (["--algo", "ppo", "--set", "batch_size=-1"], ["batch_size", "-1"]),
+    "learning_rate word": (["--set", "learning_rate=fast"], ["learning_rate", "fast"]),
+    "unknown policy_kwargs key": (["--set", "policy_kwargs.foo=1"], ["foo"]),
+    "hub-set noise": (["--hub", "random:2", "--hub-set", "noise=bogus"], ["--hub-set noise", "learned"]),
+    "hub-set features_dim": (["--hub", "random:2", "--hub-set", "features_dim=-1"], ["--hub-set features_dim"]),
+    "hub-set freeze maybe": (["--hub", "random:2", "--hub-set", "freeze_experts=maybe"], ["freeze_experts", "true"]),
+    "explore-coef nan": (["--hub", "random:2", "--explore-coef", "nan"], ["--explore-coef", "finite"]),
+    "device": (["--device", "bogus"], ["--device", "bogus"]),
+    "seed negative": (["--seed", "-1"], ["--seed", "-1"]),
+    "eval-freq negative": (["--eval-freq", "-5"], ["--eval-freq", "-5"]),
+    "save-freq negative": (["--save-freq", "-5"], ["--save-freq", "-5"]),
+    "eval-episodes zero": (["--eval-episodes", "0"], ["--eval-episodes", "0"]),
+    "random hub too large": (["--hub", "random:100000000"], ["random:100000000", "256"]),
+    "missing expert file with k": (["--hub", "/nope/a.zip", "-k", "2"], ["/nope/a.zip", "does not exist"]),
+    "NUL byte in a path": (["--hub", "a\0b.zip"], ["NUL"]),
+    "very long path": (["--hub", "x" * 5000 + ".zip"], ["not a usable path"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_exit_2_with_no_run_folder(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra, words = BAD_INPUTS[case]
+    root = tmp_path / "runs"
+    argv = [*TINY, "--hub", "none", "-n", "16", "--tensorboard-log", str(root)]
+    if "--hub" in extra:
+        argv = argv[: argv.index("--hub")] + argv[argv.index("--hub") + 2 :]
+    assert train_cli.main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_tensorboard_log_naming_a_file_and_a_non_utf8_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert train_cli.main([*TINY, "--hub", "none", "-n", "16", "--tensorboard-log", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    spec = tmp_path / "bad.yml"
+    spec.write_bytes(b"experts:\n  - name: \xff\n    source: random\n")
+    assert train_cli.main([*TINY, "--hub", str(spec), "-n", "16", "--tensorboard-log", str(tmp_path / "r")]) == 2
+    assert "UTF-8" in capsys.readouterr().err
+
+
+def _mutate(value: Any, rng: random.Random) -> Any:
+    choices: list[Any] = [None, True, -1, 0, 10**12, float("nan"), float("inf"), "", "x.y", "a\0b", [], {}, [1, -2],
+                          {"seed": "s"}, "random", "mlp", "nature_cnn", [4, 10, 10], [0],
+                          "../../etc/passwd"]  # fmt: skip
+    if isinstance(value, dict) and value and rng.random() < 0.7:
+        out = dict(value)
+        key = rng.choice([*out, "unknown", "options", "input_shape", "arch", "lr_scale", "frozen", "sha256"])
+        out[key] = _mutate(out.get(key), rng)
+        if rng.random() < 0.2:
+            out.pop(rng.choice(list(out)), None)
+        return out
+    if isinstance(value, list) and value and rng.random() < 0.7:
+        out_list = list(value)
+        index = rng.randrange(len(out_list))
+        out_list[index] = _mutate(out_list[index], rng)
+        return out_list
+    return rng.choice(choices)
+
+
+def test_fuzzed_hub_specs_raise_only_project_errors(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    base = {"description": "d", "experts": [
+        {"name": "a", "source": "random", "arch": "mlp", "input_shape": [4], "features_dim": 8},
+        {"name": "b", "source": "random", "arch": "small_frame_cnn", "input_shape": [4, 10, 10],
+         "options": {"seed": 3}, "lr_scale": 0.5, "frozen": False}]}  # fmt: skip
+    text = yaml.safe_dump(base).encode()
+    path = tmp_path / "spec.yml"
+    parsed = 0
+    for _ in range(2000):
+        spec = _mutate(base, rng)
+        try:
+            parse_hub(spec)
+            parsed += 1
+        except HpRlError:
+            pass
+        raw = bytearray(text)
+        for _ in range(rng.randint(1, 4)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        path.write_bytes(bytes(raw))
+        with contextlib.suppress(HpRlError):
+            parse_hub(str(path))
+    assert parsed > 0  # some mutations are still valid specs
+
+
+def test_non_finite_observations_stop_with_the_step_or_are_sanitized(tmp_path: Path) -> None:
+    import gymnasium as gym
+    import numpy as np
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from hp_rl.rl.envs import FiniteObservations, NonFiniteObservationError
+
+    class NaNAt(gym.Wrapper):
+        def __init__(self, env: gym.Env) -> None:
+            super().__init__(env)
+            self.count = 0
+
+        def step(self, action: Any) -> Any:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self.count += 1
+            if self.count == 5:
+                obs = np.full_like(obs, np.nan)
+            return obs, reward, terminated, truncated, info
+
+    def make() -> gym.Env:
+        return NaNAt(gym.make("CartPole-v1"))
+
+    strict = FiniteObservations(DummyVecEnv([make]), "error", "NaNCartPole")
+    strict.reset()
+    with pytest.raises(NonFiniteObservationError, match="at step 5"):
+        for _ in range(6):
+            strict.step(np.array([0]))
+    lenient = FiniteObservations(DummyVecEnv([make]), "sanitize", "NaNCartPole")
+    lenient.reset()
+    for _ in range(6):
+        obs, *_ = lenient.step(np.array([0]))
+        assert np.isfinite(obs).all()
+    assert lenient.sanitized_values == 4
+    from hp_rl.errors import RoutingError
+    from hp_rl.rl.extractor import HubPathwayExtractor
+
+    extractor = HubPathwayExtractor(gym.spaces.Box(-1, 1, (4,)), "random:2", k=1, features_dim=8)
+    rows = torch.zeros(3, 4)
+    rows[1, 0] = float("nan")
+    with pytest.raises(RoutingError, match="1 of 3 input row"):
+        extractor(rows)
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
