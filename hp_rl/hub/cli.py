@@ -187,14 +187,20 @@ def evaluate_source_task(
     """
     from stable_baselines3.common.evaluation import evaluate_policy
 
+    from hp_rl.rl.checkpoints import load_model
     from hp_rl.rl.envs import make_env, preset_for
-    from hp_rl.rl.training import ALGOS
+    from hp_rl.rl.runs import RunConfig, RunFolder
 
     family = preset_for(env_id, env_preset).family
     deterministic = family != "atari"
     n_envs = max(1, min(episodes, 4))
-    custom = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
-    model = ALGOS[algo].load(model_path, device="cpu", custom_objects=custom)
+    # The builder's experts are run folders: rebuilt from their config.yml, weights read without unpickling.
+    folder = RunFolder(Path(model_path).parent)
+    config = RunConfig.from_yaml(folder.config)
+    config.device = "cpu"
+    model_env = make_env(config.env_id, config.n_envs, seed, config.env_preset, env_kwargs=config.env_kwargs)
+    model = load_model(config, Path(model_path), model_env, folder)
+    model_env.close()
     results: dict[str, Any] = {"episodes": episodes, "deterministic": deterministic, "eval_seed": seed}
     for key, make_policy in (("", lambda env: model), ("random_", RandomPolicy)):
         env = make_env(env_id, n_envs, seed, env_preset, evaluation=True, env_kwargs=env_kwargs)
