@@ -6,9 +6,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from hp_rl.errors import HpRlError
 
 __all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "require_dir",
-           "unique_run_dir", "written_by_rename"]  # fmt: skip
+           "unique_run_dir", "written_by_rename", "MAX_PATH_CHARS", "PathTextError", "check_path_text"]  # fmt: skip
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -53,3 +56,23 @@ def written_by_rename(path: Path) -> Iterator[Path]:
     partial = path.with_name(path.name + ".partial")
     yield partial
     os.replace(partial, path)
+
+
+MAX_PATH_CHARS = 4096
+
+
+class PathTextError(HpRlError, ValueError):
+    """A path given as text that no file system takes: not text, a NUL byte, or too long."""
+
+
+def check_path_text(path: Any, where: str) -> str:
+    """``path`` if it is text without NUL bytes and at most :data:`MAX_PATH_CHARS` characters.
+
+    :param path: the value given as a path.
+    :param where: the flag or key, for the message.
+    :raises PathTextError: naming ``where`` and the start of the value.
+    """
+    if not isinstance(path, str) or "\0" in path or len(path) > MAX_PATH_CHARS:
+        raise PathTextError(f"{where}: {repr(path)[:80]} is not a usable path (a NUL byte, over {MAX_PATH_CHARS} "
+                            "characters, or not text).")  # fmt: skip
+    return path

@@ -33,6 +33,7 @@ from typing import Any
 import gymnasium as gym
 
 from hp_rl.errors import HpRlError
+from hp_rl.paths import check_path_text
 
 __all__ = ["CliError", "build_parser", "main", "resolve_hub", "hub_tag", "run_name"]
 
@@ -114,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _absolute_entry(entry: str) -> str:
     if entry.startswith(("hf:", "random:")):
         return entry
-    if "\0" in entry or len(entry) > 4096:
-        raise CliError(f"--hub: {entry[:80]!r} is not a usable path (a NUL byte, or over 4096 characters).")
+    check_path_text(entry, "--hub")
     try:
         return str(Path(entry).expanduser().resolve())
     except (OSError, ValueError, RuntimeError) as error:
@@ -398,9 +398,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
 
 def _check_log_root(root: Path) -> None:
     """``root`` is a folder, or can become one (nothing in its way is a file)."""
-    text = str(root)
-    if "\0" in text or len(text) > 4096:
-        raise CliError(f"--tensorboard-log: {text[:80]!r}... is not a usable folder name (too long or a NUL byte).")
+    check_path_text(str(root), "--tensorboard-log")
     for parent in (root, *root.parents):
         try:
             if parent.exists():

@@ -11,6 +11,7 @@ from typing import Any
 
 from hp_rl.errors import HpRlError
 from hp_rl.hub.options import MAX_EXPERTS, MAX_FEATURES_DIM
+from hp_rl.paths import PathTextError, check_path_text
 
 __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 
@@ -20,7 +21,6 @@ class HubSpecError(HpRlError, ValueError):
 
 
 # Bounds checked before anything is built (see also hp_rl.hub.options).
-MAX_PATH_CHARS = 4096
 MAX_SPEC_BYTES = 4 * 2**20
 MAX_INPUT_SIDE = 4096
 _NAME = re.compile(r"[A-Za-z0-9_+-]{1,64}")
@@ -219,10 +219,10 @@ def _name_from_path(path: Path) -> str:
 
 
 def _check_path_text(path: Any, where: str) -> None:
-    if not isinstance(path, str) or "\0" in path or len(path) > MAX_PATH_CHARS:
-        shown = repr(path)[:80]
-        raise HubSpecError(f"{where}: {shown} is not a usable path (a NUL byte, over {MAX_PATH_CHARS} characters, "
-                           "or not text).")  # fmt: skip
+    try:
+        check_path_text(path, where)
+    except PathTextError as error:
+        raise HubSpecError(str(error)) from error
 
 
 def _is_file(path: Path) -> bool:

@@ -25,6 +25,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, RolloutBufferSampl
 from torch import Tensor, nn
 
 from hp_rl.hub.options import PathwayOptionError
+from hp_rl.rl.config import check_hyperparam_values
 from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss, set_training_progress
 from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
 
@@ -144,11 +145,9 @@ class _HubOnPolicyMixin:
     rollout_buffer: RolloutBuffer
 
     def _set_hub_coefs(self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float) -> None:
-        for name, value in (("exploit_coef", exploit_coef), ("kickstart_coef", kickstart_coef)):
-            if not (isinstance(value, int | float) and np.isfinite(value) and value >= 0):
-                raise PathwayOptionError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if not (isinstance(kickstart_fraction, int | float) and 0 < kickstart_fraction <= 1):
-            raise PathwayOptionError(f"kickstart_fraction must be in (0, 1] (of training), got {kickstart_fraction!r}.")
+        check_hyperparam_values({"exploit_coef": exploit_coef, "kickstart_coef": kickstart_coef,
+                                 "kickstart_fraction": kickstart_fraction}, lambda key: f"{type(self).__name__} {key}",
+                                PathwayOptionError)  # fmt: skip
         self.exploit_coef = float(exploit_coef)
         self.kickstart_coef = float(kickstart_coef)
         self.kickstart_fraction = float(kickstart_fraction)
