@@ -97,6 +97,15 @@ def test_content_keyed_noise_is_standard_normal_and_batch_invariant() -> None:
     assert torch.isfinite(content_keyed_normal(x[:2], 2, seed=2**70, epoch=10**6)).all()
 
 
+@pytest.mark.parametrize("seed,epoch", [(3, 0), (-5, 17), (2**63 - 1, 10**6)])
+def test_numpy_noise_path_matches_the_torch_path_bit_for_bit(seed: int, epoch: int) -> None:
+    # CPU tensors take the numpy path; other devices the torch path: the noise must not depend on which.
+    from hp_rl.routing.noise import _uniform_bits_numpy, _uniform_bits_torch
+
+    x = torch.cat([torch.randn(64, 3, 5, 5), (torch.rand(64, 3, 5, 5) < 0.1).float(), torch.zeros(1, 3, 5, 5)])
+    assert torch.equal(_uniform_bits_numpy(x, 7, seed, epoch), _uniform_bits_torch(x, 7, seed, epoch))
+
+
 def test_balance_loss_zero_for_uniform_and_large_for_collapse() -> None:
     m = 4
     router = NoisyTopKRouter(m, 1, noise="none")

@@ -34,18 +34,20 @@ def concat_routes(batches: Sequence[Routes]) -> Routes:
     """
     if not batches:
         raise ValueError("concat_routes needs at least one batch.")
-    if len(batches) == 1:
-        only = batches[0]
-        return Routes(*(getattr(only, name).detach() for name in Routes.__dataclass_fields__))
+    parts = list(batches)
+
+    def balance_terms() -> tuple[Tensor, Tensor]:  # only computed if asked for
+        return (torch.stack([b.balance_loss.detach() for b in parts]).mean(),
+                torch.stack([b.load.detach() for b in parts]).sum(0))  # fmt: skip
+
     return Routes(
-        weights=torch.cat([b.weights.detach() for b in batches]),
-        indices=torch.cat([b.indices.detach() for b in batches]),
-        clean_logits=torch.cat([b.clean_logits.detach() for b in batches]),
-        noisy_logits=torch.cat([b.noisy_logits.detach() for b in batches]),
-        noise_std=torch.cat([b.noise_std.detach() for b in batches]),
-        importance=torch.stack([b.importance.detach() for b in batches]).sum(0),
-        load=torch.stack([b.load.detach() for b in batches]).sum(0),
-        balance_loss=torch.stack([b.balance_loss.detach() for b in batches]).mean(),
+        weights=torch.cat([b.weights.detach() for b in parts]),
+        indices=torch.cat([b.indices.detach() for b in parts]),
+        clean_logits=torch.cat([b.clean_logits.detach() for b in parts]),
+        noisy_logits=torch.cat([b.noisy_logits.detach() for b in parts]),
+        noise_std=torch.cat([b.noise_std.detach() for b in parts]),
+        importance=torch.stack([b.importance.detach() for b in parts]).sum(0),
+        balance_terms=balance_terms,
     )
 
 

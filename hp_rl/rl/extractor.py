@@ -365,7 +365,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             self.acting_forwards += 1
         self.last_teacher = self._teacher_policy(observations, output) if self.kickstart_active else None
         coef = self.explore_coef * self.explore_scale
-        if coef:
+        if coef and torch.is_grad_enabled():
             return attach_loss(output.features, coef * output.explore_loss)
         return output.features
 

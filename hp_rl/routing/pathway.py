@@ -38,14 +38,17 @@ class PathwayOutput:
     :param routes: the routing decision and its balance terms.
     :param experts: per expert name, what it computed on its routed samples (absent when none routed).
     :param expert_names: expert names in column order of ``routes.weights``.
-    :param explore_loss: scalar exploration (load balance) loss.
     """
 
     features: Tensor
     routes: Routes
     experts: Mapping[str, ExpertBatch]
     expert_names: tuple[str, ...]
-    explore_loss: Tensor
+
+    @property
+    def explore_loss(self) -> Tensor:
+        """Scalar exploration (load balance) loss, computed when first asked for."""
+        return self.routes.balance_loss
 
 
 class NoiseSource(nn.Module):
@@ -163,7 +166,7 @@ class HubPathway(nn.Module):
                 keep = routed[index, column]
                 per_expert[name] = ExpertBatch(index[keep], z[keep], weight[keep])
         assert combined is not None  # every row routes to k >= 1 experts
-        return PathwayOutput(combined, routes, per_expert, names, routes.balance_loss)
+        return PathwayOutput(combined, routes, per_expert, names)
 
 
 def _nonfinite_message(x: Tensor) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -28,8 +30,8 @@ class Routes:
     :param noisy_logits: ``(B, m)`` logits after noise (equal to ``clean_logits`` without noise).
     :param noise_std: ``(B, m)`` noise standard deviation used (zeros without noise).
     :param importance: ``(m,)`` summed weights per expert.
-    :param load: ``(m,)`` smooth expected number of samples per expert, or the hard count without noise.
-    :param balance_loss: scalar exploration loss.
+    :param balance_terms: computes ``(balance_loss, load)`` when first asked for: acting forwards never
+        need them, and on a few observations they cost as much as the routing itself.
     """
 
     weights: Tensor
@@ -38,8 +40,21 @@ class Routes:
     noisy_logits: Tensor
     noise_std: Tensor
     importance: Tensor
-    load: Tensor
-    balance_loss: Tensor
+    balance_terms: Callable[[], tuple[Tensor, Tensor]] = field(repr=False, compare=False)
+
+    @cached_property
+    def _balance(self) -> tuple[Tensor, Tensor]:
+        return self.balance_terms()
+
+    @property
+    def load(self) -> Tensor:
+        """``(m,)`` smooth expected number of samples per expert, or the hard count without noise."""
+        return self._balance[1]
+
+    @property
+    def balance_loss(self) -> Tensor:
+        """Scalar exploration (load balance) loss."""
+        return self._balance[0]
 
     @property
     def k(self) -> int:
@@ -145,20 +160,22 @@ class NoisyTopKRouter(nn.Module):
             chosen = F.softmax(noisy, dim=1).gather(1, top_indices)
             top_weights = top_weights + chosen - chosen.detach()
         weights = torch.zeros_like(noisy).scatter(1, top_indices, top_weights)
-        importance = weights.sum(0)
-        loss, load = self._balance(weights[:, :routable], clean_logits[:, :routable], noisy[:, :routable],
-                                   None if std is None else std[:, :routable], top_indices[:, : self.k])  # fmt: skip
-        if self.num_forced:
-            load = torch.cat([load, load.new_full((self.num_forced,), float(noisy.shape[0]))])
+
+        def balance_terms() -> tuple[Tensor, Tensor]:
+            loss, load = self._balance(weights[:, :routable], clean_logits[:, :routable], noisy[:, :routable],
+                                       None if std is None else std[:, :routable], top_indices[:, : self.k])  # fmt: skip
+            if self.num_forced:
+                load = torch.cat([load, load.new_full((self.num_forced,), float(noisy.shape[0]))])
+            return loss, load
+
         return Routes(
             weights=weights,
             indices=top_indices,
             clean_logits=clean_logits,
             noisy_logits=noisy,
             noise_std=torch.zeros_like(clean_logits) if std is None else std.expand_as(clean_logits),
-            importance=importance,
-            load=load,
-            balance_loss=loss,
+            importance=weights.sum(0),
+            balance_terms=balance_terms,
         )
 
     def _balance(self, weights: Tensor, clean: Tensor, noisy: Tensor, std: Tensor | None,
@@ -182,10 +199,14 @@ class NoisyTopKRouter(nn.Module):
         batch = noisy.shape[0]
         indices = torch.arange(self.num_experts, device=noisy.device).expand(batch, -1)
         routable = self.num_experts - self.num_forced
-        loss = balance_loss(weights[:, :routable].sum(0), None)
+
+        def balance_terms() -> tuple[Tensor, Tensor]:
+            loss = balance_loss(weights[:, :routable].sum(0), None)
+            return loss, noisy.new_full((self.num_experts,), float(batch))
+
         return Routes(weights=weights, indices=indices, clean_logits=clean_logits, noisy_logits=noisy,
                       noise_std=torch.zeros_like(clean_logits), importance=weights.sum(0),
-                      load=noisy.new_full((self.num_experts,), float(batch)), balance_loss=loss)  # fmt: skip
+                      balance_terms=balance_terms)  # fmt: skip
 
     def _noise_std(self, clean_logits: Tensor, noise_logits: Tensor | None) -> Tensor:
         if self.noise == "fixed":
