@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a NaN/inf observation stops training with a message naming the step (error, the "
                         "default), or is replaced by 0 and counted in TensorBoard (sanitize)")  # fmt: skip
     parser.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads (default: 0 = one on CPU, torch's default on a GPU)")
     parser.add_argument("--env-preset", metavar="PRESET",
                         help="force an environment preset from envs/, e.g. control_pixels (default: match by id)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -363,6 +365,9 @@ def _config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     if not 0 <= seed < 2**32:
         raise CliError(f"--seed {seed}: must be a whole number between 0 and {2**32 - 1}.")
     _check_run_flags(args)
+    from hp_rl.rl.models import apply_threads
+
+    apply_threads(args.threads or 0, args.device or "auto")  # before the first network or environment exists
     env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error")
     try:
         if algo == "dqn" and not isinstance(env.action_space, gym.spaces.Discrete):
@@ -389,7 +394,8 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         check_device(args.device, "--device")
     for flag, value, low in (("--eval-freq", args.eval_freq, 0), ("--save-freq", args.save_freq, 0),
                              ("--eval-episodes", args.eval_episodes, 1),
-                             ("--keep-checkpoints", args.keep_checkpoints, 0)):  # fmt: skip
+                             ("--keep-checkpoints", args.keep_checkpoints, 0),
+                             ("--threads", args.threads, 0)):  # fmt: skip
         if value is not None and value < low:
             raise CliError(f"{flag} {value}: must be at least {low}.")
     if args.tensorboard_log is not None:
@@ -470,6 +476,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         device=args.device or "auto", hyperparams=params, hub_kwargs=hub_kwargs,
         keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else DEFAULT_KEEP_CHECKPOINTS,
         nonfinite_obs=args.nonfinite_obs or "error",
+        threads=args.threads if args.threads is not None else 0,
     )  # fmt: skip
 
 
@@ -550,7 +557,7 @@ def _remove_if_empty(path: Path) -> None:
 def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     from hp_rl.rl.checkpoints import load_latest
     from hp_rl.rl.envs import make_env
-    from hp_rl.rl.models import check_device
+    from hp_rl.rl.models import apply_threads, check_device
     from hp_rl.rl.runs import RunConfig, RunFolder, latest_checkpoint
     from hp_rl.rl.training import run_training
 
@@ -584,6 +591,9 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         config.keep_checkpoints = args.keep_checkpoints
     if args.nonfinite_obs is not None:
         config.nonfinite_obs = args.nonfinite_obs
+    if args.threads is not None:
+        config.threads = args.threads
+    apply_threads(config.threads, config.device)
     if found[1] >= config.n_timesteps and folder.final_model.is_file():
         print(f"{folder.path} is already trained for {found[1]} steps (n_timesteps={config.n_timesteps}): nothing to "
               "do. Give a larger -n to train it further.")  # fmt: skip

@@ -335,3 +335,24 @@ def test_a_save_that_dies_midway_leaves_no_model_zip_for_a_reader(
     save_atomically(model, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
     assert A2C.load(target, device="cpu").observation_space == model.observation_space
+
+
+def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path: Path) -> None:
+    import torch
+    import yaml
+
+    from hp_rl import train as train_cli
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "-n", "16", "--n-envs", "2", "--set",
+                "n_steps=8", "--no-progress", "--eval-freq", "0", "--tensorboard-log", str(tmp_path), "--threads", "2"]
+        assert train_cli.main(argv) == 0
+        assert torch.get_num_threads() == 2
+        (config,) = tmp_path.glob("*/config.yml")
+        assert yaml.safe_load(config.read_text())["threads"] == 2
+        # The default (0) is one thread on CPU.
+        assert train_cli.main([*argv[:-2], "--seed", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -190,6 +190,8 @@ BAD_INPUTS: dict[str, tuple[list[str], list[str]]] = {
     "missing expert file with k": (["--hub", "/nope/a.zip", "-k", "2"], ["/nope/a.zip", "does not exist"]),
     "NUL byte in a path": (["--hub", "a\0b.zip"], ["NUL"]),
     "very long path": (["--hub", "x" * 5000 + ".zip"], ["not a usable path"]),
+    "threads negative": (["--threads", "-1"], ["--threads", "-1"]),
+    "hub-set execution": (["--hub", "random:2", "--hub-set", "execution=gpu"], ["--hub-set execution", "fused"]),
 }
 
 

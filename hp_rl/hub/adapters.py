@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from hp_rl.errors import HpRlError
 from hp_rl.hub.architectures import TrunkInfo
 from hp_rl.hub.meanings import channel_map_weight
+from hp_rl.routing.fused import Op, lower_all, register_lowering
 from hp_rl.routing.init import KeepInit
 
 __all__ = ["AdapterError", "ChannelMap", "LinearMap", "Resize", "build_input_adapter"]
@@ -151,3 +152,21 @@ def build_input_adapter(
             f"images of shape {observation_shape}. Use an image expert (arch 'nature_cnn') for pixel inputs."
         )
     return LinearMap(int(torch.Size(observation_shape).numel()), int(torch.Size(expected).numel()))
+
+
+def _lower_channel_map(module: nn.Module) -> list[Op] | None:
+    assert isinstance(module, ChannelMap)
+    ops = lower_all([module.conv])
+    return None if ops is None else [Op("float", key=("float",)), *ops]
+
+
+def _lower_linear_map(module: nn.Module) -> list[Op] | None:
+    assert isinstance(module, LinearMap)
+    ops = lower_all([module.linear])
+    return None if ops is None else [Op("flatten", key=("flatten",)), *ops]
+
+
+# The adapters as primitive operations, for fused expert execution (hp_rl.routing.fused).
+register_lowering(ChannelMap, _lower_channel_map)
+register_lowering(LinearMap, _lower_linear_map)
+register_lowering(Resize, lambda m: [Op("resize", m, ("resize", m.size))])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hp_rl.errors import HpRlError
+from hp_rl.routing.fused import Op, lower_all, register_lowering
 
 __all__ = ["ArchitectureError", "TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "SmallFrameCNNTrunk", "ARCHITECTURES",
            "build_trunk", "nature_cnn_flat_size"]  # fmt: skip
@@ -164,3 +165,18 @@ def build_trunk(info: TrunkInfo) -> nn.Module:
     if info.arch not in ARCHITECTURES:
         raise ArchitectureError(f"Unknown architecture {info.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}.")
     return ARCHITECTURES[info.arch](info)
+
+
+# Fused execution (hp_rl.routing.fused) runs experts of one architecture as one call; it needs each
+# trunk's forward spelt out as primitive operations.
+register_lowering(NatureCNNTrunk, lambda m: lower_all([m.cnn, m.linear]))  # type: ignore[list-item]
+register_lowering(SmallFrameCNNTrunk, lambda m: _with_float(lower_all([m.cnn, m.linear])))  # type: ignore[list-item]
+register_lowering(MLPTrunk, lambda m: _with_flatten(lower_all([m.net])))  # type: ignore[list-item]
+
+
+def _with_float(ops: list[Op] | None) -> list[Op] | None:
+    return None if ops is None else [Op("float", key=("float",)), *ops]
+
+
+def _with_flatten(ops: list[Op] | None) -> list[Op] | None:
+    return None if ops is None else [Op("flatten", key=("flatten",)), *ops]

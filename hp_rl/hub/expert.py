@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from hp_rl.hub.architectures import TrunkInfo
+from hp_rl.routing.fused import lower, register_lowering
 
 __all__ = ["ExpertHeads", "HubExpert", "Provenance", "file_sha256"]
 
@@ -107,3 +108,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+register_lowering(HubExpert, lambda m: lower(m.trunk))  # type: ignore[arg-type]

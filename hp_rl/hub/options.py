@@ -43,6 +43,7 @@ PATHWAY_OPTIONS: dict[str, Rule] = {
     "explore_coef": _SCALE,
     "balance": Choice(("cv2", "switch")),
     "dense": Bool(),
+    "execution": Choice(("auto", "fused", "sparse")),
     "noise_seed": Int(0, 2**63 - 1),
     "aggregation": Choice(("features", "output")),
     "output_mix": Choice(("probs", "logits")),

@@ -22,6 +22,7 @@ from hp_rl.hub.spec import ExpertSpec
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
+    Execution,
     HeadedExpert,
     HubPathway,
     NoiseMode,
@@ -135,6 +136,10 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         prior; the generator's logit biases start at ``prior_scale * prior`` (experts not named: 0).
         HubPPO/HubA2C also take ``"auto"``: they score the hub on the target before training.
     :param prior_scale: how strongly the prior tilts the first routes.
+    :param execution: ``"auto"`` (default), ``"fused"`` or ``"sparse"``: whether experts of one architecture
+        run as one batched call on every observation or each on its routed observations
+        (:mod:`hp_rl.routing.fused`); ``auto`` fuses small batches (acting), where per-call overhead
+        dominates. Same outputs and gradients either way.
     """
 
     updated_since_rollout: Tensor
@@ -168,6 +173,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         teachers: bool = False,
         prior: str | Mapping[str, float] | None = None,
         prior_scale: float = 2.0,
+        execution: Execution = "auto",
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(
@@ -233,7 +239,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             self._start_from_prior(generator, tuple(experts), prior, prior_scale)
         router = NoisyTopKRouter(len(experts), k, noise=noise, noise_std=noise_std, balance=balance, dense=dense,
                                  num_forced=int(base_expert), noise_cap=noise_cap)  # fmt: skip
-        self.pathway = HubPathway(experts, generator, router)
+        self.pathway = HubPathway(experts, generator, router, execution=execution)
         self.pathway.noise.seed = noise_seed
         self.pathway.noise.enabled = noise != "none"
         self._noise_requested = noise != "none"

@@ -49,6 +49,8 @@ class RunConfig:
     :param keep_checkpoints: periodic checkpoints kept in ``checkpoints/`` (older ones are deleted; 0 keeps all).
     :param nonfinite_obs: what a NaN or infinite observation does: ``error`` (stop with a message naming the
         step) or ``sanitize`` (replace with 0, counted in TensorBoard as ``env/nonfinite_observations``).
+    :param threads: torch threads of the training process; 0: one on CPU, torch's default on a GPU
+        (:func:`hp_rl.rl.models.apply_threads`).
     """
 
     algo: str
@@ -68,6 +70,7 @@ class RunConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     keep_checkpoints: int = 5
     nonfinite_obs: str = "error"
+    threads: int = 0
 
     def to_yaml(self) -> str:
         """The config as YAML."""
@@ -105,6 +108,7 @@ class RunConfig:
         integer("eval_episodes", 1)
         integer("save_freq", 0)
         integer("keep_checkpoints", 0)
+        integer("threads", 0, 1024)
         if self.nonfinite_obs not in NONFINITE_MODES:
             raise RunConfigError(f"{where('nonfinite_obs')}: {self.nonfinite_obs!r}; choose one of "
                                  f"{', '.join(NONFINITE_MODES)}.")  # fmt: skip
@@ -143,7 +147,8 @@ NONFINITE_MODES = ("error", "sanitize")
 # RunConfig field -> the hp_rl.train flag that sets it, for messages about command-line values.
 _FLAGS = {"k": "-k", "n_timesteps": "-n", "seed": "--seed", "n_envs": "--n-envs", "eval_freq": "--eval-freq",
           "eval_episodes": "--eval-episodes", "save_freq": "--save-freq", "device": "--device",
-          "keep_checkpoints": "--keep-checkpoints", "nonfinite_obs": "--nonfinite-obs", "env_preset": "--env-preset",
+          "keep_checkpoints": "--keep-checkpoints", "nonfinite_obs": "--nonfinite-obs", "threads": "--threads",
+          "env_preset": "--env-preset",
           "hub": "--hub", "algo": "--algo", "env_id": "--env"}  # fmt: skip
 
 

@@ -183,6 +183,9 @@ def run_training(
     :param callbacks: extra callbacks.
     :raises NoCheckpointError: ``resume`` with no readable checkpoint.
     """
+    from hp_rl.rl.models import apply_threads
+
+    apply_threads(config.threads, config.device)  # config.yml records the request
     tb_log = str(folder.path) if tensorboard else None
     with_hub = config.hub is not None
     if model is None:

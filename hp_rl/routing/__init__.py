@@ -1,6 +1,7 @@
 """The routing core of Hub-Pathway, in plain PyTorch (no RL or vision dependencies)."""
 
 from hp_rl.routing.experts import AdaptedExpert, HeadedExpert, OutputMix, TrunkExpert, readout_logits
+from hp_rl.routing.fused import FUSED_MAX_FLOPS, Execution, FusedGroup, register_lowering
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.init import KeepInit
 from hp_rl.routing.losses import balance_loss, cv_squared, smooth_load, switch_balance_loss
@@ -13,7 +14,10 @@ from hp_rl.routing.stats import GateStatistics, GateSummary
 __all__ = [
     "AdaptedExpert",
     "BalanceMode",
+    "Execution",
     "ExpertBatch",
+    "FUSED_MAX_FLOPS",
+    "FusedGroup",
     "GateStatistics",
     "HeadedExpert",
     "OutputMix",
@@ -36,6 +40,7 @@ __all__ = [
     "linear_decay",
     "mlp_body",
     "readout_logits",
+    "register_lowering",
     "smooth_load",
     "switch_balance_loss",
 ]

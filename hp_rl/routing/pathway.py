@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from hp_rl.errors import RoutingError
+from hp_rl.routing.fused import Execution, FusedGroup, fuse_experts, fusion_pays
 from hp_rl.routing.generator import PathwayGenerator
 from hp_rl.routing.noise import content_keyed_normal
 from hp_rl.routing.router import Routes
@@ -49,6 +50,39 @@ class PathwayOutput:
     def explore_loss(self) -> Tensor:
         """Scalar exploration (load balance) loss, computed when first asked for."""
         return self.routes.balance_loss
+
+
+class _ExpertBatches(Mapping[str, ExpertBatch]):
+    """Per-expert results; those of fused experts are cut out of their dense output only when asked for."""
+
+    def __init__(self, ready: dict[str, ExpertBatch], fused: dict[str, tuple[int, Tensor]], weights: Tensor,
+                 names: tuple[str, ...]) -> None:  # fmt: skip
+        self._ready = ready
+        self._fused = fused  # name -> (column, (B, d) output on every row)
+        self._weights = weights
+        self._names = names
+
+    def _resolve(self) -> None:
+        if not self._fused:
+            return
+        for name, (column, z) in self._fused.items():
+            index = (self._weights[:, column] > 0).nonzero(as_tuple=True)[0]
+            if index.numel():
+                self._ready[name] = ExpertBatch(index, z.index_select(0, index), self._weights[index, column])
+        self._fused = {}
+        self._ready = {name: self._ready[name] for name in self._names if name in self._ready}  # column order
+
+    def __getitem__(self, name: str) -> ExpertBatch:
+        self._resolve()
+        return self._ready[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._resolve()
+        return iter(self._ready)
+
+    def __len__(self) -> int:
+        self._resolve()
+        return len(self._ready)
 
 
 class NoiseSource(nn.Module):
@@ -109,10 +143,14 @@ class HubPathway(nn.Module):
     :param router: a :class:`~hp_rl.routing.router.NoisyTopKRouter` for m experts.
     :param sparse: run experts only on routed samples; ``False`` runs every expert on every sample and
         masks by the weights (same output, for testing and the dense baseline).
+    :param execution: how experts of one architecture run (:mod:`hp_rl.routing.fused`): ``"fused"`` as one
+        batched call on every row, ``"sparse"`` one call per expert on its routed rows, ``"auto"`` fused
+        while the batch is small enough for that to pay (:data:`~hp_rl.routing.fused.FUSED_MAX_FLOPS`).
+        Outputs and gradients are the same either way (to float rounding).
     """
 
     def __init__(self, experts: Mapping[str, nn.Module], generator: PathwayGenerator, router: nn.Module,
-                 sparse: bool = True) -> None:  # fmt: skip
+                 sparse: bool = True, execution: Execution = "auto") -> None:  # fmt: skip
         super().__init__()
         if not experts:
             raise RoutingError("A hub needs at least one expert.")
@@ -123,7 +161,12 @@ class HubPathway(nn.Module):
         self.generator = generator
         self.router = router
         self.sparse = sparse
+        self.execution: Execution = execution
         self.noise = NoiseSource()
+        # Built at the first forward that may fuse (it checks each group on real inputs); rebuilt when the
+        # experts are other objects (a deep copy of the pathway).
+        self._fused_groups: list[FusedGroup] = []
+        self._fused_for: tuple[int, ...] | None = None
 
     @property
     def expert_names(self) -> tuple[str, ...]:
@@ -140,14 +183,38 @@ class HubPathway(nn.Module):
         routes: Routes = self.router(logits.clean, logits.noise, noise)
         return routes
 
+    def fused_groups(self, probe: Tensor) -> list[FusedGroup]:
+        """The groups of experts that can run as one call (built once, checked on ``probe``'s first rows)."""
+        modules = list(self.experts.values())
+        identity = tuple(id(m) for m in modules)
+        if self._fused_for != identity:
+            self._fused_groups = fuse_experts(modules, probe[:2].detach())
+            self._fused_for = identity
+        return self._fused_groups
+
     def forward(self, x: Tensor) -> PathwayOutput:
         """:param x: ``(B, ...)`` inputs. :return: aggregated ``(B, d)`` features and routing details."""
         routes = self.route(x)
         names = self.expert_names
+        weights = routes.weights
         combined: Tensor | None = None
-        per_expert: dict[str, ExpertBatch] = {}
-        routed = routes.weights > 0  # (B, m)
+        ready: dict[str, ExpertBatch] = {}
+        fused: dict[str, tuple[int, Tensor]] = {}
+        batch = x.shape[0]
+        if self.sparse and self.execution != "sparse":
+            for group in self.fused_groups(x):
+                if not fusion_pays(group, batch, self.execution):
+                    continue
+                z = group(x)  # (g, B, d): every expert of the group on every row
+                share = weights[:, group.columns].t().unsqueeze(-1).to(z.dtype)  # (g, B, 1), 0 where not routed
+                part = (share * z).sum(0)
+                combined = part if combined is None else combined + part.to(combined.dtype)
+                for row, column in enumerate(group.columns):
+                    fused[names[column]] = (column, z[row])
+        routed = weights > 0  # (B, m)
         for column, name in enumerate(names):
+            if name in fused:
+                continue
             expert = self.experts[name]
             if self.sparse:
                 index = routed[:, column].nonzero(as_tuple=True)[0]
@@ -155,18 +222,20 @@ class HubPathway(nn.Module):
                     continue
                 z = expert(x.index_select(0, index))
             else:
-                index = torch.arange(x.shape[0], device=x.device)
+                index = torch.arange(batch, device=x.device)
                 z = expert(x)
-            weight = routes.weights.index_select(0, index)[:, column]
+            weight = weights.index_select(0, index)[:, column]
             if combined is None:
-                combined = z.new_zeros(x.shape[0], z.shape[1])
+                combined = z.new_zeros(batch, z.shape[1])
             # Under autocast experts may return half precision while the weights stay float32.
             combined = combined.index_add(0, index, (weight[:, None] * z).to(combined.dtype))
-            if self.sparse or bool(routed[:, column].any()):
+            if self.sparse:
+                ready[name] = ExpertBatch(index, z, weight)
+            elif bool(routed[:, column].any()):
                 keep = routed[index, column]
-                per_expert[name] = ExpertBatch(index[keep], z[keep], weight[keep])
+                ready[name] = ExpertBatch(index[keep], z[keep], weight[keep])
         assert combined is not None  # every row routes to k >= 1 experts
-        return PathwayOutput(combined, routes, per_expert, names)
+        return PathwayOutput(combined, routes, _ExpertBatches(ready, fused, weights, names), names)
 
 
 def _nonfinite_message(x: Tensor) -> str:

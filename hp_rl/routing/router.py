@@ -162,8 +162,9 @@ class NoisyTopKRouter(nn.Module):
         weights = torch.zeros_like(noisy).scatter(1, top_indices, top_weights)
 
         def balance_terms() -> tuple[Tensor, Tensor]:
+            routable_std = None if std is None else std[:, :routable]
             loss, load = self._balance(weights[:, :routable], clean_logits[:, :routable], noisy[:, :routable],
-                                       None if std is None else std[:, :routable], top_indices[:, : self.k])  # fmt: skip
+                                       routable_std, top_indices[:, : self.k])  # fmt: skip
             if self.num_forced:
                 load = torch.cat([load, load.new_full((self.num_forced,), float(noisy.shape[0]))])
             return loss, load
