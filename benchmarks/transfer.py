@@ -46,9 +46,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +57,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hp_rl.runner import Backend, BackendError, run_jobs  # noqa: E402  (after the checkout is on the path)
 
 __all__ = ["Suite", "Method", "RunKey", "SUITES", "METHODS", "plan_runs", "prepare_hub", "run_one", "run_sweep",
            "summarise", "write_report", "main"]  # fmt: skip
@@ -563,34 +563,39 @@ def _describe(record: dict[str, Any]) -> str:
 
 
 def run_sweep(suite: Suite, keys: Sequence[RunKey], settings: RunSettings, experts: dict[str, Path], out: Path,
-              jobs: int = 1, budget_cpu_seconds: float | None = None) -> list[RunKey]:  # fmt: skip
+              jobs: int = 1, budget_cpu_seconds: float | None = None,
+              backend: Backend | None = None) -> list[RunKey]:  # fmt: skip
     """Run every key whose JSON does not exist yet; returns the keys run.
 
-    :param jobs: parallel processes (1: in this process, one run after another).
-    :param budget_cpu_seconds: with ``jobs == 1``, start no new run once this much CPU time is spent.
+    :param jobs: parallel processes (1: in this process, one run after another); ignored with ``backend``.
+    :param budget_cpu_seconds: in this process, one run after another: start no new run once this much CPU
+        time is spent.
+    :param backend: where the runs go (:mod:`hp_rl.runner`: this process, a process pool or Ray tasks);
+        every backend writes the same files.
     """
     todo = [key for key in keys if not key.path(out).is_file()]
     print(f"[transfer] {suite.name}: {len(keys) - len(todo)} of {len(keys)} runs already done, {len(todo)} to run",
           flush=True)  # fmt: skip
+    backend = backend or Backend("serial" if jobs <= 1 else "processes", jobs=max(jobs, 1))
     done: list[RunKey] = []
-    if jobs <= 1:
+    if backend.kind == "serial" and budget_cpu_seconds is not None:
         start = time.process_time()
         for key in todo:
-            if budget_cpu_seconds is not None and time.process_time() - start > budget_cpu_seconds:
+            if time.process_time() - start > budget_cpu_seconds:
                 print(f"[transfer] CPU budget of {budget_cpu_seconds:.0f} s spent; stopping (rerun to continue).")
                 break
             print(_describe(run_one(suite, key, settings, experts, out)), flush=True)
             done.append(key)
         return done
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_in_worker, suite, key, settings, experts, out): key for key in todo}
-        for future in as_completed(futures):
-            try:
-                print(future.result(), flush=True)
-            except Exception as error:  # one failed run must not cost the others: report it, go on
-                print(f"[transfer] {futures[future]} failed: {type(error).__name__}: {error}", flush=True)
-                continue
-            done.append(futures[future])
+
+    def finished(index: int, description: str) -> None:
+        print(description, flush=True)
+        done.append(todo[index])
+
+    def failed(index: int, error: BaseException) -> None:  # one failed run must not cost the others
+        print(f"[transfer] {todo[index]} failed: {type(error).__name__}: {error}", flush=True)
+
+    run_jobs(_run_in_worker, [(suite, key, settings, experts, out) for key in todo], backend, finished, failed)
     return done
 
 
@@ -938,7 +943,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PPO hyperparameter overrides")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel (separate processes; with --ray: the local Ray's CPUs)")
+    parser.add_argument("--ray", action="store_true", help="run each run as a task of a local Ray (pip install ray)")
+    parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (implies --ray), e.g. auto")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for (default 0)")
     parser.add_argument("--budget-cpu-minutes", type=float, help="start no new run after this much CPU (jobs=1)")
     parser.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
     parser.add_argument("--img-dir", type=Path, help="where the PNGs go (default: --out)")
@@ -992,7 +1001,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:  # a target's hub must hold every expert it names
         raise SystemExit(f"Experts {missing} are not pretrained in {workdir} yet; run again without --no-build.")
     budget = args.budget_cpu_minutes * 60 if args.budget_cpu_minutes else None
-    run_sweep(suite, keys, settings, experts, out, jobs=args.jobs, budget_cpu_seconds=budget)
+    if args.ray or args.ray_address:
+        backend = Backend("ray", jobs=args.jobs, address=args.ray_address, cpus_per_job=args.threads,
+                          gpus_per_job=args.gpus_per_run)  # fmt: skip
+    else:
+        backend = Backend("serial" if args.jobs <= 1 else "processes", jobs=args.jobs)
+    try:
+        backend.check()
+    except BackendError as error:
+        raise SystemExit(f"error: {error}") from None
+    run_sweep(suite, keys, settings, experts, out, budget_cpu_seconds=budget, backend=backend)
     write_report(out, args.img_dir)
     return 0
 

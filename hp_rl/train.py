@@ -330,7 +330,7 @@ def _plain_progress(every_s: float = 60.0) -> Any:
 
 
 # --- commands ----------------------------------------------------------------------------------------------------
-def _config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
+def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     """The run config of a new run, and its training environment (built before the hub is resolved, so an
     unknown environment id is reported as such)."""
     from hp_rl.rl.config import ConfigError, apply_overrides, load_hyperparams
@@ -480,7 +480,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
     )  # fmt: skip
 
 
-def _build(config: Any, env: Any, verbose: int) -> Any:
+def build_or_close(config: Any, env: Any, verbose: int) -> Any:
     """The model (errors in the hub's files surface here as hp_rl.hub exceptions)."""
     from hp_rl.rl.training import build_model
 
@@ -517,9 +517,9 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     from hp_rl.rl.runs import RunFolder
     from hp_rl.rl.training import run_training
 
-    config, env = _config_and_env(args)
+    config, env = config_and_env(args)
     sb3_verbose = min(args.verbose, 2)
-    model = _build(config, env, sb3_verbose)
+    model = build_or_close(config, env, sb3_verbose)
     dense = bool(config.hub_kwargs.get("dense"))
     root = Path(args.tensorboard_log or "runs")
     name = run_name(config.algo, config.env_id, config.hub, config.k, config.env_preset, dense)

@@ -173,3 +173,24 @@ def test_export_is_byte_for_byte_reproducible(dtype: str, tmp_path: Path) -> Non
     for key, value in state.items():
         assert value.dtype == getattr(torch, dtype)
         assert torch.equal(value, reference[key].to(value.dtype))
+
+
+def test_build_on_a_local_ray_trains_the_same_experts_as_one_process(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from hp_rl.hub.sb3_zip import read_sb3_trunk
+
+    recipe = tmp_path / "two.recipe.yml"
+    recipe.write_text(yaml.safe_dump({
+        "description": "two", "algo": "ppo", "n_timesteps": 64, "seed": 0, "save_freq": 0, "eval_episodes": 1,
+        "overrides": {"n_steps": 32, "n_epochs": 1},
+        "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
+    }))  # fmt: skip
+    assert main(["build", str(recipe), "--workdir", str(tmp_path / "here"), "--no-eval"]) == 0
+    assert main(["build", str(recipe), "--workdir", str(tmp_path / "ray"), "--no-eval", "--ray", "--jobs", "2"]) == 0
+    for name in ("cartpole", "acrobot"):
+        here, _, _ = read_sb3_trunk(tmp_path / "here" / name / "model.zip")
+        there, _, _ = read_sb3_trunk(tmp_path / "ray" / name / "model.zip")
+        for key, value in here.state_dict().items():
+            assert torch.equal(value, there.state_dict()[key]), (name, key)
+    names = [e["name"] for e in yaml.safe_load((tmp_path / "ray" / "hub.yaml").read_text())["experts"]]
+    assert names == ["cartpole", "acrobot"]

@@ -245,3 +245,34 @@ def test_rliable_report_gives_iqm_intervals_probability_of_improvement_and_steps
         path.write_text(json.dumps(run))
     assert report.main([str(sweep), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["minatar"]["breakout"]["methods"]["transfer"]["seeds"] == [0, 1, 2, 3, 4]
+
+
+_TIMING_KEYS = {"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_step", "load_average", "finished"}
+
+
+def test_sweep_through_a_local_ray_writes_the_same_results_as_the_in_process_runner(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    bench = _bench()
+    recipe = _micro_recipe(tmp_path, [{"name": "cartpole", "env_id": "CartPole-v1"},
+                                      {"name": "acrobot", "env_id": "Acrobot-v1"}])  # fmt: skip
+    hubs = tmp_path / "hubs"
+    common = ["--suite", "control", "--recipe", str(recipe), "--targets", "cartpole", "--hub-workdir", str(hubs),
+              "--methods", "scratch", "hub_pathway", *_MICRO, "--seeds", "0", "1"]  # fmt: skip
+    assert bench.main([*common, "--out", str(tmp_path / "here")]) == 0
+    assert bench.main([*common, "--out", str(tmp_path / "ray"), "--no-build", "--ray", "--jobs", "2"]) == 0
+    here = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").glob("runs/**/*.json"))
+    there = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").glob("runs/**/*.json"))
+    assert here == there and len(here) == 4
+    for relative in here:
+        a = json.loads((tmp_path / "here" / relative).read_text())
+        b = json.loads((tmp_path / "ray" / relative).read_text())
+        assert {k: v for k, v in a.items() if k not in _TIMING_KEYS} == {
+            k: v for k, v in b.items() if k not in _TIMING_KEYS}, relative
+
+
+def test_ray_backend_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hp_rl import runner
+
+    monkeypatch.setattr(runner, "ray_available", lambda: False)
+    with pytest.raises(runner.BackendError, match="pip install"):
+        runner.Backend("ray").check()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hp_rl.errors import HpRlError
 from hp_rl.hub.expert import HubExpert, file_sha256
 from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
 from hp_rl.hub.sources import SOURCES, load_expert
@@ -234,7 +235,7 @@ def _command(recipe: Path, workdir: Path) -> str:
 
 
 def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None, episodes: int | None,
-              evaluate: bool) -> int:  # fmt: skip
+              evaluate: bool, backend: Any = None) -> int:  # fmt: skip
     """Train (or resume) the recipe's experts, evaluate the finished ones, write ``<workdir>/hub.yaml``."""
     from hp_rl.hub.sb3_zip import read_sb3_trunk
     from hp_rl.rl.hub_builder import build_hub, load_recipe, task_meanings
@@ -256,7 +257,7 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
     if unknown:
         print(f"--only: unknown task(s) {unknown}; the recipe has {[t.name for t in recipe.tasks]}.", file=sys.stderr)
         return 2
-    build_hub(recipe_path, workdir, only)
+    build_hub(recipe_path, workdir, only, backend=backend)
     n_episodes = episodes if episodes is not None else recipe.eval_episodes
     entries, pending = [], []
     for task in recipe.tasks:
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--only", default=None, help="comma-separated task names")
     build.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: recipe)")
     build.add_argument("--no-eval", action="store_true", help="skip the source-task evaluation")
+    build.add_argument("--jobs", type=int, default=1, help="experts trained at once (separate processes, or Ray CPUs)")
+    build.add_argument("--ray", action="store_true", help="train each expert as a task of a local Ray")
+    build.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (implies --ray)")
     export = sub.add_parser("export", help="trunks to fp16 safetensors plus a hub.yaml manifest")
     export.add_argument("source", help="a recipe (exports its workdir), a built hub folder, or a hub spec")
     export.add_argument(
@@ -445,10 +449,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args.spec, args.obs_shape, args.json)
         if args.command == "build":
             only = [part.strip() for part in args.only.split(",") if part.strip()] if args.only else None
-            return cmd_build(args.recipe, args.workdir, only, args.eval_episodes, not args.no_eval)
+            from hp_rl.runner import Backend
+
+            if args.ray or args.ray_address:
+                backend = Backend("ray", jobs=args.jobs, address=args.ray_address).check()
+            else:
+                backend = Backend("serial" if args.jobs <= 1 else "processes", jobs=args.jobs).check()
+            return cmd_build(args.recipe, args.workdir, only, args.eval_episodes, not args.no_eval, backend)
         if args.command == "score":
             return cmd_score(args.spec, args.env, args.episodes, args.rollout_steps, args.seed, args.out)
         return cmd_export(args.source, args.out, args.workdir, args.dtype)
-    except (HubSpecError, ValueError, FileNotFoundError) as error:
+    except (HpRlError, HubSpecError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,12 +8,14 @@ from typing import Any
 
 import yaml
 
+from hp_rl.errors import HpRlError
 from hp_rl.rl.config import apply_overrides, load_hyperparams
 from hp_rl.rl.envs import preset_for
 from hp_rl.rl.runs import RunConfig, RunFolder
 from hp_rl.rl.training import train
+from hp_rl.runner import Backend, run_jobs
 
-__all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub", "task_meanings"]
+__all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub", "task_meanings", "HubBuildError"]
 
 
 @dataclass(frozen=True)
@@ -106,34 +108,65 @@ def _task_config(recipe: Recipe, task: SourceTask) -> RunConfig:
 
 
 def build_hub(recipe_path: str | Path, workdir: str | Path, only: list[str] | None = None,
-              progress_bar: bool = False) -> dict[str, Path]:  # fmt: skip
+              progress_bar: bool = False, backend: Backend | None = None) -> dict[str, Path]:  # fmt: skip
     """Train every source task of a recipe that is not finished yet; resumable.
 
     Each task trains in ``workdir/<task name>``; a task whose ``model.zip`` exists is skipped, one with
     checkpoints continues from the latest.
 
+    :param backend: where the tasks train (:mod:`hp_rl.runner`); one after another in this process by
+        default, else each task as a job of a process pool or a Ray task (no progress bars there).
     :return: task name -> final model path.
     """
     recipe = load_recipe(recipe_path)
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     finished: dict[str, Path] = {}
+    todo: list[str] = []
     for task in recipe.tasks:
         if only and task.name not in only:
             continue
         folder = RunFolder(root / task.name)
         if folder.final_model.is_file():
             finished[task.name] = folder.final_model
-            continue
-        config = _task_config(recipe, task)
-        resume = folder.checkpoints.is_dir() and any(folder.checkpoints.glob("rl_model_*_steps.zip"))
-        if not resume:
-            folder.checkpoints.mkdir(parents=True, exist_ok=True)
-            folder.write_start(config, ["build", str(recipe_path), "--workdir", str(workdir)], module="hp_rl.hub")
-        print(f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
-              + (" (resuming)" if resume else ""), flush=True)  # fmt: skip
-        model = train(config, folder, resume=resume, progress_bar=progress_bar)
-        if model.num_timesteps < config.n_timesteps:  # interrupted: the checkpoint is written
-            break
-        finished[task.name] = folder.final_model
-    return finished
+        else:
+            todo.append(task.name)
+    if backend is None or backend.kind == "serial":
+        for name in todo:
+            if not _train_task(str(recipe_path), str(workdir), name, progress_bar):
+                break  # interrupted: the checkpoint is written
+            finished[name] = RunFolder(root / name).final_model
+        return finished
+    failures: list[str] = []
+
+    def done(index: int, complete: bool) -> None:
+        if complete:
+            finished[todo[index]] = RunFolder(root / todo[index]).final_model
+
+    def failed(index: int, error: BaseException) -> None:
+        failures.append(f"{todo[index]}: {type(error).__name__}: {error}")
+
+    run_jobs(_train_task, [(str(recipe_path), str(workdir), name, False) for name in todo], backend, done, failed)
+    if failures:
+        raise HubBuildError("Some experts did not train (the others are kept; rerun to retry): " + "; ".join(failures))
+    return {task.name: finished[task.name] for task in recipe.tasks if task.name in finished}
+
+
+class HubBuildError(HpRlError, RuntimeError):
+    """One or more source experts failed to train."""
+
+
+def _train_task(recipe_path: str, workdir: str, name: str, progress_bar: bool) -> bool:
+    """Train (or resume) one source task; ``True`` when it reached its budget. Runs in any process."""
+    recipe = load_recipe(recipe_path)
+    (task,) = [t for t in recipe.tasks if t.name == name]
+    folder = RunFolder(Path(workdir) / name)
+    config = _task_config(recipe, task)
+    resume = folder.checkpoints.is_dir() and any(folder.checkpoints.glob("rl_model_*_steps.zip"))
+    if not resume:
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        folder.write_start(config, ["build", recipe_path, "--workdir", workdir], module="hp_rl.hub")
+    print(f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
+          + (" (resuming)" if resume else ""), flush=True)  # fmt: skip
+    model = train(config, folder, resume=resume, progress_bar=progress_bar)
+    return bool(model.num_timesteps >= config.n_timesteps)
