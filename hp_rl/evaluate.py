@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hp_rl.console import program_name
 from hp_rl.errors import HpRlError
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
@@ -41,7 +42,7 @@ class CliError(HpRlError):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hp_rl.evaluate``."""
     parser = argparse.ArgumentParser(
-        prog="python -m hp_rl.evaluate",
+        prog=program_name("hp_rl.evaluate"),
         description="Evaluate the model of a run folder made by python -m hp_rl.train.",
     )
     parser.add_argument("run", metavar="RUN", help="the run folder (for example runs/ppo_CartPole-v1_nohub_1)")

@@ -1,4 +1,11 @@
-"""Locations of the project's data folders (environment presets, configs, bundled hubs)."""
+"""Locations of the project's data folders (environment presets, configs, bundled hubs) and its cache.
+
+``configs/`` and ``envs/`` live at the top of the source checkout; ``hp_rl/data`` links to them, and the
+wheel carries copies there (as rl-baselines3-zoo ships its hyperparameters), so an installed package finds
+them from any working directory. Whatever hp_rl builds or downloads goes to :data:`CACHE_DIR` when it runs
+from an installed wheel, never into the installation; in a checkout, hub builds keep going to
+``hub_build/`` beside the sources.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,56 @@ from typing import Any
 
 from hp_rl.errors import HpRlError
 
-__all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "require_dir",
-           "unique_run_dir", "written_by_rename", "MAX_PATH_CHARS", "PathTextError", "check_path_text"]  # fmt: skip
+__all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "CACHE_DIR",
+           "IN_CHECKOUT", "BUILD_ROOT", "require_dir", "unique_run_dir", "written_by_rename", "MAX_PATH_CHARS",
+           "PathTextError", "check_path_text", "named_hub_spec", "expand_path_variables", "PATH_VARIABLES"]  # fmt: skip
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
-ENV_PRESET_DIR = PROJECT_ROOT / "envs"
-CONFIG_DIR = PROJECT_ROOT / "configs"
+_DATA = PACKAGE_ROOT / "data"
+# resolve(): in a checkout the links lead to the top-level folders, and messages name those.
+ENV_PRESET_DIR = (_DATA / "envs").resolve()
+CONFIG_DIR = (_DATA / "configs").resolve()
 HUB_CONFIG_DIR = CONFIG_DIR / "hubs"
 BUNDLED_HUB_DIR = PACKAGE_ROOT / "hub" / "bundled"
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "hp_rl").resolve() == PACKAGE_ROOT
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("HP_RL_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "hp_rl"
+
+
+CACHE_DIR = _cache_dir()
+# Where hub builds train by default: beside the sources in a checkout, in the cache for an installed wheel.
+BUILD_ROOT = PROJECT_ROOT / "hub_build" if IN_CHECKOUT else CACHE_DIR / "hub_build"
+
+
+PATH_VARIABLES = {"${HP_RL_BUILD}": BUILD_ROOT, "${HP_RL_BUNDLED}": BUNDLED_HUB_DIR}
+
+
+def expand_path_variables(text: str) -> str:
+    """``text`` with a leading ``${HP_RL_BUILD}`` (:data:`BUILD_ROOT`) or ``${HP_RL_BUNDLED}`` (the bundled
+    hubs) replaced: specs and recipes shipped with the package name files this way, so that they are found
+    in a checkout and in an installed wheel alike."""
+    for variable, folder in PATH_VARIABLES.items():
+        if text.startswith(variable):
+            return str(folder) + text[len(variable) :]
+    return text
+
+
+def named_hub_spec(name: str) -> Path | None:
+    """The hub spec shipped as ``configs/hubs/<name>.yml`` (``--hub control_finetune_example``), or ``None``."""
+    if not name or any(c in name for c in "/\\:,.") or name.startswith("~"):
+        return None
+    for suffix in (".yml", ".yaml"):
+        path = HUB_CONFIG_DIR / f"{name}{suffix}"
+        if path.is_file() and not path.name.endswith(f".recipe{suffix}"):
+            return path
+    return None
 
 
 def unique_run_dir(root: Path, name: str) -> Path:
@@ -40,8 +88,8 @@ def require_dir(path: Path, what: str) -> Path:
     """``path`` if it is a directory, else a clear error (the package was installed without its checkout)."""
     if not path.is_dir():
         raise FileNotFoundError(
-            f"The {what} folder {path} is missing. hp_rl reads it from its source checkout: install with "
-            "`pip install -e .` from a clone of the repository."
+            f"The {what} folder {path} is missing from this installation of hp_rl (the wheel carries it as "
+            "hp_rl/data). Reinstall hp_rl, or install from a clone of the repository with `pip install -e .`."
         )
     return path
 

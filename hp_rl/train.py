@@ -32,8 +32,9 @@ from typing import Any
 
 import gymnasium as gym
 
+from hp_rl.console import program_name
 from hp_rl.errors import HpRlError
-from hp_rl.paths import check_path_text
+from hp_rl.paths import check_path_text, named_hub_spec
 
 __all__ = ["CliError", "build_parser", "main", "resolve_hub", "hub_tag", "run_name"]
 
@@ -62,7 +63,7 @@ class CliError(HpRlError):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hp_rl.train`` (defaults are ``None`` where a run config decides)."""
     parser = argparse.ArgumentParser(
-        prog="python -m hp_rl.train",
+        prog=program_name("hp_rl.train"),
         description="Train a PPO, A2C or DQN agent whose features come from a hub of pretrained experts "
         "(Hub-Pathway), or the plain SB3 policy with --hub none.",
         epilog="Exit codes: 0 done; 2 bad input; 130/143 stopped by Ctrl-C/SIGTERM after saving a checkpoint "
@@ -156,6 +157,11 @@ def resolve_hub(hub: str, env_id: str, family: str) -> str | None:
             raise CliError(str(error)) from error
     if re.fullmatch(r"random:\d+", text):
         return text
+    named = named_hub_spec(text)
+    if named is not None and Path(text).exists():  # a local file of that name wins
+        named = None
+    if named is not None:  # a spec shipped with the package, by name
+        return str(named)
     if text.lower().endswith((".yml", ".yaml")) and "," not in text:
         return _absolute_entry(text)
     return ",".join(_absolute_entry(part.strip()) for part in text.split(",") if part.strip())

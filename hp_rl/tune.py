@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from hp_rl.console import program_name
 from hp_rl.errors import HpRlError
 
 __all__ = ["Parameter", "SEARCH_SPACE", "TuneError", "trial_flags", "main"]
@@ -103,7 +104,7 @@ def trial_flags(values: dict[str, Any]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m hp_rl.tune``."""
     parser = argparse.ArgumentParser(
-        prog="python -m hp_rl.tune", description=__doc__.split("\n\n")[0],
+        prog=program_name("hp_rl.tune"), description=__doc__.split("\n\n")[0],
         epilog="After --, a python -m hp_rl.train command line (without --resume).",
     )  # fmt: skip
     parser.add_argument("--trials", type=int, default=10, help="trials to run in this call (default: 10)")

@@ -93,3 +93,28 @@ def test_example_specs_are_valid(name: str) -> None:
     assert len(hub.experts) >= 2
     if name.startswith("zoo"):
         assert len(hub.experts) == 18 and all(e.source == "hf" for e in hub.experts)
+
+
+def test_shipped_specs_are_found_by_name_and_their_path_variables_expand(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, named_hub_spec
+
+    monkeypatch.chdir(tmp_path)  # from any working directory
+    spec = parse_hub("control_finetune_example")
+    assert spec.origin == str(HUB_CONFIG_DIR / "control_finetune_example.yml")
+    assert spec.experts[0].path == str(BUNDLED_HUB_DIR / "control" / "acrobot.safetensors")
+    assert named_hub_spec("minatar_bundled") is None  # recipes are not hub specs
+    assert named_hub_spec("../etc/passwd") is None and named_hub_spec("a.yml") is None
+    # A local file of the same name wins over the shipped spec.
+    (tmp_path / "control_finetune_example").write_bytes(b"")
+    with pytest.raises(HubSpecError):
+        parse_hub("control_finetune_example")
+
+
+def test_package_data_folders_resolve_to_the_checkout_and_builds_stay_out_of_the_package() -> None:
+    from hp_rl import paths
+
+    assert (paths.CONFIG_DIR / "ppo.yml").is_file() and (paths.ENV_PRESET_DIR / "minatar.yml").is_file()
+    assert paths.IN_CHECKOUT and paths.BUILD_ROOT == paths.PROJECT_ROOT / "hub_build"
+    assert paths.expand_path_variables("${HP_RL_BUILD}/x.pt") == str(paths.BUILD_ROOT / "x.pt")
+    assert paths.expand_path_variables("a/${HP_RL_BUILD}") == "a/${HP_RL_BUILD}"  # only a leading variable

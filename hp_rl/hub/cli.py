@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hp_rl.console import program_name
 from hp_rl.errors import HpRlError
 from hp_rl.hub.expert import HubExpert, file_sha256
 from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
 from hp_rl.hub.sources import SOURCES, load_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
 from hp_rl.hub.vision_sources import vision_available
-from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, written_by_rename
+from hp_rl.paths import BUILD_ROOT, BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, written_by_rename
 
 __all__ = ["main", "build_parser", "default_workdir", "evaluate_source_task", "describe_expert", "BUNDLED_LIMIT_BYTES"]
 
@@ -53,8 +54,9 @@ def _hub_name(recipe: Path) -> str:
 
 
 def default_workdir(recipe: str | Path) -> Path:
-    """Where ``build`` trains a recipe by default: ``hub_build/<name>`` (``atari_bundled.recipe.yml`` -> ``atari``)."""
-    return PROJECT_ROOT / "hub_build" / _hub_name(Path(recipe))
+    """Where ``build`` trains a recipe by default: ``hub_build/<name>`` in a checkout, the user cache's
+    ``hub_build/<name>`` for an installed wheel (``atari_bundled.recipe.yml`` -> ``atari``)."""
+    return BUILD_ROOT / _hub_name(Path(recipe))
 
 
 def _is_recipe(path: Path) -> bool:
@@ -401,7 +403,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hp_rl.hub``."""
-    parser = argparse.ArgumentParser(prog="python -m hp_rl.hub", description="Hub-Pathway model hub tools.")
+    parser = argparse.ArgumentParser(prog=program_name("hp_rl.hub"), description="Hub-Pathway model hub tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered sources, bundled hubs, example specs")
     inspect = sub.add_parser("inspect", help="describe each expert of a hub spec")
@@ -415,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON")
     build = sub.add_parser("build", help="pretrain a recipe's source experts (resumable), evaluate, write hub.yaml")
     build.add_argument("recipe", help="recipe YAML (configs/hubs/*.recipe.yml)")
-    build.add_argument("--workdir", default=None, help="training folder (default hub_build/<name>)")
+    build.add_argument("--workdir", default=None, help=f"training folder (default {BUILD_ROOT}/<name>)")
     build.add_argument("--only", default=None, help="comma-separated task names")
     build.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default: recipe)")
     build.add_argument("--no-eval", action="store_true", help="skip the source-task evaluation")
@@ -427,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", default=None, help="output folder (default for *_bundled recipes: hp_rl/hub/bundled/<name>)"
     )
-    export.add_argument("--workdir", default=None, help="the recipe's training folder (default hub_build/<name>)")
+    export.add_argument("--workdir", default=None, help=f"the recipe's training folder (default {BUILD_ROOT}/<name>)")
     export.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     score = sub.add_parser("score", help="transferability of each expert to a target task (prior for the generator)")
     score.add_argument("spec", help="hub spec: YAML file, hub folder, checkpoint list")

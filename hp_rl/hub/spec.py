@@ -11,7 +11,7 @@ from typing import Any
 
 from hp_rl.errors import HpRlError
 from hp_rl.hub.options import MAX_EXPERTS, MAX_FEATURES_DIM
-from hp_rl.paths import PathTextError, check_path_text
+from hp_rl.paths import PathTextError, check_path_text, expand_path_variables, named_hub_spec
 
 __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 
@@ -131,6 +131,7 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     path = values.get("path")
     if path is not None and values["source"] not in _REPO_SOURCES:
         _check_path_text(path, f"{where}: key 'path'")
+        path = values["path"] = expand_path_variables(path)
         if base_dir is not None and not Path(path).expanduser().is_absolute():
             values["path"] = str((base_dir / path).resolve())
         if not _is_file(Path(values["path"]).expanduser()):
@@ -284,6 +285,11 @@ def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: 
             if not 1 <= count <= MAX_EXPERTS:
                 raise HubSpecError(f"'{text}': a hub holds between 1 and {MAX_EXPERTS} experts.")
             return HubSpec(tuple(ExpertSpec(name=f"random{i}", source="random") for i in range(count)), text)
+        named = named_hub_spec(text)
+        if named is not None and Path(text).exists():  # a local file of that name wins
+            named = None
+        if named is not None:  # a spec shipped with the package, by name: control_finetune_example
+            return _parse_mapping(_load_yaml(named), str(named), named.parent)
         entries = [part.strip() for part in text.split(",") if part.strip()]
         if not entries:
             raise HubSpecError("The hub is empty: give a YAML spec, checkpoint paths, 'auto' or 'none'.")

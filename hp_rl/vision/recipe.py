@@ -28,6 +28,7 @@ import yaml
 from torch import Tensor, nn
 
 from hp_rl.hub.architectures import NatureCNNTrunk
+from hp_rl.paths import expand_path_variables
 from hp_rl.vision.data import load_builtin, reserved_split
 
 __all__ = ["ExpertRecipe", "SmallCNN", "VisionRecipe", "build_vision_hub", "ensure_hub_files", "load_vision_recipe"]
@@ -175,7 +176,7 @@ def load_vision_recipe(path: str | Path) -> VisionRecipe:
         int(raw.get("epochs", 5)),
         int(raw.get("batch_size", 64)),
         float(raw.get("lr", 2e-3)),
-        (path.parent / str(raw.get("out_dir", "."))).resolve(),
+        (path.parent / expand_path_variables(str(raw.get("out_dir", ".")))).resolve(),
         tuple(experts),
     )
 
@@ -354,7 +355,8 @@ def ensure_hub_files(hub: str | Path, verbose: bool = True) -> None:
     recipe_raw = yaml.safe_load(recipe.read_text())
     if not isinstance(recipe_raw, dict) or recipe_raw.get("kind") != "vision":
         return
-    missing = [e for e in raw.get("experts") or [] if e.get("path") and not (path.parent / e["path"]).exists()]
+    missing = [e for e in raw.get("experts") or []
+               if e.get("path") and not (path.parent / expand_path_variables(str(e["path"]))).exists()]  # fmt: skip
     if missing:
         if verbose:
             print(
