@@ -18,8 +18,9 @@ from typing import Any
 from hp_rl.errors import HpRlError
 
 __all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "CACHE_DIR",
-           "IN_CHECKOUT", "BUILD_ROOT", "require_dir", "unique_run_dir", "written_by_rename", "MAX_PATH_CHARS",
-           "PathTextError", "check_path_text", "named_hub_spec", "expand_path_variables", "PATH_VARIABLES"]  # fmt: skip
+           "IN_CHECKOUT", "BUILD_ROOT", "cache_dir", "require_dir", "unique_run_dir", "written_by_rename",
+           "MAX_PATH_CHARS", "PathTextError", "check_path_text", "named_hub_spec", "expand_path_variables",
+           "PATH_VARIABLES"]  # fmt: skip
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -32,7 +33,8 @@ BUNDLED_HUB_DIR = PACKAGE_ROOT / "hub" / "bundled"
 IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "hp_rl").resolve() == PACKAGE_ROOT
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The user cache: ``$HP_RL_CACHE``, else ``$XDG_CACHE_HOME/hp_rl``, else ``~/.cache/hp_rl`` (read at each call)."""
     explicit = os.environ.get("HP_RL_CACHE")
     if explicit:
         return Path(explicit).expanduser()
@@ -40,7 +42,7 @@ def _cache_dir() -> Path:
     return Path(base).expanduser() / "hp_rl"
 
 
-CACHE_DIR = _cache_dir()
+CACHE_DIR = cache_dir()
 # Where hub builds train by default: beside the sources in a checkout, in the cache for an installed wheel.
 BUILD_ROOT = PROJECT_ROOT / "hub_build" if IN_CHECKOUT else CACHE_DIR / "hub_build"
 

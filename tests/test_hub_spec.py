@@ -95,8 +95,9 @@ def test_example_specs_are_valid(name: str) -> None:
         assert len(hub.experts) == 18 and all(e.source == "hf" for e in hub.experts)
 
 
-def test_shipped_specs_are_found_by_name_and_their_path_variables_expand(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_shipped_specs_are_found_by_name_and_their_path_variables_expand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, named_hub_spec
 
     monkeypatch.chdir(tmp_path)  # from any working directory

@@ -15,7 +15,6 @@ check itself is bounded (:func:`hp_rl.hub.hf.hf_reachable`).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 
 from hp_rl.errors import HpRlError
 from hp_rl.hub.hf import find_cached, hf_offline, hf_reachable
-from hp_rl.paths import BUNDLED_HUB_DIR
+from hp_rl.paths import BUNDLED_HUB_DIR, cache_dir
 
 __all__ = [
     "ZOO_ATARI_GAMES",
@@ -110,8 +109,7 @@ def _no_hub(env_id: str, family: str, why: str) -> NoFittingHubError:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("HP_RL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "hp_rl")
-    return Path(root).expanduser() / "hubs"
+    return cache_dir() / "hubs"
 
 
 def _expert_task(expert: dict[str, Any]) -> str | None:
