@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(only its weights and step counters are read). Default: final, else latest")  # fmt: skip
     parser.add_argument("--seed", type=int, help="seed of the evaluation environment (default: the run's seed + 20000)")
     parser.add_argument("--device", default="auto", help="torch device (default: auto)")
+    parser.add_argument("--max-frames", type=int, metavar="N",
+                        help="Atari: end an episode after N emulator frames (default: 108000, i.e. 27000 agent steps)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks with error messages")
     return parser
 
@@ -202,6 +205,29 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
     return writer.count, total
 
 
+class _EpisodeBar:
+    """A tqdm bar of finished episodes, showing the steps of the running one (``evaluate_policy`` callback)."""
+
+    def __init__(self, episodes: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=episodes, unit="episode", disable=not enabled, dynamic_ncols=True)
+        self.steps = 0
+
+    def update(self, local: dict[str, Any], _: dict[str, Any]) -> None:
+        self.steps += 1
+        if local.get("done"):
+            info = local.get("info") or {}
+            if "episode" in info:  # the monitor's episode end (a lost life is not one)
+                self.bar.update(1)
+                self.steps = 0
+        if self.steps % 100 == 0:
+            self.bar.set_postfix(steps=self.steps, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def evaluate_run(
     run: str | Path,
     episodes: int = 10,
@@ -210,6 +236,8 @@ def evaluate_run(
     seed: int | None = None,
     device: str = "auto",
     video: str | Path | None = None,
+    max_frames: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the model of a run folder and append the result to its ``evaluation.yml``.
 
@@ -221,6 +249,8 @@ def evaluate_run(
         evaluation episodes, which pick the best model).
     :param device: torch device.
     :param video: also record one episode to this file.
+    :param max_frames: Atari episode cap in emulator frames (``None``: the preset's 108,000).
+    :param progress: show a progress bar of episodes (and steps of the current one).
     :return: the result written to ``evaluation.yml``.
     :raises CliError: for a folder, checkpoint or video path that does not work, naming the fix.
     """
@@ -229,7 +259,7 @@ def evaluate_run(
 
     from hp_rl.archive import ArchiveError
     from hp_rl.rl.checkpoints import load_model
-    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.envs import make_env, preset_for
     from hp_rl.rl.extractor import routing_noise
     from hp_rl.rl.models import check_device
     from hp_rl.rl.runs import RunConfig, RunFolder
@@ -245,6 +275,13 @@ def evaluate_run(
     except HpRlError as error:
         raise CliError(f"{run}: cannot read its config: {error}") from error
     config.device = check_device(device, "--device")
+    if max_frames is not None:
+        if preset_for(config.env_id, config.env_preset).wrapper != "atari":
+            raise CliError(f"--max-frames applies to Atari games; {config.env_id} episodes end as the environment "
+                           "says. Drop --max-frames.")  # fmt: skip
+        if max_frames < 1:
+            raise CliError(f"--max-frames {max_frames}: must be at least 1.")
+        config.env_kwargs = {**config.env_kwargs, "max_num_frames_per_episode": max_frames}
     if video is not None:
         _FrameWriter(Path(video), 30.0)  # fail on a bad format or a missing package before the evaluation
     path = choose_checkpoint(folder, checkpoint)
@@ -260,10 +297,14 @@ def evaluate_run(
         env.close()
         raise
     started = time.time()
-    with routing_noise(model, enabled=False):
-        returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
-                                           return_episode_rewards=True)  # fmt: skip
-    env.close()
+    bar = _EpisodeBar(episodes, enabled=progress)
+    try:
+        with routing_noise(model, enabled=False):
+            returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
+                                               return_episode_rewards=True, callback=bar.update)  # fmt: skip
+    finally:
+        bar.close()
+        env.close()
     rewards = np.asarray(returns, dtype=np.float64)
     steps = np.asarray(lengths, dtype=np.float64)
     result: dict[str, Any] = {
@@ -290,8 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
+        show = not args.no_progress and sys.stderr.isatty()
         result = evaluate_run(args.run, args.episodes, args.deterministic, args.checkpoint, args.seed, args.device,
-                              args.video)  # fmt: skip
+                              args.video, args.max_frames, progress=show)  # fmt: skip
     except HpRlError as error:
         if args.verbose:
             traceback.print_exc()

@@ -356,3 +356,32 @@ def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path: Path) -> None
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_atari_evaluation_ends_fires_after_a_lost_life_and_caps_frames() -> None:
+    pytest.importorskip("ale_py")
+    from hp_rl.rl.envs import make_env
+
+    def noop_episode(max_frames: int | None) -> tuple[int, bool]:
+        kwargs = {} if max_frames is None else {"max_num_frames_per_episode": max_frames}
+        env = make_env("BreakoutNoFrameskip-v4", 1, 0, evaluation=True, env_kwargs=kwargs)
+        env.reset()
+        try:
+            for _ in range(30_000):
+                _, _, done, infos = env.step(np.array([0]))  # NOOP only: never FIRE
+                if done[0]:
+                    return int(infos[0]["episode"]["l"]), bool(infos[0].get("TimeLimit.truncated", False))
+        finally:
+            env.close()
+        raise AssertionError("the evaluation episode did not end")
+
+    # Without FIRE after a lost life, a NOOP policy waits out the cap; with it, the game ends on its own.
+    frames, _ = noop_episode(20_000)
+    assert frames < 20_000
+    frames, _ = noop_episode(300)  # the frame cap ends an episode (Monitor counts emulator frames)
+    assert frames <= 300
+
+
+def test_evaluate_max_frames_is_atari_only(hub_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_cli.main([str(hub_run), "--max-frames", "100"]) == 2
+    assert "--max-frames applies to Atari" in capsys.readouterr().err

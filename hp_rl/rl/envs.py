@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +18,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from hp_rl.errors import HpRlError
 from hp_rl.paths import ENV_PRESET_DIR, require_dir
 
-__all__ = ["EnvPreset", "UnknownEnvError", "NonFiniteObservationError", "FiniteObservations", "load_presets",
+__all__ = ["EnvPreset", "UnknownEnvError", "NonFiniteObservationError", "FiniteObservations", "FireAfterLifeLoss",
+           "load_presets",
            "preset_for", "make_env", "register_env_families", "MinAtarObservation", "PhysicsVariant",
            "env_meanings"]  # fmt: skip
 
@@ -37,6 +38,8 @@ class EnvPreset:
     :param frame_stack: frames stacked by ``VecFrameStack`` (0 for none).
     :param size: frame size for ``pixels``.
     :param eval_wrapper_kwargs: wrapper arguments that evaluation uses instead of training's.
+    :param eval_env_kwargs: ``gym.make`` arguments evaluation adds (Atari: the 108,000-frame episode cap);
+        a run's own ``env_kwargs`` take precedence.
     """
 
     family: str
@@ -45,6 +48,7 @@ class EnvPreset:
     frame_stack: int = 0
     size: int = 84
     eval_wrapper_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @cache
@@ -196,10 +200,12 @@ def make_env(
     vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
     wrapper: Callable[..., gym.Env] | None = None
     wrapper_kwargs: dict[str, Any] | None = None
+    if evaluation:
+        kwargs = {**chosen.eval_env_kwargs, **kwargs}
     if chosen.wrapper == "atari":
         from stable_baselines3.common.atari_wrappers import AtariWrapper
 
-        wrapper = AtariWrapper
+        wrapper = _atari_evaluation if evaluation else AtariWrapper
         wrapper_kwargs = dict(chosen.eval_wrapper_kwargs) if evaluation else None
     elif chosen.wrapper == "pixels":
         kwargs.setdefault("render_mode", "rgb_array")
@@ -225,6 +231,43 @@ def make_env(
     if chosen.frame_stack:
         env = VecFrameStack(env, n_stack=chosen.frame_stack)
     return env
+
+
+class FireAfterLifeLoss(gym.Wrapper):
+    """Presses FIRE once after each lost life, in games whose ball or round only starts on FIRE.
+
+    Evaluation plays whole games; SB3's ``AtariWrapper`` fires only at reset, so a greedy policy that never
+    chose FIRE in training (where a lost life ended the episode) would wait out the frame cap after its
+    first lost life. The FIRE step's reward counts; if it ends the game, the episode ends there.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
+        self.fire = meanings.index("FIRE") if "FIRE" in meanings else None
+        self.lives = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        observation, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()  # type: ignore[attr-defined]
+        return observation, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()  # type: ignore[attr-defined]
+        lost, self.lives = lives < self.lives, lives
+        if lost and lives > 0 and self.fire is not None and not (terminated or truncated):
+            observation, extra, terminated, truncated, info = self.env.step(self.fire)
+            reward = float(reward) + float(extra)
+            self.lives = self.env.unwrapped.ale.lives()  # type: ignore[attr-defined]
+        return observation, reward, terminated, truncated, info
+
+
+def _atari_evaluation(env: gym.Env, **kwargs: Any) -> gym.Env:
+    """SB3's Atari preprocessing for whole-game evaluation, with FIRE after a lost life."""
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+    return FireAfterLifeLoss(AtariWrapper(env, **kwargs))
 
 
 class NonFiniteObservationError(HpRlError, ValueError):
