@@ -65,7 +65,8 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert isinstance(extractor, HubPathwayExtractor)
     captured = capture_acting_forwards(extractor)
     model.learn(N_ENVS * N_STEPS * ROLLOUTS, callback=callback)
-    return dict(events=read_events(folder), names=extractor.expert_names, captured=captured, callback=callback)
+    return dict(events=read_events(folder), names=extractor.expert_names, captured=captured, callback=callback,
+                folder=folder)  # fmt: skip
 
 
 def test_ppo_writes_every_tag(ppo_run: dict[str, Any]) -> None:
@@ -199,3 +200,59 @@ def test_concat_routes_adds_batches() -> None:
     torch.testing.assert_close(both.importance, first.importance + second.importance)
     torch.testing.assert_close(both.load, first.load + second.load)
     torch.testing.assert_close(both.weights.sum(1), torch.ones(8))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_real_tensorboard_server_serves_the_gate_layout_and_every_expert_line(ppo_run: dict[str, Any]) -> None:
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.parse
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(ppo_run["folder"]),
+                               "--port", str(port), "--host", "127.0.0.1", "--load_fast", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                layout = get("/data/plugin/custom_scalars/layout")
+                if layout.get("category"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise AssertionError("TensorBoard did not serve a custom-scalars layout")
+            time.sleep(1)
+        (category,) = layout["category"]
+        charts = {chart["title"].split(":")[0]: chart["multiline"]["tag"] for chart in category["chart"]}
+        assert set(charts) == {"usage", "weight", "confidence", "routing"}
+        runs = get("/data/runs")
+        assert runs
+        tags = get("/data/plugin/scalars/tags")[runs[0]]
+        import re
+
+        for quantity in ("usage", "weight"):
+            lines = [t for t in tags if any(re.search(pattern, t) for pattern in charts[quantity])]
+            assert sorted(lines) == sorted(f"gates/{quantity}/{name}" for name in ppo_run["names"])
+        query = urllib.parse.urlencode({"run": runs[0], "tag": f"gates/usage/{ppo_run['names'][0]}"})
+        points = get(f"/data/plugin/scalars/scalars?{query}")
+        assert len(points) >= 1 and all(0.0 <= value <= 1.0 for _, _, value in points)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

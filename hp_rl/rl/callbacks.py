@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,32 @@ from torch.utils.hooks import RemovableHandle
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
 from hp_rl.routing import GateStatistics, GateSummary, Routes
 
-__all__ = ["GateUsageCallback", "concat_routes"]
+__all__ = ["GateUsageCallback", "concat_routes", "gate_layout"]
 
 # Images and histograms only make sense in TensorBoard.
 _TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
+
+
+def gate_layout(prefixes: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout of the gate tags (``SummaryWriter.add_custom_scalars``).
+
+    One category per extractor (``gates``, ``gates/1``, ...), one multi-line chart per quantity: every
+    expert's usage in one chart, every expert's weight in another, then confidence, then the routing
+    summaries (entropy, balance, noise).
+
+    :param prefixes: the tag prefixes of the watched extractors.
+    """
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for prefix in prefixes:
+        tag = re.escape(prefix)
+        layout[f"Gates ({prefix})"] = {
+            "usage: share of observations routed to each expert (sums to k)": ["Multiline", [f"^{tag}/usage/"]],
+            "weight: mean pathway weight of each expert (sums to 1)": ["Multiline", [f"^{tag}/weight/"]],
+            "confidence: mean weight where routed": ["Multiline", [f"^{tag}/confidence/"]],
+            "routing: entropy, balance cv2, noise std": [
+                "Multiline", [f"^{tag}/(entropy|balance_cv2|noise_std)$"]],
+        }  # fmt: skip
+    return layout
 
 
 def concat_routes(batches: Sequence[Routes]) -> Routes:
@@ -188,10 +211,21 @@ class GateUsageCallback(BaseCallback):
             )
             tracker.hook = extractor.register_forward_hook(self._loss_hook(tracker))
             self._trackers.append(tracker)
+        self._write_layout()
         if self.verbose >= 1:
             for tracker in self._trackers:
                 names = ", ".join(tracker.extractor.expert_names)
                 print(f"GateUsageCallback: {tracker.prefix}/ <- hub extractor with experts {names}")
+
+    def _write_layout(self) -> None:
+        """TensorBoard's custom-scalars layout: one chart per quantity with every expert as a line."""
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+        writers = [f.writer for f in self.logger.output_formats if isinstance(f, TensorBoardOutputFormat)]
+        if not writers:
+            return
+        writers[0].add_custom_scalars(gate_layout([t.prefix for t in self._trackers]))
+        writers[0].flush()
 
     def _on_step(self) -> bool:
         num_envs = self.training_env.num_envs if self.training_env is not None else None
