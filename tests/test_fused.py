@@ -54,11 +54,17 @@ def _observations(space: spaces.Box, batch: int) -> torch.Tensor:
     return torch.randn((batch, *space.shape), generator=generator)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "fine-tuned"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fused_execution_matches_sparse_dispatch_in_outputs_and_gradients(case: str, frozen: bool) -> None:
+def test_fused_execution_matches_sparse_dispatch_in_outputs_and_gradients(case: str, frozen: bool,
+                                                                           device: str) -> None:  # fmt: skip
     fused, sparse = _pair(case, frozen)
-    x = _observations(CASES[case][0], 24)
+    fused, sparse = fused.to(device), sparse.to(device)
+    x = _observations(CASES[case][0], 24).to(device)
     out_fused, out_sparse = fused(x), sparse(x)
     assert fused.pathway.fused_groups(x), "the case must exercise a fused group"
     torch.testing.assert_close(out_fused, out_sparse, atol=1e-5, rtol=1e-5)
@@ -68,7 +74,7 @@ def test_fused_execution_matches_sparse_dispatch_in_outputs_and_gradients(case: 
     for name in a:
         assert torch.equal(a[name].sample_index, b[name].sample_index)
         torch.testing.assert_close(a[name].features, b[name].features, atol=1e-5, rtol=1e-5)
-    weights = torch.randn(out_fused.shape[1])
+    weights = torch.randn(out_fused.shape[1], device=device)
     (out_fused @ weights).sum().backward()
     (out_sparse @ weights).sum().backward()
     grads_fused = {n: p.grad for n, p in fused.named_parameters() if p.requires_grad}
