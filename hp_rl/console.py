@@ -13,7 +13,10 @@ def program_name(module: str) -> str:
 
     :param module: the module that ``python -m`` runs (``hp_rl.train``).
     """
-    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if invoked.startswith("hp-rl "):  # set by the hp-rl dispatcher: "hp-rl train"
+        return invoked
+    invoked = os.path.basename(invoked)
     if invoked.startswith("hp-"):
         return invoked
     return f"python -m {module}"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from hp_rl.hub import ExpertSpec, NoFittingHubError, defaults, load_expert, load_hub, parse_hub, resolve_auto_hub
-from hp_rl.hub.cli import BUNDLED_LIMIT_BYTES
 from hp_rl.hub.defaults import atari_game, choose_auto_hub, task_key, zoo_repos
 from hp_rl.hub.export import ExportItem, export_hub
+from hp_rl.hub_cli import BUNDLED_LIMIT_BYTES
 from hp_rl.paths import BUNDLED_HUB_DIR
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

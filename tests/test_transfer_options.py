@@ -302,7 +302,7 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
 ) -> None:
     import yaml
 
-    from hp_rl.hub.cli import main as hub_main
+    from hp_rl.hub_cli import main as hub_main
 
     spec = tmp_path / "hub.yml"
     hub = {"experts": [_agent_spec(breakout_agent), *_random_experts(1, 4)["experts"]]}

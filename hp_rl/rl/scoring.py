@@ -99,8 +99,8 @@ def score_hub(hub: Any, env_id: str, episodes: int = 10, rollout_steps: int = 20
     """
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from hp_rl.hub.cli import RandomPolicy
     from hp_rl.rl.envs import make_env
+    from hp_rl.rl.source_eval import RandomPolicy
     from hp_rl.routing import HeadedExpert
 
     spec = parse_hub(hub)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from hp_rl.console import program_name
 from hp_rl.hub.architectures import NatureCNNTrunk
 from hp_rl.paths import expand_path_variables
 from hp_rl.vision.data import load_builtin, reserved_split
@@ -369,7 +370,7 @@ def ensure_hub_files(hub: str | Path, verbose: bool = True) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m hp_rl.vision.recipe RECIPE [--out DIR] [--force] [--only NAME ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m hp_rl.vision.recipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("hp_rl.vision.recipe"), description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="vision recipe YAML (configs/hubs/vision_*.recipe.yml)")
     parser.add_argument("--out", default=None, help="output folder (default: the recipe's out_dir)")
     parser.add_argument("--force", action="store_true", help="retrain experts whose files exist")

@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import nn
 
+from hp_rl.console import program_name
 from hp_rl.overrides import ConfigError
 from hp_rl.overrides import parse_overrides as parse_key_values
 from hp_rl.paths import HUB_CONFIG_DIR, unique_run_dir
@@ -607,7 +608,7 @@ def train(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hp_rl.vision.train",
+        prog=program_name("hp_rl.vision.train"),
         description="Train a Hub-Pathway image classifier on a hub of pretrained experts.",
     )
     parser.add_argument(

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from hp_rl.console import program_name
@@ -32,7 +31,7 @@ from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
 from hp_rl.hub.vision_sources import vision_available
 from hp_rl.paths import BUILD_ROOT, BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, written_by_rename
 
-__all__ = ["main", "build_parser", "default_workdir", "evaluate_source_task", "describe_expert", "BUNDLED_LIMIT_BYTES"]
+__all__ = ["main", "build_parser", "default_workdir", "describe_expert", "BUNDLED_LIMIT_BYTES"]
 
 # Size budget of every bundled hub together (Atari 13.5 MB, MinAtar 2.4 MB with heads, control 40 KB).
 BUNDLED_LIMIT_BYTES = 17 * 1024 * 1024
@@ -154,71 +153,10 @@ def _spec_argument(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- build
 
 
-class RandomPolicy:
-    """Uniformly random actions for every copy of a vectorised env (SB3's ``PolicyPredictor`` protocol).
-
-    :param env: the vectorised environment whose action space is sampled.
-    """
-
-    def __init__(self, env: Any) -> None:
-        self.env = env
-        self.env.action_space.seed(0)
-
-    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False) -> tuple[np.ndarray, None]:  # fmt: skip
-        """:param observation: ``(n_envs, ...)``. :return: ``(n_envs, ...)`` random actions, no state."""
-        return np.array([self.env.action_space.sample() for _ in range(self.env.num_envs)]), None
-
-
-def evaluate_source_task(
-    model_path: Path,
-    algo: str,
-    env_id: str,
-    episodes: int,
-    seed: int,
-    env_preset: str | None = None,
-    env_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Mean return of a trained agent and of a random policy on the agent's source task.
-
-    Uses the evaluation environment (:func:`hp_rl.rl.envs.make_env` with ``evaluation=True``: whole Atari
-    games with the unclipped score). Atari agents act stochastically (as rl-baselines3-zoo evaluates them),
-    others deterministically.
-
-    :return: ``return_mean``, ``return_std``, ``random_return_mean``, ``random_return_std``, ``episodes``,
-        ``deterministic``, ``eval_seed``.
-    """
-    from stable_baselines3.common.evaluation import evaluate_policy
-
-    from hp_rl.rl.checkpoints import load_model
-    from hp_rl.rl.envs import make_env, preset_for
-    from hp_rl.rl.runs import RunConfig, RunFolder
-
-    family = preset_for(env_id, env_preset).family
-    deterministic = family != "atari"
-    n_envs = max(1, min(episodes, 4))
-    # The builder's experts are run folders: rebuilt from their config.yml, weights read without unpickling.
-    folder = RunFolder(Path(model_path).parent)
-    config = RunConfig.from_yaml(folder.config)
-    config.device = "cpu"
-    model_env = make_env(config.env_id, config.n_envs, seed, config.env_preset, env_kwargs=config.env_kwargs)
-    model = load_model(config, Path(model_path), model_env, folder)
-    model_env.close()
-    results: dict[str, Any] = {"episodes": episodes, "deterministic": deterministic, "eval_seed": seed}
-    for key, make_policy in (("", lambda env: model), ("random_", RandomPolicy)):
-        env = make_env(env_id, n_envs, seed, env_preset, evaluation=True, env_kwargs=env_kwargs)
-        returns, _ = evaluate_policy(make_policy(env), env, n_eval_episodes=episodes, deterministic=deterministic,
-                                     return_episode_rewards=True, warn=False)  # fmt: skip
-        env.close()
-        results[f"{key}return_mean"] = round(float(np.mean(returns)), 3)
-        results[f"{key}return_std"] = round(float(np.std(returns)), 3)
-    return results
-
-
-def _cached_evaluation(
-    folder: Path, model_path: Path, algo: str, task: Any, episodes: int, seed: int
-) -> dict[str, Any]:
+def _cached_evaluation(folder: Path, model_path: Path, task: Any, episodes: int, seed: int) -> dict[str, Any]:
     """The evaluation in ``folder/source_eval.yml`` if it is of this model and episode count, else a new one."""
+    from hp_rl.rl.source_eval import evaluate_source_task
+
     record = folder / "source_eval.yml"
     digest = file_sha256(model_path)
     if record.is_file():
@@ -226,7 +164,7 @@ def _cached_evaluation(
         if saved.get("model_sha256") == digest and saved.get("episodes") == episodes:
             return dict(saved)
     print(f"[hub build] evaluating {task.name} on {task.env_id} ({episodes} episodes, and a random policy)", flush=True)
-    result = evaluate_source_task(model_path, algo, task.env_id, episodes, seed, task.env_preset, task.env_kwargs)
+    result = evaluate_source_task(model_path, task.env_id, episodes, seed, task.env_preset, task.env_kwargs)
     result["model_sha256"] = digest
     record.write_text(yaml.safe_dump(result, sort_keys=False))
     return result
@@ -275,9 +213,7 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
         if task.env_kwargs:
             provenance["env_kwargs"] = dict(task.env_kwargs)
         if evaluate:
-            result = _cached_evaluation(
-                workdir / task.name, model_path, recipe.algo, task, n_episodes, recipe.seed + 10_000
-            )
+            result = _cached_evaluation(workdir / task.name, model_path, task, n_episodes, recipe.seed + 10_000)
             provenance.update({
                 "source_return": result["return_mean"], "source_return_std": result["return_std"],
                 "random_return": result["random_return_mean"], "random_return_std": result["random_return_std"],

@@ -1,0 +1,95 @@
+"""``hp-rl COMMAND ...`` (or ``python -m hp_rl COMMAND ...``): every command of the package behind one name.
+
+Commands (each is also its own module; ``hp-rl COMMAND --help`` shows its options):
+
+- ``train``: train an agent (``python -m hp_rl.train``);
+- ``evaluate``: evaluate a run folder (``python -m hp_rl.evaluate``);
+- ``hub``: list, inspect, build, export and score hubs (``python -m hp_rl.hub``);
+- ``tune``: hyperparameter search on Optuna (``python -m hp_rl.tune``);
+- ``vision``: the supervised companion: ``hp-rl vision train|evaluate|recipe ...``;
+- ``bench``: a benchmark script of the source checkout: ``hp-rl bench throughput|transfer|... ARGS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import runpy
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hp_rl.paths import IN_CHECKOUT, PROJECT_ROOT
+
+__all__ = ["COMMANDS", "main"]
+
+# command -> (module with main(argv), one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("hp_rl.train", "train PPO, A2C or DQN with a hub of pretrained experts"),
+    "evaluate": ("hp_rl.evaluate", "evaluate a run folder (and record a video)"),
+    "hub": ("hp_rl.hub_cli", "list, inspect, build, export and score hubs"),
+    "tune": ("hp_rl.tune", "hyperparameter search on Optuna"),
+    "vision": ("", "supervised transfer from image backbones: vision train|evaluate|recipe"),
+    "bench": ("", "benchmarks of the source checkout: bench NAME [ARGS] (throughput, transfer, ...)"),
+}
+VISION = {"train": "hp_rl.vision.train", "evaluate": "hp_rl.vision.evaluate", "recipe": "hp_rl.vision.recipe"}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "usage: hp-rl COMMAND [ARGS]   (hp-rl COMMAND --help for its options)\n\ncommands:\n" + "\n".join(lines)
+
+
+def _run_module_main(module: str, argv: list[str], program: str) -> int:
+    main_function: Callable[[list[str]], int | None] = importlib.import_module(module).main
+    saved = sys.argv
+    sys.argv = [program, *argv]  # console scripts name themselves after argv[0]
+    try:
+        status = main_function(argv)
+    finally:
+        sys.argv = saved
+    return int(status or 0)
+
+
+def _benchmarks() -> dict[str, Path]:
+    folder = PROJECT_ROOT / "benchmarks"
+    if not IN_CHECKOUT or not folder.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(folder.glob("*.py")) if not path.name.startswith("_")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a command; returns its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"hp-rl: unknown command {command!r}.\n{_usage()}", file=sys.stderr)
+        return 2
+    if command == "vision":
+        if not rest or rest[0] not in VISION:
+            print(f"usage: hp-rl vision {{{','.join(VISION)}}} [ARGS]", file=sys.stderr if rest else sys.stdout)
+            return 2 if rest else 0
+        return _run_module_main(VISION[rest[0]], rest[1:], f"hp-rl vision {rest[0]}")
+    if command == "bench":
+        scripts = _benchmarks()
+        if not scripts:
+            print("hp-rl bench runs the scripts in benchmarks/ of a source checkout; this installation has none. "
+                  "Clone the repository and install it with pip install -e .", file=sys.stderr)  # fmt: skip
+            return 2
+        if not rest or rest[0] not in scripts:
+            print(f"usage: hp-rl bench {{{','.join(scripts)}}} [ARGS]", file=sys.stderr if rest else sys.stdout)
+            return 2 if rest else 0
+        sys.argv = [str(scripts[rest[0]]), *rest[1:]]
+        try:
+            runpy.run_path(str(scripts[rest[0]]), run_name="__main__")
+        except SystemExit as exit_:
+            return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+        return 0
+    return _run_module_main(COMMANDS[command][0], rest, f"hp-rl {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

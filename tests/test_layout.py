@@ -1,0 +1,66 @@
+"""The package's shape: dependencies point one way (routing <- hub <- rl / vision <- command lines)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hp_rl"
+
+# What each layer must not import (any module under the named packages). Entry shims (__main__.py) may
+# reach the command line that serves them.
+FORBIDDEN = {
+    "routing": ("hp_rl.hub", "hp_rl.rl", "hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune",
+                "hp_rl.hub_cli", "hp_rl.cli"),
+    "hub": ("hp_rl.rl", "hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
+    "rl": ("hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
+    "vision": ("hp_rl.rl", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
+}  # fmt: skip
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
+    bad = []
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        for name in _imports(path):
+            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[layer]):
+                bad.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_modules_stay_small() -> None:
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    too_long = {name: n for name, n in sizes.items() if n > 720}
+    assert not too_long, too_long
+
+
+def test_one_command_lists_and_dispatches_everything(capsys: pytest.CaptureFixture[str]) -> None:
+    from hp_rl.cli import COMMANDS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "hub", "tune", "vision", "bench"):
+        assert command in COMMANDS and f"  {command}" in out
+    assert main(["train", "--help"]) == 0
+    assert "usage: hp-rl train" in capsys.readouterr().out  # each command names itself as called
+    assert main(["hub", "list"]) == 0
+    assert "bundled" in capsys.readouterr().out.lower()
+    assert main(["nope"]) == 2 and "unknown command" in capsys.readouterr().err
+    assert main(["vision"]) == 0 and "train" in capsys.readouterr().out
+    assert main(["bench"]) == 0 and "throughput" in capsys.readouterr().out
