@@ -309,3 +309,12 @@ def test_non_finite_observations_stop_with_the_step_or_are_sanitized(tmp_path: P
     with pytest.raises(RoutingError, match="1 of 3 input row"):
         extractor(rows)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_the_last_checkpoint_of_a_finished_run_is_the_final_model_not_a_copy(tmp_path: Path) -> None:
+    run = _train(tmp_path / "runs", "--hub", "none", "-n", "64", "--save-freq", "0")
+    (last,) = sorted((run / "checkpoints").glob("rl_model_*_steps.zip"))
+    assert last.name == "rl_model_64_steps.zip" and os.path.samefile(last, run / "model.zip")
+    # Resuming with a larger budget continues from it.
+    assert train_cli.main(["--resume", str(run), "-n", "80", "--no-progress"]) == 0
+    assert (run / "checkpoints" / "rl_model_80_steps.zip").is_file()

@@ -13,6 +13,8 @@ buffer is kept as ``.npz`` arrays, read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -120,11 +122,27 @@ def prune_checkpoints(folder: RunFolder, keep: int) -> list[Path]:
     return deleted
 
 
-def save_checkpoint(model: BaseAlgorithm, folder: RunFolder, algo: str, keep: int = DEFAULT_KEEP_CHECKPOINTS) -> Path:
+def save_checkpoint(model: BaseAlgorithm, folder: RunFolder, algo: str, keep: int = DEFAULT_KEEP_CHECKPOINTS,
+                    same_as: Path | None = None) -> Path:  # fmt: skip
     """Write ``rl_model_<steps>_steps.zip`` (and DQN's replay buffer, only the newest kept) by rename, so a
-    process killed while writing never leaves a truncated checkpoint; then prune to ``keep`` checkpoints."""
+    process killed while writing never leaves a truncated checkpoint; then prune to ``keep`` checkpoints.
+
+    :param same_as: a file already holding exactly this model (the final ``model.zip``): the checkpoint
+        becomes a hard link to it (a copy where links are not supported) instead of a second save.
+    """
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
-    path = save_atomically(model, folder.checkpoints / f"rl_model_{model.num_timesteps}_steps.zip")
+    target = folder.checkpoints / f"rl_model_{model.num_timesteps}_steps.zip"
+    if same_as is None:
+        path = save_atomically(model, target)
+    else:
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(same_as, partial)
+        except OSError:  # no hard links on this file system
+            shutil.copyfile(same_as, partial)
+        os.replace(partial, target)
+        path = target
     buffer = getattr(model, "replay_buffer", None)
     if algo == "dqn" and isinstance(buffer, ReplayBuffer):
         newest = save_replay_buffer(buffer, replay_buffer_path(folder, model.num_timesteps))

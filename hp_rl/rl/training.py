@@ -222,9 +222,9 @@ def run_training(
         if interrupted is not None and isinstance(model, OnPolicyAlgorithm):
             model.num_timesteps = stopper.rollout_start_timesteps  # SB3 threw the partial rollout away
         steps = model.num_timesteps - start_steps
-        if interrupted is None:
-            save_atomically(model, folder.final_model)
-        checkpoint = save_checkpoint(model, folder, config.algo, config.keep_checkpoints)
+        final = save_atomically(model, folder.final_model) if interrupted is None else None
+        # The last checkpoint of a finished run is model.zip itself (a hard link): resumable, no second copy.
+        checkpoint = save_checkpoint(model, folder, config.algo, config.keep_checkpoints, same_as=final)
     with open(folder.path / "timing.yml", "a") as handle:
         yaml.safe_dump([{"start_step": start_steps, "steps": steps, "seconds": round(elapsed, 1),
                          "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
