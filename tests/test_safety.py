@@ -318,3 +318,39 @@ def test_the_last_checkpoint_of_a_finished_run_is_the_final_model_not_a_copy(tmp
     # Resuming with a larger budget continues from it.
     assert train_cli.main(["--resume", str(run), "-n", "80", "--no-progress"]) == 0
     assert (run / "checkpoints" / "rl_model_80_steps.zip").is_file()
+
+
+def test_a_signal_in_the_middle_of_an_update_stops_at_once_and_keeps_the_weights_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from stable_baselines3 import A2C
+
+    original_train = A2C.train
+    seen: dict[str, Any] = {}
+
+    def train_then_signal(self: A2C) -> None:
+        if self.num_timesteps >= 48 and "weights" not in seen:
+            seen["weights"] = {k: v.clone() for k, v in self.policy.state_dict().items()}
+            seen["updates"], seen["steps"] = self._n_updates, self.num_timesteps
+            original_train(self)  # half an update's worth of change...
+            os.kill(os.getpid(), signal.SIGINT)  # ...then the signal, before the update returns
+            seen["after_signal"] = True  # never reached: the handler stops the update at once
+            return
+        original_train(self)
+
+    monkeypatch.setattr(A2C, "train", train_then_signal)
+    code = train_cli.main([*TINY, "--hub", "none", "-n", "100000", "--save-freq", "0",
+                           "--tensorboard-log", str(tmp_path)])  # fmt: skip
+    assert code == 128 + signal.SIGINT and "after_signal" not in seen
+    (run,) = [p for p in tmp_path.iterdir() if (p / "config.yml").is_file()]
+    (last,) = sorted((run / "checkpoints").glob("rl_model_*_steps.zip"))
+    # The cut rollout is not counted, and the weights are those before its update.
+    assert last.name == f"rl_model_{seen['steps'] - 16}_steps.zip"
+    from hp_rl.archive import MAX_TENSOR_BYTES, load_tensors, read_member
+
+    with zipfile.ZipFile(last) as archive:
+        saved = load_tensors(read_member(archive, "policy.pth", last, MAX_TENSOR_BYTES), "policy.pth")
+    for key, value in seen["weights"].items():
+        assert torch.equal(saved[key], value), key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import signal
 import time
 from collections.abc import Iterator
@@ -30,36 +31,74 @@ from hp_rl.rl.models import ALGOS, UnknownAlgoError, algo_class, build_model, hu
 from hp_rl.rl.runs import RunConfig, RunFolder
 
 __all__ = ["ALGOS", "UnknownAlgoError", "NoCheckpointError", "TrainOutcome", "algo_class", "build_model", "train",
-           "run_training", "load_latest", "hub_manifest", "StopOnSignal", "save_atomically"]  # fmt: skip
+           "run_training", "load_latest", "hub_manifest", "StopOnSignal", "StopTraining",
+           "save_atomically"]  # fmt: skip
+
+
+class StopTraining(BaseException):
+    """Raised by the signal handler to leave an on-policy rollout or update at once.
+
+    A ``BaseException``, so that no ``except Exception`` in SB3 or a user's callback swallows it.
+    """
 
 
 class StopOnSignal(BaseCallback):
-    """Stops training cleanly at the next step after SIGINT or SIGTERM, so a checkpoint can be written.
+    """Stops training cleanly within moments of SIGINT or SIGTERM, so a checkpoint can be written.
 
-    A second signal aborts at once (``KeyboardInterrupt``) for a user who does not want to wait. The step
-    count at the start of the current rollout is kept: an on-policy rollout cut short is discarded by SB3,
-    so its steps are not counted in the checkpoint (see :func:`run_training`).
+    On-policy algorithms (PPO, A2C) stop at once, even in the middle of an update or an evaluation: the
+    handler raises :class:`StopTraining`, the policy and optimizer are put back as they were when the
+    current rollout ended (:meth:`restore`; a copy is kept at each rollout end), and the rollout is not
+    counted, as SB3 discards an on-policy rollout cut short. The checkpoint then holds exactly the updates
+    of the steps it counts. Off-policy algorithms (DQN) stop at their next step. A second signal aborts at
+    once (``KeyboardInterrupt``) for a user who does not want to wait.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.received: int | None = None
         self.rollout_start_timesteps = 0
+        self.stop_at_once = False
+        self._snapshot: tuple[dict[str, Any], dict[str, Any], int] | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        """Signal handler: remember the signal; the training loop stops at its next step."""
+        """Signal handler: remember the signal, and leave an on-policy rollout or update at once."""
         if self.received is not None:
             raise KeyboardInterrupt(f"second signal {signum}: aborting without a checkpoint")
         self.received = signum
+        if self.stop_at_once:
+            self.stop_at_once = False  # the saves that follow must not be interrupted by it
+            raise StopTraining(signum)
 
     def _on_training_start(self) -> None:
         self.rollout_start_timesteps = self.num_timesteps
+        self.stop_at_once = isinstance(self.model, OnPolicyAlgorithm) and self.received is None
 
     def _on_rollout_start(self) -> None:
         self.rollout_start_timesteps = self.num_timesteps
+        self._snapshot = None
+
+    def _on_rollout_end(self) -> None:
+        if isinstance(self.model, OnPolicyAlgorithm):  # the weights the update is about to change
+            policy = self.model.policy
+            self._snapshot = (copy.deepcopy(policy.state_dict()), copy.deepcopy(policy.optimizer.state_dict()),
+                              self.model._n_updates)  # fmt: skip
+
+    def _on_training_end(self) -> None:
+        self.stop_at_once = False
 
     def _on_step(self) -> bool:
         return self.received is None
+
+    def restore(self, model: BaseAlgorithm) -> None:
+        """After :class:`StopTraining`: the policy and optimizer as they were before the cut update."""
+        self.stop_at_once = False
+        if self._snapshot is not None:
+            weights, optimizer, updates = self._snapshot
+            model.policy.load_state_dict(weights)
+            model.policy.optimizer.load_state_dict(optimizer)
+            model._n_updates = updates
+        if isinstance(model, OnPolicyAlgorithm):
+            model.rollout_buffer.reset()
 
 
 @contextmanager
@@ -210,6 +249,8 @@ def run_training(
         try:
             model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume,
                         progress_bar=progress_bar)  # fmt: skip
+        except StopTraining:
+            stopper.restore(model)
         except NonFiniteObservationError as error:
             # Keep what was learnt: the weights are those of the last update, so count only its steps.
             if isinstance(model, OnPolicyAlgorithm):
@@ -217,6 +258,7 @@ def run_training(
             kept = save_checkpoint(model, folder, config.algo, config.keep_checkpoints)
             vec_env.close()
             raise NonFiniteObservationError(f"{error} Checkpoint {kept} holds the training so far.") from error
+        stopper.stop_at_once = False
         elapsed = time.time() - started
         interrupted = stopper.received  # a signal during the saves below no longer counts as an interruption
         if interrupted is not None and isinstance(model, OnPolicyAlgorithm):
