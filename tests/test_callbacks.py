@@ -81,6 +81,12 @@ def test_ppo_writes_every_tag(ppo_run: dict[str, Any]) -> None:
     assert "gates/coactivation" in tags["images"]
     image = events.Images("gates/coactivation")[-1]
     assert (image.width, image.height) == (3 * 16, 3 * 16)
+    from hp_rl.rl.callbacks import chart_order
+
+    assert [names[c] for c in chart_order(names)] == sorted(names)
+    (legend,) = events.Tensors("gates/coactivation_legend/text_summary")
+    text = legend.tensor_proto.string_val[0].decode()
+    assert all(f"| {i} | {name} |" in text for i, name in enumerate(sorted(names)))
     for name in names:
         histogram = events.Histograms(f"gates/weight_hist/{name}")[-1].histogram_value
         assert histogram.num > 0 and 0.0 < histogram.min <= histogram.max <= 1.0

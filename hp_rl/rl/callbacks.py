@@ -18,10 +18,15 @@ from torch.utils.hooks import RemovableHandle
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
 from hp_rl.routing import GateStatistics, GateSummary, Routes
 
-__all__ = ["GateUsageCallback", "concat_routes", "gate_layout"]
+__all__ = ["GateUsageCallback", "concat_routes", "gate_layout", "chart_order"]
 
 # Images and histograms only make sense in TensorBoard.
 _TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
+
+
+def chart_order(names: Sequence[str]) -> list[int]:
+    """Expert columns in the order TensorBoard lists their charts (by tag name), for the co-activation image."""
+    return sorted(range(len(names)), key=lambda column: names[column])
 
 
 def gate_layout(prefixes: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
@@ -130,7 +135,8 @@ class GateUsageCallback(BaseCallback):
       in the window, before ``explore_coef``; absent until an update ran. On-policy algorithms update after
       the rollout is recorded, so like SB3's own ``train/`` values it describes the previous update.
     - ``P/coactivation``: image of the ``(m, m)`` share of observations routed to both experts (diagonal:
-      usage), ``coactivation_cell_px`` pixels per pair, black 0 to white 1.
+      usage), ``coactivation_cell_px`` pixels per pair, black 0 to white 1, experts in the charts' order
+      (by name); the text ``P/coactivation_legend`` names each row and column.
     - ``P/weight_hist/<expert>``: histogram of the weights the expert received when routed (at most
       ``max_histogram_samples`` of them per window; left out for an expert that received none).
 
@@ -225,6 +231,12 @@ class GateUsageCallback(BaseCallback):
         if not writers:
             return
         writers[0].add_custom_scalars(gate_layout([t.prefix for t in self._trackers]))
+        for tracker in self._trackers:  # what the rows and columns of the co-activation image are
+            names = tracker.extractor.expert_names
+            rows = "\n".join(f"| {i} | {names[c]} |" for i, c in enumerate(chart_order(names)))
+            writers[0].add_text(f"{tracker.prefix}/coactivation_legend",
+                                "Rows and columns of the co-activation image, top/left first (the charts' order):\n\n"
+                                f"| row/column | expert |\n|---|---|\n{rows}")  # fmt: skip
         writers[0].flush()
 
     def _on_step(self) -> bool:
@@ -321,7 +333,8 @@ class GateUsageCallback(BaseCallback):
         self.logger.record(f"{prefix}/num_samples", summary.num_samples)
         if tracker.window_loss_count:
             self.logger.record(f"{prefix}/explore_loss", tracker.window_loss_sum / tracker.window_loss_count)
-        image = Image(self.coactivation_image(summary.coactivation), "HW")
+        order = chart_order(tracker.extractor.expert_names)
+        image = Image(self.coactivation_image(summary.coactivation[order][:, order]), "HW")
         self.logger.record(f"{prefix}/coactivation", image, exclude=_TENSORBOARD_ONLY)
         tracker.recorded = True
 
