@@ -1,0 +1,66 @@
+"""The README's Python snippets run as written (their budgets are tiny already)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_the_readme_has_python_snippets() -> None:
+    assert BLOCKS
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_python_snippet_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ale_py")
+    pytest.importorskip("minatar")
+    monkeypatch.chdir(tmp_path)  # from any folder, writing nothing into the checkout
+    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+
+
+def _command_lines() -> list[str]:
+    """Every ``python -m hp_rl...`` / ``python benchmarks/...`` command of the README's bash blocks."""
+    lines: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S):
+        for raw in block.replace("\\\n", " ").splitlines():
+            line = raw.split(" #")[0].strip()
+            if line.startswith(("python -m hp_rl", "python benchmarks/")) and "&&" not in line:
+                lines.append(line)
+    return lines
+
+
+COMMANDS = _command_lines()
+
+
+@pytest.mark.parametrize("line", COMMANDS)
+def test_readme_command_is_accepted_by_its_parser(line: str) -> None:
+    """Each command's flags exist and parse (nothing is run: budgets there are real ones)."""
+    import importlib.util
+    import shlex
+
+    words = shlex.split(line)
+    if words[1] == "-m":
+        module = {"hp_rl.hub": "hp_rl.hub_cli"}.get(words[2], words[2])
+        parser = importlib.import_module(module).build_parser()
+        args = words[3:]
+        if module == "hp_rl.tune" and "--" in args:  # the training command after -- must parse as one too
+            split = args.index("--")
+            importlib.import_module("hp_rl.train").build_parser().parse_args(args[split + 1 :])
+        parser.parse_args(args)
+        return
+    script = README.parent / words[1]
+    spec = importlib.util.spec_from_file_location(f"readme_{script.stem}", script)
+    assert spec is not None and spec.loader is not None
+    module_obj = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = module_obj
+    spec.loader.exec_module(module_obj)
+    parse = getattr(module_obj, "parse_args", None) or getattr(module_obj, "_parse_args", None)
+    if parse is not None:
+        parse(words[2:])
