@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_updates": final["_n_updates"], "expected_updates": final["num_timesteps"] // ROLLOUT,
         "resumes_started": sum(k["resumed_from"] is not None for k in kills),
         "max_steps_behind_newest_checkpoint": max(
-            (k["newest_checkpoint_before_kill"] - (k["resumed_from"] or 0) for k in kills), default=0),
+            ((k["newest_checkpoint_before_kill"] or 0) - (k["resumed_from"] or 0) for k in kills), default=0),
         "checkpoint_interval": ROLLOUT,
     }
     ok = (code == 0 and len(kills) == args.kills and result["resumes_started"] == len(kills)

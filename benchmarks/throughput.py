@@ -598,7 +598,8 @@ def _acting_frames(game: str, args: argparse.Namespace, batch: int) -> tuple[Any
     space = env.observation_space
     env.close()
     generator = torch.Generator().manual_seed(args.seed)
-    return space, (torch.rand((batch, *space.shape), generator=generator) < 0.1).float().to(args.device)
+    shape = tuple(space.shape or ())
+    return space, (torch.rand((batch, *shape), generator=generator) < 0.1).float().to(args.device)
 
 
 def _per_call_us(call: Callable[[], Any], calls: int, reps: int, device: str) -> tuple[float, float]:
@@ -662,7 +663,9 @@ def measure_acting(game: str, args: argparse.Namespace, log: Callable[[str], Non
         (f"part: one expert on {batch} observations", lambda: expert(frames)),
     ]
     results = []
-    for part, call in [*[(name, functools.partial(module, frames)) for name, module in extractors], *parts]:
+    calls_to_time: list[tuple[str, Callable[[], Any]]] = [
+        *[(name, functools.partial(module, frames)) for name, module in extractors], *parts]
+    for part, call in calls_to_time:
         cpu_us, wall_us = _per_call_us(call, calls, args.reps, args.device)
         module = dict(extractors).get(part)
         experts_run = None

@@ -315,7 +315,7 @@ def _hub_mapping(suite: Suite, experts: dict[str, Path], random_trunks: bool = F
     from hp_rl.rl.hub_builder import load_recipe, task_meanings
 
     tasks = {task.name: task for task in load_recipe(suite.recipe).tasks}
-    entries = []
+    entries: list[dict[str, Any]] = []
     for name, path in experts.items():
         if random_trunks:  # same architecture and input, no knowledge
             _, info, _ = read_sb3_trunk(path)
