@@ -19,6 +19,7 @@ import importlib.metadata
 import math
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import typing
@@ -33,7 +34,7 @@ from torch import nn
 from hp_rl.console import program_name
 from hp_rl.overrides import ConfigError
 from hp_rl.overrides import parse_overrides as parse_key_values
-from hp_rl.paths import HUB_CONFIG_DIR, unique_run_dir
+from hp_rl.paths import HUB_CONFIG_DIR, unique_run_dir, written_by_rename
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
 from hp_rl.vision.classifier import HubPathwayClassifier
 from hp_rl.vision.data import (
@@ -548,22 +549,24 @@ def train(
                     writer, {f"val_gates/usage/{n}": float(val.gates.usage[i]) for i, n in enumerate(names)}, epoch
                 )
             writer.flush()
-            torch.save(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "loader_rng": loader.generator.get_state()
-                    if loader.generator is not None
-                    else torch.get_rng_state(),
-                    "history": history,
-                    "classes": list(prepared.classes),
-                },
-                run.checkpoints / f"epoch_{epoch:04d}.pt",
-            )
+            # Written by rename: an interrupted save never leaves a truncated checkpoint for --resume.
+            with written_by_rename(run.checkpoints / f"epoch_{epoch:04d}.pt") as partial:
+                torch.save(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "loader_rng": loader.generator.get_state()
+                        if loader.generator is not None
+                        else torch.get_rng_state(),
+                        "history": history,
+                        "classes": list(prepared.classes),
+                    },
+                    partial,
+                )
             (run.path / "metrics.yml").write_text(yaml.safe_dump(history, sort_keys=False))
             summary = f"epoch {epoch}/{config.epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
             if val is not None:
@@ -591,15 +594,16 @@ def train(
         run.path / "confusion_matrix.png",
         f"{'Validation' if len(prepared.val) else 'Training'} confusion matrix",
     )
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "classes": list(prepared.classes),
-            "image_shape": list(shape),
-            "epoch": config.epochs,
-        },
-        run.final_model,
-    )
+    with written_by_rename(run.final_model) as partial:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "classes": list(prepared.classes),
+                "image_shape": list(shape),
+                "epoch": config.epochs,
+            },
+            partial,
+        )
     return model, final
 
 
@@ -688,7 +692,12 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or f"{stem}_{'dense' if config.dense else 'hubpathway'}"
         run = VisionRun.create(Path(args.tensorboard_log), name)
         run.write_start(config, argv)
-        _, final = train(config, run, progress=not args.no_progress)
+        try:
+            _, final = train(config, run, progress=not args.no_progress)
+        except (ConfigError, DataError, ValueError, FileNotFoundError):
+            if not any(run.checkpoints.glob("epoch_*.pt")):  # refused before an epoch finished: keep no folder
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         if final is not None:
             print(f"[vision] final accuracy {final.accuracy:.4f} on {final.images} images; run folder {run.path}")
         return 0
