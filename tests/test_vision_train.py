@@ -237,3 +237,11 @@ def test_vision_recipe_builds_a_loadable_hub(tmp_path: Path) -> None:
     stamp = (tmp_path / "built" / "low.pt").stat().st_mtime_ns
     build_vision_hub(recipe, verbose=False)  # files exist: nothing is retrained
     assert (tmp_path / "built" / "low.pt").stat().st_mtime_ns == stamp
+
+
+def test_a_refused_vision_run_leaves_no_run_folder(tmp_path: Path) -> None:
+    from hp_rl.vision.train import main
+
+    assert main(["--data", str(tmp_path / "missing.npz"), "--tensorboard-log", str(tmp_path / "runs"),
+                 "--no-progress"]) == 2  # fmt: skip
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
