@@ -354,3 +354,24 @@ def test_a_signal_in_the_middle_of_an_update_stops_at_once_and_keeps_the_weights
         saved = load_tensors(read_member(archive, "policy.pth", last, MAX_TENSOR_BYTES), "policy.pth")
     for key, value in seen["weights"].items():
         assert torch.equal(saved[key], value), key
+
+
+def test_resume_restores_the_recent_episode_statistics_without_unpickling(tmp_path: Path) -> None:
+    from hp_rl.rl.checkpoints import episodes_path, load_latest
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.runs import RunConfig, RunFolder
+
+    run = _train(tmp_path / "runs", "--hub", "none", "-n", "400", "--save-freq", "0")
+    (last,) = sorted((run / "checkpoints").glob("rl_model_*_steps.zip"))
+    saved = json.loads(episodes_path(last).read_text())["ep_info_buffer"]
+    assert saved and all(set(e) >= {"r", "l"} for e in saved)
+    config = RunConfig.from_yaml(run / "config.yml")
+    env = make_env(config.env_id, config.n_envs, config.seed)
+    try:
+        model, _, _ = load_latest(config, RunFolder(run), env)
+        assert [e["r"] for e in model.ep_info_buffer] == [e["r"] for e in saved]
+        episodes_path(last).write_text("{not json")  # a damaged record costs the statistics, not the resume
+        model, _, _ = load_latest(config, RunFolder(run), env)
+        assert model.ep_info_buffer is None or len(model.ep_info_buffer) == 0
+    finally:
+        env.close()

@@ -13,10 +13,12 @@ buffer is kept as ``.npz`` arrays, read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import sys
 import zipfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,49 @@ def load_replay_buffer(buffer: ReplayBuffer, path: Path) -> int:
     return rows
 
 
+def episodes_path(checkpoint: Path) -> Path:
+    """The episode statistics saved beside a checkpoint (``rl_model_<steps>_steps.episodes.json``)."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".zip") + ".episodes.json")
+
+
+_MAX_EPISODES_BYTES = 1 << 20
+
+
+def save_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
+    """SB3's recent-episode buffers (``rollout/ep_rew_mean`` averages them) as plain JSON beside ``checkpoint``.
+
+    SB3 keeps them pickled in the zip's ``data``, which is never decoded here; without this a resumed run
+    would log its first episode means over the few episodes since the resume.
+    """
+    def plain(buffer: Any) -> list[Any]:
+        return [] if buffer is None else [
+            {str(k): float(v) for k, v in dict(item).items()} if isinstance(item, dict) else float(item)
+            for item in buffer
+        ]  # fmt: skip
+
+    stats = {"ep_info_buffer": plain(model.ep_info_buffer), "ep_success_buffer": plain(model.ep_success_buffer)}
+    with written_by_rename(episodes_path(checkpoint)) as partial:
+        partial.write_text(json.dumps(stats), encoding="utf-8")
+
+
+def restore_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
+    """Refill SB3's recent-episode buffers from the JSON beside ``checkpoint`` (nothing when absent or bad)."""
+    path = episodes_path(checkpoint)
+    if not path.is_file() or path.stat().st_size > _MAX_EPISODES_BYTES:
+        return
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+        window = int(getattr(model, "_stats_window_size", 100))
+        infos = [{str(k): float(v) for k, v in item.items()} for item in stats["ep_info_buffer"]]
+        successes = [float(item) for item in stats["ep_success_buffer"]]
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        print(f"warning: {path} is not a valid episode record; episode means restart after the resume.",
+              file=sys.stderr)  # fmt: skip
+        return
+    model.ep_info_buffer = deque(infos[-window:], maxlen=window)
+    model.ep_success_buffer = deque(successes[-window:], maxlen=window)
+
+
 def prune_checkpoints(folder: RunFolder, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (``keep <= 0``: keep every one); returns the deleted."""
     if keep <= 0:
@@ -118,6 +163,7 @@ def prune_checkpoints(folder: RunFolder, keep: int) -> list[Path]:
     deleted = []
     for path, _ in checkpoints_by_step(folder.checkpoints)[keep:]:
         path.unlink(missing_ok=True)
+        episodes_path(path).unlink(missing_ok=True)
         deleted.append(path)
     return deleted
 
@@ -143,6 +189,7 @@ def save_checkpoint(model: BaseAlgorithm, folder: RunFolder, algo: str, keep: in
             shutil.copyfile(same_as, partial)
         os.replace(partial, target)
         path = target
+    save_episode_stats(model, path)
     buffer = getattr(model, "replay_buffer", None)
     if algo == "dqn" and isinstance(buffer, ReplayBuffer):
         newest = save_replay_buffer(buffer, replay_buffer_path(folder, model.num_timesteps))
@@ -280,6 +327,7 @@ def load_latest(config: RunConfig, folder: RunFolder, env: VecEnv, tensorboard_l
             continue
         if config.algo == "dqn":
             _restore_buffer(model, folder, path, steps)
+        restore_episode_stats(model, path)
         return model, path, steps
     detail = f" Unusable: {'; '.join(problems)}." if problems else ""
     raise NoCheckpointError(
