@@ -67,8 +67,10 @@ def hub_for(hub: str, channels: int, expert_size: int) -> Any:
     if not (hub.startswith("random:") and count.isdigit()):
         return hub
     shape = [channels, expert_size, expert_size]
-    experts = [{"name": f"random{i}", "source": "random", "arch": "nature_cnn", "input_shape": shape}
-               for i in range(int(count))]  # fmt: skip
+    experts = [
+        {"name": f"random{i}", "source": "random", "arch": "nature_cnn", "input_shape": shape}
+        for i in range(int(count))
+    ]
     return {"experts": experts}
 
 
@@ -114,8 +116,10 @@ def main() -> None:
     )
     extractor = model.policy.features_extractor
     assert isinstance(extractor, HubPathwayExtractor)
-    print(f"hub: {len(extractor.expert_names)} experts {list(extractor.expert_names)}, k={extractor.k}, "
-          f"frames {tuple(env.observation_space.shape or ())}")  # fmt: skip
+    print(
+        f"hub: {len(extractor.expert_names)} experts {list(extractor.expert_names)}, k={extractor.k}, "
+        f"frames {tuple(env.observation_space.shape or ())}"
+    )
     began = time.perf_counter()
     model.learn(args.timesteps, callback=GateUsageCallback(), tb_log_name="a2c_minatar_hub", log_interval=100)
     print(f"trained {model.num_timesteps} steps at {model.num_timesteps / (time.perf_counter() - began):.0f} steps/s")

@@ -67,8 +67,10 @@ def check_reload(model: SAC, path: Path, env: gym.Env) -> None:
     with routing_noise(model, enabled=False), routing_noise(loaded, enabled=False):
         action, _ = model.predict(states, deterministic=True)
         reloaded_action, _ = loaded.predict(states, deterministic=True)
-    print(f"deterministic actions (first 4): trained {action[:4].ravel().round(4).tolist()}  "
-          f"reloaded {reloaded_action[:4].ravel().round(4).tolist()}")  # fmt: skip
+    print(
+        f"deterministic actions (first 4): trained {action[:4].ravel().round(4).tolist()}  "
+        f"reloaded {reloaded_action[:4].ravel().round(4).tolist()}"
+    )
     if not np.allclose(action, reloaded_action, rtol=0.0, atol=1e-6):
         raise SystemExit("The reloaded model acts differently from the trained one.")
 
@@ -96,8 +98,10 @@ def main() -> None:
     )
     extractors = find_hub_extractors(model)
     first = extractors[0]
-    print(f"hub: {len(first.expert_names)} experts {list(first.expert_names)}, k={first.k}; "
-          f"{len(extractors)} extractors (actor, critic) share the frozen trunks")  # fmt: skip
+    print(
+        f"hub: {len(first.expert_names)} experts {list(first.expert_names)}, k={first.k}; "
+        f"{len(extractors)} extractors (actor, critic) share the frozen trunks"
+    )
     began = time.perf_counter()
     model.learn(args.timesteps, callback=GateUsageCallback(), tb_log_name="sac_pendulum_hub", log_interval=10)
     print(f"trained {model.num_timesteps} steps at {model.num_timesteps / (time.perf_counter() - began):.0f} steps/s")

@@ -33,11 +33,16 @@ ROLLOUT = 16  # n_steps=8 x 2 envs
 
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     handle = open(log, "ab")  # noqa: SIM115 - the child writes to it until killed
-    return subprocess.Popen([sys.executable, "-m", "hp_rl.train", *argv], stdout=handle, stderr=subprocess.STDOUT,
-                            env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "hp_rl.train", *argv], stdout=handle, stderr=subprocess.STDOUT, env=env
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +57,29 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     root = args.out / "runs"
     log = args.out / "train.log"
-    first = ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--n-envs", "2", "--set", "n_steps=8",
-             "-n", str(args.steps), "--save-freq", str(ROLLOUT), "--keep-checkpoints", "3", "--eval-freq", "0",
-             "--no-progress", "--tensorboard-log", str(root)]  # fmt: skip
+    first = [
+        "--algo",
+        "a2c",
+        "--env",
+        "CartPole-v1",
+        "--hub",
+        "none",
+        "--n-envs",
+        "2",
+        "--set",
+        "n_steps=8",
+        "-n",
+        str(args.steps),
+        "--save-freq",
+        str(ROLLOUT),
+        "--keep-checkpoints",
+        "3",
+        "--eval-freq",
+        "0",
+        "--no-progress",
+        "--tensorboard-log",
+        str(root),
+    ]
     process = _start(first, log)
     run: Path | None = None
     kills = []
@@ -76,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.time() + 120
         resumed_from = None
         while time.time() < deadline and resumed_from is None:
-            found = re.findall(r"Resuming .* \(step (\d+)\)", log.read_text(errors="replace")[len(text_before):])
+            found = re.findall(r"Resuming .* \(step (\d+)\)", log.read_text(errors="replace")[len(text_before) :])
             resumed_from = int(found[0]) if found else None
             if resumed_from is None and process.poll() is not None:
                 break
@@ -86,16 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     assert run is not None
     final = read_sb3_archive(run / "model.zip", tensors=False).data
     result = {
-        "kills": kills, "final_exit_code": code, "final_steps": final["num_timesteps"],
-        "final_updates": final["_n_updates"], "expected_updates": final["num_timesteps"] // ROLLOUT,
+        "kills": kills,
+        "final_exit_code": code,
+        "final_steps": final["num_timesteps"],
+        "final_updates": final["_n_updates"],
+        "expected_updates": final["num_timesteps"] // ROLLOUT,
         "resumes_started": sum(k["resumed_from"] is not None for k in kills),
         "max_steps_behind_newest_checkpoint": max(
-            ((k["newest_checkpoint_before_kill"] or 0) - (k["resumed_from"] or 0) for k in kills), default=0),
+            ((k["newest_checkpoint_before_kill"] or 0) - (k["resumed_from"] or 0) for k in kills), default=0
+        ),
         "checkpoint_interval": ROLLOUT,
     }
-    ok = (code == 0 and len(kills) == args.kills and result["resumes_started"] == len(kills)
-          and result["final_steps"] == args.steps and result["final_updates"] == result["expected_updates"]
-          and result["max_steps_behind_newest_checkpoint"] <= ROLLOUT)  # fmt: skip
+    ok = (
+        code == 0
+        and len(kills) == args.kills
+        and result["resumes_started"] == len(kills)
+        and result["final_steps"] == args.steps
+        and result["final_updates"] == result["expected_updates"]
+        and result["max_steps_behind_newest_checkpoint"] <= ROLLOUT
+    )
     result["ok"] = ok
     (args.out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "kills"}, indent=2))

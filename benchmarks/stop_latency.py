@@ -32,11 +32,34 @@ def main(argv: list[str] | None = None) -> int:
     seconds, codes = [], []
     with tempfile.TemporaryDirectory() as folder:
         for trial in range(args.trials):
-            command = [sys.executable, "-m", "hp_rl.train", "--algo", "ppo", "--env", args.env, "--hub", "random:4",
-                       "-n", "10000000", "--no-progress", "-v", "--eval-freq", "0", "--threads", "1",
-                       "--tensorboard-log", str(Path(folder) / f"runs{trial}")]  # fmt: skip
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "hp_rl.train",
+                "--algo",
+                "ppo",
+                "--env",
+                args.env,
+                "--hub",
+                "random:4",
+                "-n",
+                "10000000",
+                "--no-progress",
+                "-v",
+                "--eval-freq",
+                "0",
+                "--threads",
+                "1",
+                "--tensorboard-log",
+                str(Path(folder) / f"runs{trial}"),
+            ]
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
             assert process.stdout is not None
             for line in process.stdout:
                 if "total_timesteps" in line:  # SB3's first log table: training is running
@@ -47,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
             process.stdout.read()
             codes.append(process.wait())
             seconds.append(round(time.perf_counter() - began, 2))
-    result = {"env": args.env, "hub": "random:4", "seconds_from_sigint_to_exit": seconds, "exit_codes": codes,
-              "max_seconds": max(seconds), "load_average": list(os.getloadavg()),
-              "command": "python benchmarks/stop_latency.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
+    result = {
+        "env": args.env,
+        "hub": "random:4",
+        "seconds_from_sigint_to_exit": seconds,
+        "exit_codes": codes,
+        "max_seconds": max(seconds),
+        "load_average": list(os.getloadavg()),
+        "command": "python benchmarks/stop_latency.py " + " ".join(argv or sys.argv[1:]),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

@@ -34,9 +34,15 @@ TIMING_KEYS = {"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_st
 
 
 def _recipe(folder: Path) -> Path:
-    recipe = {"algo": "ppo", "n_timesteps": 2048, "seed": 0, "save_freq": 0, "eval_episodes": 1,
-              "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
-              "overrides": {"n_envs": 4, "n_steps": 128}}  # fmt: skip
+    recipe = {
+        "algo": "ppo",
+        "n_timesteps": 2048,
+        "seed": 0,
+        "save_freq": 0,
+        "eval_episodes": 1,
+        "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
+        "overrides": {"n_envs": 4, "n_steps": 128},
+    }
     path = folder / "micro.recipe.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
@@ -60,9 +66,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [str(s) for s in range(max(args.runs // 2, 1))]
     recipe = _recipe(args.out)
-    common = ["--suite", "control", "--recipe", str(recipe), "--targets", "cartpole", "--hub-workdir",
-              str(args.out / "hubs"), "--methods", "scratch", "hub_pathway", "--seeds", *seeds, "--steps",
-              str(args.steps), "--threads", "1", "--set", "n_envs=4", "n_steps=128", "batch_size=128"]  # fmt: skip
+    common = [
+        "--suite",
+        "control",
+        "--recipe",
+        str(recipe),
+        "--targets",
+        "cartpole",
+        "--hub-workdir",
+        str(args.out / "hubs"),
+        "--methods",
+        "scratch",
+        "hub_pathway",
+        "--seeds",
+        *seeds,
+        "--steps",
+        str(args.steps),
+        "--threads",
+        "1",
+        "--set",
+        "n_envs=4",
+        "n_steps=128",
+        "batch_size=128",
+    ]
     # The hub is built before either timing starts.
     transfer.prepare_hub(replace(transfer.SUITES["control"], recipe=recipe.resolve()), args.out / "hubs", build=True)
     timings: dict[str, float] = {}
@@ -79,13 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     same = here == there and len(here) == args.runs
     ratio = timings["ray"] / timings["in-process"]
     result = {
-        "runs": args.runs, "steps_per_run": args.steps, "ray_cpus": args.cpus,
-        "wall_seconds": {k: round(v, 1) for k, v in timings.items()}, "ray_over_in_process": round(ratio, 3),
-        "target": "ray <= 1.3x in-process", "met": ratio <= 1.3, "same_result_files": same,
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "load_average_at_end": list(os.getloadavg())},
+        "runs": args.runs,
+        "steps_per_run": args.steps,
+        "ray_cpus": args.cpus,
+        "wall_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "ray_over_in_process": round(ratio, 3),
+        "target": "ray <= 1.3x in-process",
+        "met": ratio <= 1.3,
+        "same_result_files": same,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_at_end": list(os.getloadavg()),
+        },
         "command": "python benchmarks/sweep_backends.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }  # fmt: skip
+    }
     (args.out / "sweep_backends.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0 if same else 1

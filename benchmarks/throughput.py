@@ -324,8 +324,12 @@ def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> 
             hub = minatar_hub(case.experts, int(shape[0]), case.expert_size)
         policy_kwargs["features_extractor_class"] = HubPathwayExtractor
         policy_kwargs["features_extractor_kwargs"] = {
-            "hub": hub, "k": case.k, "freeze_experts": case.frozen, "dense": case.dense, "execution": case.execution,
-        }  # fmt: skip
+            "hub": hub,
+            "k": case.k,
+            "freeze_experts": case.frozen,
+            "dense": case.dense,
+            "execution": case.execution,
+        }
     cls: Any = PPO
     if case.algo == "hubppo":
         from hp_rl.rl.algorithms import HubPPO
@@ -364,8 +368,10 @@ def measure_training(game: str, args: argparse.Namespace, log: Callable[[str], N
             seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - began_cpu
             steps = model.num_timesteps - start_steps
             samples[case.name].append((steps, seconds, cpu_seconds, timer.seconds))
-            log(f"  [{game}] round {round_index + 1}: {case.name:<44} {steps / seconds:8.1f} steps/s "
-                f"{steps / cpu_seconds:8.1f} steps/cpu-s")  # fmt: skip
+            log(
+                f"  [{game}] round {round_index + 1}: {case.name:<44} {steps / seconds:8.1f} steps/s "
+                f"{steps / cpu_seconds:8.1f} steps/cpu-s"
+            )
             if args.repeats == 1:  # free the rollout buffer and envs before the next case
                 model.env.close()
                 models.pop(case.name)
@@ -376,10 +382,23 @@ def measure_training(game: str, args: argparse.Namespace, log: Callable[[str], N
         steps, seconds, _, rollout = runs[sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]]
         cpu_rates = [steps / cpu for steps, _, cpu, _ in runs]
         cpu_steps, _, cpu_seconds, _ = runs[sorted(range(len(runs)), key=cpu_rates.__getitem__)[len(runs) // 2]]
-        results.append(TrainResult(game, case.name, case.experts, case.k, case.frozen, case.dense, steps,
-                                   round(seconds, 3), round(cpu_seconds, 3), round(steps / seconds, 1),
-                                   round(cpu_steps / cpu_seconds, 1), round(rollout / seconds, 3),
-                                   repeats=[round(r, 1) for r in rates]))  # fmt: skip
+        results.append(
+            TrainResult(
+                game,
+                case.name,
+                case.experts,
+                case.k,
+                case.frozen,
+                case.dense,
+                steps,
+                round(seconds, 3),
+                round(cpu_seconds, 3),
+                round(steps / seconds, 1),
+                round(cpu_steps / cpu_seconds, 1),
+                round(rollout / seconds, 3),
+                repeats=[round(r, 1) for r in rates],
+            )
+        )
     plain, plain_cpu = results[0].steps_per_s, results[0].steps_per_cpu_s
     for result in results:
         result.ratio_to_plain = round(result.steps_per_s / plain, 3)
@@ -414,9 +433,12 @@ def _build_extractor(config: dict[str, Any], device: str) -> Any:
 
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     extractor = HubPathwayExtractor(
-        space, hub=f"random:{config['experts']}", k=config["k"], freeze_experts=config["mode"] == "frozen",
+        space,
+        hub=f"random:{config['experts']}",
+        k=config["k"],
+        freeze_experts=config["mode"] == "frozen",
         dense=config["routing"] == "dense-mixture",
-    )  # fmt: skip
+    )
     if config["routing"] == "dense-dispatch":
         extractor.pathway.sparse = False
     return extractor.to(device)
@@ -471,8 +493,18 @@ def measure_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> l
     nature = NatureCNN(spaces.Box(0, 255, (4, 84, 84), np.uint8)).to(args.device)
     forward = _median_ms(lambda: _forward(nature, frames), args.reps, args.device)
     both = _median_ms(lambda: _forward_backward(nature, frames), args.reps, args.device)
-    reference = ExtractorResult("trained", "NatureCNN (plain SB3)", 0, 0, args.batch, forward[0], both[0],
-                                forward[1], both[1], sum(p.numel() for p in nature.parameters()))  # fmt: skip
+    reference = ExtractorResult(
+        "trained",
+        "NatureCNN (plain SB3)",
+        0,
+        0,
+        args.batch,
+        forward[0],
+        both[0],
+        forward[1],
+        both[1],
+        sum(p.numel() for p in nature.parameters()),
+    )
     results.append(reference)
     configs = _extractor_configs(args.ms, args.ks, args.modes)
     for config in configs:
@@ -480,18 +512,29 @@ def measure_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> l
         extractor = _build_extractor(config, args.device)
         forward = _median_ms(functools.partial(_forward, extractor, frames), args.reps, args.device)
         both = _median_ms(functools.partial(_forward_backward, extractor, frames), args.reps, args.device)
-        result = ExtractorResult(config["mode"], config["routing"], config["experts"], config["k"], args.batch,
-                                 forward[0], both[0], forward[1], both[1],
-                                 sum(p.numel() for p in extractor.parameters()))  # fmt: skip
+        result = ExtractorResult(
+            config["mode"],
+            config["routing"],
+            config["experts"],
+            config["k"],
+            args.batch,
+            forward[0],
+            both[0],
+            forward[1],
+            both[1],
+            sum(p.numel() for p in extractor.parameters()),
+        )
         del extractor
         if args.memory:
             peaks = _memory_in_subprocess(config, args)
             result.forward_peak_mib = peaks.get("forward_peak_mib")
             result.forward_backward_peak_mib = peaks.get("forward_backward_peak_mib")
             result.memory_method = peaks.get("method")
-        log(f"  {config['mode']:<10} {config['routing']:<15} m={config['experts']:<2} k={config['k']:<2} "
+        log(
+            f"  {config['mode']:<10} {config['routing']:<15} m={config['experts']:<2} k={config['k']:<2} "
             f"fwd {forward[0]:7.1f} ms (cpu {forward[1]:7.1f})  fwd+bwd {both[0]:7.1f} ms (cpu {both[1]:7.1f})  "
-            f"peak {result.forward_backward_peak_mib} MiB")  # fmt: skip
+            f"peak {result.forward_backward_peak_mib} MiB"
+        )
         results.append(result)
     if args.memory:
         peaks = _memory_in_subprocess({"mode": "nature_cnn"}, args)
@@ -506,8 +549,11 @@ def _memory_in_subprocess(config: dict[str, Any], args: argparse.Namespace) -> d
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
     completed = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(probe)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"memory probe {probe} failed:\n{completed.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -571,8 +617,15 @@ def memory_probe(raw: str) -> None:
     frames = _frames(int(probe["batch"]), device, int(probe["seed"]))
     forward_peak, method = _peak_mib(lambda: _forward(module, frames), device)
     both_peak, _ = _peak_mib(lambda: _forward_backward(module, frames), device)
-    print(json.dumps({"forward_peak_mib": round(forward_peak, 1), "forward_backward_peak_mib": round(both_peak, 1),
-                      "method": method}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "forward_peak_mib": round(forward_peak, 1),
+                "forward_backward_peak_mib": round(both_peak, 1),
+                "method": method,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -664,7 +717,9 @@ def measure_acting(game: str, args: argparse.Namespace, log: Callable[[str], Non
     ]
     results = []
     calls_to_time: list[tuple[str, Callable[[], Any]]] = [
-        *[(name, functools.partial(module, frames)) for name, module in extractors], *parts]
+        *[(name, functools.partial(module, frames)) for name, module in extractors],
+        *parts,
+    ]
     for part, call in calls_to_time:
         cpu_us, wall_us = _per_call_us(call, calls, args.reps, args.device)
         module = dict(extractors).get(part)
@@ -709,23 +764,38 @@ def check_targets(train: Sequence[TrainResult], extractor: Sequence[ExtractorRes
             continue
         name = "Breakout" if game == "breakout" else "MinAtar"
         for clock, ratio in (("cpu", result.cpu_ratio_to_plain), ("wall", result.ratio_to_plain)):
-            targets.append({"target": f"{name}: {case} >= {least}x plain PPO steps/s ({clock} time)",
-                            "value": ratio, "passed": (ratio or 0.0) >= least})  # fmt: skip
+            targets.append(
+                {
+                    "target": f"{name}: {case} >= {least}x plain PPO steps/s ({clock} time)",
+                    "value": ratio,
+                    "passed": (ratio or 0.0) >= least,
+                }
+            )
     for game in sorted({r.game for r in train}):
         sparse, dense = by_case.get((game, "hub m=4 k=2 frozen")), by_case.get((game, "dense mixture m=4 frozen"))
         if sparse and dense and sparse.steps_per_cpu_s:
             # CPU time per step is the inverse of steps per CPU-second.
             share = round(dense.steps_per_cpu_s / sparse.steps_per_cpu_s, 3)
-            targets.append({"target": f"{game}: Hub-Pathway k=2 of 4 <= {SPARSE_OVER_DENSE_MAX}x the dense mixture's "
-                                      "CPU time per training step", "value": share,
-                            "passed": share <= SPARSE_OVER_DENSE_MAX})  # fmt: skip
+            targets.append(
+                {
+                    "target": f"{game}: Hub-Pathway k=2 of 4 <= {SPARSE_OVER_DENSE_MAX}x the dense mixture's "
+                    "CPU time per training step",
+                    "value": share,
+                    "passed": share <= SPARSE_OVER_DENSE_MAX,
+                }
+            )
     for mode in ("frozen", "finetuned"):
         two, sixteen = _find(extractor, mode, "sparse", 2, 2), _find(extractor, mode, "sparse", 16, 2)
         if two and sixteen:
             ratio = round(sixteen.forward_backward_cpu_ms / two.forward_backward_cpu_ms, 3)
-            targets.append({"target": f"Extractor, {mode} trunks, batch 256: fwd+bwd m=16 k=2 <= "
-                                      f"{SIXTEEN_OVER_TWO_MAX}x m=2 k=2 (cpu time)",
-                            "value": ratio, "passed": ratio <= SIXTEEN_OVER_TWO_MAX})  # fmt: skip
+            targets.append(
+                {
+                    "target": f"Extractor, {mode} trunks, batch 256: fwd+bwd m=16 k=2 <= "
+                    f"{SIXTEEN_OVER_TWO_MAX}x m=2 k=2 (cpu time)",
+                    "value": ratio,
+                    "passed": ratio <= SIXTEEN_OVER_TWO_MAX,
+                }
+            )
     return targets
 
 
@@ -784,9 +854,14 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for r in report["extractor"]:
             base_k = 2 if r["routing"] == "dense-mixture" else r["k"]
-            base = next((b for b in report["extractor"]
-                         if (b["mode"], b["routing"], b["experts"], b["k"]) == (r["mode"], r["routing"], 2, base_k)),
-                        None)  # fmt: skip
+            base = next(
+                (
+                    b
+                    for b in report["extractor"]
+                    if (b["mode"], b["routing"], b["experts"], b["k"]) == (r["mode"], r["routing"], 2, base_k)
+                ),
+                None,
+            )
             ratio = r["forward_backward_cpu_ms"] / base["forward_backward_cpu_ms"] if base and r["experts"] else None
             lines.append(
                 f"| {r['mode']} | {r['routing']} | {r['experts'] or '-'} | {r['k'] or '-'} | "
@@ -842,8 +917,11 @@ def plot(extractor: Sequence[ExtractorResult], path: Path) -> bool:
         for r in extractor:
             if r.mode != mode or not r.experts:
                 continue
-            label = f"sparse k={r.k}" if r.routing == "sparse" else (
-                "dense-dispatch k=2" if r.routing == "dense-dispatch" else "dense mixture")  # fmt: skip
+            label = (
+                f"sparse k={r.k}"
+                if r.routing == "sparse"
+                else ("dense-dispatch k=2" if r.routing == "dense-dispatch" else "dense mixture")
+            )
             series.setdefault(label, []).append(r)
         for row, (key, title) in enumerate(rows):
             axis = axes[row][column]
@@ -874,10 +952,26 @@ def plot(extractor: Sequence[ExtractorResult], path: Path) -> bool:
 
 
 # Budgets of a full run and of --quick (options given on the command line win over both).
-_FULL: dict[str, Any] = {"steps": 4096, "warmup_steps": 0, "repeats": 1, "batch": 256, "ms": [2, 4, 8, 16],
-                         "ks": [1, 2, 4], "modes": ["frozen", "finetuned"], "reps": 5}  # fmt: skip
-_QUICK: dict[str, Any] = {"steps": 32, "warmup_steps": 32, "repeats": 1, "batch": 8, "ms": [2, 4], "ks": [1, 2],
-                          "modes": ["frozen"], "reps": 1}  # fmt: skip
+_FULL: dict[str, Any] = {
+    "steps": 4096,
+    "warmup_steps": 0,
+    "repeats": 1,
+    "batch": 256,
+    "ms": [2, 4, 8, 16],
+    "ks": [1, 2, 4],
+    "modes": ["frozen", "finetuned"],
+    "reps": 5,
+}
+_QUICK: dict[str, Any] = {
+    "steps": 32,
+    "warmup_steps": 32,
+    "repeats": 1,
+    "batch": 8,
+    "ms": [2, 4],
+    "ks": [1, 2],
+    "modes": ["frozen"],
+    "reps": 1,
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -897,8 +991,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny budgets for every option not given explicitly (smoke test)")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny budgets for every option not given explicitly (smoke test)"
+    )
     training = parser.add_argument_group("(a) training throughput")
     training.add_argument("--steps", type=int, help="measured env steps per configuration and round (default: 4096)")
     training.add_argument("--warmup-steps", type=int, help="warm-up steps (default: one rollout and update)")

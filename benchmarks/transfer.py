@@ -60,8 +60,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hp_rl.runner import Backend, BackendError, run_jobs  # noqa: E402  (after the checkout is on the path)
 
-__all__ = ["Suite", "Method", "RunKey", "SUITES", "METHODS", "plan_runs", "prepare_hub", "run_one", "run_sweep",
-           "summarise", "write_report", "main"]  # fmt: skip
+__all__ = [
+    "Suite",
+    "Method",
+    "RunKey",
+    "SUITES",
+    "METHODS",
+    "plan_runs",
+    "prepare_hub",
+    "run_one",
+    "run_sweep",
+    "summarise",
+    "write_report",
+    "main",
+]
 
 CURVE_POINTS = 50
 CURVE_WINDOW = 20
@@ -111,57 +123,102 @@ _OTHER_GAMES = {
 
 SUITES: dict[str, Suite] = {
     "minatar": Suite(
-        "minatar", REPO_ROOT / "configs/hubs/minatar_transfer.recipe.yml",
+        "minatar",
+        REPO_ROOT / "configs/hubs/minatar_transfer.recipe.yml",
         ("asterix", "breakout", "freeway", "seaquest", "space_invaders"),
-        steps=100_000, k=2, features_dim=128, scratch_policy_kwargs={"net_arch": []},
+        steps=100_000,
+        k=2,
+        features_dim=128,
+        scratch_policy_kwargs={"net_arch": []},
     ),
     "control": Suite(
-        "control", REPO_ROOT / "configs/hubs/control_bundled.recipe.yml", ("cartpole", "acrobot"),
-        steps=30_000, k=2, features_dim=64,
+        "control",
+        REPO_ROOT / "configs/hubs/control_bundled.recipe.yml",
+        ("cartpole", "acrobot"),
+        steps=30_000,
+        k=2,
+        features_dim=64,
     ),
     # Needle: the target game in its default setting; the hub holds one variant expert of that game (trained
     # without sticky actions, or without difficulty ramping) among the other games' experts (2M steps each).
     "needle": Suite(
-        "needle", _MINATAR_BUNDLED, ("breakout", "space_invaders"), steps=500_000, k=2, features_dim=128,
+        "needle",
+        _MINATAR_BUNDLED,
+        ("breakout", "space_invaders"),
+        steps=500_000,
+        k=2,
+        features_dim=128,
         scratch_policy_kwargs={"net_arch": []},
-        hubs={"breakout": ("breakout_nosticky", *_OTHER_GAMES["breakout"]),
-              "space_invaders": ("space_invaders_noramp", *_OTHER_GAMES["space_invaders"])},
+        hubs={
+            "breakout": ("breakout_nosticky", *_OTHER_GAMES["breakout"]),
+            "space_invaders": ("space_invaders_noramp", *_OTHER_GAMES["space_invaders"]),
+        },
     ),
     # Two complementary relevant experts: both variants of the target game among the other games' experts.
     "needle2": Suite(
-        "needle2", _MINATAR_BUNDLED, ("breakout", "space_invaders"), steps=500_000, k=2, features_dim=128,
+        "needle2",
+        _MINATAR_BUNDLED,
+        ("breakout", "space_invaders"),
+        steps=500_000,
+        k=2,
+        features_dim=128,
         scratch_policy_kwargs={"net_arch": []},
-        hubs={"breakout": ("breakout_nosticky", "breakout_sticky30", *_OTHER_GAMES["breakout"]),
-              "space_invaders": ("space_invaders_noramp", "space_invaders_nosticky",
-                                 *_OTHER_GAMES["space_invaders"])},
+        hubs={
+            "breakout": ("breakout_nosticky", "breakout_sticky30", *_OTHER_GAMES["breakout"]),
+            "space_invaders": ("space_invaders_noramp", "space_invaders_nosticky", *_OTHER_GAMES["space_invaders"]),
+        },
     ),
     # Do no harm with strong experts: the cross-game leave-one-out suite over the 2M-step experts.
     "minatar_strong": Suite(
-        "minatar_strong", _MINATAR_BUNDLED, ("asterix", "breakout", "freeway", "seaquest", "space_invaders"),
-        steps=300_000, k=2, features_dim=128, scratch_policy_kwargs={"net_arch": []},
-        hubs={game: tuple(g for g in ("asterix", "breakout", "freeway", "seaquest", "space_invaders") if g != game)
-              for game in ("asterix", "breakout", "freeway", "seaquest", "space_invaders")},
+        "minatar_strong",
+        _MINATAR_BUNDLED,
+        ("asterix", "breakout", "freeway", "seaquest", "space_invaders"),
+        steps=300_000,
+        k=2,
+        features_dim=128,
+        scratch_policy_kwargs={"net_arch": []},
+        hubs={
+            game: tuple(g for g in ("asterix", "breakout", "freeway", "seaquest", "space_invaders") if g != game)
+            for game in ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+        },
     ),
     # Control physics variants: each task in its default physics, its variant among other tasks' variants.
     "control_needle": Suite(
-        "control_needle", REPO_ROOT / "configs/hubs/control_variants.recipe.yml", ("cartpole", "acrobot"),
-        extra_targets={"cartpole": "CartPole-v1", "acrobot": "Acrobot-v1"}, steps=100_000, k=2, features_dim=64,
-        hubs={"cartpole": ("cartpole_long", "acrobot_heavy", "pendulum_low_g"),
-              "acrobot": ("acrobot_heavy", "cartpole_heavy", "pendulum_low_g")},
+        "control_needle",
+        REPO_ROOT / "configs/hubs/control_variants.recipe.yml",
+        ("cartpole", "acrobot"),
+        extra_targets={"cartpole": "CartPole-v1", "acrobot": "Acrobot-v1"},
+        steps=100_000,
+        k=2,
+        features_dim=64,
+        hubs={
+            "cartpole": ("cartpole_long", "acrobot_heavy", "pendulum_low_g"),
+            "acrobot": ("acrobot_heavy", "cartpole_heavy", "pendulum_low_g"),
+        },
     ),
     # Atari needle (benchmarks/transfer_atari_gpu.sh): Breakout at difficulty 1 (smaller paddle) as the target,
     # the default-mode Breakout agent among four other games' agents.
     "atari_needle": Suite(
-        "atari_needle", REPO_ROOT / "configs/hubs/atari_needle.recipe.yml", ("breakout_hard",),
-        extra_targets={"breakout_hard": "BreakoutNoFrameskip-v4"}, steps=100_000, k=2, features_dim=512,
+        "atari_needle",
+        REPO_ROOT / "configs/hubs/atari_needle.recipe.yml",
+        ("breakout_hard",),
+        extra_targets={"breakout_hard": "BreakoutNoFrameskip-v4"},
+        steps=100_000,
+        k=2,
+        features_dim=512,
         hubs={"breakout_hard": ("breakout", "spaceinvaders", "qbert", "seaquest", "roadrunner")},
         target_env_kwargs={"breakout_hard": {"difficulty": 1}},
     ),
     "atari": Suite(
-        "atari", REPO_ROOT / "configs/hubs/atari_bundled.recipe.yml", ("breakout",),
-        extra_targets={"breakout": "BreakoutNoFrameskip-v4"}, steps=200_000, k=2, features_dim=512,
+        "atari",
+        REPO_ROOT / "configs/hubs/atari_bundled.recipe.yml",
+        ("breakout",),
+        extra_targets={"breakout": "BreakoutNoFrameskip-v4"},
+        steps=200_000,
+        k=2,
+        features_dim=512,
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -194,8 +251,16 @@ _NO_AUX = {"noise": "none", "explore_coef": 0.0}
 _HUB_PATHWAY = {"noise": "learned", "explore_coef": 0.01}
 # The transfer configuration (hp_rl.rl.presets "transfer"): output aggregation with the experts' own heads,
 # an always-routed base expert, bounded and annealed noise, a decaying exploration loss, kickstarting.
-_TRANSFER = {"k": 1, "aggregation": "output", "base_expert": True, "noise": "learned", "noise_cap": 1.0,
-             "noise_anneal": 0.25, "explore_coef": 0.01, "explore_decay": 0.5}  # fmt: skip
+_TRANSFER = {
+    "k": 1,
+    "aggregation": "output",
+    "base_expert": True,
+    "noise": "learned",
+    "noise_cap": 1.0,
+    "noise_anneal": 0.25,
+    "explore_coef": 0.01,
+    "explore_decay": 0.5,
+}
 _KICKSTART = {"kickstart_coef": 0.5, "kickstart_fraction": 0.2}
 
 METHODS: dict[str, Method] = {
@@ -210,18 +275,48 @@ METHODS: dict[str, Method] = {
         Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
         Method("single_agent", "single agent (heads kept)", "single", {"k": 1, **_NO_AUX, "aggregation": "output"}),
         Method("transfer", "HP transfer", "hub", dict(_TRANSFER), exploit_coef=0.1, algo_kwargs=dict(_KICKSTART)),
-        Method("transfer_prior", "HP transfer + score prior", "hub", dict(_TRANSFER), exploit_coef=0.1,
-               algo_kwargs=dict(_KICKSTART), prior=True),
-        Method("transfer_random", "HP transfer, random trunks", "hub", dict(_TRANSFER), exploit_coef=0.1,
-               algo_kwargs=dict(_KICKSTART), random_trunks=True),
+        Method(
+            "transfer_prior",
+            "HP transfer + score prior",
+            "hub",
+            dict(_TRANSFER),
+            exploit_coef=0.1,
+            algo_kwargs=dict(_KICKSTART),
+            prior=True,
+        ),
+        Method(
+            "transfer_random",
+            "HP transfer, random trunks",
+            "hub",
+            dict(_TRANSFER),
+            exploit_coef=0.1,
+            algo_kwargs=dict(_KICKSTART),
+            random_trunks=True,
+        ),
         Method("transfer_no_kickstart", "HP transfer w/o kickstart", "hub", dict(_TRANSFER), exploit_coef=0.1),
-        Method("transfer_no_base", "HP transfer w/o base expert", "hub", {**_TRANSFER, "base_expert": False},
-               exploit_coef=0.1, algo_kwargs=dict(_KICKSTART)),
-        Method("transfer_features", "HP transfer, feature aggregation", "hub",
-               {**_TRANSFER, "aggregation": "features"}, exploit_coef=0.1),
-        Method("transfer_noise", "HP transfer, unbounded constant noise", "hub",
-               {**_TRANSFER, "noise_cap": None, "noise_anneal": None}, exploit_coef=0.1,
-               algo_kwargs=dict(_KICKSTART)),
+        Method(
+            "transfer_no_base",
+            "HP transfer w/o base expert",
+            "hub",
+            {**_TRANSFER, "base_expert": False},
+            exploit_coef=0.1,
+            algo_kwargs=dict(_KICKSTART),
+        ),
+        Method(
+            "transfer_features",
+            "HP transfer, feature aggregation",
+            "hub",
+            {**_TRANSFER, "aggregation": "features"},
+            exploit_coef=0.1,
+        ),
+        Method(
+            "transfer_noise",
+            "HP transfer, unbounded constant noise",
+            "hub",
+            {**_TRANSFER, "noise_cap": None, "noise_anneal": None},
+            exploit_coef=0.1,
+            algo_kwargs=dict(_KICKSTART),
+        ),
     )
 }
 
@@ -319,8 +414,16 @@ def _hub_mapping(suite: Suite, experts: dict[str, Path], random_trunks: bool = F
     for name, path in experts.items():
         if random_trunks:  # same architecture and input, no knowledge
             _, info, _ = read_sb3_trunk(path)
-            entries.append({"name": name, "source": "random", "arch": info.arch, "input_shape": list(info.input_shape),
-                            "features_dim": info.features_dim, "options": {"seed": 1000 + len(entries)}})  # fmt: skip
+            entries.append(
+                {
+                    "name": name,
+                    "source": "random",
+                    "arch": info.arch,
+                    "input_shape": list(info.input_shape),
+                    "features_dim": info.features_dim,
+                    "options": {"seed": 1000 + len(entries)},
+                }
+            )
             continue
         entry: dict[str, Any] = {"name": name, "source": "sb3", "path": str(path)}
         if name in tasks:
@@ -330,8 +433,13 @@ def _hub_mapping(suite: Suite, experts: dict[str, Path], random_trunks: bool = F
     return {"experts": entries}
 
 
-def plan_runs(suite: Suite, targets: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-              single_experts: Sequence[str] | None = None) -> list[RunKey]:  # fmt: skip
+def plan_runs(
+    suite: Suite,
+    targets: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    single_experts: Sequence[str] | None = None,
+) -> list[RunKey]:
     """Every run of the sweep, seed-major (a partial sweep has whole seeds), ``single`` expanded per expert.
 
     :param single_experts: fine-tune only these experts in ``single`` runs (default: every source task).
@@ -468,11 +576,21 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
             hub_kwargs["prior"] = target_prior(suite, key.target, hub, env_id, settings.out)
         params.pop("policy_kwargs", None)  # the hub methods use HubPPO's linear heads on the hub features
     recipe = load_recipe(suite.recipe)
-    return RunConfig(algo="ppo", env_id=env_id, hub=hub, k=k, n_timesteps=settings.steps, seed=key.seed,  # type: ignore[arg-type]
-                     n_envs=int(params.get("n_envs", 1)), device=settings.device, hyperparams=params,
-                     hub_kwargs=hub_kwargs, env_preset=None,
-                     env_kwargs=suite.target_env_kwargs.get(key.target)
-                     or {t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}))  # fmt: skip
+    return RunConfig(
+        algo="ppo",
+        env_id=env_id,
+        hub=hub,  # type: ignore[arg-type]  # a mapping spec: RunConfig's hub also takes one
+        k=k,
+        n_timesteps=settings.steps,
+        seed=key.seed,
+        n_envs=int(params.get("n_envs", 1)),
+        device=settings.device,
+        hyperparams=params,
+        hub_kwargs=hub_kwargs,
+        env_preset=None,
+        env_kwargs=suite.target_env_kwargs.get(key.target)
+        or {t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}),
+    )
 
 
 def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, out: Path | None) -> dict[str, float]:
@@ -483,8 +601,9 @@ def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, ou
     path = (out or REPO_ROOT / "bench_out") / "scores" / f"{suite.name}_{target}.yml"
     if not path.is_file():
         env_kwargs = suite.target_env_kwargs.get(target)
-        write_scores(score_hub(hub, env_id, episodes=10, rollout_steps=2048, seed=AUTO_PRIOR_SEED,
-                               env_kwargs=env_kwargs), path)  # fmt: skip
+        write_scores(
+            score_hub(hub, env_id, episodes=10, rollout_steps=2048, seed=AUTO_PRIOR_SEED, env_kwargs=env_kwargs), path
+        )
     return read_prior(path)
 
 
@@ -519,32 +638,47 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     cpu, wall = time.process_time(), time.perf_counter()
     model.learn(settings.steps, callback=recorder)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    flop_env = make_env(config.env_id, config.n_envs, config.seed + 999, config.env_preset,
-                        env_kwargs=config.env_kwargs)  # fmt: skip
+    flop_env = make_env(
+        config.env_id, config.n_envs, config.seed + 999, config.env_preset, env_kwargs=config.env_kwargs
+    )
     flops = forward_flops(model, flop_env)
     flop_env.close()
     env.close()
     policy = model.policy
-    hub_experts = [] if config.hub is None else [
-        {**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in config.hub["experts"]
-    ]  # fmt: skip
+    hub_experts = (
+        []
+        if config.hub is None
+        else [{**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in config.hub["experts"]]
+    )
     record = {
-        "suite": key.suite, "target": key.target, "env_id": config.env_id, "method": key.method,
-        "base_method": key.base_method, "seed": key.seed, "steps": int(model.num_timesteps),
-        "episodes": recorder.episodes, "route_share": recorder.route_share,
-        "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2),
+        "suite": key.suite,
+        "target": key.target,
+        "env_id": config.env_id,
+        "method": key.method,
+        "base_method": key.base_method,
+        "seed": key.seed,
+        "steps": int(model.num_timesteps),
+        "episodes": recorder.episodes,
+        "route_share": recorder.route_share,
+        "cpu_seconds": round(cpu, 2),
+        "wall_seconds": round(wall, 2),
         "cpu_ms_per_step": 1000 * cpu / max(model.num_timesteps, 1),
         "wall_ms_per_step": 1000 * wall / max(model.num_timesteps, 1),
         "forward_flops_per_obs": flops,
         "parameters": sum(p.numel() for p in policy.parameters()),
         "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
-        "k": config.k if config.hub is not None else None, "hub_kwargs": config.hub_kwargs,
-        "exploit_coef": config.hyperparams.get("exploit_coef"), "hub_experts": hub_experts,
+        "k": config.k if config.hub is not None else None,
+        "hub_kwargs": config.hub_kwargs,
+        "exploit_coef": config.hyperparams.get("exploit_coef"),
+        "hub_experts": hub_experts,
         "hyperparams": {k: v for k, v in config.hyperparams.items() if k != "exploit_coef"},
-        "threads": settings.threads, "device": str(model.device), "load_average": list(os.getloadavg()),
+        "threads": settings.threads,
+        "device": str(model.device),
+        "load_average": list(os.getloadavg()),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "versions": package_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }  # fmt: skip
+        "versions": package_versions(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     _write_json(key.path(out), record)
     return record
 
@@ -557,14 +691,23 @@ def _run_in_worker(suite: Suite, key: RunKey, settings: RunSettings, experts: di
 def _describe(record: dict[str, Any]) -> str:
     returns = [r for _, r in record["episodes"]]
     last = np.mean(returns[-CURVE_WINDOW:]) if returns else float("nan")
-    return (f"{record['suite']}/{record['target']}/{record['method']}/seed{record['seed']}: "
-            f"{record['steps']} steps, last-{CURVE_WINDOW} return {last:.2f}, {record['cpu_seconds']:.0f} CPU s, "
-            f"{record['cpu_ms_per_step']:.3f} CPU ms/step")  # fmt: skip
+    return (
+        f"{record['suite']}/{record['target']}/{record['method']}/seed{record['seed']}: "
+        f"{record['steps']} steps, last-{CURVE_WINDOW} return {last:.2f}, {record['cpu_seconds']:.0f} CPU s, "
+        f"{record['cpu_ms_per_step']:.3f} CPU ms/step"
+    )
 
 
-def run_sweep(suite: Suite, keys: Sequence[RunKey], settings: RunSettings, experts: dict[str, Path], out: Path,
-              jobs: int = 1, budget_cpu_seconds: float | None = None,
-              backend: Backend | None = None) -> list[RunKey]:  # fmt: skip
+def run_sweep(
+    suite: Suite,
+    keys: Sequence[RunKey],
+    settings: RunSettings,
+    experts: dict[str, Path],
+    out: Path,
+    jobs: int = 1,
+    budget_cpu_seconds: float | None = None,
+    backend: Backend | None = None,
+) -> list[RunKey]:
     """Run every key whose JSON does not exist yet; returns the keys run.
 
     :param jobs: parallel processes (1: in this process, one run after another); ignored with ``backend``.
@@ -574,8 +717,10 @@ def run_sweep(suite: Suite, keys: Sequence[RunKey], settings: RunSettings, exper
         every backend writes the same files.
     """
     todo = [key for key in keys if not key.path(out).is_file()]
-    print(f"[transfer] {suite.name}: {len(keys) - len(todo)} of {len(keys)} runs already done, {len(todo)} to run",
-          flush=True)  # fmt: skip
+    print(
+        f"[transfer] {suite.name}: {len(keys) - len(todo)} of {len(keys)} runs already done, {len(todo)} to run",
+        flush=True,
+    )
     backend = backend or Backend("serial" if jobs <= 1 else "processes", jobs=max(jobs, 1))
     done: list[RunKey] = []
     if backend.kind == "serial" and budget_cpu_seconds is not None:
@@ -602,8 +747,9 @@ def run_sweep(suite: Suite, keys: Sequence[RunKey], settings: RunSettings, exper
 # --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
-def learning_curve(episodes: Sequence[Sequence[float]], steps: int, points: int = CURVE_POINTS,
-                   window: int = CURVE_WINDOW) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def learning_curve(
+    episodes: Sequence[Sequence[float]], steps: int, points: int = CURVE_POINTS, window: int = CURVE_WINDOW
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean return of the last ``window`` episodes finished by each of ``points`` evenly spaced steps.
 
     Before the first episode ends, the curve takes the first episode's return.
@@ -702,15 +848,20 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if singles:
             best = max(singles, key=lambda m: mean_ci(singles[m]["auc"].values())[0])
             # With one expert run (--single-experts) there is no choice to make in hindsight, nor a mean.
-            rows["single_best"] = {**singles[best], "expert": best.split(":", 1)[1], "kind": best.split(":")[0],
-                                   "only": len(singles) == 1}  # fmt: skip
+            rows["single_best"] = {
+                **singles[best],
+                "expert": best.split(":", 1)[1],
+                "kind": best.split(":")[0],
+                "only": len(singles) == 1,
+            }
             seeds = set.intersection(*(set(row["final"]) for row in singles.values()))
             if seeds and len(singles) > 1:
                 mean_row = dict(next(iter(singles.values())))
                 for metric in ("final", "auc"):
                     mean_row[metric] = {s: float(np.mean([row[metric][s] for row in singles.values()])) for s in seeds}
-                mean_row["curves"] = {s: np.mean([row["curves"][s] for row in singles.values()], axis=0).tolist()
-                                      for s in seeds}  # fmt: skip
+                mean_row["curves"] = {
+                    s: np.mean([row["curves"][s] for row in singles.values()], axis=0).tolist() for s in seeds
+                }
                 mean_row["cpu_ms_per_step"] = float(np.mean([row["cpu_ms_per_step"] for row in singles.values()]))
                 rows["single_mean"] = mean_row
         summary.setdefault(suite, {})[target] = rows
@@ -718,9 +869,23 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _SINGLE_METHODS = ("single", "single_agent")
-_ROW_ORDER = ("scratch", "single_best", "single_mean", "dense", "hub_pathway", "no_noise", "no_explore", "no_exploit",
-              "transfer", "transfer_prior", "transfer_random", "transfer_no_kickstart", "transfer_no_base",
-              "transfer_features", "transfer_noise")  # fmt: skip
+_ROW_ORDER = (
+    "scratch",
+    "single_best",
+    "single_mean",
+    "dense",
+    "hub_pathway",
+    "no_noise",
+    "no_explore",
+    "no_exploit",
+    "transfer",
+    "transfer_prior",
+    "transfer_random",
+    "transfer_no_kickstart",
+    "transfer_no_base",
+    "transfer_features",
+    "transfer_noise",
+)
 
 
 def _label(method: str, row: dict[str, Any]) -> str:
@@ -760,15 +925,20 @@ def markdown_tables(summary: dict[str, Any], with_experts: bool = True) -> str:
         for target, rows in targets.items():
             steps = max(row["steps"] for row in rows.values())
             episodes = np.mean([row["episodes"] for row in rows.values()])
-            lines += [f"#### {suite} / {target} ({steps:,} env steps per run, {episodes:,.0f} episodes per run)", "",
-                      "| method | final return | AUC | seeds | forward FLOPs / obs | CPU ms / env step |",
-                      "|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                f"#### {suite} / {target} ({steps:,} env steps per run, {episodes:,.0f} episodes per run)",
+                "",
+                "| method | final return | AUC | seeds | forward FLOPs / obs | CPU ms / env step |",
+                "|---|---|---|---|---|---|",
+            ]
             for method in _ordered(rows, with_experts):
                 row = rows[method]
                 final, final_half, n = mean_ci(row["final"].values())
                 auc, auc_half, _ = mean_ci(row["auc"].values())
-                lines.append(f"| {_label(method, row)} | {_fmt(final, final_half)} | {_fmt(auc, auc_half)} | {n} | "
-                             f"{_flops(row['flops'])} | {row['cpu_ms_per_step']:.3f} |")  # fmt: skip
+                lines.append(
+                    f"| {_label(method, row)} | {_fmt(final, final_half)} | {_fmt(auc, auc_half)} | {n} | "
+                    f"{_flops(row['flops'])} | {row['cpu_ms_per_step']:.3f} |"
+                )
             lines.append("")
     lines += target_checks(summary)
     lines += overview_table(summary)
@@ -781,16 +951,20 @@ def overview_table(summary: dict[str, Any]) -> list[str]:
     The last columns average it over the targets where the method ran (mean, and the median, which one target
     with a tiny scratch AUC cannot dominate) and count the targets where its mean AUC beats scratch's.
     """
-    columns = [(suite, target) for suite, targets in summary.items() for target, rows in targets.items()
-               if "scratch" in rows]  # fmt: skip
+    columns = [
+        (suite, target) for suite, targets in summary.items() for target, rows in targets.items() if "scratch" in rows
+    ]
     if not columns:
         return []
-    lines = ["#### All targets at once", "",
-             "Mean AUC relative to scratch on the same target, (AUC − scratch AUC) / |scratch AUC| "
-             "(0 = scratch, +0.10 = 10% more area under the learning curve).", "",
-             "| method | " + " | ".join(f"{s} / {t}" for s, t in columns)
-             + " | average | median | targets above scratch |",
-             "|---|" + "---:|" * (len(columns) + 3)]  # fmt: skip
+    lines = [
+        "#### All targets at once",
+        "",
+        "Mean AUC relative to scratch on the same target, (AUC − scratch AUC) / |scratch AUC| "
+        "(0 = scratch, +0.10 = 10% more area under the learning curve).",
+        "",
+        "| method | " + " | ".join(f"{s} / {t}" for s, t in columns) + " | average | median | targets above scratch |",
+        "|---|" + "---:|" * (len(columns) + 3),
+    ]
     for method in _ROW_ORDER[1:]:
         cells: list[str] = []
         values: list[float] = []
@@ -818,12 +992,16 @@ def overview_table(summary: dict[str, Any]) -> list[str]:
 
 def target_checks(summary: dict[str, Any]) -> list[str]:
     """The issue's targets, per target: Hub-Pathway against scratch, the best single expert and dense."""
-    lines = ["#### Targets", "",
-             "Differences are Hub-Pathway minus the other method (mean, 95% Welch interval over seeds). "
-             "*Normalised* = difference / |scratch mean|.", "",
-             "| suite / target | HP − scratch, final | HP − scratch, AUC | no negative transfer (AUC) | "
-             "HP − best single, AUC | HP − mean single, AUC | FLOPs HP / dense |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "#### Targets",
+        "",
+        "Differences are Hub-Pathway minus the other method (mean, 95% Welch interval over seeds). "
+        "*Normalised* = difference / |scratch mean|.",
+        "",
+        "| suite / target | HP − scratch, final | HP − scratch, AUC | no negative transfer (AUC) | "
+        "HP − best single, AUC | HP − mean single, AUC | FLOPs HP / dense |",
+        "|---|---|---|---|---|---|---|",
+    ]
     normalised: dict[str, list[float]] = {"scratch": [], "single_best": [], "single_mean": []}
     for suite, targets in summary.items():
         for target, rows in targets.items():
@@ -831,8 +1009,12 @@ def target_checks(summary: dict[str, Any]) -> list[str]:
             if hp is None or "scratch" not in rows:
                 continue
             cells = []
-            for other, metric in (("scratch", "final"), ("scratch", "auc"), ("single_best", "auc"),
-                                  ("single_mean", "auc")):  # fmt: skip
+            for other, metric in (
+                ("scratch", "final"),
+                ("scratch", "auc"),
+                ("single_best", "auc"),
+                ("single_mean", "auc"),
+            ):
                 if other not in rows:
                     cells.append("–")
                     continue
@@ -856,10 +1038,15 @@ def target_checks(summary: dict[str, Any]) -> list[str]:
 
 
 _STYLES = {
-    "scratch": ("black", "-"), "single_best": ("tab:green", "-"), "single_mean": ("tab:olive", ":"),
-    "dense": ("tab:purple", "-"), "hub_pathway": ("tab:red", "-"), "no_noise": ("tab:orange", "--"),
-    "no_explore": ("tab:blue", "--"), "no_exploit": ("tab:cyan", "--"),
-}  # fmt: skip
+    "scratch": ("black", "-"),
+    "single_best": ("tab:green", "-"),
+    "single_mean": ("tab:olive", ":"),
+    "dense": ("tab:purple", "-"),
+    "hub_pathway": ("tab:red", "-"),
+    "no_noise": ("tab:orange", "--"),
+    "no_explore": ("tab:blue", "--"),
+    "no_exploit": ("tab:cyan", "--"),
+}
 
 
 def plot_curves(summary: dict[str, Any], img_dir: Path, prefix: str = "transfer") -> list[Path]:
@@ -922,14 +1109,19 @@ def write_report(out: Path, img_dir: Path | None = None) -> Path:
 # Command line
 # --------------------------------------------------------------------------------------------------
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suite", choices=sorted(SUITES), default="minatar")
     parser.add_argument("--recipe", type=Path, help="use another pretraining recipe for the suite")
     parser.add_argument("--targets", nargs="+", help="target task names (default: the suite's)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--single-experts", nargs="+", metavar="TASK",
-                        help="fine-tune only these experts in the single-expert runs (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--single-experts",
+        nargs="+",
+        metavar="TASK",
+        help="fine-tune only these experts in the single-expert runs (default: all)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="environment steps per run (default: the suite's)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_out/transfer")
@@ -943,8 +1135,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PPO hyperparameter overrides")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs in parallel (separate processes; with --ray: the local Ray's CPUs)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel (separate processes; with --ray: the local Ray's CPUs)"
+    )
     parser.add_argument("--ray", action="store_true", help="run each run as a task of a local Ray (pip install ray)")
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (implies --ray), e.g. auto")
     parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task asks for (default 0)")
@@ -970,14 +1163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite = SUITES[args.suite]
     if args.recipe is not None:
         suite = replace(suite, recipe=args.recipe.resolve())
-    settings = RunSettings(steps=args.steps or suite.steps, threads=args.threads, device=args.device,
-                           overrides=parse_overrides(args.set), out=out)  # fmt: skip
+    settings = RunSettings(
+        steps=args.steps or suite.steps,
+        threads=args.threads,
+        device=args.device,
+        overrides=parse_overrides(args.set),
+        out=out,
+    )
     targets = tuple(args.targets or suite.targets)
     for target in targets:
         target_env_id(suite, target)  # fail early on a wrong name
     workdir = args.hub_workdir or out / "hubs" / suite.name
-    experts = prepare_hub(suite, workdir, build=not (args.no_build or args.dry_run),
-                          accept_checkpoints=args.accept_checkpoints)  # fmt: skip
+    experts = prepare_hub(
+        suite, workdir, build=not (args.no_build or args.dry_run), accept_checkpoints=args.accept_checkpoints
+    )
     try:
         keys = plan_runs(suite, targets, args.methods, args.seeds, args.single_experts)
     except ValueError as error:
@@ -1002,8 +1201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"Experts {missing} are not pretrained in {workdir} yet; run again without --no-build.")
     budget = args.budget_cpu_minutes * 60 if args.budget_cpu_minutes else None
     if args.ray or args.ray_address:
-        backend = Backend("ray", jobs=args.jobs, address=args.ray_address, cpus_per_job=args.threads,
-                          gpus_per_job=args.gpus_per_run)  # fmt: skip
+        backend = Backend(
+            "ray", jobs=args.jobs, address=args.ray_address, cpus_per_job=args.threads, gpus_per_job=args.gpus_per_run
+        )
     else:
         backend = Backend("serial" if args.jobs <= 1 else "processes", jobs=args.jobs)
     try:

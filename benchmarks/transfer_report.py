@@ -53,8 +53,9 @@ def _interval(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
     from rliable import library as rly
 
     rng = np.random.RandomState(seed)
-    _, intervals = rly.get_interval_estimates({"m": scores}, lambda x: np.array([_iqm(x)]), reps=BOOTSTRAP_REPS,
-                                              random_state=rng)  # fmt: skip
+    _, intervals = rly.get_interval_estimates(
+        {"m": scores}, lambda x: np.array([_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
+    )
     return float(intervals["m"][0][0]), float(intervals["m"][1][0])
 
 
@@ -77,8 +78,9 @@ def _probability_of_improvement(method: np.ndarray, scratch: np.ndarray) -> tupl
     from rliable import metrics
 
     pair = {"pair": (method[:, None], scratch[:, None])}
-    point, interval = rly.get_interval_estimates(pair, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS,
-                                                 random_state=np.random.RandomState(0))  # fmt: skip
+    point, interval = rly.get_interval_estimates(
+        pair, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
+    )
     bounds = np.asarray(interval["pair"], dtype=float).reshape(-1)
     return float(np.asarray(point["pair"]).reshape(-1)[0]), float(bounds[0]), float(bounds[-1])
 
@@ -119,12 +121,14 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             curves[method] = (grid, np.nanmean(per_seed, axis=0))
             low, high = _interval(aucs[method][:, None])
             rows[method] = {
-                "seeds": [r["seed"] for r in records], "steps": int(records[0]["steps"]),
-                "iqm_auc": _iqm(aucs[method][:, None]), "iqm_auc_ci": [low, high],
+                "seeds": [r["seed"] for r in records],
+                "steps": int(records[0]["steps"]),
+                "iqm_auc": _iqm(aucs[method][:, None]),
+                "iqm_auc_ci": [low, high],
                 "final_mean": float(np.mean([final_return(r["episodes"], r["steps"]) for r in records])),
                 "cpu_ms_per_step": float(np.mean([r["cpu_ms_per_step"] for r in records])),
                 "route_share_mid": _mid_route_share(records),
-            }  # fmt: skip
+            }
         if "scratch" in rows:
             threshold = rows["scratch"]["final_mean"]
             scratch_steps = rows["scratch"]["steps"]  # scratch reaches its final return by the end of its run
@@ -162,25 +166,36 @@ def markdown(summary: dict[str, Any]) -> str:
         for target, entry in targets.items():
             rows = entry["methods"]
             steps = max(row["steps"] for row in rows.values())
-            lines += [f"#### {suite} / {target} ({steps:,} env steps per run)", "",
-                      "| method | seeds | IQM AUC [95% CI] | IQM AUC gain over scratch [95% CI] | "
-                      "P(better than scratch) | mean final return | steps to scratch's final (share of scratch's) | "
-                      "CPU ms / step |",
-                      "|---|---:|---|---|---|---:|---|---:|"]  # fmt: skip
+            lines += [
+                f"#### {suite} / {target} ({steps:,} env steps per run)",
+                "",
+                "| method | seeds | IQM AUC [95% CI] | IQM AUC gain over scratch [95% CI] | "
+                "P(better than scratch) | mean final return | steps to scratch's final (share of scratch's) | "
+                "CPU ms / step |",
+                "|---|---:|---|---|---|---:|---|---:|",
+            ]
             for method, row in sorted(rows.items(), key=lambda item: (item[0] != "scratch", item[0])):
                 gain = _ci(row["iqm_auc_gain"], row["iqm_auc_gain_ci"]) if "iqm_auc_gain" in row else "–"
-                prob = (_ci(row["probability_of_improvement"], row["probability_of_improvement_ci"])
-                        if "probability_of_improvement" in row else "–")  # fmt: skip
+                prob = (
+                    _ci(row["probability_of_improvement"], row["probability_of_improvement_ci"])
+                    if "probability_of_improvement" in row
+                    else "–"
+                )
                 reached = row.get("steps_to_scratch_final")
                 ratio = row.get("steps_to_scratch_final_ratio")
                 to = "never" if reached is None else f"{reached:,.0f} ({ratio:.2f})"
                 iqm = _ci(row["iqm_auc"], row["iqm_auc_ci"])
-                lines.append(f"| {_label(method)} | {len(row['seeds'])} | {iqm} | {gain} | {prob} | "
-                             f"{row['final_mean']:.2f} | {to} | {row['cpu_ms_per_step']:.3f} |")  # fmt: skip
+                lines.append(
+                    f"| {_label(method)} | {len(row['seeds'])} | {iqm} | {gain} | {prob} | "
+                    f"{row['final_mean']:.2f} | {to} | {row['cpu_ms_per_step']:.3f} |"
+                )
             shares = {m: r["route_share_mid"] for m, r in rows.items() if r.get("route_share_mid")}
             if shares:
-                lines += ["", "Share of acting observations routed through each expert at mid-training "
-                          "(mean over seeds):", ""]
+                lines += [
+                    "",
+                    "Share of acting observations routed through each expert at mid-training (mean over seeds):",
+                    "",
+                ]
                 for method, share in shares.items():
                     cells = ", ".join(f"{name} {value:.2f}" for name, value in share.items())
                     lines.append(f"- {_label(method)}: {cells}")

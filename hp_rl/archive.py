@@ -20,8 +20,16 @@ from typing import Any
 
 from hp_rl.errors import HpRlError
 
-__all__ = ["ArchiveError", "MAX_DATA_BYTES", "MAX_TENSOR_BYTES", "MAX_COMPRESSION_RATIO", "read_member",
-           "load_tensors", "SB3Archive", "read_sb3_archive"]  # fmt: skip
+__all__ = [
+    "ArchiveError",
+    "MAX_DATA_BYTES",
+    "MAX_TENSOR_BYTES",
+    "MAX_COMPRESSION_RATIO",
+    "read_member",
+    "load_tensors",
+    "SB3Archive",
+    "read_sb3_archive",
+]
 
 # Caps on decompressed member sizes. A CnnPolicy's ``data`` is well under 1 MiB; the largest hub
 # backbones' weights are a few hundred MiB. HP_RL_MAX_TENSOR_BYTES raises the tensor cap for larger models.
@@ -47,22 +55,29 @@ def read_member(archive: zipfile.ZipFile, name: str, path: Path, limit: int) -> 
     try:
         info = archive.getinfo(name)
     except KeyError as error:
-        raise ArchiveError(f"{path} has no member '{name}': it is not a file saved by Stable-Baselines3's "
-                           "model.save() (or it is truncated).") from error  # fmt: skip
-    too_big = (f"{path}: member '{name}' inflates to {{}} bytes, over the limit of {limit} bytes; "
-               "the file is corrupt or built to exhaust memory. Use the original file.")  # fmt: skip
+        raise ArchiveError(
+            f"{path} has no member '{name}': it is not a file saved by Stable-Baselines3's "
+            "model.save() (or it is truncated)."
+        ) from error
+    too_big = (
+        f"{path}: member '{name}' inflates to {{}} bytes, over the limit of {limit} bytes; "
+        "the file is corrupt or built to exhaust memory. Use the original file."
+    )
     if info.file_size > limit:
         raise ArchiveError(too_big.format(info.file_size))
     if info.file_size > _RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-        raise ArchiveError(f"{path}: member '{name}' inflates {info.file_size / max(info.compress_size, 1):.0f}-fold "
-                           f"(limit {MAX_COMPRESSION_RATIO}); weights do not compress like that: the file is built "
-                           "to exhaust memory. Use the original file.")  # fmt: skip
+        raise ArchiveError(
+            f"{path}: member '{name}' inflates {info.file_size / max(info.compress_size, 1):.0f}-fold "
+            f"(limit {MAX_COMPRESSION_RATIO}); weights do not compress like that: the file is built "
+            "to exhaust memory. Use the original file."
+        )
     try:
         with archive.open(info) as handle:
             data = handle.read(limit + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        raise ArchiveError(f"{path}: member '{name}' cannot be read ({error}); the file is corrupt or "
-                           "truncated.") from error
+        raise ArchiveError(
+            f"{path}: member '{name}' cannot be read ({error}); the file is corrupt or truncated."
+        ) from error
     if len(data) > limit:
         raise ArchiveError(too_big.format(f"more than {limit}"))
     return data
@@ -80,8 +95,10 @@ def load_tensors(raw: bytes, what: str) -> Any:
     try:
         return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe payloads
-        raise ArchiveError(f"{what} cannot be read as plain weights ({type(error).__name__}: {error}); nothing "
-                           "in it was run. Use a file saved by hp_rl or Stable-Baselines3.") from error  # fmt: skip
+        raise ArchiveError(
+            f"{what} cannot be read as plain weights ({type(error).__name__}: {error}); nothing "
+            "in it was run. Use a file saved by hp_rl or Stable-Baselines3."
+        ) from error
 
 
 @dataclass

@@ -76,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "bench":
         scripts = _benchmarks()
         if not scripts:
-            print("hp-rl bench runs the scripts in benchmarks/ of a source checkout; this installation has none. "
-                  "Clone the repository and install it with pip install -e .", file=sys.stderr)  # fmt: skip
+            print(
+                "hp-rl bench runs the scripts in benchmarks/ of a source checkout; this installation has none. "
+                "Clone the repository and install it with pip install -e .",
+                file=sys.stderr,
+            )
             return 2
         if not rest or rest[0] not in scripts:
             print(f"usage: hp-rl bench {{{','.join(scripts)}}} [ARGS]", file=sys.stderr if rest else sys.stdout)

@@ -13,6 +13,5 @@ class HpRlError(Exception):
     """A problem with the user's input or files; the message names the value, where it came from and the fix."""
 
 
-
 class RoutingError(HpRlError, ValueError):
     """A routing component (generator, router, expert wrapper, schedule) was given a bad setting or input."""

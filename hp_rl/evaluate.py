@@ -48,19 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run", metavar="RUN", help="the run folder (for example runs/ppo_CartPole-v1_nohub_1)")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default: 10)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
-                      help="greedy actions (default)")  # fmt: skip
+    mode.add_argument(
+        "--deterministic", dest="deterministic", action="store_true", default=True, help="greedy actions (default)"
+    )
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
-    parser.add_argument("--video", metavar="PATH",
-                        help="record one episode to PATH (.mp4 or .avi with opencv, .gif with pillow)")  # fmt: skip
-    parser.add_argument("--checkpoint", metavar="{best,final,latest,FILE}",
-                        help="which model: final (model.zip), best (eval/best_model.zip, needs --eval-freq during "
-                        "training), latest (newest checkpoint), or a checkpoint FILE of the same configuration "
-                        "(only its weights and step counters are read). Default: final, else latest")  # fmt: skip
+    parser.add_argument(
+        "--video", metavar="PATH", help="record one episode to PATH (.mp4 or .avi with opencv, .gif with pillow)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="{best,final,latest,FILE}",
+        help="which model: final (model.zip), best (eval/best_model.zip, needs --eval-freq during "
+        "training), latest (newest checkpoint), or a checkpoint FILE of the same configuration "
+        "(only its weights and step counters are read). Default: final, else latest",
+    )
     parser.add_argument("--seed", type=int, help="seed of the evaluation environment (default: the run's seed + 20000)")
     parser.add_argument("--device", default="auto", help="torch device (default: auto)")
-    parser.add_argument("--max-frames", type=int, metavar="N",
-                        help="Atari: end an episode after N emulator frames (default: 108000, i.e. 27000 agent steps)")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        metavar="N",
+        help="Atari: end an episode after N emulator frames (default: 108000, i.e. 27000 agent steps)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks with error messages")
     return parser
@@ -80,14 +89,19 @@ def choose_checkpoint(folder: Any, which: str | None) -> Path:
         if not path.is_file():
             raise CliError(f"--checkpoint {which}: no such file; give best, final, latest or a checkpoint .zip.")
         if folder.path.resolve() not in path.resolve().parents:
-            print(f"note: {path} is read as a checkpoint of {folder.config}: its weights (policy.pth, weights only) "
-                  "and plain step counters; nothing pickled in it (policy class, spaces, schedules in 'data') is "
-                  "decoded, the run's config.yml builds the model.", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: {path} is read as a checkpoint of {folder.config}: its weights (policy.pth, weights only) "
+                "and plain step counters; nothing pickled in it (policy class, spaces, schedules in 'data') is "
+                "decoded, the run's config.yml builds the model.",
+                file=sys.stderr,
+            )
         return path
     if which == "best":
         if not folder.best_model.is_file():
-            raise CliError(f"{folder.best_model} does not exist: no evaluation ran during training (it runs every "
-                           "--eval-freq steps). Use --checkpoint final or --checkpoint latest.")  # fmt: skip
+            raise CliError(
+                f"{folder.best_model} does not exist: no evaluation ran during training (it runs every "
+                "--eval-freq steps). Use --checkpoint final or --checkpoint latest."
+            )
         return Path(folder.best_model)
     if which in (None, "final") and folder.final_model.is_file():
         return Path(folder.final_model)
@@ -96,11 +110,15 @@ def choose_checkpoint(folder: Any, which: str | None) -> Path:
         hint = " Use --checkpoint latest, or finish it with python -m hp_rl.train --resume RUN." if found else ""
         raise CliError(f"{folder.final_model} does not exist: the run has not finished.{hint}")
     if found is None:
-        raise CliError(f"{folder.path} holds no model: neither model.zip nor a checkpoint in {folder.checkpoints}. "
-                       "Train it (python -m hp_rl.train) or resume it (--resume) first.")  # fmt: skip
+        raise CliError(
+            f"{folder.path} holds no model: neither model.zip nor a checkpoint in {folder.checkpoints}. "
+            "Train it (python -m hp_rl.train) or resume it (--resume) first."
+        )
     if which is None:
-        print(f"note: no model.zip (the run has not finished); evaluating the latest checkpoint {found[0].name}.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: no model.zip (the run has not finished); evaluating the latest checkpoint {found[0].name}.",
+            file=sys.stderr,
+        )
     return found[0]
 
 
@@ -128,8 +146,10 @@ class _FrameWriter:
                 import cv2  # noqa: F401
         except ImportError as error:
             package = "pillow" if self.suffix == ".gif" else "opencv-python-headless"
-            raise CliError(f"--video {path}: writing {self.suffix} files needs {package}, which is not installed: "
-                           f"pip install {package} (or choose another of {', '.join(VIDEO_FORMATS)}).") from error
+            raise CliError(
+                f"--video {path}: writing {self.suffix} files needs {package}, which is not installed: "
+                f"pip install {package} (or choose another of {', '.join(VIDEO_FORMATS)})."
+            ) from error
 
     def write(self, frame: np.ndarray) -> None:
         """Add one ``(H, W, 3)`` uint8 RGB frame."""
@@ -177,8 +197,14 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
 
     writer = _FrameWriter(path, fps=30.0)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off screen; no window, no display warning
-    env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True,
-                   env_kwargs={**config.env_kwargs, "render_mode": "rgb_array"})  # fmt: skip
+    env = make_env(
+        config.env_id,
+        1,
+        seed,
+        config.env_preset,
+        evaluation=True,
+        env_kwargs={**config.env_kwargs, "render_mode": "rgb_array"},
+    )
     fps = env.get_attr("metadata")[0].get("render_fps")
     writer.fps = float(fps) if isinstance(fps, int | float) and fps > 0 else 30.0
     if preset_for(config.env_id, config.env_preset).wrapper == "atari":
@@ -268,8 +294,10 @@ def evaluate_run(
         raise CliError(f"--episodes {episodes}: must be at least 1.")
     folder = RunFolder(Path(run))
     if not folder.config.is_file():
-        raise CliError(f"{run}: {folder.config} does not exist, so this is not a run folder. Give a folder made by "
-                       "python -m hp_rl.train (for example runs/ppo_CartPole-v1_nohub_1).")  # fmt: skip
+        raise CliError(
+            f"{run}: {folder.config} does not exist, so this is not a run folder. Give a folder made by "
+            "python -m hp_rl.train (for example runs/ppo_CartPole-v1_nohub_1)."
+        )
     try:
         config = RunConfig.from_yaml(folder.config)
     except HpRlError as error:
@@ -277,8 +305,10 @@ def evaluate_run(
     config.device = check_device(device, "--device")
     if max_frames is not None:
         if preset_for(config.env_id, config.env_preset).wrapper != "atari":
-            raise CliError(f"--max-frames applies to Atari games; {config.env_id} episodes end as the environment "
-                           "says. Drop --max-frames.")  # fmt: skip
+            raise CliError(
+                f"--max-frames applies to Atari games; {config.env_id} episodes end as the environment "
+                "says. Drop --max-frames."
+            )
         if max_frames < 1:
             raise CliError(f"--max-frames {max_frames}: must be at least 1.")
         config.env_kwargs = {**config.env_kwargs, "max_num_frames_per_episode": max_frames}
@@ -291,8 +321,9 @@ def evaluate_run(
         model = load_model(config, path, env, folder, verbose=0)
     except ArchiveError as error:
         env.close()
-        raise CliError(f"{path} cannot be used: {error} Try --checkpoint latest or an earlier file in "
-                       "checkpoints/.") from error  # fmt: skip
+        raise CliError(
+            f"{path} cannot be used: {error} Try --checkpoint latest or an earlier file in checkpoints/."
+        ) from error
     except BaseException:
         env.close()
         raise
@@ -300,21 +331,34 @@ def evaluate_run(
     bar = _EpisodeBar(episodes, enabled=progress)
     try:
         with routing_noise(model, enabled=False):
-            returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
-                                               return_episode_rewards=True, callback=bar.update)  # fmt: skip
+            returns, lengths = evaluate_policy(
+                model,
+                env,
+                n_eval_episodes=episodes,
+                deterministic=deterministic,
+                return_episode_rewards=True,
+                callback=bar.update,
+            )
     finally:
         bar.close()
         env.close()
     rewards = np.asarray(returns, dtype=np.float64)
     steps = np.asarray(lengths, dtype=np.float64)
     result: dict[str, Any] = {
-        "checkpoint": str(path), "num_timesteps": int(model.num_timesteps), "episodes": episodes,
-        "deterministic": deterministic, "seed": seed,
-        "mean_return": float(rewards.mean()), "std_return": float(rewards.std()),
-        "mean_length": float(steps.mean()), "std_length": float(steps.std()),
-        "returns": [float(r) for r in rewards], "lengths": [int(n) for n in steps],
-        "seconds": round(time.time() - started, 2), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }  # fmt: skip
+        "checkpoint": str(path),
+        "num_timesteps": int(model.num_timesteps),
+        "episodes": episodes,
+        "deterministic": deterministic,
+        "seed": seed,
+        "mean_return": float(rewards.mean()),
+        "std_return": float(rewards.std()),
+        "mean_length": float(steps.mean()),
+        "std_length": float(steps.std()),
+        "returns": [float(r) for r in rewards],
+        "lengths": [int(n) for n in steps],
+        "seconds": round(time.time() - started, 2),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if video is not None:
         frames, video_return = record_video(model, config, Path(video), seed, deterministic)
         result["video"] = {"path": str(video), "frames": frames, "return": video_return}
@@ -332,20 +376,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         show = not args.no_progress and sys.stderr.isatty()
-        result = evaluate_run(args.run, args.episodes, args.deterministic, args.checkpoint, args.seed, args.device,
-                              args.video, args.max_frames, progress=show)  # fmt: skip
+        result = evaluate_run(
+            args.run,
+            args.episodes,
+            args.deterministic,
+            args.checkpoint,
+            args.seed,
+            args.device,
+            args.video,
+            args.max_frames,
+            progress=show,
+        )
     except HpRlError as error:
         if args.verbose:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return 2
     mode = "deterministic" if args.deterministic else "stochastic"
-    print(f"{Path(result['checkpoint']).name} ({result['num_timesteps']} steps), {result['episodes']} {mode} episodes: "
-          f"return {result['mean_return']:.2f} ± {result['std_return']:.2f}, "
-          f"length {result['mean_length']:.1f} ± {result['std_length']:.1f}")  # fmt: skip
+    print(
+        f"{Path(result['checkpoint']).name} ({result['num_timesteps']} steps), {result['episodes']} {mode} episodes: "
+        f"return {result['mean_return']:.2f} ± {result['std_return']:.2f}, "
+        f"length {result['mean_length']:.1f} ± {result['std_length']:.1f}"
+    )
     if "video" in result:
-        print(f"Video: {result['video']['path']} ({result['video']['frames']} frames, "
-              f"return {result['video']['return']:.2f})")  # fmt: skip
+        print(
+            f"Video: {result['video']['path']} ({result['video']['frames']} frames, "
+            f"return {result['video']['return']:.2f})"
+        )
     print(f"Written to {Path(args.run) / 'evaluation.yml'}")
     return 0
 

@@ -110,12 +110,20 @@ def describe_expert(name: str, expert: HubExpert, spec: ExpertSpec | None = None
     details: dict[str, Any] = {str(k): v for k, v in spec.provenance.items()} if spec is not None else {}
     details.update({k: v for k, v in sorted(provenance.details.items()) if k not in details})
     return {
-        "name": name, "source": provenance.source, "location": provenance.location, "architecture": info.arch,
-        "arch_options": dict(info.options), "parameters": expert.num_parameters, "input_kind": info.input_kind,
-        "input_shape": list(info.input_shape), "features_dim": info.features_dim, "sha256": provenance.sha256,
-        "frozen": None if spec is None else spec.frozen, "lr_scale": None if spec is None else spec.lr_scale,
+        "name": name,
+        "source": provenance.source,
+        "location": provenance.location,
+        "architecture": info.arch,
+        "arch_options": dict(info.options),
+        "parameters": expert.num_parameters,
+        "input_kind": info.input_kind,
+        "input_shape": list(info.input_shape),
+        "features_dim": info.features_dim,
+        "sha256": provenance.sha256,
+        "frozen": None if spec is None else spec.frozen,
+        "lr_scale": None if spec is None else spec.lr_scale,
         "provenance": details,
-    }  # fmt: skip
+    }
 
 
 def cmd_inspect(spec_text: str, observation_shape: tuple[int, ...] | None, as_json: bool) -> int:
@@ -129,12 +137,15 @@ def cmd_inspect(spec_text: str, observation_shape: tuple[int, ...] | None, as_js
     for item in described:
         options = ", ".join(f"{k}={v}" for k, v in item["arch_options"].items())
         print(f"\n{item['name']}")
-        rows = [("source", f"{item['source']}  {item['location']}"),
-                ("architecture", item["architecture"] + (f" ({options})" if options else "")),
-                ("parameters", f"{item['parameters']:,}"),
-                ("input", f"{tuple(item['input_shape'])} ({item['input_kind']})"),
-                ("features", item["features_dim"]), ("sha256", item["sha256"]),
-                *item["provenance"].items()]  # fmt: skip
+        rows = [
+            ("source", f"{item['source']}  {item['location']}"),
+            ("architecture", item["architecture"] + (f" ({options})" if options else "")),
+            ("parameters", f"{item['parameters']:,}"),
+            ("input", f"{tuple(item['input_shape'])} ({item['input_kind']})"),
+            ("features", item["features_dim"]),
+            ("sha256", item["sha256"]),
+            *item["provenance"].items(),
+        ]
         for key, value in rows:
             print(f"  {key:<20} {value}")
     return 0
@@ -174,8 +185,14 @@ def _command(recipe: Path, workdir: Path) -> str:
     return shlex.join(["python", "-m", "hp_rl.hub", "build", _display(recipe), "--workdir", _display(workdir)])
 
 
-def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None, episodes: int | None,
-              evaluate: bool, backend: Any = None) -> int:  # fmt: skip
+def cmd_build(
+    recipe_text: str,
+    workdir_text: str | None,
+    only: list[str] | None,
+    episodes: int | None,
+    evaluate: bool,
+    backend: Any = None,
+) -> int:
     """Train (or resume) the recipe's experts, evaluate the finished ones, write ``<workdir>/hub.yaml``."""
     from hp_rl.hub.sb3_zip import read_sb3_trunk
     from hp_rl.rl.hub_builder import build_hub, load_recipe, task_meanings
@@ -207,26 +224,44 @@ def cmd_build(recipe_text: str, workdir_text: str | None, only: list[str] | None
             continue
         _, _, details = read_sb3_trunk(model_path)
         provenance: dict[str, Any] = {
-            "recipe": _display(recipe_path), "command": _command(recipe_path, workdir), "algo": recipe.algo,
-            "env_id": task.env_id, "steps": int(details.get("num_timesteps", recipe.n_timesteps)), "seed": recipe.seed,
-        }  # fmt: skip
+            "recipe": _display(recipe_path),
+            "command": _command(recipe_path, workdir),
+            "algo": recipe.algo,
+            "env_id": task.env_id,
+            "steps": int(details.get("num_timesteps", recipe.n_timesteps)),
+            "seed": recipe.seed,
+        }
         if task.env_kwargs:
             provenance["env_kwargs"] = dict(task.env_kwargs)
         if evaluate:
             result = _cached_evaluation(workdir / task.name, model_path, task, n_episodes, recipe.seed + 10_000)
-            provenance.update({
-                "source_return": result["return_mean"], "source_return_std": result["return_std"],
-                "random_return": result["random_return_mean"], "random_return_std": result["random_return_std"],
-                "eval_episodes": result["episodes"], "eval_deterministic": result["deterministic"],
-            })  # fmt: skip
+            provenance.update(
+                {
+                    "source_return": result["return_mean"],
+                    "source_return_std": result["return_std"],
+                    "random_return": result["random_return_mean"],
+                    "random_return_std": result["random_return_std"],
+                    "eval_episodes": result["episodes"],
+                    "eval_deterministic": result["deterministic"],
+                }
+            )
         channel_names, action_meanings = task_meanings(task)
-        spec = ExpertSpec(name=task.name, source="sb3", path=f"{task.name}/model.zip", sha256=file_sha256(model_path),
-                          provenance=provenance, channel_names=channel_names,
-                          action_meanings=action_meanings)  # fmt: skip
+        spec = ExpertSpec(
+            name=task.name,
+            source="sb3",
+            path=f"{task.name}/model.zip",
+            sha256=file_sha256(model_path),
+            provenance=provenance,
+            channel_names=channel_names,
+            action_meanings=action_meanings,
+        )
         entries.append(spec.as_dict())
     if entries:
-        manifest = {"description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
-                    "recipe": _display(recipe_path), "experts": entries}  # fmt: skip
+        manifest = {
+            "description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
+            "recipe": _display(recipe_path),
+            "experts": entries,
+        }
         # Builds of single experts (--only) may run side by side in one workdir.
         with written_by_rename(workdir / MANIFEST_NAME) as partial:
             partial.write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
@@ -246,9 +281,11 @@ def _print_summary(entries: Sequence[dict[str, Any]]) -> None:
     for entry in entries:
         p = entry.get("provenance", {})
         size = p.get("size_bytes")
-        print(f"{entry['name']:<16} {p.get('env_id', '?'):<28} {p.get('steps', '?'):>9} "
-              f"{p.get('source_return', '-')!s:>10} {p.get('random_return', '-')!s:>10} "
-              f"{(f'{size / 1e6:.2f} MB' if size else '-'):>9}")  # fmt: skip
+        print(
+            f"{entry['name']:<16} {p.get('env_id', '?'):<28} {p.get('steps', '?'):>9} "
+            f"{p.get('source_return', '-')!s:>10} {p.get('random_return', '-')!s:>10} "
+            f"{(f'{size / 1e6:.2f} MB' if size else '-'):>9}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -262,8 +299,10 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
         workdir = Path(workdir_text) if workdir_text else default_workdir(source)
         spec_path = workdir / MANIFEST_NAME
         if not spec_path.is_file():
-            print(f"{spec_path} does not exist: build the hub first (python -m hp_rl.hub build {source_text}).",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{spec_path} does not exist: build the hub first (python -m hp_rl.hub build {source_text}).",
+                file=sys.stderr,
+            )
             return 2
         if out is None and source.name.endswith("_bundled" + _RECIPE_SUFFIX):
             out = BUNDLED_HUB_DIR / _hub_name(source)
@@ -282,8 +321,13 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
         if loaded.provenance.sha256:
             provenance.setdefault("source_sha256", loaded.provenance.sha256)
         items.append(ExportItem(expert.name, loaded, provenance, expert.channel_names, expert.action_meanings))
-    manifest = export_hub(items, out, str(raw.get("description", "") if isinstance(raw, dict) else ""),
-                          raw.get("recipe") if isinstance(raw, dict) else None, dtype)  # fmt: skip
+    manifest = export_hub(
+        items,
+        out,
+        str(raw.get("description", "") if isinstance(raw, dict) else ""),
+        raw.get("recipe") if isinstance(raw, dict) else None,
+        dtype,
+    )
     entries = yaml.safe_load(manifest.read_text())["experts"]
     _print_summary(entries)
     print(f"Manifest: {_display(manifest)} ({_dir_size(manifest.parent) / 1e6:.2f} MB in {_display(manifest.parent)})")
@@ -317,8 +361,10 @@ def cmd_score(spec_text: str, env_id: str, episodes: int, rollout_steps: int, se
     print(f"{'expert':<24} {'head':<10} {'zero-shot':>10} {'LogME':>9} {'prior':>7}")
     for name, entry in scores["experts"].items():
         zero = entry.get("zero_shot_return")
-        print(f"{name:<24} {entry['policy_head']:<10} {('-' if zero is None else f'{zero:.2f}'):>10} "
-              f"{entry['logme']:>9.3f} {scores['prior'][name]:>7.3f}")  # fmt: skip
+        print(
+            f"{name:<24} {entry['policy_head']:<10} {('-' if zero is None else f'{zero:.2f}'):>10} "
+            f"{entry['logme']:>9.3f} {scores['prior'][name]:>7.3f}"
+        )
     if out:
         print(f"Scores: {write_scores(scores, out)} (use it with --hub-set prior={out})")
     return 0

@@ -17,10 +17,26 @@ from typing import Any
 
 from hp_rl.errors import HpRlError
 
-__all__ = ["PROJECT_ROOT", "ENV_PRESET_DIR", "CONFIG_DIR", "HUB_CONFIG_DIR", "BUNDLED_HUB_DIR", "CACHE_DIR",
-           "IN_CHECKOUT", "BUILD_ROOT", "cache_dir", "require_dir", "unique_run_dir", "written_by_rename",
-           "MAX_PATH_CHARS", "PathTextError", "check_path_text", "named_hub_spec", "expand_path_variables",
-           "PATH_VARIABLES"]  # fmt: skip
+__all__ = [
+    "PROJECT_ROOT",
+    "ENV_PRESET_DIR",
+    "CONFIG_DIR",
+    "HUB_CONFIG_DIR",
+    "BUNDLED_HUB_DIR",
+    "CACHE_DIR",
+    "IN_CHECKOUT",
+    "BUILD_ROOT",
+    "cache_dir",
+    "require_dir",
+    "unique_run_dir",
+    "written_by_rename",
+    "MAX_PATH_CHARS",
+    "PathTextError",
+    "check_path_text",
+    "named_hub_spec",
+    "expand_path_variables",
+    "PATH_VARIABLES",
+]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -123,6 +139,8 @@ def check_path_text(path: Any, where: str) -> str:
     :raises PathTextError: naming ``where`` and the start of the value.
     """
     if not isinstance(path, str) or "\0" in path or len(path) > MAX_PATH_CHARS:
-        raise PathTextError(f"{where}: {repr(path)[:80]} is not a usable path (a NUL byte, over {MAX_PATH_CHARS} "
-                            "characters, or not text).")  # fmt: skip
+        raise PathTextError(
+            f"{where}: {repr(path)[:80]} is not a usable path (a NUL byte, over {MAX_PATH_CHARS} "
+            "characters, or not text)."
+        )
     return path

@@ -135,8 +135,10 @@ def _run_on_ray(
                 ray.init(address=backend.address, runtime_env={"env_vars": {"PYTHONPATH": path}})
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = backend.address or "a local instance"
-            raise BackendError(f"Ray could not start or join {where} ({error}). Check --ray-address (ray status "
-                               "on the head node prints it), or use --ray for a local Ray.") from error  # fmt: skip
+            raise BackendError(
+                f"Ray could not start or join {where} ({error}). Check --ray-address (ray status "
+                "on the head node prints it), or use --ray for a local Ray."
+            ) from error
     try:
         remote = ray.remote(num_cpus=backend.cpus_per_job, num_gpus=backend.gpus_per_job, max_retries=0)(function)
         refs = {remote.remote(*args): index for index, args in enumerate(jobs)}

@@ -39,8 +39,23 @@ from hp_rl.paths import check_path_text, named_hub_spec
 __all__ = ["CliError", "build_parser", "main", "resolve_hub", "hub_tag", "run_name"]
 
 # Flags a --resume run takes from its config.yml instead (flag -> RunConfig field).
-_IGNORED_ON_RESUME = ("algo", "env", "hub", "k", "seed", "n_envs", "tensorboard_log", "eval_freq", "eval_episodes",
-                      "save_freq", "env_preset", "set", "hub_set", "exploit_coef", "explore_coef")  # fmt: skip
+_IGNORED_ON_RESUME = (
+    "algo",
+    "env",
+    "hub",
+    "k",
+    "seed",
+    "n_envs",
+    "tensorboard_log",
+    "eval_freq",
+    "eval_episodes",
+    "save_freq",
+    "env_preset",
+    "set",
+    "hub_set",
+    "exploit_coef",
+    "explore_coef",
+)
 # Keys that --set cannot give, and the flag (or reason) to use instead.
 _RESERVED_SET = {
     "policy": "the policy class follows the observation space (MlpPolicy for vectors, CnnPolicy for images)",
@@ -72,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--algo", metavar="{ppo,a2c,dqn}", help="training algorithm (default: ppo)")
     parser.add_argument("--env", metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1, BreakoutNoFrameskip-v4")
     parser.add_argument(
-        "--hub", metavar="HUB",
+        "--hub",
+        metavar="HUB",
         help="the experts: a hub spec YAML path, comma-separated checkpoint paths (.zip/.safetensors/.pt, "
         "hf:org/repo), random:N, auto (the bundled hub for the environment's family) or none (plain SB3 "
         "policy, the baseline). Default: auto",
-    )  # fmt: skip
+    )
     parser.add_argument("-k", type=int, help="experts per observation (default: 2)")
     parser.add_argument("-n", "--n-timesteps", type=int, help="total environment steps (default: configs/<algo>.yml)")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
@@ -84,33 +100,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorboard-log", metavar="DIR", help="root folder of the run folders (default: runs)")
     parser.add_argument("--eval-freq", type=int, help="evaluate every this many steps; 0: never (default: 25000)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 5)")
-    parser.add_argument("--save-freq", type=int,
-                        help="checkpoint every this many steps; 0: only at the end and on Ctrl-C (default: 100000)")
-    parser.add_argument("--keep-checkpoints", type=int, metavar="N",
-                        help="periodic checkpoints kept in checkpoints/, older ones deleted; 0 keeps all (default: 5)")
-    parser.add_argument("--nonfinite-obs", choices=("error", "sanitize"),
-                        help="a NaN/inf observation stops training with a message naming the step (error, the "
-                        "default), or is replaced by 0 and counted in TensorBoard (sanitize)")  # fmt: skip
+    parser.add_argument(
+        "--save-freq",
+        type=int,
+        help="checkpoint every this many steps; 0: only at the end and on Ctrl-C (default: 100000)",
+    )
+    parser.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        metavar="N",
+        help="periodic checkpoints kept in checkpoints/, older ones deleted; 0 keeps all (default: 5)",
+    )
+    parser.add_argument(
+        "--nonfinite-obs",
+        choices=("error", "sanitize"),
+        help="a NaN/inf observation stops training with a message naming the step (error, the "
+        "default), or is replaced by 0 and counted in TensorBoard (sanitize)",
+    )
     parser.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch threads (default: 0 = one on CPU, torch's default on a GPU)")
-    parser.add_argument("--env-preset", metavar="PRESET",
-                        help="force an environment preset from envs/, e.g. control_pixels (default: match by id)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an algorithm hyperparameter; values are YAML (n_steps=256, "
-                        "learning_rate=lin_3e-4, policy_kwargs.net_arch=[64,64]); repeatable")  # fmt: skip
-    parser.add_argument("--hub-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extractor option: noise, noise_std, explore_coef, freeze_experts, features_dim, "
-                        "dense, balance, expert_lr_scale, noise_seed; repeatable")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (default: 0 = one on CPU, torch's default on a GPU)"
+    )
+    parser.add_argument(
+        "--env-preset",
+        metavar="PRESET",
+        help="force an environment preset from envs/, e.g. control_pixels (default: match by id)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an algorithm hyperparameter; values are YAML (n_steps=256, "
+        "learning_rate=lin_3e-4, policy_kwargs.net_arch=[64,64]); repeatable",
+    )
+    parser.add_argument(
+        "--hub-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extractor option: noise, noise_std, explore_coef, freeze_experts, features_dim, "
+        "dense, balance, expert_lr_scale, noise_seed; repeatable",
+    )
     parser.add_argument("--explore-coef", type=float, help="weight of the exploration (load balance) loss")
     parser.add_argument("--exploit-coef", type=float, help="weight of the exploitation loss (ppo, a2c)")
-    parser.add_argument("--resume", metavar="RUN",
-                        help="continue the run folder RUN from its latest checkpoint (its config.yml decides "
-                        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --no-progress "
-                        "and -v)")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run folder RUN from its latest checkpoint (its config.yml decides "
+        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --no-progress "
+        "and -v)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="-v: SB3 training logs; -vv: also tracebacks with error messages")  # fmt: skip
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: SB3 training logs; -vv: also tracebacks with error messages",
+    )
     return parser
 
 
@@ -262,14 +310,16 @@ def _check_hub_kwargs(hub_kwargs: dict[str, Any], from_flags: set[str]) -> None:
                 f"Valid options: {', '.join(sorted(options))}."
             )
     try:
-        check_pathway_options(hub_kwargs, lambda key: f"--{key.replace('_', '-')}" if key in from_flags
-                              else f"--hub-set {key}")  # fmt: skip
+        check_pathway_options(
+            hub_kwargs, lambda key: f"--{key.replace('_', '-')}" if key in from_flags else f"--hub-set {key}"
+        )
     except HpRlError as error:
         raise CliError(str(error)) from error
 
 
-def _apply_preset(name: str, algo: str, args: argparse.Namespace, hub_kwargs: dict[str, Any],
-                  params: dict[str, Any], k: int) -> int:  # fmt: skip
+def _apply_preset(
+    name: str, algo: str, args: argparse.Namespace, hub_kwargs: dict[str, Any], params: dict[str, Any], k: int
+) -> int:
     """Fill in a named preset's options (``--hub-set preset=NAME``) under what the command line gives.
 
     :return: the number of routed experts: ``-k`` if given, else the preset's.
@@ -281,8 +331,10 @@ def _apply_preset(name: str, algo: str, args: argparse.Namespace, hub_kwargs: di
     except ValueError as error:
         raise CliError(f"--hub-set preset={name}: {error}") from error
     if algo == "dqn" and values.get("aggregation") == "output":
-        raise CliError(f"--hub-set preset={name} aggregates the experts' policy heads, which needs an actor-critic "
-                       "algorithm: use --algo ppo or a2c, or --hub-set preset=paper.")  # fmt: skip
+        raise CliError(
+            f"--hub-set preset={name} aggregates the experts' policy heads, which needs an actor-critic "
+            "algorithm: use --algo ppo or a2c, or --hub-set preset=paper."
+        )
     for key, value in values.items():
         if key == "k":
             k = args.k if args.k is not None else int(value)
@@ -328,8 +380,11 @@ def _plain_progress(every_s: float = 60.0) -> Any:
                 done = self.num_timesteps - self.start_steps
                 rate = done / max(now - self.started, 1e-9)
                 eta = (self.total - self.num_timesteps) / max(rate, 1e-9)
-                print(f"step {self.num_timesteps}/{self.total} ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
-                      f"{rate:.0f} steps/s, ETA {_duration(eta)}", flush=True)  # fmt: skip
+                print(
+                    f"step {self.num_timesteps}/{self.total} ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
+                    f"{rate:.0f} steps/s, ETA {_duration(eta)}",
+                    flush=True,
+                )
             return True
 
     return PlainProgress()
@@ -349,8 +404,10 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     algo_class(algo, with_hub=False)  # UnknownAlgoError names the valid ones
     if args.env_preset is not None and args.env_preset not in load_presets():
         presets = sorted(load_presets())
-        raise CliError(f"Unknown --env-preset {args.env_preset!r}.{_closest(args.env_preset, presets)} "
-                       f"Presets (envs/*.yml): {', '.join(presets)}.")  # fmt: skip
+        raise CliError(
+            f"Unknown --env-preset {args.env_preset!r}.{_closest(args.env_preset, presets)} "
+            f"Presets (envs/*.yml): {', '.join(presets)}."
+        )
     family = preset_for(args.env, args.env_preset).family
     overrides = _parse_sets(args.set, "--set")
     try:
@@ -377,8 +434,9 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error")
     try:
         if algo == "dqn" and not isinstance(env.action_space, gym.spaces.Discrete):
-            raise CliError(f"DQN needs discrete actions, but {args.env} has {env.action_space}: "
-                           "use --algo ppo or --algo a2c.")  # fmt: skip
+            raise CliError(
+                f"DQN needs discrete actions, but {args.env} has {env.action_space}: use --algo ppo or --algo a2c."
+            )
         config = _hub_config(args, algo, family, params)
     except BaseException:
         env.close()
@@ -398,10 +456,13 @@ def _check_run_flags(args: argparse.Namespace) -> None:
 
     if args.device is not None:
         check_device(args.device, "--device")
-    for flag, value, low in (("--eval-freq", args.eval_freq, 0), ("--save-freq", args.save_freq, 0),
-                             ("--eval-episodes", args.eval_episodes, 1),
-                             ("--keep-checkpoints", args.keep_checkpoints, 0),
-                             ("--threads", args.threads, 0)):  # fmt: skip
+    for flag, value, low in (
+        ("--eval-freq", args.eval_freq, 0),
+        ("--save-freq", args.save_freq, 0),
+        ("--eval-episodes", args.eval_episodes, 1),
+        ("--keep-checkpoints", args.keep_checkpoints, 0),
+        ("--threads", args.threads, 0),
+    ):
         if value is not None and value < low:
             raise CliError(f"{flag} {value}: must be at least {low}.")
     if args.tensorboard_log is not None:
@@ -415,8 +476,10 @@ def _check_log_root(root: Path) -> None:
         try:
             if parent.exists():
                 if not parent.is_dir():
-                    raise CliError(f"--tensorboard-log {root}: {parent} is a file, not a folder; give a folder "
-                                   "for the run folders (default: runs).")  # fmt: skip
+                    raise CliError(
+                        f"--tensorboard-log {root}: {parent} is a file, not a folder; give a folder "
+                        "for the run folders (default: runs)."
+                    )
                 return
         except OSError as error:
             raise CliError(f"--tensorboard-log {root}: not a usable folder name ({error.strerror}).") from error
@@ -454,8 +517,10 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
             raise CliError(f"--hub-set {error}") from error
     if hub is None:
         if hub_kwargs or args.exploit_coef is not None:
-            raise CliError("--hub-set, --explore-coef and --exploit-coef configure a hub, but --hub is none: "
-                           "give a hub (--hub random:4, --hub spec.yml, ...) or drop those flags.")  # fmt: skip
+            raise CliError(
+                "--hub-set, --explore-coef and --exploit-coef configure a hub, but --hub is none: "
+                "give a hub (--hub random:4, --hub spec.yml, ...) or drop those flags."
+            )
     else:
         _check_hub_kwargs(hub_kwargs, {"explore_coef"} if args.explore_coef is not None else set())
         try:
@@ -464,26 +529,37 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
             raise CliError(str(error)) from error
         m = len(spec.experts)
         if not hub_kwargs.get("dense") and not 1 <= k <= m:
-            raise CliError(f"-k {k} is out of range: the hub {spec.origin} has {m} expert(s) "
-                           f"({', '.join(spec.names)}); use -k between 1 and {m} (or --hub-set dense=true).")
+            raise CliError(
+                f"-k {k} is out of range: the hub {spec.origin} has {m} expert(s) "
+                f"({', '.join(spec.names)}); use -k between 1 and {m} (or --hub-set dense=true)."
+            )
         if args.exploit_coef is not None:
             if algo == "dqn":
-                raise CliError("--exploit-coef is a HubPPO/HubA2C option; DQN trains without the exploitation loss. "
-                               "Use --algo ppo or a2c, or drop --exploit-coef.")  # fmt: skip
+                raise CliError(
+                    "--exploit-coef is a HubPPO/HubA2C option; DQN trains without the exploitation loss. "
+                    "Use --algo ppo or a2c, or drop --exploit-coef."
+                )
             params["exploit_coef"] = args.exploit_coef
     overridden = {key.split(".")[0] for key in _parse_sets(args.set, "--set")}
-    _check_hyperparams(algo, params, hub is not None,
-                       overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction"}, family)  # fmt: skip
+    _check_hyperparams(
+        algo, params, hub is not None, overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction"}, family
+    )
     return RunConfig(
-        algo=algo, env_id=args.env, hub=hub, k=k, env_preset=args.env_preset,
+        algo=algo,
+        env_id=args.env,
+        hub=hub,
+        k=k,
+        env_preset=args.env_preset,
         eval_freq=args.eval_freq if args.eval_freq is not None else 25_000,
         eval_episodes=args.eval_episodes if args.eval_episodes is not None else 5,
         save_freq=args.save_freq if args.save_freq is not None else 100_000,
-        device=args.device or "auto", hyperparams=params, hub_kwargs=hub_kwargs,
+        device=args.device or "auto",
+        hyperparams=params,
+        hub_kwargs=hub_kwargs,
         keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else DEFAULT_KEEP_CHECKPOINTS,
         nonfinite_obs=args.nonfinite_obs or "error",
         threads=args.threads if args.threads is not None else 0,
-    )  # fmt: skip
+    )
 
 
 def build_or_close(config: Any, env: Any, verbose: int) -> Any:
@@ -502,12 +578,18 @@ def _print_outcome(outcome: Any, folder: Any) -> int:
 
     if outcome.interrupted_by is not None:
         name = signal.Signals(outcome.interrupted_by).name
-        print(f"{name}: stopped at step {outcome.model.num_timesteps}; checkpoint {outcome.checkpoint}.\n"
-              f"Continue with: python -m hp_rl.train --resume {folder.path}", flush=True)  # fmt: skip
+        print(
+            f"{name}: stopped at step {outcome.model.num_timesteps}; checkpoint {outcome.checkpoint}.\n"
+            f"Continue with: python -m hp_rl.train --resume {folder.path}",
+            flush=True,
+        )
         return 128 + int(outcome.interrupted_by)
     rate = outcome.steps / max(outcome.seconds, 1e-9)
-    print(f"Done: {outcome.model.num_timesteps} steps ({rate:.0f} steps/s). Model: {outcome.final_model}\n"
-          f"Evaluate with: python -m hp_rl.evaluate {folder.path}", flush=True)  # fmt: skip
+    print(
+        f"Done: {outcome.model.num_timesteps} steps ({rate:.0f} steps/s). Model: {outcome.final_model}\n"
+        f"Evaluate with: python -m hp_rl.evaluate {folder.path}",
+        flush=True,
+    )
     return 0
 
 
@@ -538,12 +620,15 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
         with folder.locked():
             folder.write_start(config, argv)
             hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={config.k})"
-            print(f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
-                  f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}",
-                  flush=True)  # fmt: skip
+            print(
+                f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
+                f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}",
+                flush=True,
+            )
             progress_bar, callbacks = _progress(args)
-            outcome = run_training(config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model,
-                                   callbacks=callbacks)  # fmt: skip
+            outcome = run_training(
+                config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model, callbacks=callbacks
+            )
     except KeyboardInterrupt:
         _remove_if_empty(folder.path)
         raise
@@ -554,8 +639,11 @@ def _remove_if_empty(path: Path) -> None:
     """Delete a run folder that a signal stopped before training wrote anything (no checkpoint, no events)."""
     import shutil
 
-    produced = [p for p in path.rglob("*") if p.is_file() and (p.suffix == ".zip" or "tfevents" in p.name
-                                                              or p.name == "timing.yml")]  # fmt: skip
+    produced = [
+        p
+        for p in path.rglob("*")
+        if p.is_file() and (p.suffix == ".zip" or "tfevents" in p.name or p.name == "timing.yml")
+    ]
     if not produced:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -569,22 +657,28 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
 
     folder = RunFolder(Path(args.resume))
     if not folder.config.is_file():
-        raise CliError(f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "
-                       "Give a folder made by python -m hp_rl.train (such as runs/ppo_CartPole-v1_nohub_1).")
+        raise CliError(
+            f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "
+            "Give a folder made by python -m hp_rl.train (such as runs/ppo_CartPole-v1_nohub_1)."
+        )
     try:
         config = RunConfig.from_yaml(folder.config)
     except HpRlError as error:
         raise CliError(f"--resume {args.resume}: cannot read its config: {error}") from error
     found = latest_checkpoint(folder.checkpoints)
     if found is None:
-        raise CliError(f"--resume {args.resume}: {folder.checkpoints} holds no checkpoint "
-                       "(rl_model_<steps>_steps.zip), so there is nothing to continue. Start a new run with "
-                       "--algo/--env instead.")  # fmt: skip
+        raise CliError(
+            f"--resume {args.resume}: {folder.checkpoints} holds no checkpoint "
+            "(rl_model_<steps>_steps.zip), so there is nothing to continue. Start a new run with "
+            "--algo/--env instead."
+        )
     ignored = sorted(given & set(_IGNORED_ON_RESUME))
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") if len(name) > 1 else "-" + name for name in ignored)
-        print(f"note: {flags} ignored with --resume: the run's config.yml decides (edit it to change them).",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {flags} ignored with --resume: the run's config.yml decides (edit it to change them).",
+            file=sys.stderr,
+        )
     if args.n_timesteps is not None:
         if args.n_timesteps < 1:
             raise CliError(f"-n {args.n_timesteps}: must be at least 1.")
@@ -601,12 +695,20 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         config.threads = args.threads
     apply_threads(config.threads, config.device)
     if found[1] >= config.n_timesteps and folder.final_model.is_file():
-        print(f"{folder.path} is already trained for {found[1]} steps (n_timesteps={config.n_timesteps}): nothing to "
-              "do. Give a larger -n to train it further.")  # fmt: skip
+        print(
+            f"{folder.path} is already trained for {found[1]} steps (n_timesteps={config.n_timesteps}): nothing to "
+            "do. Give a larger -n to train it further."
+        )
         return 0
     with folder.locked():  # nothing in the folder changes before a checkpoint has loaded
-        env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs,
-                       nonfinite=config.nonfinite_obs)  # fmt: skip
+        env = make_env(
+            config.env_id,
+            config.n_envs,
+            config.seed,
+            config.env_preset,
+            env_kwargs=config.env_kwargs,
+            nonfinite=config.nonfinite_obs,
+        )
         try:
             model, path, steps = load_latest(config, folder, env, str(folder.path), verbose=min(args.verbose, 2))
         except BaseException:
@@ -614,12 +716,21 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
             raise
         changed = folder.write_resume(config, argv, steps)
         if changed is not None:
-            print(f"note: package versions differ from the run's start; the current ones are in {changed}.",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: package versions differ from the run's start; the current ones are in {changed}.",
+                file=sys.stderr,
+            )
         print(f"Resuming {folder.path} from {path.name} (step {steps}) up to {config.n_timesteps}.", flush=True)
         progress_bar, callbacks = _progress(args)
-        outcome = run_training(config, folder, resume=True, progress_bar=progress_bar, verbose=min(args.verbose, 2),
-                               model=model, callbacks=callbacks)  # fmt: skip
+        outcome = run_training(
+            config,
+            folder,
+            resume=True,
+            progress_bar=progress_bar,
+            verbose=min(args.verbose, 2),
+            model=model,
+            callbacks=callbacks,
+        )
     return _print_outcome(outcome, folder)
 
 

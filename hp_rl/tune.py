@@ -104,9 +104,10 @@ def trial_flags(values: dict[str, Any]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m hp_rl.tune``."""
     parser = argparse.ArgumentParser(
-        prog=program_name("hp_rl.tune"), description=__doc__.split("\n\n")[0],
+        prog=program_name("hp_rl.tune"),
+        description=__doc__.split("\n\n")[0],
         epilog="After --, a python -m hp_rl.train command line (without --resume).",
-    )  # fmt: skip
+    )
     parser.add_argument("--trials", type=int, default=10, help="trials to run in this call (default: 10)")
     parser.add_argument("--study", help="study name (default: <algo>_<env>); an existing study is continued")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite:///runs/tune/optuna.db)")
@@ -129,8 +130,9 @@ def _space(params: str | None, with_hub: bool) -> dict[str, Parameter]:
         raise TuneError(f"--params: unknown {unknown}; choose from {', '.join(SEARCH_SPACE)}.")
     hubless = [n for n in names if SEARCH_SPACE[n].needs_hub and not with_hub]
     if hubless and params:
-        raise TuneError(f"--params {', '.join(hubless)}: options of the hub agent, but the command has no hub "
-                        "(add --hub SPEC).")  # fmt: skip
+        raise TuneError(
+            f"--params {', '.join(hubless)}: options of the hub agent, but the command has no hub (add --hub SPEC)."
+        )
     space = {n: SEARCH_SPACE[n] for n in names if with_hub or not SEARCH_SPACE[n].needs_hub}
     if not space:
         raise TuneError("Nothing to search: give --params with at least one parameter.")
@@ -156,8 +158,14 @@ def _storage_url(storage: str | None) -> str:
 class _Objective:
     """One trial: build the model as ``hp_rl.train`` would, train with evaluations, score the last one."""
 
-    def __init__(self, train_args: list[str], space: dict[str, Parameter], experts: int | None,
-                 eval_freq: int, eval_episodes: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        train_args: list[str],
+        space: dict[str, Parameter],
+        experts: int | None,
+        eval_freq: int,
+        eval_episodes: int,
+    ) -> None:
         self.train_args = train_args
         self.space = space
         self.experts = experts
@@ -200,8 +208,9 @@ class _ReportingEval:
         from hp_rl.rl.envs import make_env
 
         self.trial = trial
-        env: VecEnv = make_env(config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True,
-                               env_kwargs=config.env_kwargs)  # fmt: skip
+        env: VecEnv = make_env(
+            config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs
+        )
         space = env.observation_space
         if is_image_space(space) and not is_image_space_channels_first(space):  # type: ignore[arg-type]
             env = VecTransposeImage(env)  # as SB3 wraps the training env
@@ -269,15 +278,22 @@ def run(args: argparse.Namespace) -> int:
         train_args = train_args[1:]
     if not train_args:
         raise TuneError("No training command: add -- and the python -m hp_rl.train flags (--algo, --env, --hub, -n).")
-    for flag, value, low in (("--trials", args.trials, 1), ("--eval-freq", args.eval_freq, 1),
-                             ("--eval-episodes", args.eval_episodes, 1), ("--startup-trials", args.startup_trials, 0)):
-        if value < low:  # fmt: skip
+    for flag, value, low in (
+        ("--trials", args.trials, 1),
+        ("--eval-freq", args.eval_freq, 1),
+        ("--eval-episodes", args.eval_episodes, 1),
+        ("--startup-trials", args.startup_trials, 0),
+    ):
+        if value < low:
             raise TuneError(f"{flag} {value}: must be at least {low}.")
     config, experts = _check_command(train_args)
     space = _space(args.params, experts is not None)
     study_name = args.study or f"{config.algo}_{config.env_id}".replace("/", "_")
-    sampler = (optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials)
-               if args.sampler == "tpe" else optuna.samplers.RandomSampler(seed=args.seed))  # fmt: skip
+    sampler = (
+        optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials)
+        if args.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=args.seed)
+    )
     if args.pruner == "median":
         pruner: Any = optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials)
     elif args.pruner == "halving":
@@ -286,8 +302,14 @@ def run(args: argparse.Namespace) -> int:
         pruner = optuna.pruners.NopPruner()
     url = _storage_url(args.storage)
     try:
-        study = optuna.create_study(study_name=study_name, storage=url, sampler=sampler, pruner=pruner,
-                                    direction="maximize", load_if_exists=True)  # fmt: skip
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=url,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
     except (ImportError, ValueError, RuntimeError, optuna.exceptions.OptunaError) as error:
         raise TuneError(f"--storage {url}: cannot open the study there ({error}).") from error
     except Exception as error:  # SQLAlchemy's own errors (bad URL, unreachable server)
@@ -310,8 +332,14 @@ def _report(study: Any, train_args: list[str], out: Path, url: str) -> int:
         return 0
     best = study.best_trial
     flags = trial_flags(best.params)
-    result = {"study": study.study_name, "storage": url, "trial": best.number, "value": best.value,
-              "params": best.params, "command": " ".join(["python -m hp_rl.train", *train_args, *flags])}  # fmt: skip
+    result = {
+        "study": study.study_name,
+        "storage": url,
+        "trial": best.number,
+        "value": best.value,
+        "params": best.params,
+        "command": " ".join(["python -m hp_rl.train", *train_args, *flags]),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(result, sort_keys=False), encoding="utf-8")
     print(f"Best: trial {best.number}, mean return {best.value:.2f}, {best.params}\nWritten: {out}")

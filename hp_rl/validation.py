@@ -146,8 +146,13 @@ class AnyValue(Rule):
         return self.predicate is None or self.predicate(value)
 
 
-def check_values(values: Mapping[str, Any], rules: Mapping[str, Rule], where: Callable[[str], str],
-                 error: type[HpRlError], skip: Sequence[str] = ()) -> None:  # fmt: skip
+def check_values(
+    values: Mapping[str, Any],
+    rules: Mapping[str, Rule],
+    where: Callable[[str], str],
+    error: type[HpRlError],
+    skip: Sequence[str] = (),
+) -> None:
     """Check every value that has a rule (keys without one are the caller's to check).
 
     :param values: key -> value.

@@ -16,13 +16,37 @@ AGENTS = ROOT / "agents"
 
 # Script -> extra arguments that shrink it to a few hundred steps with at least one update.
 TINY: dict[str, list[str]] = {
-    "ppo_breakout_hub.py": ["--timesteps", "64", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32",
-                            "--n-epochs", "1", "--hub", "random:2", "-k", "1"],
-    "dqn_cartpole_hub.py": ["--timesteps", "200", "--learning-starts", "100", "--train-freq", "50",
-                            "--gradient-steps", "2", "--hub", "random:3"],
+    "ppo_breakout_hub.py": [
+        "--timesteps",
+        "64",
+        "--n-envs",
+        "2",
+        "--n-steps",
+        "32",
+        "--batch-size",
+        "32",
+        "--n-epochs",
+        "1",
+        "--hub",
+        "random:2",
+        "-k",
+        "1",
+    ],
+    "dqn_cartpole_hub.py": [
+        "--timesteps",
+        "200",
+        "--learning-starts",
+        "100",
+        "--train-freq",
+        "50",
+        "--gradient-steps",
+        "2",
+        "--hub",
+        "random:3",
+    ],
     "sac_pendulum_hub.py": ["--timesteps", "150", "--learning-starts", "100", "--hub", "random:3"],
     "a2c_minatar_hub.py": ["--timesteps", "200", "--n-envs", "4", "--hub", "random:3"],
-}  # fmt: skip
+}
 
 
 def _load_script(name: str) -> ModuleType:
@@ -48,8 +72,21 @@ def test_every_agent_script_is_tested() -> None:
 def test_agent_script_runs_saves_and_reloads(script: str, tmp_path: Path) -> None:
     save_path = tmp_path / "model.zip"
     tensorboard = tmp_path / "tb"
-    command = [sys.executable, str(AGENTS / script), *TINY[script], "--seed", "0", "--device", "cpu",
-               "--threads", "1", "--save-path", str(save_path), "--tensorboard-log", str(tensorboard)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(AGENTS / script),
+        *TINY[script],
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--save-path",
+        str(save_path),
+        "--tensorboard-log",
+        str(tensorboard),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -14,15 +14,26 @@ from hp_rl.rl.envs import make_env
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
 
 
-@pytest.mark.parametrize(("hub_cls", "sb3_cls", "kwargs"), [
-    (HubPPO, PPO, {"n_steps": 32, "batch_size": 16, "n_epochs": 2}),
-    (HubA2C, A2C, {"n_steps": 8}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("hub_cls", "sb3_cls", "kwargs"),
+    [
+        (HubPPO, PPO, {"n_steps": 32, "batch_size": 16, "n_epochs": 2}),
+        (HubA2C, A2C, {"n_steps": 8}),
+    ],
+)
 def test_without_auxiliary_losses_follows_sb3_exactly(hub_cls: type, sb3_cls: type, kwargs: dict) -> None:
     extractor = {"hub": "random:3", "k": 2, "explore_coef": 0.0}
-    plain = sb3_cls("MlpPolicy", make_env("CartPole-v1", 2, 0), seed=5, **kwargs,
-                    policy_kwargs={"features_extractor_class": HubPathwayExtractor,
-                                   "features_extractor_kwargs": extractor, "net_arch": []})  # fmt: skip
+    plain = sb3_cls(
+        "MlpPolicy",
+        make_env("CartPole-v1", 2, 0),
+        seed=5,
+        **kwargs,
+        policy_kwargs={
+            "features_extractor_class": HubPathwayExtractor,
+            "features_extractor_kwargs": extractor,
+            "net_arch": [],
+        },
+    )
     plain.learn(128)  # before the second model re-seeds the global generators
     hub = hub_cls("MlpPolicy", make_env("CartPole-v1", 2, 0), seed=5, exploit_coef=0.0, **extractor, **kwargs)
     hub.learn(128)
@@ -37,8 +48,9 @@ def test_without_auxiliary_losses_follows_sb3_exactly(hub_cls: type, sb3_cls: ty
 def test_losses_are_logged_and_exploitation_changes_training(cls: type) -> None:
     results = {}
     for coef in (0.0, 1.0):
-        model = cls("MlpPolicy", make_env("CartPole-v1", 2, 0), hub="random:3", k=1, seed=1, exploit_coef=coef,
-                    n_steps=16)  # fmt: skip
+        model = cls(
+            "MlpPolicy", make_env("CartPole-v1", 2, 0), hub="random:3", k=1, seed=1, exploit_coef=coef, n_steps=16
+        )
         model.learn(64)
         results[coef] = model
     logged = results[1.0].logger.name_to_value
@@ -52,8 +64,16 @@ def test_losses_are_logged_and_exploitation_changes_training(cls: type) -> None:
 
 
 def test_exploitation_gradient_reaches_only_routed_experts() -> None:
-    model = HubPPO("MlpPolicy", make_env("CartPole-v1", 1, 0), hub="random:4", k=1, exploit_coef=1.0,
-                   explore_coef=0.0, n_steps=8, batch_size=8)  # fmt: skip
+    model = HubPPO(
+        "MlpPolicy",
+        make_env("CartPole-v1", 1, 0),
+        hub="random:4",
+        k=1,
+        exploit_coef=1.0,
+        explore_coef=0.0,
+        n_steps=8,
+        batch_size=8,
+    )
     model.learn(8)  # fills the buffer
     extractor = find_hub_extractors(model)[0]
     batch = next(model.rollout_buffer.get(4))
@@ -72,8 +92,16 @@ def test_exploitation_gradient_reaches_only_routed_experts() -> None:
 
 
 def test_expert_learning_rate_scale_survives_sb3_schedule_updates() -> None:
-    model = HubA2C("MlpPolicy", make_env("CartPole-v1", 1, 0), hub="random:2", k=1, freeze_experts=False,
-                   expert_lr_scale=0.1, learning_rate=1e-3, n_steps=4)  # fmt: skip
+    model = HubA2C(
+        "MlpPolicy",
+        make_env("CartPole-v1", 1, 0),
+        hub="random:2",
+        k=1,
+        freeze_experts=False,
+        expert_lr_scale=0.1,
+        learning_rate=1e-3,
+        n_steps=4,
+    )
     model.learn(8)
     groups = model.policy.optimizer.param_groups
     assert sorted(g["lr"] for g in groups) == pytest.approx([1e-4, 1e-3])

@@ -37,12 +37,15 @@ def test_extractor_configs_cover_m_k_and_both_dense_forms() -> None:
 
 def test_targets_are_judged_on_wall_and_cpu_time() -> None:
     bench = _load()
-    plain = bench.TrainResult("breakout", "plain PPO (NatureCNN)", 0, 0, True, False, 1024, 4.0, 4.0, 256.0, 256.0,
-                              0.5, 1.0, 1.0)  # fmt: skip
-    hub = bench.TrainResult("breakout", "hub m=4 k=2 frozen", 4, 2, True, False, 1024, 10.0, 4.2, 102.4, 243.8,
-                            0.6, 0.4, 0.95)  # fmt: skip
-    dense = bench.TrainResult("breakout", "dense mixture m=4 frozen", 4, 4, True, True, 1024, 12.0, 8.0, 85.3, 128.0,
-                              0.6, 0.33, 0.5)  # fmt: skip
+    plain = bench.TrainResult(
+        "breakout", "plain PPO (NatureCNN)", 0, 0, True, False, 1024, 4.0, 4.0, 256.0, 256.0, 0.5, 1.0, 1.0
+    )
+    hub = bench.TrainResult(
+        "breakout", "hub m=4 k=2 frozen", 4, 2, True, False, 1024, 10.0, 4.2, 102.4, 243.8, 0.6, 0.4, 0.95
+    )
+    dense = bench.TrainResult(
+        "breakout", "dense mixture m=4 frozen", 4, 4, True, True, 1024, 12.0, 8.0, 85.3, 128.0, 0.6, 0.33, 0.5
+    )
     two = bench.ExtractorResult("frozen", "sparse", 2, 2, 256, 50.0, 100.0, 50.0, 100.0, 1)
     sixteen = bench.ExtractorResult("frozen", "sparse", 16, 2, 256, 60.0, 140.0, 55.0, 110.0, 1)
     targets = {t["target"]: t["passed"] for t in bench.check_targets([plain, hub, dense], [two, sixteen])}
@@ -57,8 +60,23 @@ def test_targets_are_judged_on_wall_and_cpu_time() -> None:
 @pytest.mark.slow
 def test_quick_benchmark_writes_tables_json_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    command = [sys.executable, str(SCRIPT), "--quick", "--games", "minatar", "--only", "m=4 k=2 frozen$",
-               "--ms", "2,16", "--ks", "2", "--threads", "1", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--games",
+        "minatar",
+        "--only",
+        "m=4 k=2 frozen$",
+        "--ms",
+        "2,16",
+        "--ks",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -124,8 +142,16 @@ def test_small_frame_cnn_trains_in_sb3_with_linear_heads() -> None:
     from hp_rl.rl.envs import make_env
 
     env = make_env("MinAtar/Breakout-v1", n_envs=2, seed=0)
-    model = PPO("CnnPolicy", env, n_steps=16, batch_size=32, n_epochs=1, device="cpu", seed=0,
-                policy_kwargs={"features_extractor_class": SmallFrameCNN, "net_arch": []})  # fmt: skip
+    model = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=16,
+        batch_size=32,
+        n_epochs=1,
+        device="cpu",
+        seed=0,
+        policy_kwargs={"features_extractor_class": SmallFrameCNN, "net_arch": []},
+    )
     before = model.policy.features_extractor.linear[0].weight.detach().clone()
     model.learn(32)
     assert model.policy.action_net.in_features == 128  # linear head straight on the 128 features

@@ -22,8 +22,12 @@ N_ENVS, N_STEPS, ROLLOUTS = 2, 32, 3
 
 
 def hub_policy(hub: str, k: int, **extra: Any) -> dict[str, Any]:
-    return dict(features_extractor_class=HubPathwayExtractor,
-                features_extractor_kwargs=dict(hub=hub, k=k, features_dim=32), net_arch=[], **extra)  # fmt: skip
+    return dict(
+        features_extractor_class=HubPathwayExtractor,
+        features_extractor_kwargs=dict(hub=hub, k=k, features_dim=32),
+        net_arch=[],
+        **extra,
+    )
 
 
 def read_events(folder: Path) -> EventAccumulator:
@@ -58,15 +62,25 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("ppo_tb")
     env = make_vec_env("CartPole-v1", n_envs=N_ENVS, seed=0)
-    model = PPO("MlpPolicy", env, n_steps=N_STEPS, batch_size=N_ENVS * N_STEPS, n_epochs=1, seed=0, device="cpu",
-                policy_kwargs=hub_policy("random:3", k=2), tensorboard_log=str(folder))  # fmt: skip
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=N_STEPS,
+        batch_size=N_ENVS * N_STEPS,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=hub_policy("random:3", k=2),
+        tensorboard_log=str(folder),
+    )
     callback = GateUsageCallback(min_samples=1)
     extractor = model.policy.features_extractor
     assert isinstance(extractor, HubPathwayExtractor)
     captured = capture_acting_forwards(extractor)
     model.learn(N_ENVS * N_STEPS * ROLLOUTS, callback=callback)
-    return dict(events=read_events(folder), names=extractor.expert_names, captured=captured, callback=callback,
-                folder=folder)  # fmt: skip
+    return dict(
+        events=read_events(folder), names=extractor.expert_names, captured=captured, callback=callback, folder=folder
+    )
 
 
 def test_ppo_writes_every_tag(ppo_run: dict[str, Any]) -> None:
@@ -131,13 +145,23 @@ def test_ppo_averages_each_observation_once(ppo_run: dict[str, Any]) -> None:
 
 def test_ppo_separate_extractors_get_their_own_prefix(tmp_path: Path) -> None:
     env = make_vec_env("CartPole-v1", n_envs=N_ENVS, seed=0)
-    model = PPO("MlpPolicy", env, n_steps=N_STEPS, batch_size=N_ENVS * N_STEPS, n_epochs=1, seed=0, device="cpu",
-                policy_kwargs=hub_policy("random:2", k=1, share_features_extractor=False),
-                tensorboard_log=str(tmp_path))  # fmt: skip
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=N_STEPS,
+        batch_size=N_ENVS * N_STEPS,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=hub_policy("random:2", k=1, share_features_extractor=False),
+        tensorboard_log=str(tmp_path),
+    )
     callback = GateUsageCallback(min_samples=1)
     model.learn(N_ENVS * N_STEPS, callback=callback)
-    assert callback.extractors == {"gates": model.policy.pi_features_extractor,
-                                   "gates/1": model.policy.vf_features_extractor}  # fmt: skip
+    assert callback.extractors == {
+        "gates": model.policy.pi_features_extractor,
+        "gates/1": model.policy.vf_features_extractor,
+    }
     tags = read_events(tmp_path).Tags()["scalars"]
     for prefix, extractor in callback.extractors.items():
         assert f"{prefix}/num_samples" in tags
@@ -147,8 +171,17 @@ def test_ppo_separate_extractors_get_their_own_prefix(tmp_path: Path) -> None:
 def test_ppo_atari_images(tmp_path: Path) -> None:
     pytest.importorskip("ale_py")
     env = make_env("BreakoutNoFrameskip-v4", n_envs=2, seed=0)
-    model = PPO("CnnPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu",
-                policy_kwargs=hub_policy("random:2", k=1), tensorboard_log=str(tmp_path))  # fmt: skip
+    model = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=16,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=hub_policy("random:2", k=1),
+        tensorboard_log=str(tmp_path),
+    )
     model.learn(64, callback=GateUsageCallback(min_samples=1))
     env.close()
     events = read_events(tmp_path)
@@ -169,10 +202,22 @@ def test_ppo_atari_images(tmp_path: Path) -> None:
 def test_dqn_counts_greedy_actions_only(tmp_path: Path) -> None:
     """Random (epsilon) actions make no forward; the target network's forwards are never counted."""
     total = 300
-    model = DQN("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=0), learning_starts=50, train_freq=4,
-                buffer_size=1_000, batch_size=32, target_update_interval=50, exploration_fraction=0.5,
-                exploration_initial_eps=1.0, exploration_final_eps=0.2, seed=0, device="cpu",
-                policy_kwargs=hub_policy("random:2", k=1), tensorboard_log=str(tmp_path))  # fmt: skip
+    model = DQN(
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=1, seed=0),
+        learning_starts=50,
+        train_freq=4,
+        buffer_size=1_000,
+        batch_size=32,
+        target_update_interval=50,
+        exploration_fraction=0.5,
+        exploration_initial_eps=1.0,
+        exploration_final_eps=0.2,
+        seed=0,
+        device="cpu",
+        policy_kwargs=hub_policy("random:2", k=1),
+        tensorboard_log=str(tmp_path),
+    )
     online, target = model.q_net.features_extractor, model.q_net_target.features_extractor
     assert isinstance(online, HubPathwayExtractor) and isinstance(target, HubPathwayExtractor)
     assert online is not target
@@ -225,9 +270,23 @@ def test_a_real_tensorboard_server_serves_the_gate_layout_and_every_expert_line(
     import urllib.request
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(ppo_run["folder"]),
-                               "--port", str(port), "--host", "127.0.0.1", "--load_fast", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(ppo_run["folder"]),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--load_fast",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def get(path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:

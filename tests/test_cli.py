@@ -26,8 +26,21 @@ from hp_rl.rl.training import StopOnSignal, run_training, save_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 # A2C on CartPole with 2 envs x 8 steps per rollout: every step count below is a multiple of 16.
-TINY = ["--algo", "a2c", "--env", "CartPole-v1", "--n-envs", "2", "--set", "n_steps=8", "--no-progress",
-        "--eval-freq", "0", "--save-freq", "0"]  # fmt: skip
+TINY = [
+    "--algo",
+    "a2c",
+    "--env",
+    "CartPole-v1",
+    "--n-envs",
+    "2",
+    "--set",
+    "n_steps=8",
+    "--no-progress",
+    "--eval-freq",
+    "0",
+    "--save-freq",
+    "0",
+]
 
 
 def only_run(root: Path) -> Path:
@@ -41,8 +54,19 @@ def obs_batch() -> np.ndarray:
 
 
 def test_plain_run_writes_the_run_folder_and_overrides_reach_the_model(tmp_path: Path) -> None:
-    argv = [*TINY, "--hub", "none", "-n", "256", "--tensorboard-log", str(tmp_path), "--set", "gamma=0.9",
-            "--set", "policy_kwargs.net_arch=[16]"]  # fmt: skip
+    argv = [
+        *TINY,
+        "--hub",
+        "none",
+        "-n",
+        "256",
+        "--tensorboard-log",
+        str(tmp_path),
+        "--set",
+        "gamma=0.9",
+        "--set",
+        "policy_kwargs.net_arch=[16]",
+    ]
     assert train_cli.main(argv) == 0
     run = only_run(tmp_path)
     assert run.name == "a2c_CartPole-v1_nohub_1"
@@ -53,8 +77,13 @@ def test_plain_run_writes_the_run_folder_and_overrides_reach_the_model(tmp_path:
     assert [steps for _, steps in checkpoints_by_step(run / "checkpoints")] == [256]
 
     config = RunConfig.from_yaml(run / "config.yml")
-    assert (config.algo, config.env_id, config.hub, config.n_timesteps, config.n_envs) == ("a2c", "CartPole-v1", None,
-                                                                                         256, 2)  # fmt: skip
+    assert (config.algo, config.env_id, config.hub, config.n_timesteps, config.n_envs) == (
+        "a2c",
+        "CartPole-v1",
+        None,
+        256,
+        2,
+    )
     assert config.hyperparams["n_steps"] == 8 and config.hyperparams["gamma"] == 0.9
     assert config.hyperparams["policy_kwargs"] == {"net_arch": [16]}
     assert "n_envs" not in config.hyperparams and "n_timesteps" not in config.hyperparams
@@ -65,15 +94,31 @@ def test_plain_run_writes_the_run_folder_and_overrides_reach_the_model(tmp_path:
     assert model.num_timesteps == 256 and model.gamma == 0.9 and model.n_steps == 8
     assert model.policy.net_arch == [16]
     checkpoint = A2C.load(run / "checkpoints" / "rl_model_256_steps.zip")
-    np.testing.assert_array_equal(model.predict(obs_batch(), deterministic=True)[0],
-                                  checkpoint.predict(obs_batch(), deterministic=True)[0])  # fmt: skip
+    np.testing.assert_array_equal(
+        model.predict(obs_batch(), deterministic=True)[0], checkpoint.predict(obs_batch(), deterministic=True)[0]
+    )
 
 
 @pytest.fixture(scope="module")
 def hub_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hubruns")
-    argv = [*TINY, "--hub", "random:2", "-k", "1", "-n", "64", "--eval-freq", "32", "--eval-episodes", "1",
-            "--explore-coef", "0.05", "--tensorboard-log", str(root)]  # fmt: skip
+    argv = [
+        *TINY,
+        "--hub",
+        "random:2",
+        "-k",
+        "1",
+        "-n",
+        "64",
+        "--eval-freq",
+        "32",
+        "--eval-episodes",
+        "1",
+        "--explore-coef",
+        "0.05",
+        "--tensorboard-log",
+        str(root),
+    ]
     assert train_cli.main(argv) == 0
     return only_run(root)
 
@@ -141,36 +186,59 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ERROR_CASES = {
     "unknown algo": (["--algo", "ppo2", "--env", "CartPole-v1", "--hub", "none"], ["ppo2", "Did you mean ppo"]),
     "unknown env": (["--algo", "a2c", "--env", "CartPol-v1", "--hub", "none"], ["CartPol-v1", "CartPole-v1"]),
-    "k too small": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "-k", "0"],
-                    ["-k 0", "between 1 and 2"]),
-    "k too large": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "-k", "3"],
-                    ["-k 3", "between 1 and 2"]),
-    "missing checkpoint": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/missing.zip", "-k", "1"],
-                           ["missing.zip", "does not exist"]),
-    "corrupt checkpoint": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/corrupt.zip", "-k", "1"],
-                           ["corrupt.zip", "not a valid zip"]),
-    "expert cannot be adapted": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/pixels.yml", "-k", "1"],
-                                 ["expects images", "Use a vector expert"]),
-    "unknown --set key": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "n_stepz=5"],
-                          ["n_stepz", "Did you mean n_steps"]),
-    "malformed --set": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "n_steps"],
-                        ["'n_steps'", "key=value"]),
-    "bad --set value": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "learning_rate=lin_x"],
-                        ["lin_x", "lin_2.5e-4"]),
-    "reserved --set key": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "seed=3"],
-                           ["seed", "use --seed"]),
-    "unknown --hub-set key": (["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "--hub-set", "nois=x"],
-                              ["nois", "Did you mean noise"]),
-    "dqn on continuous actions": (["--algo", "dqn", "--env", "Pendulum-v1", "--hub", "none"],
-                                  ["DQN needs discrete actions", "--algo ppo"]),
+    "k too small": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "-k", "0"],
+        ["-k 0", "between 1 and 2"],
+    ),
+    "k too large": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "-k", "3"],
+        ["-k 3", "between 1 and 2"],
+    ),
+    "missing checkpoint": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/missing.zip", "-k", "1"],
+        ["missing.zip", "does not exist"],
+    ),
+    "corrupt checkpoint": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/corrupt.zip", "-k", "1"],
+        ["corrupt.zip", "not a valid zip"],
+    ),
+    "expert cannot be adapted": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "{bad}/pixels.yml", "-k", "1"],
+        ["expects images", "Use a vector expert"],
+    ),
+    "unknown --set key": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "n_stepz=5"],
+        ["n_stepz", "Did you mean n_steps"],
+    ),
+    "malformed --set": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "n_steps"],
+        ["'n_steps'", "key=value"],
+    ),
+    "bad --set value": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "learning_rate=lin_x"],
+        ["lin_x", "lin_2.5e-4"],
+    ),
+    "reserved --set key": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "--set", "seed=3"],
+        ["seed", "use --seed"],
+    ),
+    "unknown --hub-set key": (
+        ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "random:2", "--hub-set", "nois=x"],
+        ["nois", "Did you mean noise"],
+    ),
+    "dqn on continuous actions": (
+        ["--algo", "dqn", "--env", "Pendulum-v1", "--hub", "none"],
+        ["DQN needs discrete actions", "--algo ppo"],
+    ),
     "resume without checkpoint": (["--resume", "{bad}/empty_run"], ["no checkpoint", "Start a new run"]),
     "resume of a non-run folder": (["--resume", "{bad}"], ["not a run folder", "Give a folder"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_errors_exit_2_with_one_paragraph(case: str, bad_files: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_errors_exit_2_with_one_paragraph(
+    case: str, bad_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args, words = ERROR_CASES[case]
     argv = [a.format(bad=bad_files) for a in args] + ["-n", "64", "--no-progress", "--tensorboard-log", str(tmp_path)]
     assert train_cli.main(argv) == 2
@@ -242,9 +310,19 @@ class _SignalAt(BaseCallback):
 
 @pytest.mark.parametrize("algo", ["a2c", "dqn"])
 def test_ctrl_c_checkpoint_then_resume_reaches_n(algo: str, tmp_path: Path) -> None:
-    hyperparams = {"n_steps": 8} if algo == "a2c" else {
-        "learning_starts": 16, "train_freq": 8, "gradient_steps": 1, "buffer_size": 500, "batch_size": 16,
-        "target_update_interval": 16, "policy_kwargs": {"net_arch": [16]}}  # fmt: skip
+    hyperparams = (
+        {"n_steps": 8}
+        if algo == "a2c"
+        else {
+            "learning_starts": 16,
+            "train_freq": 8,
+            "gradient_steps": 1,
+            "buffer_size": 500,
+            "batch_size": 16,
+            "target_update_interval": 16,
+            "policy_kwargs": {"net_arch": [16]},
+        }
+    )
     config = RunConfig(algo, "CartPole-v1", None, n_timesteps=96, n_envs=2, hyperparams=hyperparams)
     folder = RunFolder.create(tmp_path, "run")
     folder.write_start(config, ["test"])
@@ -278,8 +356,14 @@ def test_sigterm_in_a_real_process_saves_a_checkpoint_that_resume_continues(
 ) -> None:
     argv = [*TINY, "--hub", "none", "-n", "100000000", "-v", "--tensorboard-log", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "hp_rl.train", *argv], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hp_rl.train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     out: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_lines, args=(process.stdout, out), daemon=True).start()
     seen: list[str] = []
@@ -345,8 +429,27 @@ def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path: Path) -> None
 
     before = torch.get_num_threads()
     try:
-        argv = ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "-n", "16", "--n-envs", "2", "--set",
-                "n_steps=8", "--no-progress", "--eval-freq", "0", "--tensorboard-log", str(tmp_path), "--threads", "2"]
+        argv = [
+            "--algo",
+            "a2c",
+            "--env",
+            "CartPole-v1",
+            "--hub",
+            "none",
+            "-n",
+            "16",
+            "--n-envs",
+            "2",
+            "--set",
+            "n_steps=8",
+            "--no-progress",
+            "--eval-freq",
+            "0",
+            "--tensorboard-log",
+            str(tmp_path),
+            "--threads",
+            "2",
+        ]
         assert train_cli.main(argv) == 0
         assert torch.get_num_threads() == 2
         (config,) = tmp_path.glob("*/config.yml")

@@ -16,8 +16,11 @@ from hp_rl.routing import AdaptedExpert
 
 
 def hub_kwargs(hub: object, **extra: object) -> dict[str, object]:
-    return {"features_extractor_class": HubPathwayExtractor,
-            "features_extractor_kwargs": {"hub": hub, **extra}, "net_arch": []}  # fmt: skip
+    return {
+        "features_extractor_class": HubPathwayExtractor,
+        "features_extractor_kwargs": {"hub": hub, **extra},
+        "net_arch": [],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,16 @@ def test_pretrained_trunks_survive_ortho_init(breakout_zip: Path) -> None:
 
 def test_routing_is_consistent_between_rollout_and_update() -> None:
     env = make_env("CartPole-v1", n_envs=2, seed=0)
-    model = PPO("MlpPolicy", env, learning_rate=0.0, n_steps=64, batch_size=32, n_epochs=2, seed=0,
-                policy_kwargs=hub_kwargs("random:4", k=2, noise="learned"))  # fmt: skip
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=0.0,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=0,
+        policy_kwargs=hub_kwargs("random:4", k=2, noise="learned"),
+    )
     model.learn(128)
     logged = model.logger.name_to_value
     assert logged["train/approx_kl"] == pytest.approx(0.0, abs=1e-7)
@@ -56,8 +67,16 @@ def test_routing_is_consistent_between_rollout_and_update() -> None:
 
 def test_update_sees_rollout_noise_on_atari_frames() -> None:
     env = make_env("BreakoutNoFrameskip-v4", n_envs=2, seed=0)
-    model = PPO("CnnPolicy", env, learning_rate=0.0, n_steps=16, batch_size=16, n_epochs=1, seed=0,
-                policy_kwargs=hub_kwargs("random:3", k=1, noise="fixed", noise_std=3.0))  # fmt: skip
+    model = PPO(
+        "CnnPolicy",
+        env,
+        learning_rate=0.0,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs=hub_kwargs("random:3", k=1, noise="fixed", noise_std=3.0),
+    )
     model.learn(32)
     assert model.logger.name_to_value["train/approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert model.logger.name_to_value["train/clip_fraction"] == 0.0
@@ -88,8 +107,9 @@ def test_exploration_loss_reaches_the_generator_in_vanilla_sb3() -> None:
 
 def test_frozen_experts_unchanged_adapters_and_generator_trained() -> None:
     env = make_env("CartPole-v1", n_envs=2, seed=0)
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=2, seed=0,
-                policy_kwargs=hub_kwargs("random:3", k=2))  # fmt: skip
+    model = PPO(
+        "MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=2, seed=0, policy_kwargs=hub_kwargs("random:3", k=2)
+    )
     extractor = find_hub_extractors(model)[0]
     before = {n: p.detach().clone() for n, p in extractor.named_parameters()}
     model.learn(64)
@@ -101,14 +121,17 @@ def test_frozen_experts_unchanged_adapters_and_generator_trained() -> None:
 
 
 def test_images_and_vectors_and_mixed_feature_sizes(tmp_path: Path) -> None:
-    hub = {"experts": [
-        {"name": "wide", "source": "random", "arch": "nature_cnn", "features_dim": 512},
-        {"name": "narrow", "source": "random", "arch": "nature_cnn", "features_dim": 64},
-        {"name": "small_frames", "source": "random", "arch": "nature_cnn", "input_shape": [2, 42, 42]},
-    ]}  # fmt: skip
+    hub = {
+        "experts": [
+            {"name": "wide", "source": "random", "arch": "nature_cnn", "features_dim": 512},
+            {"name": "narrow", "source": "random", "arch": "nature_cnn", "features_dim": 64},
+            {"name": "small_frames", "source": "random", "arch": "nature_cnn", "input_shape": [2, 42, 42]},
+        ]
+    }
     env = make_env("BreakoutNoFrameskip-v4", n_envs=2, seed=0)
-    model = PPO("CnnPolicy", env, n_steps=8, batch_size=16, n_epochs=1,
-                policy_kwargs=hub_kwargs(hub, k=3, features_dim=32))  # fmt: skip
+    model = PPO(
+        "CnnPolicy", env, n_steps=8, batch_size=16, n_epochs=1, policy_kwargs=hub_kwargs(hub, k=3, features_dim=32)
+    )
     model.learn(16)
     extractor = find_hub_extractors(model)[0]
     assert extractor.features_dim == 32
@@ -120,8 +143,15 @@ def test_images_and_vectors_and_mixed_feature_sizes(tmp_path: Path) -> None:
 def test_save_load_gives_the_same_action(tmp_path: Path) -> None:
     env = make_env("CartPole-v1", n_envs=1, seed=0)
     # Strong noise (k=1) makes routing, and so actions, depend on the noise state being restored too.
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0,
-                policy_kwargs=hub_kwargs("random:3", k=1, noise="fixed", noise_std=5.0))  # fmt: skip
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs=hub_kwargs("random:3", k=1, noise="fixed", noise_std=5.0),
+    )
     model.learn(64)
     model.save(tmp_path / "model.zip")
     loaded = PPO.load(tmp_path / "model.zip", env=env)
@@ -144,8 +174,11 @@ def test_one_hub_for_separate_actor_and_critic_and_dqn_target() -> None:
     for name in online.expert_names:
         assert online.pathway.experts[name].trunk.module is target.pathway.experts[name].trunk.module
     assert find_hub_extractors(dqn) == [online]
-    tuned = PPO("MlpPolicy", env, policy_kwargs={**hub_kwargs("random:2", k=1, freeze_experts=False),
-                                                 "share_features_extractor": False})  # fmt: skip
+    tuned = PPO(
+        "MlpPolicy",
+        env,
+        policy_kwargs={**hub_kwargs("random:2", k=1, freeze_experts=False), "share_features_extractor": False},
+    )
     a, b = tuned.policy.pi_features_extractor, tuned.policy.vf_features_extractor
     assert a.pathway.experts["random0"].trunk.module is not b.pathway.experts["random0"].trunk.module
 
@@ -169,9 +202,21 @@ def test_bad_hubs_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="option k: 0 is not accepted"):
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs("random:2", k=0))
     with pytest.raises(AdapterError, match="expects images"):
-        PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(["random:nature_cnn"], k=1) | {
-            "features_extractor_kwargs": {"hub": {"experts": [{"name": "cnn", "source": "random", "arch": "nature_cnn",
-                                                               "input_shape": [4, 84, 84]}]}, "k": 1}})  # fmt: skip
+        PPO(
+            "MlpPolicy",
+            env,
+            policy_kwargs=hub_kwargs(["random:nature_cnn"], k=1)
+            | {
+                "features_extractor_kwargs": {
+                    "hub": {
+                        "experts": [
+                            {"name": "cnn", "source": "random", "arch": "nature_cnn", "input_shape": [4, 84, 84]}
+                        ]
+                    },
+                    "k": 1,
+                }
+            },
+        )
     with pytest.raises(HubSpecError, match=r"missing\.zip does not exist"):  # the file, before k is checked
         PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(str(tmp_path / "missing.zip"), k=2))
     corrupt = tmp_path / "corrupt.zip"
@@ -184,8 +229,14 @@ def test_cartpole_expert_adapts_to_a_different_state_size(tmp_path: Path) -> Non
     acrobot = PPO("MlpPolicy", make_env("Acrobot-v1", 1, 0), seed=0)
     acrobot.save(tmp_path / "acrobot.zip")
     env = make_env("CartPole-v1", n_envs=1, seed=0)
-    model = PPO("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1,
-                policy_kwargs=hub_kwargs(str(tmp_path / "acrobot.zip"), k=1))  # fmt: skip
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        policy_kwargs=hub_kwargs(str(tmp_path / "acrobot.zip"), k=1),
+    )
     model.learn(16)
     expert = find_hub_extractors(model)[0].pathway.experts["acrobot"]
     assert expert.input_adapter.linear.module.in_features == 4

@@ -13,8 +13,12 @@ from hp_rl.rl.extractor import HubPathwayExtractor
 
 
 def _small_frame_hub(m: int, channels: int) -> dict[str, Any]:
-    return {"experts": [{"name": f"e{i}", "source": "random", "arch": "small_frame_cnn",
-                         "input_shape": [channels, 10, 10]} for i in range(m)]}
+    return {
+        "experts": [
+            {"name": f"e{i}", "source": "random", "arch": "small_frame_cnn", "input_shape": [channels, 10, 10]}
+            for i in range(m)
+        ]
+    }
 
 
 CASES: dict[str, tuple[spaces.Box, dict[str, Any], dict[str, Any]]] = {
@@ -25,14 +29,24 @@ CASES: dict[str, tuple[spaces.Box, dict[str, Any], dict[str, Any]]] = {
     # NatureCNN experts reached through the resize adapter; a base expert of another architecture beside.
     "resize+base": (
         spaces.Box(0, 1, (4, 10, 10), np.float32),
-        {"experts": [{"name": f"n{i}", "source": "random", "arch": "nature_cnn", "input_shape": [4, 36, 36]}
-                     for i in range(2)]},
+        {
+            "experts": [
+                {"name": f"n{i}", "source": "random", "arch": "nature_cnn", "input_shape": [4, 36, 36]}
+                for i in range(2)
+            ]
+        },
         {"base_expert": True, "k": 1},
     ),
-    "vector-mlp": (spaces.Box(-1, 1, (6,), np.float32), {"experts": [
-        {"name": f"v{i}", "source": "random", "arch": "mlp", "input_shape": [4]} for i in range(4)]}, {}),
-    "output-aggregation": (spaces.Box(0, 1, (4, 10, 10), np.float32), _small_frame_hub(4, 4),
-                           {"aggregation": "output", "num_actions": 3}),
+    "vector-mlp": (
+        spaces.Box(-1, 1, (6,), np.float32),
+        {"experts": [{"name": f"v{i}", "source": "random", "arch": "mlp", "input_shape": [4]} for i in range(4)]},
+        {},
+    ),
+    "output-aggregation": (
+        spaces.Box(0, 1, (4, 10, 10), np.float32),
+        _small_frame_hub(4, 4),
+        {"aggregation": "output", "num_actions": 3},
+    ),
 }
 
 
@@ -60,8 +74,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "fine-tuned"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fused_execution_matches_sparse_dispatch_in_outputs_and_gradients(case: str, frozen: bool,
-                                                                           device: str) -> None:  # fmt: skip
+def test_fused_execution_matches_sparse_dispatch_in_outputs_and_gradients(case: str, frozen: bool, device: str) -> None:
     fused, sparse = _pair(case, frozen)
     fused, sparse = fused.to(device), sparse.to(device)
     x = _observations(CASES[case][0], 24).to(device)

@@ -32,8 +32,14 @@ def atari_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A small stand-in for the bundled Atari hub (random NatureCNN trunks on 36x36 frames)."""
     items = []
     for index, (name, env_id) in enumerate(GAMES.items()):
-        spec = ExpertSpec(name=name, source="random", arch="nature_cnn", input_shape=(4, 36, 36), features_dim=16,
-                          options={"seed": index})  # fmt: skip
+        spec = ExpertSpec(
+            name=name,
+            source="random",
+            arch="nature_cnn",
+            input_shape=(4, 36, 36),
+            features_dim=16,
+            options={"seed": index},
+        )
         items.append(ExportItem(name, load_expert(spec), {"env_id": env_id, "algo": "a2c", "steps": 10}))
     manifest = export_hub(items, tmp_path / "bundled_atari", description="test hub")
     monkeypatch.setitem(defaults.BUNDLED_HUBS, "atari", manifest)
@@ -50,8 +56,9 @@ def test_game_names() -> None:
     assert not any("Breakout" in repo for repo in repos)
 
 
-def test_offline_falls_back_to_the_bundled_hub_fast(offline: Path, atari_hub: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_offline_falls_back_to_the_bundled_hub_fast(
+    offline: Path, atari_hub: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     started = time.perf_counter()
     spec = resolve_auto_hub("BreakoutNoFrameskip-v4", "atari")
     assert time.perf_counter() - started < 3.0
@@ -162,8 +169,17 @@ def test_bundled_hubs_are_small_and_valid() -> None:
         assert len(hub.experts) >= 4
         for expert in hub.experts:
             assert expert.source == "safetensors" and expert.sha256
-            for key in ("recipe", "command", "algo", "env_id", "steps", "seed", "source_return", "random_return",
-                        "size_bytes"):  # fmt: skip
+            for key in (
+                "recipe",
+                "command",
+                "algo",
+                "env_id",
+                "steps",
+                "seed",
+                "source_return",
+                "random_return",
+                "size_bytes",
+            ):
                 assert key in expert.provenance, f"{manifest}: {expert.name} lacks provenance {key!r}"
 
 

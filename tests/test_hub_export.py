@@ -104,10 +104,20 @@ def test_cli_list_inspect_export(cnn_zip: Path, tmp_path: Path, capsys: pytest.C
 def test_cli_build_evaluate_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A tiny recipe end to end: train (resumable), evaluate against a random policy, export, load."""
     recipe = tmp_path / "tiny_bundled.recipe.yml"
-    recipe.write_text(yaml.safe_dump({
-        "description": "tiny", "algo": "ppo", "n_timesteps": 256, "seed": 0, "save_freq": 0, "eval_episodes": 2,
-        "overrides": {"n_steps": 32, "n_epochs": 1}, "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}],
-    }))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "description": "tiny",
+                "algo": "ppo",
+                "n_timesteps": 256,
+                "seed": 0,
+                "save_freq": 0,
+                "eval_episodes": 2,
+                "overrides": {"n_steps": 32, "n_epochs": 1},
+                "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}],
+            }
+        )
+    )
     workdir = tmp_path / "work"
     assert main(["build", str(recipe), "--workdir", str(workdir)]) == 0
     built = yaml.safe_load((workdir / "hub.yaml").read_text())
@@ -134,11 +144,20 @@ def test_cli_build_evaluate_export(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_build_only_one_expert_succeeds_while_the_others_are_unbuilt(tmp_path: Path) -> None:
     """One process per expert (``--only``) in a shared workdir: each exits 0 once its own expert is done."""
     recipe = tmp_path / "two.recipe.yml"
-    recipe.write_text(yaml.safe_dump({
-        "description": "two", "algo": "ppo", "n_timesteps": 64, "seed": 0, "save_freq": 0, "eval_episodes": 1,
-        "overrides": {"n_steps": 32, "n_epochs": 1},
-        "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
-    }))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "description": "two",
+                "algo": "ppo",
+                "n_timesteps": 64,
+                "seed": 0,
+                "save_freq": 0,
+                "eval_episodes": 1,
+                "overrides": {"n_steps": 32, "n_epochs": 1},
+                "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
+            }
+        )
+    )
     workdir = tmp_path / "work"
     assert main(["build", str(recipe), "--workdir", str(workdir), "--only", "cartpole", "--no-eval"]) == 0
     assert [e["name"] for e in yaml.safe_load((workdir / "hub.yaml").read_text())["experts"]] == ["cartpole"]
@@ -180,11 +199,20 @@ def test_build_on_a_local_ray_trains_the_same_experts_as_one_process(tmp_path: P
     from hp_rl.hub.sb3_zip import read_sb3_trunk
 
     recipe = tmp_path / "two.recipe.yml"
-    recipe.write_text(yaml.safe_dump({
-        "description": "two", "algo": "ppo", "n_timesteps": 64, "seed": 0, "save_freq": 0, "eval_episodes": 1,
-        "overrides": {"n_steps": 32, "n_epochs": 1},
-        "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
-    }))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "description": "two",
+                "algo": "ppo",
+                "n_timesteps": 64,
+                "seed": 0,
+                "save_freq": 0,
+                "eval_episodes": 1,
+                "overrides": {"n_steps": 32, "n_epochs": 1},
+                "tasks": [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}],
+            }
+        )
+    )
     assert main(["build", str(recipe), "--workdir", str(tmp_path / "here"), "--no-eval"]) == 0
     assert main(["build", str(recipe), "--workdir", str(tmp_path / "ray"), "--no-eval", "--ray", "--jobs", "2"]) == 0
     for name in ("cartpole", "acrobot"):

@@ -115,8 +115,9 @@ def _torchvision(tmp: Path, cartpole_zip: Path) -> ExpertSpec:
 
     path = tmp / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return ExpertSpec(name="tv", source="torchvision", arch="resnet18", path=str(path), input_shape=(4, 84, 84),
-                      options={"size": 64})  # fmt: skip
+    return ExpertSpec(
+        name="tv", source="torchvision", arch="resnet18", path=str(path), input_shape=(4, 84, 84), options={"size": 64}
+    )
 
 
 def _timm(tmp: Path, cartpole_zip: Path) -> ExpertSpec:
@@ -126,14 +127,20 @@ def _timm(tmp: Path, cartpole_zip: Path) -> ExpertSpec:
 
     path = tmp / "resnet10t.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), path)
-    return ExpertSpec(name="timm", source="timm", arch="resnet10t", path=str(path), input_shape=(4, 84, 84),
-                      options={"size": 64})  # fmt: skip
+    return ExpertSpec(
+        name="timm", source="timm", arch="resnet10t", path=str(path), input_shape=(4, 84, 84), options={"size": 64}
+    )
 
 
 FACTORIES: dict[str, SourceFactory] = {
-    "sb3": _sb3, "safetensors": _safetensors, "random": _random, "torchscript": _torchscript, "hf": _hf,
-    "torchvision": _torchvision, "timm": _timm,
-}  # fmt: skip
+    "sb3": _sb3,
+    "safetensors": _safetensors,
+    "random": _random,
+    "torchscript": _torchscript,
+    "hf": _hf,
+    "torchvision": _torchvision,
+    "timm": _timm,
+}
 
 
 def test_every_registered_source_has_a_test_factory() -> None:
@@ -144,8 +151,9 @@ def test_every_registered_source_has_a_test_factory() -> None:
 @pytest.mark.parametrize(
     "source", [pytest.param(name, marks=[pytest.mark.extra] if SOURCES[name].extra else []) for name in sorted(SOURCES)]
 )
-def test_registered_source_gives_batch_features(source: str, tmp_path: Path, cartpole_zip: Path,
-                                                request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_registered_source_gives_batch_features(
+    source: str, tmp_path: Path, cartpole_zip: Path, request: pytest.FixtureRequest
+) -> None:
     if source == "hf":
         request.getfixturevalue("hf_cache")
     spec = FACTORIES[source](tmp_path, cartpole_zip)
@@ -357,8 +365,9 @@ def test_hf_pinned_revision_and_sha(hf_cache: Path, cartpole_zip: Path, tmp_path
     (hf_cache / "models--sb3--ppo-CartPole-v1" / "refs" / "main").write_text(COMMIT)
     digest = file_sha256(other_zip)
     for revision in (OTHER_COMMIT, OTHER_COMMIT[:10], "v2"):
-        spec = ExpertSpec(name="p", source="hf", path="sb3/ppo-CartPole-v1", sha256=digest,
-                          options={"revision": revision})  # fmt: skip
+        spec = ExpertSpec(
+            name="p", source="hf", path="sb3/ppo-CartPole-v1", sha256=digest, options={"revision": revision}
+        )
         expert = load_expert(spec)
         assert expert.provenance.details["revision"] == OTHER_COMMIT
         assert expert.provenance.sha256 == digest
@@ -383,8 +392,9 @@ def test_hf_downloads_when_online(hf_cache: Path, cartpole_zip: Path, monkeypatc
 
     calls: list[tuple[str, str, str | None]] = []
 
-    def fake_download(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str = "",
-                      etag_timeout: float = 10) -> str:  # fmt: skip
+    def fake_download(
+        repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str = "", etag_timeout: float = 10
+    ) -> str:
         calls.append((repo_id, filename, revision))
         folder = make_hf_cache(Path(cache_dir), repo_id, cartpole_zip, commit=OTHER_COMMIT)
         return str(folder / "snapshots" / OTHER_COMMIT / filename)

@@ -64,8 +64,18 @@ def test_unknown_top_level_key_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
-    path = _write(tmp_path, [{"name": "a", "source": "safetensors", "path": "a.safetensors", "sha256": "ab" * 32,
-                              "provenance": {"env_id": "CartPole-v1"}}])  # fmt: skip
+    path = _write(
+        tmp_path,
+        [
+            {
+                "name": "a",
+                "source": "safetensors",
+                "path": "a.safetensors",
+                "sha256": "ab" * 32,
+                "provenance": {"env_id": "CartPole-v1"},
+            }
+        ],
+    )
     hub = parse_hub(str(path))
     assert hub.experts[0].path == str(tmp_path / "a.safetensors")
     assert hub.experts[0].provenance == {"env_id": "CartPole-v1"}
@@ -76,8 +86,9 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
 def test_string_entries() -> None:
     hub = parse_hub("hf:sb3/ppo-PongNoFrameskip-v4@abc123,hf:sb3/a2c-PongNoFrameskip-v4")
     assert hub.names == ("ppo-PongNoFrameskip-v4", "a2c-PongNoFrameskip-v4")
-    assert hub.experts[0] == ExpertSpec(name="ppo-PongNoFrameskip-v4", source="hf", path="sb3/ppo-PongNoFrameskip-v4",
-                                        options={"revision": "abc123"})  # fmt: skip
+    assert hub.experts[0] == ExpertSpec(
+        name="ppo-PongNoFrameskip-v4", source="hf", path="sb3/ppo-PongNoFrameskip-v4", options={"revision": "abc123"}
+    )
     assert parse_hub("random:3").names == ("random0", "random1", "random2")
     with pytest.raises(HubSpecError, match="Cannot tell the source"):
         parse_hub("weights.bin")

@@ -51,8 +51,12 @@ def test_torchvision_local_weights_match_the_model(tmp_path: Path) -> None:
     model = torchvision.models.resnet18(weights=None).eval()
     path = tmp_path / "resnet18.pth"
     torch.save(model.state_dict(), path)
-    expert = load_expert(ExpertSpec(name="tv", source="torchvision", arch="resnet18", path=str(path),
-                                    options={"size": 64, "frames": "last3"}), (4, 84, 84))  # fmt: skip
+    expert = load_expert(
+        ExpertSpec(
+            name="tv", source="torchvision", arch="resnet18", path=str(path), options={"size": 64, "frames": "last3"}
+        ),
+        (4, 84, 84),
+    )
     assert expert.info.features_dim == 512 and expert.info.input_shape == (4, 84, 84)
     frames = torch.rand(2, 4, 84, 84)
     model.fc = torch.nn.Identity()
@@ -78,8 +82,9 @@ def test_timm_local_weights_match_the_model(tmp_path: Path) -> None:
     model = timm.create_model("resnet10t", pretrained=False).eval()
     path = tmp_path / "resnet10t.pth"
     torch.save(model.state_dict(), path)
-    expert = load_expert(ExpertSpec(name="t", source="timm", arch="resnet10t", path=str(path), options={"size": 64}),
-                         (4, 84, 84))  # fmt: skip
+    expert = load_expert(
+        ExpertSpec(name="t", source="timm", arch="resnet10t", path=str(path), options={"size": 64}), (4, 84, 84)
+    )
     model.reset_classifier(0)
     frames = torch.rand(2, 4, 84, 84)
     config = model.pretrained_cfg

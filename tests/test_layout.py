@@ -12,12 +12,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hp_rl"
 # What each layer must not import (any module under the named packages). Entry shims (__main__.py) may
 # reach the command line that serves them.
 FORBIDDEN = {
-    "routing": ("hp_rl.hub", "hp_rl.rl", "hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune",
-                "hp_rl.hub_cli", "hp_rl.cli"),
+    "routing": (
+        "hp_rl.hub",
+        "hp_rl.rl",
+        "hp_rl.vision",
+        "hp_rl.train",
+        "hp_rl.evaluate",
+        "hp_rl.tune",
+        "hp_rl.hub_cli",
+        "hp_rl.cli",
+    ),
     "hub": ("hp_rl.rl", "hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
     "rl": ("hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
     "vision": ("hp_rl.rl", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
-}  # fmt: skip
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -43,10 +51,16 @@ def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
     assert not bad, "\n".join(bad)
 
 
+# Modules still over the ~500-line mark, each capped at its size today so that it can only shrink.
+OVERSIZED = {"hp_rl/train.py": 774, "hp_rl/vision/train.py": 712, "hp_rl/rl/extractor.py": 515}
+
+
 def test_modules_stay_small() -> None:
-    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text(encoding="utf-8").splitlines())
-             for p in PACKAGE.rglob("*.py")}  # fmt: skip
-    too_long = {name: n for name, n in sizes.items() if n > 720}
+    sizes = {
+        str(p.relative_to(PACKAGE.parent)): len(p.read_text(encoding="utf-8").splitlines())
+        for p in PACKAGE.rglob("*.py")
+    }
+    too_long = {name: n for name, n in sizes.items() if n > OVERSIZED.get(name, 500)}
     assert not too_long, too_long
 
 

@@ -29,8 +29,9 @@ def make_pathway(m: int = 4, k: int = 2, frozen: bool = True, noise: str = "lear
         for i in range(m)
     }
     body, width = mlp_body(dim)
-    return HubPathway(experts, PathwayGenerator(body, width, m, learned_noise=noise == "learned"),
-                      NoisyTopKRouter(m, k, noise=noise))  # type: ignore[arg-type]
+    return HubPathway(
+        experts, PathwayGenerator(body, width, m, learned_noise=noise == "learned"), NoisyTopKRouter(m, k, noise=noise)
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("noise", ["learned", "fixed", "none"])

@@ -27,8 +27,19 @@ from hp_rl.errors import HpRlError
 from hp_rl.hub import CheckpointError, parse_hub, read_sb3_trunk
 from hp_rl.rl.runs import RunFolder, checkpoints_by_step
 
-TINY = ["--algo", "a2c", "--env", "CartPole-v1", "--n-envs", "2", "--set", "n_steps=8", "--no-progress",
-        "--eval-freq", "0"]  # fmt: skip
+TINY = [
+    "--algo",
+    "a2c",
+    "--env",
+    "CartPole-v1",
+    "--n-envs",
+    "2",
+    "--set",
+    "n_steps=8",
+    "--no-progress",
+    "--eval-freq",
+    "0",
+]
 
 
 class _Touch:
@@ -98,9 +109,23 @@ def test_payloads_in_every_member_never_run(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_dqn_replay_buffer_has_no_pickle_and_a_planted_one_is_ignored(tmp_path: Path) -> None:
-    run = _train(tmp_path / "runs", "--algo", "dqn", "--hub", "none", "-n", "64", "--set", "learning_starts=16",
-                 "--set", "buffer_size=500", "--set", "train_freq=4",
-                 "--set", "policy_kwargs.net_arch=[16]")  # fmt: skip
+    run = _train(
+        tmp_path / "runs",
+        "--algo",
+        "dqn",
+        "--hub",
+        "none",
+        "-n",
+        "64",
+        "--set",
+        "learning_starts=16",
+        "--set",
+        "buffer_size=500",
+        "--set",
+        "train_freq=4",
+        "--set",
+        "policy_kwargs.net_arch=[16]",
+    )
     (buffer,) = (run / "checkpoints").glob("rl_model_replay_buffer_*")
     assert buffer.suffix == ".npz"
     marker = tmp_path / "payload_ran"
@@ -150,8 +175,16 @@ def test_a_second_resume_of_a_running_run_exits_2_and_a_stale_lock_is_taken_over
 
 def test_a_run_resumes_and_evaluates_after_its_hub_spec_is_deleted(tmp_path: Path) -> None:
     spec = tmp_path / "hub.yml"
-    spec.write_text(yaml.safe_dump({"experts": [{"name": "a", "source": "random", "arch": "mlp"},
-                                                {"name": "b", "source": "random", "arch": "mlp"}]}))  # fmt: skip
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "experts": [
+                    {"name": "a", "source": "random", "arch": "mlp"},
+                    {"name": "b", "source": "random", "arch": "mlp"},
+                ]
+            }
+        )
+    )
     run = _train(tmp_path / "runs", "--hub", str(spec), "-k", "1", "-n", "32", "--save-freq", "16")
     assert RunFolder(run).hub_spec.is_file()
     spec.unlink()
@@ -210,9 +243,7 @@ def test_bad_input_is_exit_2_with_no_run_folder(case: str, tmp_path: Path, capsy
     assert not root.exists() or not any(root.iterdir())
 
 
-def test_tensorboard_log_naming_a_file_and_a_non_utf8_spec(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_tensorboard_log_naming_a_file_and_a_non_utf8_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert train_cli.main([*TINY, "--hub", "none", "-n", "16", "--tensorboard-log", str(afile)]) == 2
@@ -224,9 +255,28 @@ def test_tensorboard_log_naming_a_file_and_a_non_utf8_spec(
 
 
 def _mutate(value: Any, rng: random.Random) -> Any:
-    choices: list[Any] = [None, True, -1, 0, 10**12, float("nan"), float("inf"), "", "x.y", "a\0b", [], {}, [1, -2],
-                          {"seed": "s"}, "random", "mlp", "nature_cnn", [4, 10, 10], [0],
-                          "../../etc/passwd"]  # fmt: skip
+    choices: list[Any] = [
+        None,
+        True,
+        -1,
+        0,
+        10**12,
+        float("nan"),
+        float("inf"),
+        "",
+        "x.y",
+        "a\0b",
+        [],
+        {},
+        [1, -2],
+        {"seed": "s"},
+        "random",
+        "mlp",
+        "nature_cnn",
+        [4, 10, 10],
+        [0],
+        "../../etc/passwd",
+    ]
     if isinstance(value, dict) and value and rng.random() < 0.7:
         out = dict(value)
         key = rng.choice([*out, "unknown", "options", "input_shape", "arch", "lr_scale", "frozen", "sha256"])
@@ -244,10 +294,21 @@ def _mutate(value: Any, rng: random.Random) -> Any:
 
 def test_fuzzed_hub_specs_raise_only_project_errors(tmp_path: Path) -> None:
     rng = random.Random(1234)
-    base = {"description": "d", "experts": [
-        {"name": "a", "source": "random", "arch": "mlp", "input_shape": [4], "features_dim": 8},
-        {"name": "b", "source": "random", "arch": "small_frame_cnn", "input_shape": [4, 10, 10],
-         "options": {"seed": 3}, "lr_scale": 0.5, "frozen": False}]}  # fmt: skip
+    base = {
+        "description": "d",
+        "experts": [
+            {"name": "a", "source": "random", "arch": "mlp", "input_shape": [4], "features_dim": 8},
+            {
+                "name": "b",
+                "source": "random",
+                "arch": "small_frame_cnn",
+                "input_shape": [4, 10, 10],
+                "options": {"seed": 3},
+                "lr_scale": 0.5,
+                "frozen": False,
+            },
+        ],
+    }
     text = yaml.safe_dump(base).encode()
     path = tmp_path / "spec.yml"
     parsed = 0
@@ -341,8 +402,9 @@ def test_a_signal_in_the_middle_of_an_update_stops_at_once_and_keeps_the_weights
         original_train(self)
 
     monkeypatch.setattr(A2C, "train", train_then_signal)
-    code = train_cli.main([*TINY, "--hub", "none", "-n", "100000", "--save-freq", "0",
-                           "--tensorboard-log", str(tmp_path)])  # fmt: skip
+    code = train_cli.main(
+        [*TINY, "--hub", "none", "-n", "100000", "--save-freq", "0", "--tensorboard-log", str(tmp_path)]
+    )
     assert code == 128 + signal.SIGINT and "after_signal" not in seen
     (run,) = [p for p in tmp_path.iterdir() if (p / "config.yml").is_file()]
     (last,) = sorted((run / "checkpoints").glob("rl_model_*_steps.zip"))

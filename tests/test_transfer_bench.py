@@ -55,8 +55,15 @@ def minatar_zip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]
 
     env = make_env("MinAtar/SpaceInvaders-v1", 2, seed=0)
     params = {"n_steps": 16, "batch_size": 16, "n_epochs": 1, "policy_kwargs": {"net_arch": []}}
-    config = RunConfig(algo="ppo", env_id="MinAtar/SpaceInvaders-v1", hub=None, n_timesteps=32, n_envs=2,
-                       hyperparams=params, device="cpu")  # fmt: skip
+    config = RunConfig(
+        algo="ppo",
+        env_id="MinAtar/SpaceInvaders-v1",
+        hub=None,
+        n_timesteps=32,
+        n_envs=2,
+        hyperparams=params,
+        device="cpu",
+    )
     model = build_model(config, env)
     model.learn(32)
     path = tmp_path_factory.mktemp("minatar") / "space_invaders.zip"
@@ -95,8 +102,14 @@ def test_minatar_expert_reaches_other_channel_counts(minatar_zip: tuple[Path, ob
 
 
 def _micro_recipe(tmp_path: Path, tasks: list[dict[str, str]], n_envs: int = 2) -> Path:
-    recipe = {"algo": "ppo", "n_timesteps": 64, "seed": 0, "save_freq": 0, "tasks": tasks,
-              "overrides": {"n_envs": n_envs, "n_steps": 16, "batch_size": 32, "n_epochs": 1}}  # fmt: skip
+    recipe = {
+        "algo": "ppo",
+        "n_timesteps": 64,
+        "seed": 0,
+        "save_freq": 0,
+        "tasks": tasks,
+        "overrides": {"n_envs": n_envs, "n_steps": 16, "batch_size": 32, "n_epochs": 1},
+    }
     path = tmp_path / "micro.recipe.yml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -107,17 +120,37 @@ _MICRO = ["--seeds", "0", "--steps", "64", "--set", "n_envs=2", "n_steps=16", "b
 
 def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     bench = _bench()
-    recipe = _micro_recipe(tmp_path, [{"name": "cartpole", "env_id": "CartPole-v1"},
-                                      {"name": "acrobot", "env_id": "Acrobot-v1"},
-                                      {"name": "mountaincar", "env_id": "MountainCar-v0"}])  # fmt: skip
+    recipe = _micro_recipe(
+        tmp_path,
+        [
+            {"name": "cartpole", "env_id": "CartPole-v1"},
+            {"name": "acrobot", "env_id": "Acrobot-v1"},
+            {"name": "mountaincar", "env_id": "MountainCar-v0"},
+        ],
+    )
     out = tmp_path / "out"
     argv = ["--suite", "control", "--recipe", str(recipe), "--targets", "cartpole", "--out", str(out), *_MICRO]
     assert bench.main(argv) == 0
     runs = sorted(p.relative_to(out / "runs/control/cartpole").parts[0] for p in out.glob("runs/*/*/*/seed0.json"))
-    assert runs == ["dense", "hub_pathway", "no_exploit", "no_explore", "no_noise", "scratch", "single-acrobot",
-                    "single-mountaincar", "single_agent-acrobot", "single_agent-mountaincar", "transfer",
-                    "transfer_features", "transfer_no_base", "transfer_no_kickstart", "transfer_noise",
-                    "transfer_prior", "transfer_random"]  # fmt: skip
+    assert runs == [
+        "dense",
+        "hub_pathway",
+        "no_exploit",
+        "no_explore",
+        "no_noise",
+        "scratch",
+        "single-acrobot",
+        "single-mountaincar",
+        "single_agent-acrobot",
+        "single_agent-mountaincar",
+        "transfer",
+        "transfer_features",
+        "transfer_no_base",
+        "transfer_no_kickstart",
+        "transfer_noise",
+        "transfer_prior",
+        "transfer_random",
+    ]
     prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
     assert set(prior["hub_kwargs"]["prior"]) == {"acrobot", "mountaincar"}
     assert (out / "scores/control_cartpole.yml").is_file()  # scored once, before the runs
@@ -141,12 +174,29 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
 
 def test_transfer_sweep_minatar_adapts_channels(tmp_path: Path) -> None:
     bench = _bench()
-    recipe = _micro_recipe(tmp_path, [{"name": "breakout", "env_id": "MinAtar/Breakout-v1"},
-                                      {"name": "space_invaders", "env_id": "MinAtar/SpaceInvaders-v1"},
-                                      {"name": "freeway", "env_id": "MinAtar/Freeway-v1"}])  # fmt: skip
+    recipe = _micro_recipe(
+        tmp_path,
+        [
+            {"name": "breakout", "env_id": "MinAtar/Breakout-v1"},
+            {"name": "space_invaders", "env_id": "MinAtar/SpaceInvaders-v1"},
+            {"name": "freeway", "env_id": "MinAtar/Freeway-v1"},
+        ],
+    )
     out = tmp_path / "out"
-    argv = ["--suite", "minatar", "--recipe", str(recipe), "--targets", "breakout", "--out", str(out),
-            "--methods", "scratch", "hub_pathway", *_MICRO]  # fmt: skip
+    argv = [
+        "--suite",
+        "minatar",
+        "--recipe",
+        str(recipe),
+        "--targets",
+        "breakout",
+        "--out",
+        str(out),
+        "--methods",
+        "scratch",
+        "hub_pathway",
+        *_MICRO,
+    ]
     assert bench.main(argv) == 0
     record = json.loads((out / "runs/minatar/breakout/hub_pathway/seed0.json").read_text())
     assert {e["name"] for e in record["hub_experts"]} == {"space_invaders", "freeway"}
@@ -170,10 +220,13 @@ def test_overview_table_is_relative_to_scratch() -> None:
     def row(aucs: list[float]) -> dict[str, object]:
         return {"auc": dict(enumerate(aucs))}
 
-    summary = {"minatar": {"a": {"scratch": row([2.0, 2.0]), "hub_pathway": row([3.0, 3.0])},
-                           "b": {"scratch": row([-4.0, -4.0]), "hub_pathway": row([-5.0, -5.0]),
-                                 "dense": row([-2.0, -2.0])},
-                           "c": {"scratch": row([1.0, 1.0]), "hub_pathway": row([1.0, 1.0])}}}  # fmt: skip
+    summary = {
+        "minatar": {
+            "a": {"scratch": row([2.0, 2.0]), "hub_pathway": row([3.0, 3.0])},
+            "b": {"scratch": row([-4.0, -4.0]), "hub_pathway": row([-5.0, -5.0]), "dense": row([-2.0, -2.0])},
+            "c": {"scratch": row([1.0, 1.0]), "hub_pathway": row([1.0, 1.0])},
+        }
+    }
     lines = bench.overview_table(summary)
     hub = next(line for line in lines if line.startswith("| Hub-Pathway |"))
     dense = next(line for line in lines if line.startswith("| dense mixture |"))
@@ -195,15 +248,24 @@ def test_plan_runs_can_restrict_the_single_experts() -> None:
 
 def _synthetic_run(method: str, seed: int, level: float) -> dict[str, object]:
     episodes = [(step, level + seed) for step in range(10, 1001, 10)]
-    return {"suite": "minatar", "target": "breakout", "method": method, "seed": seed, "steps": 1000,
-            "episodes": episodes, "cpu_ms_per_step": 1.0, "forward_flops_per_obs": 1.0,
-            "trainable_parameters": 1}  # fmt: skip
+    return {
+        "suite": "minatar",
+        "target": "breakout",
+        "method": method,
+        "seed": seed,
+        "steps": 1000,
+        "episodes": episodes,
+        "cpu_ms_per_step": 1.0,
+        "forward_flops_per_obs": 1.0,
+        "trainable_parameters": 1,
+    }
 
 
 def test_summary_picks_the_best_single_expert_and_says_when_only_one_ran() -> None:
     bench = _bench()
-    several = [_synthetic_run(m, s, lvl) for m, lvl in (("scratch", 1.0), ("single:a", 2.0), ("single:b", 4.0))
-               for s in (0, 1)]  # fmt: skip
+    several = [
+        _synthetic_run(m, s, lvl) for m, lvl in (("scratch", 1.0), ("single:a", 2.0), ("single:b", 4.0)) for s in (0, 1)
+    ]
     rows = bench.summarise(several)["minatar"]["breakout"]
     assert rows["single_best"]["expert"] == "b" and not rows["single_best"]["only"]
     assert rows["single_mean"]["auc"] == {0: 3.0, 1: 4.0}  # per-seed mean over a and b
@@ -253,11 +315,27 @@ _TIMING_KEYS = {"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_s
 def test_sweep_through_a_local_ray_writes_the_same_results_as_the_in_process_runner(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     bench = _bench()
-    recipe = _micro_recipe(tmp_path, [{"name": "cartpole", "env_id": "CartPole-v1"},
-                                      {"name": "acrobot", "env_id": "Acrobot-v1"}])  # fmt: skip
+    recipe = _micro_recipe(
+        tmp_path, [{"name": "cartpole", "env_id": "CartPole-v1"}, {"name": "acrobot", "env_id": "Acrobot-v1"}]
+    )
     hubs = tmp_path / "hubs"
-    common = ["--suite", "control", "--recipe", str(recipe), "--targets", "cartpole", "--hub-workdir", str(hubs),
-              "--methods", "scratch", "hub_pathway", *_MICRO, "--seeds", "0", "1"]  # fmt: skip
+    common = [
+        "--suite",
+        "control",
+        "--recipe",
+        str(recipe),
+        "--targets",
+        "cartpole",
+        "--hub-workdir",
+        str(hubs),
+        "--methods",
+        "scratch",
+        "hub_pathway",
+        *_MICRO,
+        "--seeds",
+        "0",
+        "1",
+    ]
     assert bench.main([*common, "--out", str(tmp_path / "here")]) == 0
     assert bench.main([*common, "--out", str(tmp_path / "ray"), "--no-build", "--ray", "--jobs", "2"]) == 0
     here = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").glob("runs/**/*.json"))
@@ -267,7 +345,8 @@ def test_sweep_through_a_local_ray_writes_the_same_results_as_the_in_process_run
         a = json.loads((tmp_path / "here" / relative).read_text())
         b = json.loads((tmp_path / "ray" / relative).read_text())
         assert {k: v for k, v in a.items() if k not in _TIMING_KEYS} == {
-            k: v for k, v in b.items() if k not in _TIMING_KEYS}, relative
+            k: v for k, v in b.items() if k not in _TIMING_KEYS
+        }, relative
 
 
 def test_ray_backend_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

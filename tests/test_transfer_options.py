@@ -25,13 +25,26 @@ SEAQUEST = "MinAtar/Seaquest-v1"
 
 
 def _extractor_kwargs(hub: Any, **extra: Any) -> dict[str, Any]:
-    return {"features_extractor_class": HubPathwayExtractor,
-            "features_extractor_kwargs": {"hub": hub, **extra}, "net_arch": []}  # fmt: skip
+    return {
+        "features_extractor_class": HubPathwayExtractor,
+        "features_extractor_kwargs": {"hub": hub, **extra},
+        "net_arch": [],
+    }
 
 
 def _random_experts(count: int, channels: int) -> dict[str, Any]:
-    return {"experts": [{"name": f"r{i}", "source": "random", "arch": "small_frame_cnn",
-                         "input_shape": [channels, 10, 10], "options": {"seed": i}} for i in range(count)]}  # fmt: skip
+    return {
+        "experts": [
+            {
+                "name": f"r{i}",
+                "source": "random",
+                "arch": "small_frame_cnn",
+                "input_shape": [channels, 10, 10],
+                "options": {"seed": i},
+            }
+            for i in range(count)
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +54,15 @@ def breakout_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("agents") / "breakout.zip"
     env = make_env(BREAKOUT, n_envs=2, seed=0)
-    model = PPO("CnnPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=1,
-                policy_kwargs={"features_extractor_class": SmallFrameCNN, "net_arch": []})  # fmt: skip
+    model = PPO(
+        "CnnPolicy",
+        env,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=1,
+        seed=1,
+        policy_kwargs={"features_extractor_class": SmallFrameCNN, "net_arch": []},
+    )
     model.learn(128)
     model.save(path)
     return path
@@ -50,16 +70,25 @@ def breakout_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _agent_spec(path: Path, name: str = "breakout") -> dict[str, Any]:
     channels, actions = env_meanings(make_env(BREAKOUT, 1, 0))
-    return {"name": name, "source": "sb3", "path": str(path), "channel_names": list(channels or ()),
-            "action_meanings": list(actions or ())}  # fmt: skip
+    return {
+        "name": name,
+        "source": "sb3",
+        "path": str(path),
+        "channel_names": list(channels or ()),
+        "action_meanings": list(actions or ()),
+    }
 
 
 # --- defect 1: deliberate starts survive SB3's orthogonal initialisation -------------------------------------
 @pytest.mark.parametrize("algo", [PPO, A2C, DQN])
 def test_channel_map_keeps_its_average_start_after_sb3_construction(algo: type) -> None:
     env = make_env(SEAQUEST, n_envs=1, seed=0)  # 10 channels into 4-channel experts
-    model = algo("CnnPolicy", env, policy_kwargs=_extractor_kwargs(_random_experts(4, 4), k=2, features_dim=32),
-                 **({"buffer_size": 100, "learning_starts": 10} if algo is DQN else {}))  # fmt: skip
+    model = algo(
+        "CnnPolicy",
+        env,
+        policy_kwargs=_extractor_kwargs(_random_experts(4, 4), k=2, features_dim=32),
+        **({"buffer_size": 100, "learning_starts": 10} if algo is DQN else {}),
+    )
     extractor = find_hub_extractors(model)[0]
     for name in extractor.expert_names:
         maps = [m for m in extractor.pathway.experts[name].modules() if isinstance(m, ChannelMap)]
@@ -95,8 +124,15 @@ def test_channels_are_mapped_by_meaning_between_games() -> None:
 
 
 def test_seaquest_target_gets_the_meaning_map_through_hubppo(breakout_agent: Path) -> None:
-    model = HubPPO("CnnPolicy", make_env(SEAQUEST, 1, 0), hub={"experts": [_agent_spec(breakout_agent)]}, k=1,
-                   features_dim=32, n_steps=16, batch_size=16)  # fmt: skip
+    model = HubPPO(
+        "CnnPolicy",
+        make_env(SEAQUEST, 1, 0),
+        hub={"experts": [_agent_spec(breakout_agent)]},
+        k=1,
+        features_dim=32,
+        n_steps=16,
+        batch_size=16,
+    )
     channel_map = next(m for m in find_hub_extractors(model)[0].modules() if isinstance(m, ChannelMap))
     seaquest, _ = env_meanings(make_env(SEAQUEST, 1, 0))
     breakout, _ = env_meanings(make_env(BREAKOUT, 1, 0))
@@ -131,8 +167,11 @@ def _real_frames(env_id: str, count: int) -> torch.Tensor:
 
 
 def test_noise_cap_bounds_the_std_by_the_spread_of_the_clean_logits() -> None:
-    model = PPO("CnnPolicy", make_env(BREAKOUT, 2, 0),
-                policy_kwargs=_extractor_kwargs(_random_experts(4, 4), k=2, noise_cap=1.0))  # fmt: skip
+    model = PPO(
+        "CnnPolicy",
+        make_env(BREAKOUT, 2, 0),
+        policy_kwargs=_extractor_kwargs(_random_experts(4, 4), k=2, noise_cap=1.0),
+    )
     extractor = find_hub_extractors(model)[0]
     obs = _real_frames(BREAKOUT, 256)
     extractor.train()
@@ -204,8 +243,17 @@ def test_base_expert_starts_as_sb3_starts_the_plain_network() -> None:
 def test_a_single_whole_agent_acts_as_the_agent_it_was_read_from(breakout_agent: Path) -> None:
     agent = PPO.load(breakout_agent, device="cpu")
     env = make_env(BREAKOUT, 2, 5)
-    model = HubPPO("CnnPolicy", env, hub={"experts": [_agent_spec(breakout_agent)]}, k=1, aggregation="output",
-                   noise="none", explore_coef=0.0, n_steps=16, batch_size=16)  # fmt: skip
+    model = HubPPO(
+        "CnnPolicy",
+        env,
+        hub={"experts": [_agent_spec(breakout_agent)]},
+        k=1,
+        aggregation="output",
+        noise="none",
+        explore_coef=0.0,
+        n_steps=16,
+        batch_size=16,
+    )
     extractor = find_hub_extractors(model)[0]
     assert extractor.head_sources == {"breakout": "pretrained"} and extractor.features_dim == 4
     obs = torch.as_tensor(np.stack([env.reset() for _ in range(4)]).reshape(-1, 4, 10, 10))
@@ -219,8 +267,15 @@ def test_a_single_whole_agent_acts_as_the_agent_it_was_read_from(breakout_agent:
 
 def test_heads_that_cannot_map_start_fresh(breakout_agent: Path) -> None:
     env = make_env("MinAtar/SpaceInvaders-v1", 1, 0)  # needs FIRE, which Breakout's agent never had
-    model = HubPPO("CnnPolicy", env, hub={"experts": [_agent_spec(breakout_agent)]}, k=1, aggregation="output",
-                   n_steps=16, batch_size=16)  # fmt: skip
+    model = HubPPO(
+        "CnnPolicy",
+        env,
+        hub={"experts": [_agent_spec(breakout_agent)]},
+        k=1,
+        aggregation="output",
+        n_steps=16,
+        batch_size=16,
+    )
     extractor = find_hub_extractors(model)[0]
     assert extractor.head_sources == {"breakout": "fresh"}
     expert = extractor.pathway.experts["breakout"]
@@ -230,8 +285,9 @@ def test_heads_that_cannot_map_start_fresh(breakout_agent: Path) -> None:
 def test_output_aggregation_trains_saves_and_loads(tmp_path: Path, breakout_agent: Path) -> None:
     hub = {"experts": [_agent_spec(breakout_agent), *_random_experts(2, 4)["experts"]]}
     env = make_env(BREAKOUT, 2, 0)
-    model = HubPPO("CnnPolicy", env, hub=hub, n_steps=32, batch_size=32, n_epochs=1, seed=0,
-                   **pathway_preset("transfer"))  # fmt: skip
+    model = HubPPO(
+        "CnnPolicy", env, hub=hub, n_steps=32, batch_size=32, n_epochs=1, seed=0, **pathway_preset("transfer")
+    )
     model.learn(128)
     assert model.logger.name_to_value["train/kickstart_kl"] >= 0
     model.save(tmp_path / "m.zip")
@@ -243,9 +299,19 @@ def test_output_aggregation_trains_saves_and_loads(tmp_path: Path, breakout_agen
 def test_kickstart_teacher_is_the_pretrained_policy_and_its_weight_decays(breakout_agent: Path) -> None:
     agent = PPO.load(breakout_agent, device="cpu")
     env = make_env(BREAKOUT, 2, 0)
-    model = HubPPO("CnnPolicy", env, hub={"experts": [_agent_spec(breakout_agent)]}, k=1, aggregation="output",
-                   freeze_experts=False, noise="none", kickstart_coef=2.0, kickstart_fraction=0.5,
-                   n_steps=16, batch_size=16)  # fmt: skip
+    model = HubPPO(
+        "CnnPolicy",
+        env,
+        hub={"experts": [_agent_spec(breakout_agent)]},
+        k=1,
+        aggregation="output",
+        freeze_experts=False,
+        noise="none",
+        kickstart_coef=2.0,
+        kickstart_fraction=0.5,
+        n_steps=16,
+        batch_size=16,
+    )
     extractor = find_hub_extractors(model)[0]
     extractor.kickstart_active = True
     extractor.train()
@@ -266,8 +332,17 @@ def test_kickstart_teacher_is_the_pretrained_policy_and_its_weight_decays(breako
 
 # --- trunk schedule, generator learning rate, presets ----------------------------------------------------------
 def test_trunks_unfreeze_on_schedule_with_their_own_learning_rate() -> None:
-    model = HubPPO("CnnPolicy", make_env(BREAKOUT, 1, 0), hub=_random_experts(2, 4), k=1, unfreeze_at=0.5,
-                   expert_lr_scale=0.1, generator_lr_scale=3.0, n_steps=16, batch_size=16)  # fmt: skip
+    model = HubPPO(
+        "CnnPolicy",
+        make_env(BREAKOUT, 1, 0),
+        hub=_random_experts(2, 4),
+        k=1,
+        unfreeze_at=0.5,
+        expert_lr_scale=0.1,
+        generator_lr_scale=3.0,
+        n_steps=16,
+        batch_size=16,
+    )
     extractor = find_hub_extractors(model)[0]
     trunk_params = list(extractor.pathway.experts["r0"].trunk.parameters())
     extractor.set_progress(0.2)
@@ -308,8 +383,10 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
     hub = {"experts": [_agent_spec(breakout_agent), *_random_experts(1, 4)["experts"]]}
     spec.write_text(yaml.safe_dump(hub))
     out = tmp_path / "scores.yml"
-    assert hub_main(["score", str(spec), "--env", BREAKOUT, "--episodes", "2", "--rollout-steps", "64",
-                     "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        hub_main(["score", str(spec), "--env", BREAKOUT, "--episodes", "2", "--rollout-steps", "64", "--out", str(out)])
+        == 0
+    )
     scores = yaml.safe_load(out.read_text())
     assert scores["experts"]["breakout"]["policy_head"] == "pretrained"
     assert "zero_shot_return" in scores["experts"]["breakout"] and "zero_shot_return" not in scores["experts"]["r0"]

@@ -242,6 +242,8 @@ def test_vision_recipe_builds_a_loadable_hub(tmp_path: Path) -> None:
 def test_a_refused_vision_run_leaves_no_run_folder(tmp_path: Path) -> None:
     from hp_rl.vision.train import main
 
-    assert main(["--data", str(tmp_path / "missing.npz"), "--tensorboard-log", str(tmp_path / "runs"),
-                 "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(["--data", str(tmp_path / "missing.npz"), "--tensorboard-log", str(tmp_path / "runs"), "--no-progress"])
+        == 2
+    )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

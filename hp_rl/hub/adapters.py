@@ -125,9 +125,12 @@ def build_input_adapter(
     obs_is_image = len(observation_shape) == 3
     expected = tuple(info.input_shape)
     named = (
-        obs_is_image and target_channels is not None and source_channels is not None
-        and len(target_channels) == observation_shape[0] and len(source_channels) == expected[0]
-    )  # fmt: skip
+        obs_is_image
+        and target_channels is not None
+        and source_channels is not None
+        and len(target_channels) == observation_shape[0]
+        and len(source_channels) == expected[0]
+    )
     meaning_weight = channel_map_weight(target_channels, source_channels) if named else None  # type: ignore[arg-type]
     same_meaning = named and tuple(target_channels or ()) == tuple(source_channels or ())
     if tuple(observation_shape) == expected and (meaning_weight is None or same_meaning):

@@ -12,8 +12,16 @@ from torch import nn
 from hp_rl.errors import HpRlError
 from hp_rl.routing.fused import Op, lower_all, register_lowering
 
-__all__ = ["ArchitectureError", "TrunkInfo", "NatureCNNTrunk", "MLPTrunk", "SmallFrameCNNTrunk", "ARCHITECTURES",
-           "build_trunk", "nature_cnn_flat_size"]  # fmt: skip
+__all__ = [
+    "ArchitectureError",
+    "TrunkInfo",
+    "NatureCNNTrunk",
+    "MLPTrunk",
+    "SmallFrameCNNTrunk",
+    "ARCHITECTURES",
+    "build_trunk",
+    "nature_cnn_flat_size",
+]
 
 InputKind = Literal["image", "vector"]
 
@@ -67,11 +75,14 @@ class NatureCNNTrunk(nn.Module):
     def __init__(self, in_channels: int = 4, height: int = 84, width: int = 84, features_dim: int = 512) -> None:
         super().__init__()
         self.cnn = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
-        )  # fmt: skip
+        )
         self.linear = nn.Sequential(nn.Linear(nature_cnn_flat_size(height, width), features_dim), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +103,9 @@ class SmallFrameCNNTrunk(nn.Module):
     :param channels: output channels of the convolution (16 in the MinAtar paper).
     """
 
-    def __init__(self, in_channels: int, height: int = 10, width: int = 10, features_dim: int = 128,
-                 channels: int = 16) -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int, height: int = 10, width: int = 10, features_dim: int = 128, channels: int = 16
+    ) -> None:
         super().__init__()
         if height < 3 or width < 3:
             raise ArchitectureError(f"small_frame_cnn needs frames of at least 3x3, got {height}x{width}.")

@@ -40,9 +40,17 @@ __all__ = [
 ]
 
 ZOO_ATARI_GAMES = (
-    "Pong", "SpaceInvaders", "Qbert", "Seaquest", "BeamRider",
-    "Asteroids", "MsPacman", "RoadRunner", "Enduro", "Breakout",
-)  # fmt: skip
+    "Pong",
+    "SpaceInvaders",
+    "Qbert",
+    "Seaquest",
+    "BeamRider",
+    "Asteroids",
+    "MsPacman",
+    "RoadRunner",
+    "Enduro",
+    "Breakout",
+)
 ZOO_ALGOS = ("ppo", "a2c")
 BUNDLED_HUBS: dict[str, Path] = {
     "atari": BUNDLED_HUB_DIR / "atari" / "hub.yaml",

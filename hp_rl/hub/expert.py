@@ -82,8 +82,9 @@ class HubExpert(nn.Module):
     :param heads: the agent's own policy/value heads on the trunk's features, when the source has them.
     """
 
-    def __init__(self, trunk: nn.Module, info: TrunkInfo, provenance: Provenance,
-                 heads: ExpertHeads | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, trunk: nn.Module, info: TrunkInfo, provenance: Provenance, heads: ExpertHeads | None = None
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.info = info

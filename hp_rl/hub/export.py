@@ -90,8 +90,11 @@ def save_safetensors(tensors: Mapping[str, Tensor], path: str | Path, metadata: 
         if tensor.dtype not in _SAFETENSORS_DTYPES:
             raise ExportError(f"Tensor {name!r} has dtype {tensor.dtype}; export float16, bfloat16 or float32.")
         data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -107,8 +110,9 @@ def _metadata_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def features_agree(original: HubExpert, exported: HubExpert, batch: int = 8, seed: int = 0,
-                   rtol: float = 1e-2) -> float:  # fmt: skip
+def features_agree(
+    original: HubExpert, exported: HubExpert, batch: int = 8, seed: int = 0, rtol: float = 1e-2
+) -> float:
     """Largest feature difference between two experts on random inputs in [0, 1], relative to the feature scale.
 
     :param original: the expert as trained (fp32).
@@ -162,9 +166,13 @@ def export_trunk(item: ExportItem, out_dir: str | Path, dtype: str = "float16") 
         heads = item.expert.heads.tensors()
         state.update({k: v.detach().to("cpu", _DTYPES[dtype]).contiguous() for k, v in heads.items()})
     provenance = {str(k): v for k, v in item.provenance.items() if v is not None}
-    metadata = {"arch": info.arch, "input_shape": json.dumps(list(info.input_shape)),
-                "features_dim": str(info.features_dim), "options": json.dumps(dict(info.options), sort_keys=True),
-                "dtype": dtype}  # fmt: skip
+    metadata = {
+        "arch": info.arch,
+        "input_shape": json.dumps(list(info.input_shape)),
+        "features_dim": str(info.features_dim),
+        "options": json.dumps(dict(info.options), sort_keys=True),
+        "dtype": dtype,
+    }
     metadata.update({k: _metadata_value(v) for k, v in provenance.items() if k not in _STRUCTURE_KEYS})
     save_safetensors(state, path, metadata)
     path.chmod(0o644)
@@ -172,14 +180,27 @@ def export_trunk(item: ExportItem, out_dir: str | Path, dtype: str = "float16") 
     spec = ExpertSpec(name=item.name, source="safetensors", path=str(path), sha256=digest)
     error = features_agree(item.expert, load_expert(spec))
     provenance.update({"size_bytes": path.stat().st_size, "dtype": dtype, "roundtrip_rel_error": float(f"{error:.3g}")})
-    return ExpertSpec(name=item.name, source="safetensors", path=path.name, arch=info.arch,
-                      input_shape=tuple(info.input_shape), features_dim=info.features_dim, sha256=digest,
-                      provenance=provenance, channel_names=item.channel_names,
-                      action_meanings=item.action_meanings)  # fmt: skip
+    return ExpertSpec(
+        name=item.name,
+        source="safetensors",
+        path=path.name,
+        arch=info.arch,
+        input_shape=tuple(info.input_shape),
+        features_dim=info.features_dim,
+        sha256=digest,
+        provenance=provenance,
+        channel_names=item.channel_names,
+        action_meanings=item.action_meanings,
+    )
 
 
-def export_hub(items: Sequence[ExportItem], out_dir: str | Path, description: str = "",
-               recipe: str | None = None, dtype: str = "float16") -> Path:  # fmt: skip
+def export_hub(
+    items: Sequence[ExportItem],
+    out_dir: str | Path,
+    description: str = "",
+    recipe: str | None = None,
+    dtype: str = "float16",
+) -> Path:
     """Export every expert and write the manifest ``out_dir/hub.yaml`` (a valid hub spec).
 
     Files of experts no longer in ``items`` are left alone; the manifest lists exactly ``items``.

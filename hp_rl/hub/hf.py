@@ -128,8 +128,13 @@ def _repo_folder(cache: Path, repo_id: str) -> Path:
     return cache / ("models--" + repo_id.replace("/", "--"))
 
 
-def find_cached(repo_id: str, filename: str | None = None, revision: str | None = None,
-                cache_dir: str | Path | None = None, digest: bool = True) -> ResolvedFile | None:  # fmt: skip
+def find_cached(
+    repo_id: str,
+    filename: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    digest: bool = True,
+) -> ResolvedFile | None:
     """The cached file for ``revision``, without any network access, or ``None``.
 
     :param repo_id: ``org/name``.
@@ -162,8 +167,13 @@ def _commit_from_path(path: Path) -> str:
     return parent if _COMMIT.fullmatch(parent) else "unknown"
 
 
-def resolve_hf_file(repo_id: str, filename: str | None = None, revision: str | None = None,
-                    cache_dir: str | Path | None = None, etag_timeout: float = 10.0) -> ResolvedFile:  # fmt: skip
+def resolve_hf_file(
+    repo_id: str,
+    filename: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    etag_timeout: float = 10.0,
+) -> ResolvedFile:
     """Find or download one file of a Hub repository; the local cache is tried first.
 
     :param repo_id: ``org/name``, e.g. ``sb3/ppo-PongNoFrameskip-v4``.
@@ -193,8 +203,9 @@ def resolve_hf_file(repo_id: str, filename: str | None = None, revision: str | N
     from huggingface_hub import hf_hub_download
 
     try:
-        local = Path(str(hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache),
-                                         etag_timeout=etag_timeout)))  # fmt: skip
+        local = Path(
+            str(hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), etag_timeout=etag_timeout))
+        )
     except Exception as error:  # network, auth, missing repo or file: huggingface_hub has many error types
         raise HFUnavailableError(
             f"Cannot download {filename} of {at} ({type(error).__name__}: {error}). {how}"
@@ -231,7 +242,13 @@ def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None =
             "that matches, or update the digest."
         )
     trunk, info, details, heads = read_sb3_expert(resolved.path)
-    details = {**details, "repo_id": spec.path, "filename": resolved.filename, "revision": resolved.commit,
-               "requested_revision": resolved.requested, "file": str(resolved.path)}  # fmt: skip
+    details = {
+        **details,
+        "repo_id": spec.path,
+        "filename": resolved.filename,
+        "revision": resolved.commit,
+        "requested_revision": resolved.requested,
+        "file": str(resolved.path),
+    }
     provenance = Provenance("hf", f"{spec.path}@{resolved.commit}", resolved.sha256, details)
     return HubExpert(trunk, info, provenance, heads)

@@ -22,18 +22,31 @@ MINATAR_FULL_ACTIONS = ("NOOP", "LEFT", "UP", "RIGHT", "DOWN", "FIRE")
 # Role of each named MinAtar channel. A channel absent here only matches a channel of the same name.
 CHANNEL_ROLES: dict[str, str] = {
     # the agent itself
-    "paddle": "agent", "cannon": "agent", "player": "agent", "chicken": "agent",
-    "sub_front": "agent", "sub_back": "agent",
+    "paddle": "agent",
+    "cannon": "agent",
+    "player": "agent",
+    "chicken": "agent",
+    "sub_front": "agent",
+    "sub_back": "agent",
     # things that hurt or must be avoided
-    "enemy": "enemy", "car": "enemy", "alien": "enemy", "alien_left": "enemy", "alien_right": "enemy",
-    "enemy_fish": "enemy", "enemy_sub": "enemy",
+    "enemy": "enemy",
+    "car": "enemy",
+    "alien": "enemy",
+    "alien_left": "enemy",
+    "alien_right": "enemy",
+    "enemy_fish": "enemy",
+    "enemy_sub": "enemy",
     # moving projectiles
-    "ball": "projectile", "friendly_bullet": "projectile", "enemy_bullet": "projectile",
+    "ball": "projectile",
+    "friendly_bullet": "projectile",
+    "enemy_bullet": "projectile",
     # motion trails
     "trail": "trail",
     # things to collect or hit for reward
-    "brick": "reward", "gold": "reward", "diver": "reward",
-}  # fmt: skip
+    "brick": "reward",
+    "gold": "reward",
+    "diver": "reward",
+}
 
 
 def channel_map_weight(target_channels: Sequence[str], source_channels: Sequence[str]) -> Tensor | None:

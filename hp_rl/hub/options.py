@@ -74,5 +74,6 @@ def check_pathway_options(values: Mapping[str, Any], where: Callable[[str], str]
     :param where: option -> how the message names it (default: ``HubPathwayExtractor option <key>``).
     :raises PathwayOptionError: naming the option, the value and what is accepted.
     """
-    check_values(values, PATHWAY_OPTIONS, where or (lambda key: f"HubPathwayExtractor option {key}"),
-                 PathwayOptionError)  # fmt: skip
+    check_values(
+        values, PATHWAY_OPTIONS, where or (lambda key: f"HubPathwayExtractor option {key}"), PathwayOptionError
+    )

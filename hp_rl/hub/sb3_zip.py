@@ -119,8 +119,9 @@ def _small_frame_trunk(sub: dict[str, Tensor], data: dict[str, Any]) -> tuple[Sm
     conv, linear = sub["cnn.0.weight"], sub["linear.0.weight"]
     channels, height, width = _small_frame_shape(data, conv, linear)
     out_channels = int(conv.shape[0])
-    info = TrunkInfo("small_frame_cnn", "image", (channels, height, width), int(linear.shape[0]),
-                     (("channels", str(out_channels)),))  # fmt: skip
+    info = TrunkInfo(
+        "small_frame_cnn", "image", (channels, height, width), int(linear.shape[0]), (("channels", str(out_channels)),)
+    )
     trunk = SmallFrameCNNTrunk(channels, height, width, info.features_dim, out_channels)
     trunk.load_state_dict(sub)
     return trunk, info
@@ -180,9 +181,12 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
             linear.weight.copy_(weight)
             linear.bias.copy_(bias)
     info = TrunkInfo(
-        "mlp", "vector", (in_features,), hidden[-1],
+        "mlp",
+        "vector",
+        (in_features,),
+        hidden[-1],
         (("hidden", ",".join(map(str, hidden))), ("activation", activation)),
-    )  # fmt: skip
+    )
     return trunk, info
 
 
@@ -198,8 +202,12 @@ def _heads(state: dict[str, Tensor], features_dim: int, cnn: bool) -> ExpertHead
     separate_critic = not cnn and any(k.startswith("mlp_extractor.value_net.") for k in state)
     if value_w is None or value_b is None or separate_critic or int(value_w.shape[1]) != features_dim:
         value_w = value_b = None
-    return ExpertHeads(weight.float(), bias.float(), None if value_w is None else value_w.float(),
-                       None if value_b is None else value_b.float())  # fmt: skip
+    return ExpertHeads(
+        weight.float(),
+        bias.float(),
+        None if value_w is None else value_w.float(),
+        None if value_b is None else value_b.float(),
+    )
 
 
 def read_sb3_expert(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[str, str], ExpertHeads | None]:

@@ -174,18 +174,36 @@ def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | Non
     return HubExpert(module, info, Provenance("torchscript", str(path), file_sha256(path)))
 
 
-register_source(SourceConfig("sb3", "Stable-Baselines3 checkpoint zip (PPO, A2C, DQN, QR-DQN; Cnn/MlpPolicy)", True,
-                             _load_sb3))
-register_source(SourceConfig("safetensors", "safetensors trunk weights with a named architecture", True,
-                             _load_safetensors))
+register_source(
+    SourceConfig("sb3", "Stable-Baselines3 checkpoint zip (PPO, A2C, DQN, QR-DQN; Cnn/MlpPolicy)", True, _load_sb3)
+)
+register_source(
+    SourceConfig("safetensors", "safetensors trunk weights with a named architecture", True, _load_safetensors)
+)
 register_source(SourceConfig("random", "randomly initialised NatureCNN or MLP trunk", False, _load_random))
 register_source(SourceConfig("torchscript", "TorchScript module saved with torch.jit.save", True, _load_torchscript))
-register_source(SourceConfig("hf", "SB3 checkpoint in a Hugging Face repo (hf:sb3/ppo-PongNoFrameskip-v4@REV), "
-                             "local cache first", True, load_hf_expert))
-register_source(SourceConfig("torchvision", "torchvision ImageNet backbone (arch + weights tag, or a local file)",
-                             False, load_torchvision_expert, extra="timm"))
-register_source(SourceConfig("timm", "timm backbone (model name[.tag], pretrained or a local file)", False,
-                             load_timm_expert, extra="timm"))
+register_source(
+    SourceConfig(
+        "hf",
+        "SB3 checkpoint in a Hugging Face repo (hf:sb3/ppo-PongNoFrameskip-v4@REV), local cache first",
+        True,
+        load_hf_expert,
+    )
+)
+register_source(
+    SourceConfig(
+        "torchvision",
+        "torchvision ImageNet backbone (arch + weights tag, or a local file)",
+        False,
+        load_torchvision_expert,
+        extra="timm",
+    )
+)
+register_source(
+    SourceConfig(
+        "timm", "timm backbone (model name[.tag], pretrained or a local file)", False, load_timm_expert, extra="timm"
+    )
+)
 
 
 def load_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None = None) -> HubExpert:

@@ -117,8 +117,10 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise HubSpecError(f"{where}: key '{key}' is required and must be a non-empty string.")
     if not _NAME.fullmatch(raw["name"]):
-        raise HubSpecError(f"{where}: key 'name': {raw['name']!r} is not a usable expert name; use up to 64 letters, "
-                           "digits, '_', '-' or '+' (names become module keys and TensorBoard tags).")  # fmt: skip
+        raise HubSpecError(
+            f"{where}: key 'name': {raw['name']!r} is not a usable expert name; use up to 64 letters, "
+            "digits, '_', '-' or '+' (names become module keys and TensorBoard tags)."
+        )
     from hp_rl.hub.sources import SOURCES  # the registry imports this module: import on use
 
     if raw["source"] not in SOURCES:
@@ -141,15 +143,20 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
         from hp_rl.hub.architectures import ARCHITECTURES
 
         if arch not in ARCHITECTURES:
-            raise HubSpecError(f"{where}: key 'arch': unknown architecture {arch!r}; known: "
-                               f"{', '.join(sorted(ARCHITECTURES))}.")  # fmt: skip
+            raise HubSpecError(
+                f"{where}: key 'arch': unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}."
+            )
     if "input_shape" in values and values["input_shape"] is not None:
         shape = values["input_shape"]
-        if (not isinstance(shape, Sequence) or isinstance(shape, str) or not 1 <= len(shape) <= 3
-                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_INPUT_SIDE
-                           for s in shape)):  # fmt: skip
-            raise HubSpecError(f"{where}: key 'input_shape' must be a list of 1 to 3 integers in [1, "
-                               f"{MAX_INPUT_SIDE}], got {shape!r}.")  # fmt: skip
+        if (
+            not isinstance(shape, Sequence)
+            or isinstance(shape, str)
+            or not 1 <= len(shape) <= 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_INPUT_SIDE for s in shape)
+        ):
+            raise HubSpecError(
+                f"{where}: key 'input_shape' must be a list of 1 to 3 integers in [1, {MAX_INPUT_SIDE}], got {shape!r}."
+            )
         values["input_shape"] = tuple(shape)
     if "frozen" in values and not isinstance(values["frozen"], bool | None):
         raise HubSpecError(f"{where}: key 'frozen' must be true or false, got {values['frozen']!r}.")
@@ -158,10 +165,12 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
         raise HubSpecError(f"{where}: key 'lr_scale' must be a finite number >= 0, got {scale!r}.")
     values["lr_scale"] = float(scale)
     features = values.get("features_dim")
-    if features is not None and (isinstance(features, bool) or not isinstance(features, int)
-                                 or not 0 < features <= MAX_FEATURES_DIM):  # fmt: skip
-        raise HubSpecError(f"{where}: key 'features_dim' must be an integer in [1, {MAX_FEATURES_DIM}], "
-                           f"got {features!r}.")  # fmt: skip
+    if features is not None and (
+        isinstance(features, bool) or not isinstance(features, int) or not 0 < features <= MAX_FEATURES_DIM
+    ):
+        raise HubSpecError(
+            f"{where}: key 'features_dim' must be an integer in [1, {MAX_FEATURES_DIM}], got {features!r}."
+        )
     for key in ("options", "provenance"):
         if not isinstance(values.get(key, {}), Mapping) or not all(isinstance(k, str) for k in values.get(key, {})):
             raise HubSpecError(f"{where}: key '{key}' must be a mapping with string keys, got {values[key]!r}.")
@@ -175,8 +184,11 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
         names = values.get(key)
         if names is None:
             continue
-        if isinstance(names, str) or not isinstance(names, Sequence) or not names or not all(
-            isinstance(n, str) and n for n in names
+        if (
+            isinstance(names, str)
+            or not isinstance(names, Sequence)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
         ):
             raise HubSpecError(f"{where}: key '{key}' must be a non-empty list of names, got {names!r}.")
         if len(set(names)) != len(names):

@@ -62,8 +62,13 @@ class ImageNetInput(nn.Module):
     :param std: per-channel std.
     """
 
-    def __init__(self, frames: str = "grey", size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:  # fmt: skip
+    def __init__(
+        self,
+        frames: str = "grey",
+        size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
         if frames not in _FRAME_MODES:
             raise ValueError(f"frames must be one of {_FRAME_MODES}, got {frames!r}.")
@@ -84,8 +89,13 @@ class ImageNetInput(nn.Module):
         else:
             rgb = x[:, -1:].expand(-1, 3, -1, -1)
         if rgb.shape[-2:] != (self.size, self.size):
-            rgb = F.interpolate(rgb, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                antialias=rgb.shape[-1] > self.size)  # fmt: skip
+            rgb = F.interpolate(
+                rgb,
+                size=(self.size, self.size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=rgb.shape[-1] > self.size,
+            )
         mean: Tensor = self.mean  # type: ignore[assignment]
         std: Tensor = self.std  # type: ignore[assignment]
         return (rgb - mean) / std
@@ -172,8 +182,15 @@ def _check_options(spec: ExpertSpec) -> None:
         )
 
 
-def _finish(spec: ExpertSpec, backbone: nn.Module, size: int, mean: Sequence[float], std: Sequence[float],
-            observation_shape: tuple[int, ...] | None, weights: str) -> HubExpert:  # fmt: skip
+def _finish(
+    spec: ExpertSpec,
+    backbone: nn.Module,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    observation_shape: tuple[int, ...] | None,
+    weights: str,
+) -> HubExpert:
     shape = tuple(spec.input_shape or observation_shape or (4, 84, 84))
     if len(shape) != 3:
         raise HubSpecError(f"Expert {spec.name!r}: an ImageNet backbone takes image frames (C, H, W), not {shape}.")

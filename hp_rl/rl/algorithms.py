@@ -29,14 +29,22 @@ from hp_rl.rl.config import check_hyperparam_values
 from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss, set_training_progress
 from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
 
-__all__ = ["HubPPO", "HubA2C", "HubActorCriticPolicy", "HubActorCriticCnnPolicy", "TrackingRolloutBuffer",
-           "ActionReadout", "ValueReadout"]  # fmt: skip
+__all__ = [
+    "HubPPO",
+    "HubA2C",
+    "HubActorCriticPolicy",
+    "HubActorCriticCnnPolicy",
+    "TrackingRolloutBuffer",
+    "ActionReadout",
+    "ValueReadout",
+]
 
 # Every option of the extractor (one list: its signature), split off HubPPO/HubA2C's keyword arguments.
 _EXTRACTOR_KEYS = tuple(
-    name for name in inspect.signature(HubPathwayExtractor.__init__).parameters
+    name
+    for name in inspect.signature(HubPathwayExtractor.__init__).parameters
     if name not in ("self", "observation_space", "hub")
-)  # fmt: skip
+)
 
 
 class ActionReadout(nn.Module):
@@ -93,8 +101,9 @@ class _ExploitationPolicyMixin:
             return
         policy: Any = self
         if policy.mlp_extractor.latent_dim_pi != extractor.features_dim:
-            raise PathwayOptionError("aggregation='output' needs linear heads: set net_arch=[] "
-                                     "(HubPPO/HubA2C's default).")
+            raise PathwayOptionError(
+                "aggregation='output' needs linear heads: set net_arch=[] (HubPPO/HubA2C's default)."
+            )
         assert extractor.num_actions is not None
         policy.action_net = ActionReadout(extractor.num_actions, extractor.output_mix)
         policy.value_net = ValueReadout()
@@ -145,9 +154,11 @@ class _HubOnPolicyMixin:
     rollout_buffer: RolloutBuffer
 
     def _set_hub_coefs(self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float) -> None:
-        check_hyperparam_values({"exploit_coef": exploit_coef, "kickstart_coef": kickstart_coef,
-                                 "kickstart_fraction": kickstart_fraction}, lambda key: f"{type(self).__name__} {key}",
-                                PathwayOptionError)  # fmt: skip
+        check_hyperparam_values(
+            {"exploit_coef": exploit_coef, "kickstart_coef": kickstart_coef, "kickstart_fraction": kickstart_fraction},
+            lambda key: f"{type(self).__name__} {key}",
+            PathwayOptionError,
+        )
         self.exploit_coef = float(exploit_coef)
         self.kickstart_coef = float(kickstart_coef)
         self.kickstart_fraction = float(kickstart_fraction)
@@ -209,8 +220,9 @@ class _HubOnPolicyMixin:
         specs = env.get_attr("spec", [0]) if hasattr(env, "get_attr") else [getattr(env, "spec", None)]
         env_id = getattr(specs[0], "id", None)
         if env_id is None:
-            raise PathwayOptionError("prior='auto' needs an environment made from a registered id; "
-                                     "give a score file instead.")
+            raise PathwayOptionError(
+                "prior='auto' needs an environment made from a registered id; give a score file instead."
+            )
         return dict(score_hub(hub, str(env_id), seed=AUTO_PRIOR_SEED)["prior"])
 
     # --- per-group learning rates -------------------------------------------------------------------
@@ -244,15 +256,17 @@ class _HubOnPolicyMixin:
                 group["lr"] = learning_rate * group.get("lr_scale", 1.0)
 
     # --- exploitation loss --------------------------------------------------------------------------
-    def _expert_loss(self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples,
-                     index: Tensor, advantages: Tensor) -> Tensor:  # fmt: skip
+    def _expert_loss(
+        self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples, index: Tensor, advantages: Tensor
+    ) -> Tensor:
         raise NotImplementedError
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
         raise NotImplementedError
 
-    def _log_prob_terms(self, distribution: Distribution, batch: RolloutBufferSamples,
-                        index: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def _log_prob_terms(
+        self, distribution: Distribution, batch: RolloutBufferSamples, index: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Log-probabilities of the rollout's actions on the routed rows, and the entropy (or its estimate)."""
         actions = batch.actions[index]
         if isinstance(getattr(self, "action_space", None), spaces.Discrete):
@@ -291,8 +305,13 @@ class _HubOnPolicyMixin:
         self._kickstart_values.append(float(kl.detach()))
         return weight * kl
 
-    def _expert_losses(self, policy: ActorCriticPolicy, batch: RolloutBufferSamples | None,
-                       pi_output: PathwayOutput, vf_output: PathwayOutput) -> Tensor | None:  # fmt: skip
+    def _expert_losses(
+        self,
+        policy: ActorCriticPolicy,
+        batch: RolloutBufferSamples | None,
+        pi_output: PathwayOutput,
+        vf_output: PathwayOutput,
+    ) -> Tensor | None:
         """``exploit_coef`` times the algorithm's loss of each routed expert alone, on its routed rows."""
         if self.exploit_coef == 0 or batch is None:
             return None
@@ -367,8 +386,16 @@ class HubPPO(_HubOnPolicyMixin, PPO):
         channel names and action meanings are read from ``env`` when it says them.
     """
 
-    def __init__(self, policy: str | type[ActorCriticPolicy], env: Any, hub: Any = None, exploit_coef: float = 0.1,
-                 kickstart_coef: float = 0.0, kickstart_fraction: float = 0.5, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: Any,
+        hub: Any = None,
+        exploit_coef: float = 0.1,
+        kickstart_coef: float = 0.0,
+        kickstart_fraction: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
         self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction)
         super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
 
@@ -378,8 +405,9 @@ class HubPPO(_HubOnPolicyMixin, PPO):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         return advantages
 
-    def _expert_loss(self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples,
-                     index: Tensor, advantages: Tensor) -> Tensor:  # fmt: skip
+    def _expert_loss(
+        self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples, index: Tensor, advantages: Tensor
+    ) -> Tensor:
         log_prob, entropy = self._log_prob_terms(distribution, batch, index)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
         ratio = torch.exp(log_prob - batch.old_log_prob[index])
@@ -400,8 +428,16 @@ class HubA2C(_HubOnPolicyMixin, A2C):
     ``kickstart_fraction`` and the extractor arguments, as :class:`HubPPO`.
     """
 
-    def __init__(self, policy: str | type[ActorCriticPolicy], env: Any, hub: Any = None, exploit_coef: float = 0.1,
-                 kickstart_coef: float = 0.0, kickstart_fraction: float = 0.5, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: Any,
+        hub: Any = None,
+        exploit_coef: float = 0.1,
+        kickstart_coef: float = 0.0,
+        kickstart_fraction: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
         self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction)
         super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
 
@@ -411,8 +447,9 @@ class HubA2C(_HubOnPolicyMixin, A2C):
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         return advantages
 
-    def _expert_loss(self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples,
-                     index: Tensor, advantages: Tensor) -> Tensor:  # fmt: skip
+    def _expert_loss(
+        self, distribution: Distribution, values: Tensor, batch: RolloutBufferSamples, index: Tensor, advantages: Tensor
+    ) -> Tensor:
         log_prob, entropy = self._log_prob_terms(distribution, batch, index)
         policy_loss = -(advantages[index] * log_prob).mean()
         value_loss = F.mse_loss(batch.returns[index], values)

@@ -45,9 +45,8 @@ def gate_layout(prefixes: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
             "usage: share of observations routed to each expert (sums to k)": ["Multiline", [f"^{tag}/usage/"]],
             "weight: mean pathway weight of each expert (sums to 1)": ["Multiline", [f"^{tag}/weight/"]],
             "confidence: mean weight where routed": ["Multiline", [f"^{tag}/confidence/"]],
-            "routing: entropy, balance cv2, noise std": [
-                "Multiline", [f"^{tag}/(entropy|balance_cv2|noise_std)$"]],
-        }  # fmt: skip
+            "routing: entropy, balance cv2, noise std": ["Multiline", [f"^{tag}/(entropy|balance_cv2|noise_std)$"]],
+        }
     return layout
 
 
@@ -65,8 +64,10 @@ def concat_routes(batches: Sequence[Routes]) -> Routes:
     parts = list(batches)
 
     def balance_terms() -> tuple[Tensor, Tensor]:  # only computed if asked for
-        return (torch.stack([b.balance_loss.detach() for b in parts]).mean(),
-                torch.stack([b.load.detach() for b in parts]).sum(0))  # fmt: skip
+        return (
+            torch.stack([b.balance_loss.detach() for b in parts]).mean(),
+            torch.stack([b.load.detach() for b in parts]).sum(0),
+        )
 
     return Routes(
         weights=torch.cat([b.weights.detach() for b in parts]),
@@ -234,9 +235,11 @@ class GateUsageCallback(BaseCallback):
         for tracker in self._trackers:  # what the rows and columns of the co-activation image are
             names = tracker.extractor.expert_names
             rows = "\n".join(f"| {i} | {names[c]} |" for i, c in enumerate(chart_order(names)))
-            writers[0].add_text(f"{tracker.prefix}/coactivation_legend",
-                                "Rows and columns of the co-activation image, top/left first (the charts' order):\n\n"
-                                f"| row/column | expert |\n|---|---|\n{rows}")  # fmt: skip
+            writers[0].add_text(
+                f"{tracker.prefix}/coactivation_legend",
+                "Rows and columns of the co-activation image, top/left first (the charts' order):\n\n"
+                f"| row/column | expert |\n|---|---|\n{rows}",
+            )
         writers[0].flush()
 
     def _on_step(self) -> bool:

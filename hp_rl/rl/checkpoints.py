@@ -34,9 +34,21 @@ from hp_rl.paths import written_by_rename
 from hp_rl.rl.models import build_model
 from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
 
-__all__ = ["NoCheckpointError", "CheckpointAfterUpdate", "DEFAULT_KEEP_CHECKPOINTS", "save_atomically",
-           "save_checkpoint", "prune_checkpoints", "replay_buffer_path", "save_replay_buffer", "load_replay_buffer",
-           "restore_from_archive", "load_model", "load_latest", "config_for_loading"]  # fmt: skip
+__all__ = [
+    "NoCheckpointError",
+    "CheckpointAfterUpdate",
+    "DEFAULT_KEEP_CHECKPOINTS",
+    "save_atomically",
+    "save_checkpoint",
+    "prune_checkpoints",
+    "replay_buffer_path",
+    "save_replay_buffer",
+    "load_replay_buffer",
+    "restore_from_archive",
+    "load_model",
+    "load_latest",
+    "config_for_loading",
+]
 
 DEFAULT_KEEP_CHECKPOINTS = 5
 # Plain counters of SB3's ``data`` that a resumed model continues from (the rest is rebuilt from config.yml).
@@ -91,8 +103,10 @@ def load_replay_buffer(buffer: ReplayBuffer, path: Path) -> int:
             for name, info in members.items():
                 limit = expected[name].nbytes + 4096 if name in expected else 4096
                 if info.file_size > limit:
-                    raise ArchiveError(f"{path}: array '{name}' is larger ({info.file_size} bytes) than the replay "
-                                       f"buffer can hold ({limit}); the file does not belong to this run.")  # fmt: skip
+                    raise ArchiveError(
+                        f"{path}: array '{name}' is larger ({info.file_size} bytes) than the replay "
+                        f"buffer can hold ({limit}); the file does not belong to this run."
+                    )
         with np.load(path, allow_pickle=False) as stored:
             missing = sorted(set(expected) | {"pos", "full"} - set(stored.files))
             if missing:
@@ -104,8 +118,10 @@ def load_replay_buffer(buffer: ReplayBuffer, path: Path) -> int:
             for name, target in expected.items():
                 value = stored[name]
                 if value.shape != (rows, *target.shape[1:]) or value.dtype != target.dtype:
-                    raise ArchiveError(f"{path}: array '{name}' has shape {value.shape} {value.dtype}, the run's "
-                                       f"buffer needs ({rows}, *{target.shape[1:]}) {target.dtype}.")  # fmt: skip
+                    raise ArchiveError(
+                        f"{path}: array '{name}' has shape {value.shape} {value.dtype}, the run's "
+                        f"buffer needs ({rows}, *{target.shape[1:]}) {target.dtype}."
+                    )
                 target[:rows] = value
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         raise ArchiveError(f"{path} cannot be read as a replay buffer ({error}).") from error
@@ -127,11 +143,16 @@ def save_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
     SB3 keeps them pickled in the zip's ``data``, which is never decoded here; without this a resumed run
     would log its first episode means over the few episodes since the resume.
     """
+
     def plain(buffer: Any) -> list[Any]:
-        return [] if buffer is None else [
-            {str(k): float(v) for k, v in dict(item).items()} if isinstance(item, dict) else float(item)
-            for item in buffer
-        ]  # fmt: skip
+        return (
+            []
+            if buffer is None
+            else [
+                {str(k): float(v) for k, v in dict(item).items()} if isinstance(item, dict) else float(item)
+                for item in buffer
+            ]
+        )
 
     stats = {"ep_info_buffer": plain(model.ep_info_buffer), "ep_success_buffer": plain(model.ep_success_buffer)}
     with written_by_rename(episodes_path(checkpoint)) as partial:
@@ -149,8 +170,9 @@ def restore_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
         infos = [{str(k): float(v) for k, v in item.items()} for item in stats["ep_info_buffer"]]
         successes = [float(item) for item in stats["ep_success_buffer"]]
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-        print(f"warning: {path} is not a valid episode record; episode means restart after the resume.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {path} is not a valid episode record; episode means restart after the resume.", file=sys.stderr
+        )
         return
     model.ep_info_buffer = deque(infos[-window:], maxlen=window)
     model.ep_success_buffer = deque(successes[-window:], maxlen=window)
@@ -168,8 +190,13 @@ def prune_checkpoints(folder: RunFolder, keep: int) -> list[Path]:
     return deleted
 
 
-def save_checkpoint(model: BaseAlgorithm, folder: RunFolder, algo: str, keep: int = DEFAULT_KEEP_CHECKPOINTS,
-                    same_as: Path | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    model: BaseAlgorithm,
+    folder: RunFolder,
+    algo: str,
+    keep: int = DEFAULT_KEEP_CHECKPOINTS,
+    same_as: Path | None = None,
+) -> Path:
     """Write ``rl_model_<steps>_steps.zip`` (and DQN's replay buffer, only the newest kept) by rename, so a
     process killed while writing never leaves a truncated checkpoint; then prune to ``keep`` checkpoints.
 
@@ -285,8 +312,14 @@ def restore_from_archive(model: BaseAlgorithm, archive: SB3Archive) -> None:
             setattr(model, key, _counter(archive, key, float))
 
 
-def load_model(config: RunConfig, path: Path, env: VecEnv, folder: RunFolder | None = None,
-               tensorboard_log: str | None = None, verbose: int = 0) -> BaseAlgorithm:  # fmt: skip
+def load_model(
+    config: RunConfig,
+    path: Path,
+    env: VecEnv,
+    folder: RunFolder | None = None,
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+) -> BaseAlgorithm:
     """The model saved in ``path``, rebuilt from ``config`` (and ``folder``'s hub spec) on ``env``.
 
     Only the weights (``*.pth``, weights only) and the plain counters of ``data`` are read; the pickled
@@ -301,8 +334,9 @@ def load_model(config: RunConfig, path: Path, env: VecEnv, folder: RunFolder | N
     return model
 
 
-def load_latest(config: RunConfig, folder: RunFolder, env: VecEnv, tensorboard_log: str | None = None,
-                verbose: int = 0) -> tuple[BaseAlgorithm, Path, int]:  # fmt: skip
+def load_latest(
+    config: RunConfig, folder: RunFolder, env: VecEnv, tensorboard_log: str | None = None, verbose: int = 0
+) -> tuple[BaseAlgorithm, Path, int]:
     """The model of the newest checkpoint in ``folder`` that loads, with its path and step count.
 
     A checkpoint that cannot be read for any reason (truncated, corrupt, foreign, a payload refused) is
@@ -350,6 +384,6 @@ def _restore_buffer(model: BaseAlgorithm, folder: RunFolder, path: Path, steps: 
             return
     stale = sorted(p.name for p in folder.checkpoints.glob("rl_model_replay_buffer_*_steps.pkl"))
     why = f" ({', '.join(stale)} are pickle files, which are never read)" if stale else ""
-    print(f"warning: no replay buffer saved with {path.name}{why}; DQN continues with an empty buffer.",
-          file=sys.stderr)  # fmt: skip
-
+    print(
+        f"warning: no replay buffer saved with {path.name}{why}; DQN continues with an empty buffer.", file=sys.stderr
+    )

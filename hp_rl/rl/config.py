@@ -11,37 +11,71 @@ from hp_rl.overrides import ConfigError, parse_overrides
 from hp_rl.paths import CONFIG_DIR, require_dir
 from hp_rl.validation import AnyValue, Bool, Float, Int, Rule, Schedule, check_values
 
-__all__ = ["ConfigError", "HYPERPARAMETER_RULES", "load_hyperparams", "parse_overrides", "apply_overrides",
-           "resolve_hyperparams", "check_hyperparam_values"]  # fmt: skip
+__all__ = [
+    "ConfigError",
+    "HYPERPARAMETER_RULES",
+    "load_hyperparams",
+    "parse_overrides",
+    "apply_overrides",
+    "resolve_hyperparams",
+    "check_hyperparam_values",
+]
 
 
 def _train_freq(value: Any) -> bool:
     if isinstance(value, int) and not isinstance(value, bool):
         return value >= 1
-    return (isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[0], int)
-            and not isinstance(value[0], bool) and value[0] >= 1 and value[1] in ("step", "episode"))  # fmt: skip
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and value[0] >= 1
+        and value[1] in ("step", "episode")
+    )
 
 
 # What each SB3 (and HubPPO/HubA2C) hyperparameter accepts; SB3 checks few of these itself, and a string
 # where a number belongs would otherwise fail deep inside training (or, for n_steps, repeat a string).
 HYPERPARAMETER_RULES: dict[str, Rule] = {
-    "n_steps": Int(1), "batch_size": Int(1), "n_epochs": Int(1), "buffer_size": Int(1), "learning_starts": Int(0),
-    "gradient_steps": Int(-1), "target_update_interval": Int(1), "sde_sample_freq": Int(-1),
-    "stats_window_size": Int(1), "train_freq": AnyValue(_train_freq, "a whole number >= 1 or [N, step|episode]"),
-    "gamma": Float(0.0, 1.0), "gae_lambda": Float(0.0, 1.0), "ent_coef": Float(0.0), "vf_coef": Float(0.0),
-    "max_grad_norm": Float(0.0, low_open=True), "learning_rate": Schedule(),
-    "clip_range": Schedule(), "clip_range_vf": Schedule(optional=True), "target_kl": Float(0.0, low_open=True,
-                                                                                           optional=True),
-    "exploration_fraction": Float(0.0, 1.0), "exploration_initial_eps": Float(0.0, 1.0),
-    "exploration_final_eps": Float(0.0, 1.0), "tau": Float(0.0, 1.0), "rms_prop_eps": Float(0.0, low_open=True),
-    "normalize_advantage": Bool(), "use_sde": Bool(), "use_rms_prop": Bool(), "optimize_memory_usage": Bool(),
-    "exploit_coef": Float(0.0), "kickstart_coef": Float(0.0), "kickstart_fraction": Float(0.0, 1.0, low_open=True),
+    "n_steps": Int(1),
+    "batch_size": Int(1),
+    "n_epochs": Int(1),
+    "buffer_size": Int(1),
+    "learning_starts": Int(0),
+    "gradient_steps": Int(-1),
+    "target_update_interval": Int(1),
+    "sde_sample_freq": Int(-1),
+    "stats_window_size": Int(1),
+    "train_freq": AnyValue(_train_freq, "a whole number >= 1 or [N, step|episode]"),
+    "gamma": Float(0.0, 1.0),
+    "gae_lambda": Float(0.0, 1.0),
+    "ent_coef": Float(0.0),
+    "vf_coef": Float(0.0),
+    "max_grad_norm": Float(0.0, low_open=True),
+    "learning_rate": Schedule(),
+    "clip_range": Schedule(),
+    "clip_range_vf": Schedule(optional=True),
+    "target_kl": Float(0.0, low_open=True, optional=True),
+    "exploration_fraction": Float(0.0, 1.0),
+    "exploration_initial_eps": Float(0.0, 1.0),
+    "exploration_final_eps": Float(0.0, 1.0),
+    "tau": Float(0.0, 1.0),
+    "rms_prop_eps": Float(0.0, low_open=True),
+    "normalize_advantage": Bool(),
+    "use_sde": Bool(),
+    "use_rms_prop": Bool(),
+    "optimize_memory_usage": Bool(),
+    "exploit_coef": Float(0.0),
+    "kickstart_coef": Float(0.0),
+    "kickstart_fraction": Float(0.0, 1.0, low_open=True),
     "policy_kwargs": AnyValue(lambda v: v is None or isinstance(v, dict), "a mapping (policy_kwargs.KEY=VALUE)"),
-}  # fmt: skip
+}
 
 
-def check_hyperparam_values(params: dict[str, Any], where: Callable[[str], str],
-                            error: type[HpRlError] = ConfigError) -> None:  # fmt: skip
+def check_hyperparam_values(
+    params: dict[str, Any], where: Callable[[str], str], error: type[HpRlError] = ConfigError
+) -> None:
     """Check the value of every hyperparameter in ``params`` that has a rule in :data:`HYPERPARAMETER_RULES`.
 
     :param params: key -> value (plain data, as in ``configs/<algo>.yml``).

@@ -18,10 +18,20 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from hp_rl.errors import HpRlError
 from hp_rl.paths import ENV_PRESET_DIR, require_dir
 
-__all__ = ["EnvPreset", "UnknownEnvError", "NonFiniteObservationError", "FiniteObservations", "FireAfterLifeLoss",
-           "load_presets",
-           "preset_for", "make_env", "register_env_families", "MinAtarObservation", "PhysicsVariant",
-           "env_meanings"]  # fmt: skip
+__all__ = [
+    "EnvPreset",
+    "UnknownEnvError",
+    "NonFiniteObservationError",
+    "FiniteObservations",
+    "FireAfterLifeLoss",
+    "load_presets",
+    "preset_for",
+    "make_env",
+    "register_env_families",
+    "MinAtarObservation",
+    "PhysicsVariant",
+    "env_meanings",
+]
 
 
 class UnknownEnvError(HpRlError, ValueError):
@@ -149,8 +159,10 @@ class PhysicsVariant(gym.Wrapper):
             if isinstance(current, bool) or not isinstance(current, int | float):
                 numeric = sorted(k for k, v in vars(base).items() if isinstance(v, float) and not k.startswith("_"))
                 numeric += sorted(k for k, v in vars(type(base)).items() if isinstance(v, float) and k.isupper())
-                raise UnknownEnvError(f"physics: {type(base).__name__} has no numeric constant {name!r}; "
-                                 f"it has {', '.join(numeric) or 'none'}.")  # fmt: skip
+                raise UnknownEnvError(
+                    f"physics: {type(base).__name__} has no numeric constant {name!r}; "
+                    f"it has {', '.join(numeric) or 'none'}."
+                )
             if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
                 raise UnknownEnvError(f"physics: {name} must be a finite number, got {value!r}.")
             setattr(base, name, float(value))
@@ -224,8 +236,15 @@ def make_env(
             return outer(env, **extra) if outer is not None else env
 
         wrapper, wrapper_kwargs = with_physics, outer_kwargs or None
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, wrapper_class=wrapper,
-                       wrapper_kwargs=wrapper_kwargs, env_kwargs=kwargs)  # fmt: skip
+    env = make_vec_env(
+        env_id,
+        n_envs=n_envs,
+        seed=seed,
+        vec_env_cls=vec_cls,
+        wrapper_class=wrapper,
+        wrapper_kwargs=wrapper_kwargs,
+        env_kwargs=kwargs,
+    )
     if nonfinite is not None and np.issubdtype(env.observation_space.dtype or np.uint8, np.floating):
         env = FiniteObservations(env, nonfinite, env_id)  # integer frames cannot hold NaN: nothing to check
     if chosen.frame_stack:

@@ -37,8 +37,15 @@ from hp_rl.routing import (
     mlp_body,
 )
 
-__all__ = ["HubPathwayExtractor", "BASE_EXPERT", "Aggregation", "find_hub_extractors", "routing_noise",
-           "set_training_progress", "base_trunk"]  # fmt: skip
+__all__ = [
+    "HubPathwayExtractor",
+    "BASE_EXPERT",
+    "Aggregation",
+    "find_hub_extractors",
+    "routing_noise",
+    "set_training_progress",
+    "base_trunk",
+]
 
 BASE_EXPERT = "base"
 Aggregation = Literal["features", "output"]
@@ -194,8 +201,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         spec: HubSpec = parse_hub(hub)
         if base_expert and BASE_EXPERT in spec.names:
-            raise PathwayOptionError(f"The hub already has an expert named {BASE_EXPERT!r}; "
-                                     "rename it to use base_expert.")
+            raise PathwayOptionError(
+                f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert."
+            )
         if not 1 <= k <= len(spec.experts) and not dense:
             raise PathwayOptionError(
                 f"k={k} is out of range for a hub of {len(spec.experts)} experts "
@@ -237,8 +245,16 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
         if prior is not None:
             self._start_from_prior(generator, tuple(experts), prior, prior_scale)
-        router = NoisyTopKRouter(len(experts), k, noise=noise, noise_std=noise_std, balance=balance, dense=dense,
-                                 num_forced=int(base_expert), noise_cap=noise_cap)  # fmt: skip
+        router = NoisyTopKRouter(
+            len(experts),
+            k,
+            noise=noise,
+            noise_std=noise_std,
+            balance=balance,
+            dense=dense,
+            num_forced=int(base_expert),
+            noise_cap=noise_cap,
+        )
         self.pathway = HubPathway(experts, generator, router, execution=execution)
         self.pathway.noise.seed = noise_seed
         self.pathway.noise.enabled = noise != "none"
@@ -256,8 +272,15 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         if unfreeze_at is not None:
             self._set_scheduled_trunks_frozen(True)
 
-    def _headed(self, spec: ExpertSpec, trunk: HubExpert, adapter: nn.Module | None, frozen: bool,
-                meanings: tuple[str, ...] | None, teachers: bool) -> HeadedExpert:  # fmt: skip
+    def _headed(
+        self,
+        spec: ExpertSpec,
+        trunk: HubExpert,
+        adapter: nn.Module | None,
+        frozen: bool,
+        meanings: tuple[str, ...] | None,
+        teachers: bool,
+    ) -> HeadedExpert:
         """An expert with its agent's heads, mapped onto the target's actions where their meanings allow."""
         heads, action_init, value_init = trunk.heads, None, None
         if heads is not None and meanings is not None and spec.action_meanings is not None:
@@ -269,8 +292,17 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             value_init = (heads.value_weight, heads.value_bias)
         self.head_sources[spec.name] = "pretrained" if action_init is not None else "fresh"
         assert self.num_actions is not None
-        return HeadedExpert(trunk, trunk.info.features_dim, self.num_actions, adapter, frozen, action_init,
-                            value_init, self.output_mix, keep_teacher=teachers)  # fmt: skip
+        return HeadedExpert(
+            trunk,
+            trunk.info.features_dim,
+            self.num_actions,
+            adapter,
+            frozen,
+            action_init,
+            value_init,
+            self.output_mix,
+            keep_teacher=teachers,
+        )
 
     def _base(self, shape: tuple[int, ...], features_dim: int) -> nn.Module:
         """The always-routed base expert: the target's plain network, left to SB3's initialisation."""
@@ -279,19 +311,30 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         if self.aggregation == "output":
             assert self.num_actions is not None
             self.head_sources[BASE_EXPERT] = "fresh"
-            return HeadedExpert(trunk, trunk_dim, self.num_actions, None, frozen=False, mix=self.output_mix,
-                                protect_init=False)  # fmt: skip
-        return AdaptedExpert(trunk, trunk_dim, features_dim, None, frozen=False, protect_init=False,
-                             identity_output=trunk_dim == features_dim)  # fmt: skip
+            return HeadedExpert(
+                trunk, trunk_dim, self.num_actions, None, frozen=False, mix=self.output_mix, protect_init=False
+            )
+        return AdaptedExpert(
+            trunk,
+            trunk_dim,
+            features_dim,
+            None,
+            frozen=False,
+            protect_init=False,
+            identity_output=trunk_dim == features_dim,
+        )
 
     @staticmethod
-    def _start_from_prior(generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float],
-                          scale: float) -> None:  # fmt: skip
+    def _start_from_prior(
+        generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float], scale: float
+    ) -> None:
         from hp_rl.rl.scoring import read_prior
 
         if prior == "auto":
-            raise PathwayOptionError("prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
-                             "with the extractor alone give a score file (python -m hp_rl.hub score).")  # fmt: skip
+            raise PathwayOptionError(
+                "prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
+                "with the extractor alone give a score file (python -m hp_rl.hub score)."
+            )
         values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
         unknown = sorted(set(values) - set(names))
         if unknown:

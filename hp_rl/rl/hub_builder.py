@@ -65,8 +65,17 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file."""
     path = Path(path)
     raw = yaml.safe_load(path.read_text())
-    allowed = {"description", "algo", "n_timesteps", "seed", "tasks", "overrides", "save_freq", "eval_episodes",
-               "export"}  # fmt: skip
+    allowed = {
+        "description",
+        "algo",
+        "n_timesteps",
+        "seed",
+        "tasks",
+        "overrides",
+        "save_freq",
+        "eval_episodes",
+        "export",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
@@ -81,9 +90,16 @@ def load_recipe(path: str | Path) -> Recipe:
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: task names must be unique, got {names}.")
-    return Recipe(path, raw["algo"], int(raw["n_timesteps"]), int(raw.get("seed", 0)), tasks,
-                  dict(raw.get("overrides") or {}), int(raw.get("save_freq", 50_000)),
-                  int(raw.get("eval_episodes", 10)))  # fmt: skip
+    return Recipe(
+        path,
+        raw["algo"],
+        int(raw["n_timesteps"]),
+        int(raw.get("seed", 0)),
+        tasks,
+        dict(raw.get("overrides") or {}),
+        int(raw.get("save_freq", 50_000)),
+        int(raw.get("eval_episodes", 10)),
+    )
 
 
 def task_meanings(task: SourceTask) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -102,13 +118,27 @@ def _task_config(recipe: Recipe, task: SourceTask) -> RunConfig:
     family = preset_for(task.env_id, task.env_preset).family
     params = apply_overrides(load_hyperparams(recipe.algo, family), recipe.overrides)
     steps = recipe.n_timesteps if task.n_timesteps is None else task.n_timesteps
-    return RunConfig(algo=recipe.algo, env_id=task.env_id, hub=None, n_timesteps=steps,
-                     seed=recipe.seed, n_envs=int(params.get("n_envs", 1)), env_preset=task.env_preset,
-                     save_freq=recipe.save_freq, hyperparams=params, env_kwargs=dict(task.env_kwargs))  # fmt: skip
+    return RunConfig(
+        algo=recipe.algo,
+        env_id=task.env_id,
+        hub=None,
+        n_timesteps=steps,
+        seed=recipe.seed,
+        n_envs=int(params.get("n_envs", 1)),
+        env_preset=task.env_preset,
+        save_freq=recipe.save_freq,
+        hyperparams=params,
+        env_kwargs=dict(task.env_kwargs),
+    )
 
 
-def build_hub(recipe_path: str | Path, workdir: str | Path, only: list[str] | None = None,
-              progress_bar: bool = False, backend: Backend | None = None) -> dict[str, Path]:  # fmt: skip
+def build_hub(
+    recipe_path: str | Path,
+    workdir: str | Path,
+    only: list[str] | None = None,
+    progress_bar: bool = False,
+    backend: Backend | None = None,
+) -> dict[str, Path]:
     """Train every source task of a recipe that is not finished yet; resumable.
 
     Each task trains in ``workdir/<task name>``; a task whose ``model.zip`` exists is skipped, one with
@@ -166,7 +196,10 @@ def _train_task(recipe_path: str, workdir: str, name: str, progress_bar: bool) -
     if not resume:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
         folder.write_start(config, ["build", recipe_path, "--workdir", workdir], module="hp_rl.hub")
-    print(f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
-          + (" (resuming)" if resume else ""), flush=True)  # fmt: skip
+    print(
+        f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
+        + (" (resuming)" if resume else ""),
+        flush=True,
+    )
     model = train(config, folder, resume=resume, progress_bar=progress_bar)
     return bool(model.num_timesteps >= config.n_timesteps)

@@ -15,8 +15,7 @@ from hp_rl.errors import HpRlError
 from hp_rl.rl.config import ConfigError, resolve_hyperparams
 from hp_rl.rl.runs import RunConfig
 
-__all__ = ["ALGOS", "UnknownAlgoError", "algo_class", "build_model", "hub_manifest",
-           "check_device"]  # fmt: skip
+__all__ = ["ALGOS", "UnknownAlgoError", "algo_class", "build_model", "hub_manifest", "check_device"]
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 # Algorithm keys that are not constructor arguments.
@@ -39,8 +38,9 @@ def check_device(device: str, where: str) -> str:
     try:
         torch.device(device)
     except (RuntimeError, TypeError, ValueError) as error:
-        raise ConfigError(f"{where} {device!r} is not a torch device ({error}); use auto, cpu, cuda, "
-                                  "cuda:N or mps.") from error  # fmt: skip
+        raise ConfigError(
+            f"{where} {device!r} is not a torch device ({error}); use auto, cpu, cuda, cuda:N or mps."
+        ) from error
     return device
 
 
@@ -113,9 +113,15 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
         policy_kwargs.setdefault("net_arch", [])  # the MinAtar paper network: linear heads on the trunk
     try:
         return cls(
-            _policy_name(env), env, seed=config.seed, device=config.device, tensorboard_log=tensorboard_log,
-            verbose=verbose, policy_kwargs=policy_kwargs or None, **params,
-        )  # fmt: skip
+            _policy_name(env),
+            env,
+            seed=config.seed,
+            device=config.device,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            policy_kwargs=policy_kwargs or None,
+            **params,
+        )
     except (AssertionError, TypeError, ValueError, RuntimeError) as error:
         if isinstance(error, HpRlError) or not _raised_by_library(error):
             raise
@@ -151,15 +157,25 @@ def hub_manifest(model: BaseAlgorithm) -> dict[str, Any]:
             assert isinstance(module, TrunkExpert)
             trunk = module.inner_trunk
             adapter = repr(module.input_adapter) if list(module.input_adapter.children()) else None
-            entry: dict[str, Any] = {"name": name, "frozen": module.frozen, "input_adapter": adapter,
-                                     "parameters": sum(p.numel() for p in trunk.parameters())}  # fmt: skip
+            entry: dict[str, Any] = {
+                "name": name,
+                "frozen": module.frozen,
+                "input_adapter": adapter,
+                "parameters": sum(p.numel() for p in trunk.parameters()),
+            }
             if isinstance(trunk, HubExpert):
                 info, provenance = trunk.info, trunk.provenance
-                entry.update({
-                    "source": provenance.source, "location": provenance.location, "sha256": provenance.sha256,
-                    "arch": info.arch, "input_shape": list(info.input_shape), "features_dim": info.features_dim,
-                    "details": dict(provenance.details),
-                })  # fmt: skip
+                entry.update(
+                    {
+                        "source": provenance.source,
+                        "location": provenance.location,
+                        "sha256": provenance.sha256,
+                        "arch": info.arch,
+                        "input_shape": list(info.input_shape),
+                        "features_dim": info.features_dim,
+                        "details": dict(provenance.details),
+                    }
+                )
             else:  # the base expert: the target's plain network, trained from scratch's start
                 entry.update({"source": "base", "arch": type(trunk).__name__})
             if name in extractor.head_sources:

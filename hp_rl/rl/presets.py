@@ -26,16 +26,35 @@ ALGORITHM_KEYS = ("exploit_coef", "kickstart_coef", "kickstart_fraction")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
-        "k": 2, "aggregation": "features", "base_expert": False, "noise": "learned", "noise_cap": None,
-        "noise_anneal": None, "dense_warmup": 0.0, "explore_coef": 0.01, "explore_decay": None,
-        "exploit_coef": 0.1, "kickstart_coef": 0.0,
+        "k": 2,
+        "aggregation": "features",
+        "base_expert": False,
+        "noise": "learned",
+        "noise_cap": None,
+        "noise_anneal": None,
+        "dense_warmup": 0.0,
+        "explore_coef": 0.01,
+        "explore_decay": None,
+        "exploit_coef": 0.1,
+        "kickstart_coef": 0.0,
     },
     "transfer": {
-        "k": 1, "aggregation": "output", "output_mix": "probs", "base_expert": True, "noise": "learned",
-        "noise_cap": 1.0, "noise_anneal": 0.25, "dense_warmup": 0.0, "explore_coef": 0.01, "explore_decay": 0.5,
-        "exploit_coef": 0.1, "kickstart_coef": 0.5, "kickstart_fraction": 0.2, "prior": "auto",
+        "k": 1,
+        "aggregation": "output",
+        "output_mix": "probs",
+        "base_expert": True,
+        "noise": "learned",
+        "noise_cap": 1.0,
+        "noise_anneal": 0.25,
+        "dense_warmup": 0.0,
+        "explore_coef": 0.01,
+        "explore_decay": 0.5,
+        "exploit_coef": 0.1,
+        "kickstart_coef": 0.5,
+        "kickstart_fraction": 0.2,
+        "prior": "auto",
     },
-}  # fmt: skip
+}
 
 
 def pathway_preset(name: str) -> dict[str, Any]:

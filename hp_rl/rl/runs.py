@@ -20,8 +20,18 @@ import yaml
 from hp_rl.errors import HpRlError
 from hp_rl.paths import unique_run_dir
 
-__all__ = ["RunConfig", "RunConfigError", "RunFolder", "RunLockedError", "NONFINITE_MODES", "acquire_lock",
-           "release_lock", "package_versions", "latest_checkpoint", "checkpoints_by_step"]  # fmt: skip
+__all__ = [
+    "RunConfig",
+    "RunConfigError",
+    "RunFolder",
+    "RunLockedError",
+    "NONFINITE_MODES",
+    "acquire_lock",
+    "release_lock",
+    "package_versions",
+    "latest_checkpoint",
+    "checkpoints_by_step",
+]
 
 _CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip$")
 
@@ -110,8 +120,9 @@ class RunConfig:
         integer("keep_checkpoints", 0)
         integer("threads", 0, 1024)
         if self.nonfinite_obs not in NONFINITE_MODES:
-            raise RunConfigError(f"{where('nonfinite_obs')}: {self.nonfinite_obs!r}; choose one of "
-                                 f"{', '.join(NONFINITE_MODES)}.")  # fmt: skip
+            raise RunConfigError(
+                f"{where('nonfinite_obs')}: {self.nonfinite_obs!r}; choose one of {', '.join(NONFINITE_MODES)}."
+            )
         for name in ("hyperparams", "hub_kwargs", "env_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise RunConfigError(f"{where(name)}: must be a mapping, got {getattr(self, name)!r}.")
@@ -134,8 +145,9 @@ class RunConfig:
         unknown = sorted(set(raw) - known)
         missing = sorted(name for name in ("algo", "env_id", "hub") if name not in raw)
         if unknown or missing:
-            raise RunConfigError(f"{path}: unknown key(s) {unknown}, missing key(s) {missing}; "
-                                 f"known keys: {sorted(known)}.")  # fmt: skip
+            raise RunConfigError(
+                f"{path}: unknown key(s) {unknown}, missing key(s) {missing}; known keys: {sorted(known)}."
+            )
         return cls(**raw).validate(str(path))
 
 
@@ -145,11 +157,23 @@ class RunConfigError(HpRlError, ValueError):
 
 NONFINITE_MODES = ("error", "sanitize")
 # RunConfig field -> the hp_rl.train flag that sets it, for messages about command-line values.
-_FLAGS = {"k": "-k", "n_timesteps": "-n", "seed": "--seed", "n_envs": "--n-envs", "eval_freq": "--eval-freq",
-          "eval_episodes": "--eval-episodes", "save_freq": "--save-freq", "device": "--device",
-          "keep_checkpoints": "--keep-checkpoints", "nonfinite_obs": "--nonfinite-obs", "threads": "--threads",
-          "env_preset": "--env-preset",
-          "hub": "--hub", "algo": "--algo", "env_id": "--env"}  # fmt: skip
+_FLAGS = {
+    "k": "-k",
+    "n_timesteps": "-n",
+    "seed": "--seed",
+    "n_envs": "--n-envs",
+    "eval_freq": "--eval-freq",
+    "eval_episodes": "--eval-episodes",
+    "save_freq": "--save-freq",
+    "device": "--device",
+    "keep_checkpoints": "--keep-checkpoints",
+    "nonfinite_obs": "--nonfinite-obs",
+    "threads": "--threads",
+    "env_preset": "--env-preset",
+    "hub": "--hub",
+    "algo": "--algo",
+    "env_id": "--env",
+}
 
 
 class RunLockedError(HpRlError):
@@ -215,8 +239,9 @@ def package_versions() -> dict[str, str]:
             continue
     try:
         root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=False).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
         if commit:
             versions["git_commit"] = commit
     except (OSError, subprocess.SubprocessError):

@@ -61,8 +61,14 @@ def logme(features: np.ndarray, targets: np.ndarray, iterations: int = 50) -> fl
     t = alpha / beta
     m2 = float((sigma * z2 / (t + sigma) ** 2).sum())
     res2 = float((z2 / (1 + sigma / t) ** 2).sum()) + residual
-    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * float(np.log(alpha + beta * sigma).sum())
-                - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))  # fmt: skip
+    evidence = (
+        d / 2 * math.log(alpha)
+        + n / 2 * math.log(beta)
+        - 0.5 * float(np.log(alpha + beta * sigma).sum())
+        - beta / 2 * res2
+        - alpha / 2 * m2
+        - n / 2 * math.log(2 * math.pi)
+    )
     return evidence / n
 
 
@@ -81,12 +87,30 @@ def _single_expert_model(spec: HubSpec, name: str, env: Any) -> Any:
 
     policy = "CnnPolicy" if len(env.observation_space.shape) == 3 else "MlpPolicy"
     single = {"experts": [e.as_dict() for e in spec.experts if e.name == name]}
-    return HubPPO(policy, env, hub=single, k=1, aggregation="output", noise="none", explore_coef=0.0,
-                  exploit_coef=0.0, n_steps=8, batch_size=8, device="cpu")  # fmt: skip
+    return HubPPO(
+        policy,
+        env,
+        hub=single,
+        k=1,
+        aggregation="output",
+        noise="none",
+        explore_coef=0.0,
+        exploit_coef=0.0,
+        n_steps=8,
+        batch_size=8,
+        device="cpu",
+    )
 
 
-def score_hub(hub: Any, env_id: str, episodes: int = 10, rollout_steps: int = 2048, seed: int = 0,
-              gamma: float = 0.99, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def score_hub(
+    hub: Any,
+    env_id: str,
+    episodes: int = 10,
+    rollout_steps: int = 2048,
+    seed: int = 0,
+    gamma: float = 0.99,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Zero-shot return and LogME of every expert of ``hub`` on ``env_id``, and the prior they give.
 
     :param hub: anything :func:`hp_rl.hub.parse_hub` accepts.
@@ -128,17 +152,24 @@ def score_hub(hub: Any, env_id: str, episodes: int = 10, rollout_steps: int = 20
         assert isinstance(expert, HeadedExpert)
         with torch.no_grad():
             features = expert.forward_trunk(frames).numpy()
-        entry: dict[str, Any] = {"policy_head": extractor.head_sources[name],
-                                 "logme": round(logme(features, returns), 4)}  # fmt: skip
+        entry: dict[str, Any] = {
+            "policy_head": extractor.head_sources[name],
+            "logme": round(logme(features, returns), 4),
+        }
         if extractor.head_sources[name] == "pretrained":
             mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=False)
             entry["zero_shot_return"] = round(float(np.mean(mean)), 4)
         experts[name] = entry
     env.close()
     eval_env.close()
-    return {"env_id": env_id, "episodes": episodes, "rollout_steps": rollout_steps,
-            "random_return": round(random_return, 4), "experts": experts,
-            "prior": _prior(experts, random_return)}  # fmt: skip
+    return {
+        "env_id": env_id,
+        "episodes": episodes,
+        "rollout_steps": rollout_steps,
+        "random_return": round(random_return, 4),
+        "experts": experts,
+        "prior": _prior(experts, random_return),
+    }
 
 
 def _prior(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str, float]:
@@ -178,8 +209,9 @@ def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
     if isinstance(prior, str | Path):
         path = Path(prior)
         if not path.is_file():
-            raise PathwayOptionError(f"prior={prior}: no such file; write one with "
-                                     "python -m hp_rl.hub score SPEC --env ENV.")
+            raise PathwayOptionError(
+                f"prior={prior}: no such file; write one with python -m hp_rl.hub score SPEC --env ENV."
+            )
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:

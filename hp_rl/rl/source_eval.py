@@ -20,8 +20,9 @@ class RandomPolicy:
         self.env = env
         self.env.action_space.seed(0)
 
-    def predict(self, observation: Any, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False) -> tuple[np.ndarray, None]:  # fmt: skip
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[np.ndarray, None]:
         """:param observation: ``(n_envs, ...)``. :return: ``(n_envs, ...)`` random actions, no state."""
         return np.array([self.env.action_space.sample() for _ in range(self.env.num_envs)]), None
 
@@ -62,8 +63,14 @@ def evaluate_source_task(
     results: dict[str, Any] = {"episodes": episodes, "deterministic": deterministic, "eval_seed": seed}
     for key, make_policy in (("", lambda env: model), ("random_", RandomPolicy)):
         env = make_env(env_id, n_envs, seed, env_preset, evaluation=True, env_kwargs=env_kwargs)
-        returns, _ = evaluate_policy(make_policy(env), env, n_eval_episodes=episodes, deterministic=deterministic,
-                                     return_episode_rewards=True, warn=False)  # fmt: skip
+        returns, _ = evaluate_policy(
+            make_policy(env),
+            env,
+            n_eval_episodes=episodes,
+            deterministic=deterministic,
+            return_episode_rewards=True,
+            warn=False,
+        )
         env.close()
         results[f"{key}return_mean"] = round(float(np.mean(returns)), 3)
         results[f"{key}return_std"] = round(float(np.std(returns)), 3)

@@ -30,9 +30,21 @@ from hp_rl.rl.envs import FiniteObservations, NonFiniteObservationError, make_en
 from hp_rl.rl.models import ALGOS, UnknownAlgoError, algo_class, build_model, hub_manifest
 from hp_rl.rl.runs import RunConfig, RunFolder
 
-__all__ = ["ALGOS", "UnknownAlgoError", "NoCheckpointError", "TrainOutcome", "algo_class", "build_model", "train",
-           "run_training", "load_latest", "hub_manifest", "StopOnSignal", "StopTraining",
-           "save_atomically"]  # fmt: skip
+__all__ = [
+    "ALGOS",
+    "UnknownAlgoError",
+    "NoCheckpointError",
+    "TrainOutcome",
+    "algo_class",
+    "build_model",
+    "train",
+    "run_training",
+    "load_latest",
+    "hub_manifest",
+    "StopOnSignal",
+    "StopTraining",
+    "save_atomically",
+]
 
 
 class StopTraining(BaseException):
@@ -80,8 +92,11 @@ class StopOnSignal(BaseCallback):
     def _on_rollout_end(self) -> None:
         if isinstance(self.model, OnPolicyAlgorithm):  # the weights the update is about to change
             policy = self.model.policy
-            self._snapshot = (copy.deepcopy(policy.state_dict()), copy.deepcopy(policy.optimizer.state_dict()),
-                              self.model._n_updates)  # fmt: skip
+            self._snapshot = (
+                copy.deepcopy(policy.state_dict()),
+                copy.deepcopy(policy.optimizer.state_dict()),
+                self.model._n_updates,
+            )
 
     def _on_training_end(self) -> None:
         self.stop_at_once = False
@@ -147,15 +162,28 @@ def _callbacks(config: RunConfig, folder: RunFolder, stopper: StopOnSignal, with
     if config.save_freq > 0:
         callbacks.append(CheckpointAfterUpdate(config.save_freq, folder, config.algo, config.keep_checkpoints))
     if config.eval_freq > 0:
-        eval_env: VecEnv = make_env(config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True,
-                                    env_kwargs=config.env_kwargs, nonfinite=config.nonfinite_obs)  # fmt: skip
+        eval_env: VecEnv = make_env(
+            config.env_id,
+            1,
+            config.seed + 10_000,
+            config.env_preset,
+            evaluation=True,
+            env_kwargs=config.env_kwargs,
+            nonfinite=config.nonfinite_obs,
+        )
         space = eval_env.observation_space
         if is_image_space(space) and not is_image_space_channels_first(space):  # type: ignore[arg-type]
             eval_env = VecTransposeImage(eval_env)  # as SB3 wraps the training env
-        callbacks.append(_NoiseFreeEval(eval_env, n_eval_episodes=config.eval_episodes,
-                                        eval_freq=max(config.eval_freq // config.n_envs, 1),
-                                        best_model_save_path=str(folder.path / "eval"),
-                                        log_path=str(folder.path / "eval"), verbose=0))  # fmt: skip
+        callbacks.append(
+            _NoiseFreeEval(
+                eval_env,
+                n_eval_episodes=config.eval_episodes,
+                eval_freq=max(config.eval_freq // config.n_envs, 1),
+                best_model_save_path=str(folder.path / "eval"),
+                log_path=str(folder.path / "eval"),
+                verbose=0,
+            )
+        )
     return callbacks
 
 
@@ -187,8 +215,9 @@ def _write_hub_spec(model: BaseAlgorithm, folder: RunFolder) -> None:
     extractors = find_hub_extractors(model)
     if extractors:
         spec = extractors[0].hub_spec
-        text = f"# The hub spec this run trains with (from {spec.origin}).\n" + yaml.safe_dump(spec.as_dict(),
-                                                                                             sort_keys=False)
+        text = f"# The hub spec this run trains with (from {spec.origin}).\n" + yaml.safe_dump(
+            spec.as_dict(), sort_keys=False
+        )
         folder.hub_spec.write_text(text)
 
 
@@ -228,10 +257,19 @@ def run_training(
     tb_log = str(folder.path) if tensorboard else None
     with_hub = config.hub is not None
     if model is None:
-        env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs,
-                       nonfinite=config.nonfinite_obs)  # fmt: skip
-        model = load_latest(config, folder, env, tb_log, verbose)[0] if resume else build_model(config, env, tb_log,
-                                                                                                  verbose=verbose)
+        env = make_env(
+            config.env_id,
+            config.n_envs,
+            config.seed,
+            config.env_preset,
+            env_kwargs=config.env_kwargs,
+            nonfinite=config.nonfinite_obs,
+        )
+        model = (
+            load_latest(config, folder, env, tb_log, verbose)[0]
+            if resume
+            else build_model(config, env, tb_log, verbose=verbose)
+        )
     else:
         model.tensorboard_log = tb_log
         model.verbose = verbose
@@ -247,8 +285,9 @@ def run_training(
     with _signals_to(stopper):
         every = CallbackList([*_callbacks(config, folder, stopper, with_hub), *(callbacks or [])])
         try:
-            model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume,
-                        progress_bar=progress_bar)  # fmt: skip
+            model.learn(
+                remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume, progress_bar=progress_bar
+            )
         except StopTraining:
             stopper.restore(model)
         except NonFiniteObservationError as error:
@@ -268,23 +307,43 @@ def run_training(
         # The last checkpoint of a finished run is model.zip itself (a hard link): resumable, no second copy.
         checkpoint = save_checkpoint(model, folder, config.algo, config.keep_checkpoints, same_as=final)
     with open(folder.path / "timing.yml", "a") as handle:
-        yaml.safe_dump([{"start_step": start_steps, "steps": steps, "seconds": round(elapsed, 1),
-                         "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
-                         "interrupted": interrupted is not None}], handle, sort_keys=False)  # fmt: skip
+        yaml.safe_dump(
+            [
+                {
+                    "start_step": start_steps,
+                    "steps": steps,
+                    "seconds": round(elapsed, 1),
+                    "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
+                    "interrupted": interrupted is not None,
+                }
+            ],
+            handle,
+            sort_keys=False,
+        )
     vec_env.close()
-    return TrainOutcome(model, interrupted, checkpoint, None if interrupted is not None else folder.final_model,
-                        steps, elapsed)  # fmt: skip
+    return TrainOutcome(
+        model, interrupted, checkpoint, None if interrupted is not None else folder.final_model, steps, elapsed
+    )
 
 
-def train(config: RunConfig, folder: RunFolder, resume: bool = False, progress_bar: bool = True,
-          tensorboard: bool = True, verbose: int = 0) -> BaseAlgorithm:  # fmt: skip
+def train(
+    config: RunConfig,
+    folder: RunFolder,
+    resume: bool = False,
+    progress_bar: bool = True,
+    tensorboard: bool = True,
+    verbose: int = 0,
+) -> BaseAlgorithm:
     """Train (or continue) the run in ``folder``; returns the trained model (see :func:`run_training`).
 
     An interrupted run returns with ``model.num_timesteps < config.n_timesteps`` and a checkpoint written.
     """
-    outcome = run_training(config, folder, resume=resume, progress_bar=progress_bar, tensorboard=tensorboard,
-                           verbose=verbose)  # fmt: skip
+    outcome = run_training(
+        config, folder, resume=resume, progress_bar=progress_bar, tensorboard=tensorboard, verbose=verbose
+    )
     if outcome.interrupted_by is not None:
-        print(f"Interrupted at step {outcome.model.num_timesteps}; checkpoint {outcome.checkpoint}. Continue with: "
-              f"python -m hp_rl.train --resume {folder.path}")  # fmt: skip
+        print(
+            f"Interrupted at step {outcome.model.num_timesteps}; checkpoint {outcome.checkpoint}. Continue with: "
+            f"python -m hp_rl.train --resume {folder.path}"
+        )
     return outcome.model

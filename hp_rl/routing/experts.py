@@ -161,8 +161,13 @@ class HeadedExpert(TrunkExpert):
         self.teacher: nn.ModuleDict | None = None
         if keep_teacher and action_init is not None:
             teacher_trunk = self.trunk if frozen else copy.deepcopy(self.trunk)
-            teacher = nn.ModuleDict({"adapter": copy.deepcopy(self.input_adapter), "trunk": teacher_trunk,
-                                     "head": copy.deepcopy(self.action_head)})  # fmt: skip
+            teacher = nn.ModuleDict(
+                {
+                    "adapter": copy.deepcopy(self.input_adapter),
+                    "trunk": teacher_trunk,
+                    "head": copy.deepcopy(self.action_head),
+                }
+            )
             teacher.requires_grad_(False)
             teacher.eval()
             self.teacher = teacher

@@ -31,8 +31,16 @@ from torch import Tensor, nn
 from hp_rl.routing.experts import AdaptedExpert, HeadedExpert
 from hp_rl.routing.init import KeepInit
 
-__all__ = ["Execution", "Op", "FusedGroup", "register_lowering", "lower", "fuse_experts", "fusion_pays",
-           "FUSED_MAX_FLOPS"]  # fmt: skip
+__all__ = [
+    "Execution",
+    "Op",
+    "FusedGroup",
+    "register_lowering",
+    "lower",
+    "fuse_experts",
+    "fusion_pays",
+    "FUSED_MAX_FLOPS",
+]
 
 Execution = Literal["auto", "fused", "sparse"]
 
@@ -89,8 +97,7 @@ def _lower_conv(module: nn.Module) -> list[Op] | None:
     assert isinstance(module, nn.Conv2d)
     if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
         return None
-    key = ("conv", tuple(module.weight.shape), module.bias is not None, module.stride, module.padding,
-           module.dilation)  # fmt: skip
+    key = ("conv", tuple(module.weight.shape), module.bias is not None, module.stride, module.padding, module.dilation)
     return [Op("conv", module, key)]
 
 

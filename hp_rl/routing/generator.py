@@ -69,16 +69,21 @@ def conv_body(in_channels: int, height: int, width: int, hidden: int = 64) -> tu
     """
     if min(height, width) >= 36:
         convs: list[nn.Module] = [
-            nn.Conv2d(in_channels, 16, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
-        ]  # fmt: skip
+            nn.Conv2d(in_channels, 16, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2),
+            nn.ReLU(),
+        ]
     else:  # small frames (MinAtar 10x10, digits 8x8): a stride-1 layer, pooled so the linear layer stays small
         out_h, out_w = min(height, 5), min(width, 5)
         # Where the sizes divide, a plain average pool computes the same windows as the adaptive one at
         # ~60% of its CPU time; neither holds parameters, so saved generators load into either.
-        pool: nn.Module = (nn.AvgPool2d((height // out_h, width // out_w))
-                           if height % out_h == 0 and width % out_w == 0 else nn.AdaptiveAvgPool2d((out_h, out_w)))
-        convs = [nn.Conv2d(in_channels, 16, 3, stride=1, padding=1), nn.ReLU(), pool]  # fmt: skip
+        pool: nn.Module = (
+            nn.AvgPool2d((height // out_h, width // out_w))
+            if height % out_h == 0 and width % out_w == 0
+            else nn.AdaptiveAvgPool2d((out_h, out_w))
+        )
+        convs = [nn.Conv2d(in_channels, 16, 3, stride=1, padding=1), nn.ReLU(), pool]
     features = nn.Sequential(*convs, nn.Flatten())
     with torch.no_grad():
         flat = int(features(torch.zeros(1, in_channels, height, width)).shape[1])

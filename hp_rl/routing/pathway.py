@@ -55,8 +55,13 @@ class PathwayOutput:
 class _ExpertBatches(Mapping[str, ExpertBatch]):
     """Per-expert results; those of fused experts are cut out of their dense output only when asked for."""
 
-    def __init__(self, ready: dict[str, ExpertBatch], fused: dict[str, tuple[int, Tensor]], weights: Tensor,
-                 names: tuple[str, ...]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ready: dict[str, ExpertBatch],
+        fused: dict[str, tuple[int, Tensor]],
+        weights: Tensor,
+        names: tuple[str, ...],
+    ) -> None:
         self._ready = ready
         self._fused = fused  # name -> (column, (B, d) output on every row)
         self._weights = weights
@@ -149,8 +154,14 @@ class HubPathway(nn.Module):
         Outputs and gradients are the same either way (to float rounding).
     """
 
-    def __init__(self, experts: Mapping[str, nn.Module], generator: PathwayGenerator, router: nn.Module,
-                 sparse: bool = True, execution: Execution = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        experts: Mapping[str, nn.Module],
+        generator: PathwayGenerator,
+        router: nn.Module,
+        sparse: bool = True,
+        execution: Execution = "auto",
+    ) -> None:
         super().__init__()
         if not experts:
             raise RoutingError("A hub needs at least one expert.")
@@ -242,9 +253,13 @@ def _nonfinite_message(x: Tensor) -> str:
     """Why the generator's logits are not finite: NaN/inf in the inputs, or diverged weights."""
     bad_rows = (~torch.isfinite(x.reshape(x.shape[0], -1).float())).any(dim=1).nonzero().flatten().tolist()
     if bad_rows:
-        return (f"{len(bad_rows)} of {x.shape[0]} input row(s) hold NaN or inf (first: row {bad_rows[0]}), so they "
-                "cannot be routed to any expert. Find where the observations become non-finite (python -m "
-                "hp_rl.train stops at that environment step and names it; --nonfinite-obs sanitize replaces such "
-                "values with 0 and counts them).")  # fmt: skip
-    return ("The pathway generator's logits are NaN or inf although its input is finite: training diverged. Lower "
-            "learning_rate or max_grad_norm, or resume from an earlier checkpoint.")  # fmt: skip
+        return (
+            f"{len(bad_rows)} of {x.shape[0]} input row(s) hold NaN or inf (first: row {bad_rows[0]}), so they "
+            "cannot be routed to any expert. Find where the observations become non-finite (python -m "
+            "hp_rl.train stops at that environment step and names it; --nonfinite-obs sanitize replaces such "
+            "values with 0 and counts them)."
+        )
+    return (
+        "The pathway generator's logits are NaN or inf although its input is finite: training diverged. Lower "
+        "learning_rate or max_grad_norm, or resume from an earlier checkpoint."
+    )

@@ -163,8 +163,13 @@ class NoisyTopKRouter(nn.Module):
 
         def balance_terms() -> tuple[Tensor, Tensor]:
             routable_std = None if std is None else std[:, :routable]
-            loss, load = self._balance(weights[:, :routable], clean_logits[:, :routable], noisy[:, :routable],
-                                       routable_std, top_indices[:, : self.k])  # fmt: skip
+            loss, load = self._balance(
+                weights[:, :routable],
+                clean_logits[:, :routable],
+                noisy[:, :routable],
+                routable_std,
+                top_indices[:, : self.k],
+            )
             if self.num_forced:
                 load = torch.cat([load, load.new_full((self.num_forced,), float(noisy.shape[0]))])
             return loss, load
@@ -179,8 +184,9 @@ class NoisyTopKRouter(nn.Module):
             balance_terms=balance_terms,
         )
 
-    def _balance(self, weights: Tensor, clean: Tensor, noisy: Tensor, std: Tensor | None,
-                 indices: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def _balance(
+        self, weights: Tensor, clean: Tensor, noisy: Tensor, std: Tensor | None, indices: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Exploration loss and load over the routable experts only."""
         importance = weights.sum(0)
         routable = weights.shape[1]
@@ -205,9 +211,15 @@ class NoisyTopKRouter(nn.Module):
             loss = balance_loss(weights[:, :routable].sum(0), None)
             return loss, noisy.new_full((self.num_experts,), float(batch))
 
-        return Routes(weights=weights, indices=indices, clean_logits=clean_logits, noisy_logits=noisy,
-                      noise_std=torch.zeros_like(clean_logits), importance=weights.sum(0),
-                      balance_terms=balance_terms)  # fmt: skip
+        return Routes(
+            weights=weights,
+            indices=indices,
+            clean_logits=clean_logits,
+            noisy_logits=noisy,
+            noise_std=torch.zeros_like(clean_logits),
+            importance=weights.sum(0),
+            balance_terms=balance_terms,
+        )
 
     def _noise_std(self, clean_logits: Tensor, noise_logits: Tensor | None) -> Tensor:
         if self.noise == "fixed":
@@ -223,10 +235,17 @@ class NoisyTopKRouter(nn.Module):
             std = torch.minimum(std, self.noise_cap * spread)
         std = std * self.noise_scale
         if self.num_forced:  # forced experts are always routed: no noise on them
-            std = torch.cat([std[:, : self.num_experts - self.num_forced],
-                             torch.zeros_like(std[:, self.num_experts - self.num_forced :])], dim=1)  # fmt: skip
+            std = torch.cat(
+                [
+                    std[:, : self.num_experts - self.num_forced],
+                    torch.zeros_like(std[:, self.num_experts - self.num_forced :]),
+                ],
+                dim=1,
+            )
         return std.clamp_min(1e-6)
 
     def extra_repr(self) -> str:
-        return (f"num_experts={self.num_experts}, k={self.k}, noise={self.noise!r}, balance={self.balance!r}, "
-                f"num_forced={self.num_forced}, noise_cap={self.noise_cap}")  # fmt: skip
+        return (
+            f"num_experts={self.num_experts}, k={self.k}, noise={self.noise!r}, balance={self.balance!r}, "
+            f"num_forced={self.num_forced}, noise_cap={self.noise_cap}"
+        )

@@ -356,8 +356,11 @@ def ensure_hub_files(hub: str | Path, verbose: bool = True) -> None:
     recipe_raw = yaml.safe_load(recipe.read_text())
     if not isinstance(recipe_raw, dict) or recipe_raw.get("kind") != "vision":
         return
-    missing = [e for e in raw.get("experts") or []
-               if e.get("path") and not (path.parent / expand_path_variables(str(e["path"]))).exists()]  # fmt: skip
+    missing = [
+        e
+        for e in raw.get("experts") or []
+        if e.get("path") and not (path.parent / expand_path_variables(str(e["path"]))).exists()
+    ]
     if missing:
         if verbose:
             print(
