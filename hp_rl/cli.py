@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hp_rl.console import configure_logging
 from hp_rl.paths import IN_CHECKOUT, PROJECT_ROOT
 
 __all__ = ["COMMANDS", "main"]
@@ -60,6 +61,7 @@ def _benchmarks() -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a command; returns its exit status."""
+    configure_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
@@ -369,6 +369,7 @@ def evaluate_run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    configure_logging()
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError
 from hp_rl.hub.expert import HubExpert, file_sha256
 from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
@@ -425,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m hp_rl.hub``; returns the exit status."""
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":

@@ -32,7 +32,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError
 from hp_rl.paths import check_path_text, named_hub_spec
 
@@ -750,6 +750,7 @@ def _given(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
+    configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

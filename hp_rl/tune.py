@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError
 
 __all__ = ["Parameter", "SEARCH_SPACE", "TuneError", "trial_flags", "main"]
@@ -348,6 +348,7 @@ def _report(study: Any, train_args: list[str], out: Path, url: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    configure_logging()
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -15,6 +15,7 @@ check itself is bounded (:func:`hp_rl.hub.hf.hf_reachable`).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ __all__ = [
     "choose_auto_hub",
     "resolve_auto_hub",
 ]
+
+logger = logging.getLogger(__name__)
 
 ZOO_ATARI_GAMES = (
     "Pong",
@@ -205,5 +208,5 @@ def resolve_auto_hub(env_id: str, family: str) -> str:
         checkpoint list, ``random:N`` and ``none``.
     """
     choice = choose_auto_hub(env_id, family)
-    print(choice.line(), flush=True)
+    logger.info(choice.line())
     return choice.spec

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
-import sys
 import zipfile
 from collections import deque
 from pathlib import Path
@@ -49,6 +49,8 @@ __all__ = [
     "load_latest",
     "config_for_loading",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP_CHECKPOINTS = 5
 # Plain counters of SB3's ``data`` that a resumed model continues from (the rest is rebuilt from config.yml).
@@ -170,9 +172,7 @@ def restore_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
         infos = [{str(k): float(v) for k, v in item.items()} for item in stats["ep_info_buffer"]]
         successes = [float(item) for item in stats["ep_success_buffer"]]
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-        print(
-            f"warning: {path} is not a valid episode record; episode means restart after the resume.", file=sys.stderr
-        )
+        logger.warning(f"{path} is not a valid episode record; episode means restart after the resume.")
         return
     model.ep_info_buffer = deque(infos[-window:], maxlen=window)
     model.ep_success_buffer = deque(successes[-window:], maxlen=window)
@@ -356,7 +356,7 @@ def load_latest(
             restore_from_archive(model, archive)
         except ArchiveError as error:
             problems.append(f"{path.name}: {error}")
-            print(f"warning: checkpoint {path} cannot be used ({error}); trying the previous one.", file=sys.stderr)
+            logger.warning(f"checkpoint {path} cannot be used ({error}); trying the previous one.")
             model = None  # a partly filled model is not reused
             continue
         if config.algo == "dqn":
@@ -380,10 +380,8 @@ def _restore_buffer(model: BaseAlgorithm, folder: RunFolder, path: Path, steps: 
             load_replay_buffer(buffer, replay)
             return
         except ArchiveError as error:
-            print(f"warning: {error} DQN continues with an empty replay buffer.", file=sys.stderr)
+            logger.warning(f"{error} DQN continues with an empty replay buffer.")
             return
     stale = sorted(p.name for p in folder.checkpoints.glob("rl_model_replay_buffer_*_steps.pkl"))
     why = f" ({', '.join(stale)} are pickle files, which are never read)" if stale else ""
-    print(
-        f"warning: no replay buffer saved with {path.name}{why}; DQN continues with an empty buffer.", file=sys.stderr
-    )
+    logger.warning(f"no replay buffer saved with {path.name}{why}; DQN continues with an empty buffer.")

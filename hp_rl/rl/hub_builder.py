@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from hp_rl.rl.training import train
 from hp_rl.runner import Backend, run_jobs
 
 __all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub", "task_meanings", "HubBuildError"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -196,10 +199,9 @@ def _train_task(recipe_path: str, workdir: str, name: str, progress_bar: bool) -
     if not resume:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
         folder.write_start(config, ["build", recipe_path, "--workdir", workdir], module="hp_rl.hub")
-    print(
+    logger.info(
         f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
-        + (" (resuming)" if resume else ""),
-        flush=True,
+        + (" (resuming)" if resume else "")
     )
     model = train(config, folder, resume=resume, progress_bar=progress_bar)
     return bool(model.num_timesteps >= config.n_timesteps)

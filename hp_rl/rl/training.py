@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ __all__ = [
     "StopTraining",
     "save_atomically",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class StopTraining(BaseException):
@@ -342,7 +345,7 @@ def train(
         config, folder, resume=resume, progress_bar=progress_bar, tensorboard=tensorboard, verbose=verbose
     )
     if outcome.interrupted_by is not None:
-        print(
+        logger.info(
             f"Interrupted at step {outcome.model.num_timesteps}; checkpoint {outcome.checkpoint}. Continue with: "
             f"python -m hp_rl.train --resume {folder.path}"
         )

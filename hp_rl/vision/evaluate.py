@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.vision.data import DataError, ImageDataset, load_data, make_loader
 from hp_rl.vision.engine import EvalResult, evaluate_model, resolve_amp
 from hp_rl.vision.report import save_confusion_png
@@ -107,6 +107,7 @@ def evaluate_run(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
+    configure_logging()
     parser = argparse.ArgumentParser(prog=program_name("hp_rl.vision.evaluate"), description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run folder written by hp_rl.vision.train")
     parser.add_argument("--checkpoint", default=None, help="weights file (default model.pt or the latest epoch)")

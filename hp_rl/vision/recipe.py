@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -27,12 +28,14 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.hub.architectures import NatureCNNTrunk
 from hp_rl.paths import expand_path_variables
 from hp_rl.vision.data import load_builtin, reserved_split
 
 __all__ = ["ExpertRecipe", "SmallCNN", "VisionRecipe", "build_vision_hub", "ensure_hub_files", "load_vision_recipe"]
+
+logger = logging.getLogger(__name__)
 
 Objective = Literal["classify", "parity", "rotation", "autoencoder"]
 _OBJECTIVES = ("classify", "parity", "rotation", "autoencoder")
@@ -328,11 +331,10 @@ def build_vision_hub(
         manifest[expert.name] = {"file": path.name, **facts}
         if verbose:
             score = facts.get("heldout_accuracy", facts["heldout_loss"])
-            print(
+            logger.info(
                 f"[vision hub] {expert.name}: {expert.objective} ({expert.arch}) held-out "
                 f"{'accuracy' if 'heldout_accuracy' in facts else 'loss'} {score} in {facts['seconds']} s "
-                f"({threads} thread(s)) -> {path}",
-                flush=True,
+                f"({threads} thread(s)) -> {path}"
             )
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return built
@@ -363,16 +365,16 @@ def ensure_hub_files(hub: str | Path, verbose: bool = True) -> None:
     ]
     if missing:
         if verbose:
-            print(
+            logger.info(
                 f"[vision hub] {len(missing)} expert file(s) of {path} missing: building them from {recipe} "
-                "(about a minute on a CPU)",
-                flush=True,
+                "(about a minute on a CPU)"
             )
         build_vision_hub(recipe, verbose=verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m hp_rl.vision.recipe RECIPE [--out DIR] [--force] [--only NAME ...]``."""
+    configure_logging()
     parser = argparse.ArgumentParser(prog=program_name("hp_rl.vision.recipe"), description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="vision recipe YAML (configs/hubs/vision_*.recipe.yml)")
     parser.add_argument("--out", default=None, help="output folder (default: the recipe's out_dir)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
+import logging
 import math
 import platform
 import re
@@ -31,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from hp_rl.console import program_name
+from hp_rl.console import configure_logging, program_name
 from hp_rl.overrides import ConfigError
 from hp_rl.overrides import parse_overrides as parse_key_values
 from hp_rl.paths import HUB_CONFIG_DIR, unique_run_dir, written_by_rename
@@ -66,6 +67,8 @@ __all__ = [
     "prepare_data",
     "train",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HUB = HUB_CONFIG_DIR / "vision_digits.yml"
 
@@ -462,7 +465,7 @@ def train(
     torch.manual_seed(config.seed)
     prepared = prepare_data(config, data)
     if prepared.skipped:
-        print(f"[vision] skipped {len(prepared.skipped)} undecodable file(s); see {run.path / 'skipped.txt'}")
+        logger.warning(f"[vision] skipped {len(prepared.skipped)} undecodable file(s); see {run.path / 'skipped.txt'}")
         (run.path / "skipped.txt").write_text("\n".join(prepared.skipped) + "\n")
     shape = prepared.train.image_shape
     device = resolve_device(config.device)
@@ -511,11 +514,10 @@ def train(
     names = model.expert_names
     stats = GateStatistics(model.num_experts)
     val: EvalResult | None = None
-    print(
+    logger.info(
         f"[vision] {len(prepared.train)} training / {len(prepared.val)} validation images of shape {shape}, "
         f"{len(prepared.classes)} classes; hub of {model.num_experts} experts ({', '.join(names)}), k={model.k}; "
-        f"device {device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; run {run.path}",
-        flush=True,
+        f"device {device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; run {run.path}"
     )
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -571,10 +573,10 @@ def train(
             summary = f"epoch {epoch}/{config.epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
             if val is not None:
                 summary += f" val acc {val.accuracy:.3f}"
-            print(f"[vision] {summary} ({metrics.images_per_second:.0f} img/s)", flush=True)
+            logger.info(f"[vision] {summary} ({metrics.images_per_second:.0f} img/s)")
     except KeyboardInterrupt:
         writer.close()
-        print(
+        logger.info(
             f"Interrupted; the last finished epoch's checkpoint is in {run.checkpoints}. Continue with: "
             f"python -m hp_rl.vision.train --resume {run.path}"
         )
@@ -644,6 +646,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
+    configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
