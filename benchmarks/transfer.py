@@ -293,29 +293,42 @@ METHODS: dict[str, Method] = {
             algo_kwargs=dict(_KICKSTART),
             random_trunks=True,
         ),
-        Method("transfer_no_kickstart", "HP transfer w/o kickstart", "hub", dict(_TRANSFER), exploit_coef=0.1),
+        # Ablations of the shipped configuration (preset=transfer = transfer_prior): one part removed each;
+        # "transfer" above is the one without the score prior.
+        Method(
+            "transfer_no_kickstart",
+            "preset transfer w/o kickstart",
+            "hub",
+            dict(_TRANSFER),
+            exploit_coef=0.1,
+            prior=True,
+        ),
         Method(
             "transfer_no_base",
-            "HP transfer w/o base expert",
+            "preset transfer w/o base expert",
             "hub",
             {**_TRANSFER, "base_expert": False},
             exploit_coef=0.1,
             algo_kwargs=dict(_KICKSTART),
+            prior=True,
         ),
         Method(
             "transfer_features",
-            "HP transfer, feature aggregation",
+            "preset transfer, feature aggregation",
             "hub",
             {**_TRANSFER, "aggregation": "features"},
             exploit_coef=0.1,
+            algo_kwargs=dict(_KICKSTART),
+            prior=True,
         ),
         Method(
             "transfer_noise",
-            "HP transfer, unbounded constant noise",
+            "preset transfer, unbounded constant noise",
             "hub",
             {**_TRANSFER, "noise_cap": None, "noise_anneal": None},
             exploit_coef=0.1,
             algo_kwargs=dict(_KICKSTART),
+            prior=True,
         ),
     )
 }
