@@ -437,3 +437,40 @@ def test_resume_restores_the_recent_episode_statistics_without_unpickling(tmp_pa
         assert model.ep_info_buffer is None or len(model.ep_info_buffer) == 0
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("experts:\n  - {name: a, source: random, arch: resnet9000}\n", ["resnet9000", "arch"]),
+        ("experts:\n  - {name: a.b, source: random}\n", ["a.b", "name"]),
+        ("experts:\n  - {name: a, source: random, lr_scale: .nan}\n", ["lr_scale"]),
+        ("- just a list\n", ["experts"]),
+    ],
+)
+def test_bad_hub_specs_are_exit_2_with_no_run_folder(
+    spec: str, words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "hub.yml"
+    path.write_text(spec)
+    runs = tmp_path / "runs"
+    assert train_cli.main([*TINY, "--hub", str(path), "-n", "16", "--tensorboard-log", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(word in err for word in words), err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_random_experts_fit_small_frames_and_an_early_interrupt_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("minatar")
+    argv = ["--algo", "ppo", "--env", "MinAtar/Breakout-v1", "--hub", "random:2", "-n", "64", "--n-envs", "2",
+            "--set", "n_steps=32", "--set", "batch_size=32", "--no-progress", "--eval-freq", "0"]  # fmt: skip
+    assert train_cli.main([*argv, "--tensorboard-log", str(tmp_path / "ok")]) == 0  # small-frame CNNs, no error
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # what SIGINT's default handler does before training has started
+
+    monkeypatch.setattr("hp_rl.rl.training.run_training", interrupted)
+    assert train_cli.main([*argv, "--tensorboard-log", str(tmp_path / "cut")]) == 130
+    assert not any((tmp_path / "cut").iterdir())  # the run folder made for it is gone
