@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Atari: end an episode after N emulator frames (default: 108000, i.e. 27000 agent steps)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--routes",
+        metavar="PNG",
+        help="hub runs: also draw the routes of one episode (observations per expert, weights along it)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: tracebacks with error messages")
     return parser
 
@@ -264,6 +269,7 @@ def evaluate_run(
     video: str | Path | None = None,
     max_frames: int | None = None,
     progress: bool = False,
+    routes: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model of a run folder and append the result to its ``evaluation.yml``.
 
@@ -277,6 +283,7 @@ def evaluate_run(
     :param video: also record one episode to this file.
     :param max_frames: Atari episode cap in emulator frames (``None``: the preset's 108,000).
     :param progress: show a progress bar of episodes (and steps of the current one).
+    :param routes: also write a route picture of one episode to this PNG (:mod:`hp_rl.rl.route_picture`).
     :return: the result written to ``evaluation.yml``.
     :raises CliError: for a folder, checkpoint or video path that does not work, naming the fix.
     """
@@ -359,6 +366,15 @@ def evaluate_run(
         "seconds": round(time.time() - started, 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if routes is not None:
+        from hp_rl.rl.route_picture import draw_routes, record_routes
+
+        routes_env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
+        try:
+            episode = record_routes(model, routes_env)
+        finally:
+            routes_env.close()
+        result["routes"] = {"path": str(draw_routes(episode, Path(routes))), "steps": len(episode.weights)}
     if video is not None:
         frames, video_return = record_video(model, config, Path(video), seed, deterministic)
         result["video"] = {"path": str(video), "frames": frames, "return": video_return}
@@ -387,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.video,
             args.max_frames,
             progress=show,
+            routes=args.routes,
         )
     except HpRlError as error:
         if args.verbose:
@@ -404,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Video: {result['video']['path']} ({result['video']['frames']} frames, "
             f"return {result['video']['return']:.2f})"
         )
+    if "routes" in result:
+        print(f"Routes: {result['routes']['path']} ({result['routes']['steps']} steps)")
     print(f"Written to {Path(args.run) / 'evaluation.yml'}")
     return 0
 

@@ -488,3 +488,25 @@ def test_atari_evaluation_ends_fires_after_a_lost_life_and_caps_frames() -> None
 def test_evaluate_max_frames_is_atari_only(hub_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate_cli.main([str(hub_run), "--max-frames", "100"]) == 2
     assert "--max-frames applies to Atari" in capsys.readouterr().err
+
+
+def test_evaluate_draws_the_routes_of_an_episode(hub_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    picture = tmp_path / "routes.png"
+    assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--routes", str(picture)]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5_000
+    result = yaml.safe_load((hub_run / "evaluation.yml").read_text())[-1]
+    assert result["routes"]["steps"] >= 1
+
+
+def test_route_picture_needs_a_hub_and_reads_every_observation_kind() -> None:
+    from hp_rl.rl.route_picture import RoutePictureError, _as_image, record_routes
+
+    model = A2C("MlpPolicy", "CartPole-v1", device="cpu")
+    with pytest.raises(RoutePictureError, match="hub"):
+        record_routes(model, model.get_env())
+    assert _as_image(np.zeros(4)).shape == (1, 4)  # a state vector: one row
+    assert _as_image(np.zeros((4, 84, 84))).shape == (84, 84)  # stacked frames: the newest
+    minatar = np.zeros((10, 10, 10))
+    minatar[3, 2, 5] = 1.0
+    assert _as_image(minatar)[2, 5] == 4  # object channels: the channel index that is on
