@@ -30,8 +30,6 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import transfer  # noqa: E402  (the sweep under test)
 
-TIMING_KEYS = {"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_step", "load_average", "finished"}
-
 
 def _recipe(folder: Path) -> Path:
     recipe = {
@@ -51,7 +49,7 @@ def _recipe(folder: Path) -> Path:
 
 def _records(out: Path) -> dict[str, dict[str, Any]]:
     return {
-        str(path.relative_to(out)): {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING_KEYS}
+        str(path.relative_to(out)): transfer.comparable_record(json.loads(path.read_text()))
         for path in sorted(out.glob("runs/**/*.json"))
     }
 

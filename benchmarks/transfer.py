@@ -620,6 +620,16 @@ def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, ou
     return read_prior(path)
 
 
+# Fields of a run record that depend on the machine and the moment, not on what was trained.
+TIMING_KEYS = frozenset({"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_step", "load_average",
+                         "finished"})  # fmt: skip
+
+
+def comparable_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without its timing fields: two runners that trained the same run give equal ones."""
+    return {key: value for key, value in record.items() if key not in TIMING_KEYS}
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
