@@ -58,6 +58,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# A source expert: an SB3 run's model.zip (pretrained by the sweep) or an exported hub's manifest entry.
+Expert = Path | dict[str, Any]
+
 from hp_rl.runner import Backend, BackendError, run_jobs  # noqa: E402  (after the checkout is on the path)
 
 __all__ = [
@@ -405,40 +408,78 @@ def prepare_hub(suite: Suite, workdir: Path, build: bool = True, accept_checkpoi
     return found
 
 
-def leave_one_out(experts: dict[str, Path], target: str) -> dict[str, Path]:
+def exported_experts(manifest: Path) -> dict[str, Expert]:
+    """The experts of an exported hub (a ``hub.yaml`` manifest, e.g. the bundled MinAtar hub), by name.
+
+    The sweep then reads the experts' trunks and heads from the manifest's safetensors files instead of
+    pretraining them: the bundled hubs reproduce the benchmark without hours of expert training.
+
+    :param manifest: a ``hub.yaml`` written by ``python -m hp_rl.hub export`` (or its folder).
+    :return: task name -> the manifest's entry, its ``path`` made absolute.
+    """
+    import yaml
+
+    path = manifest / "hub.yaml" if manifest.is_dir() else manifest
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SystemExit(f"error: --experts-from {manifest}: cannot read the hub manifest ({error}).") from None
+    entries = raw.get("experts") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise SystemExit(
+            f"error: --experts-from {path}: not a hub manifest (no list of named experts); "
+            "give a hub.yaml written by python -m hp_rl.hub export."
+        )
+    found: dict[str, Expert] = {}
+    for entry in entries:
+        resolved = dict(entry)
+        if "path" in resolved:
+            resolved["path"] = str((path.parent / str(resolved["path"])).resolve())
+        found[str(entry["name"])] = resolved
+    return found
+
+
+def leave_one_out(experts: dict[str, Expert], target: str) -> dict[str, Expert]:
     """Every expert except the one pretrained on ``target``."""
     return {name: path for name, path in experts.items() if name != target}
 
 
-def target_hub(suite: Suite, experts: dict[str, Path], target: str) -> dict[str, Path]:
+def target_hub(suite: Suite, experts: dict[str, Expert], target: str) -> dict[str, Expert]:
     """The experts of ``target``'s hub: the suite's list for it, else every expert but the target's own."""
     if target in suite.hubs:
         return {name: experts[name] for name in suite.hubs[target]}
     return leave_one_out(experts, target)
 
 
-def _hub_mapping(suite: Suite, experts: dict[str, Path], random_trunks: bool = False) -> dict[str, Any]:
+def _hub_mapping(suite: Suite, experts: dict[str, Expert], random_trunks: bool = False) -> dict[str, Any]:
     """The hub spec of ``experts``, with what each source task's channels and actions mean."""
     from hp_rl.hub import read_sb3_trunk
     from hp_rl.rl.hub_builder import load_recipe, task_meanings
 
     tasks = {task.name: task for task in load_recipe(suite.recipe).tasks}
     entries: list[dict[str, Any]] = []
-    for name, path in experts.items():
+    for name, expert in experts.items():
         if random_trunks:  # same architecture and input, no knowledge
-            _, info, _ = read_sb3_trunk(path)
+            if isinstance(expert, dict):
+                arch, shape, width = expert["arch"], list(expert["input_shape"]), int(expert["features_dim"])
+            else:
+                _, info, _ = read_sb3_trunk(expert)
+                arch, shape, width = info.arch, list(info.input_shape), info.features_dim
             entries.append(
                 {
                     "name": name,
                     "source": "random",
-                    "arch": info.arch,
-                    "input_shape": list(info.input_shape),
-                    "features_dim": info.features_dim,
+                    "arch": arch,
+                    "input_shape": shape,
+                    "features_dim": width,
                     "options": {"seed": 1000 + len(entries)},
                 }
             )
             continue
-        entry: dict[str, Any] = {"name": name, "source": "sb3", "path": str(path)}
+        if isinstance(expert, dict):  # an exported hub's entry: its file, meanings and provenance
+            entries.append(dict(expert))
+            continue
+        entry: dict[str, Any] = {"name": name, "source": "sb3", "path": str(expert)}
         if name in tasks:
             channels, actions = task_meanings(tasks[name])
             entry.update({k: list(v) for k, v in (("channel_names", channels), ("action_meanings", actions)) if v})
@@ -556,7 +597,7 @@ def forward_flops(model: Any, env: Any, batch: int = 64) -> float:
     return float(counter.get_total_flops()) / len(obs)
 
 
-def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Path]) -> Any:
+def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:
     from hp_rl.rl.config import apply_overrides, load_hyperparams
     from hp_rl.rl.envs import preset_for
     from hp_rl.rl.hub_builder import load_recipe
@@ -621,8 +662,9 @@ def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, ou
 
 
 # Fields of a run record that depend on the machine and the moment, not on what was trained.
-TIMING_KEYS = frozenset({"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_step", "load_average",
-                         "finished"})  # fmt: skip
+TIMING_KEYS = frozenset(
+    {"cpu_seconds", "wall_seconds", "cpu_ms_per_step", "wall_ms_per_step", "load_average", "finished"}
+)
 
 
 def comparable_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -637,7 +679,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Path], out: Path) -> dict[str, Any]:
+def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert], out: Path) -> dict[str, Any]:
     """Train one run and write its JSON; returns the record.
 
     :param suite: the suite.
@@ -706,7 +748,7 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     return record
 
 
-def _run_in_worker(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Path], out: Path) -> str:
+def _run_in_worker(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert], out: Path) -> str:
     record = run_one(suite, key, settings, experts, out)
     return _describe(record)
 
@@ -725,7 +767,7 @@ def run_sweep(
     suite: Suite,
     keys: Sequence[RunKey],
     settings: RunSettings,
-    experts: dict[str, Path],
+    experts: dict[str, Expert],
     out: Path,
     jobs: int = 1,
     budget_cpu_seconds: float | None = None,
@@ -1151,6 +1193,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hub-workdir", type=Path, help="hub builder work folder (default: <out>/hubs/<suite>)")
     parser.add_argument("--no-build", action="store_true", help="do not pretrain missing experts")
     parser.add_argument(
+        "--experts-from",
+        type=Path,
+        metavar="HUB_YAML",
+        help="read the experts from an exported hub instead of pretraining them "
+        "(e.g. hp_rl/hub/bundled/minatar/hub.yaml: the bundled MinAtar hub)",
+    )
+    parser.add_argument(
         "--accept-checkpoints",
         action="store_true",
         help="use an unfinished expert's newest checkpoint (time-boxed hub builds)",
@@ -1197,9 +1246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in targets:
         target_env_id(suite, target)  # fail early on a wrong name
     workdir = args.hub_workdir or out / "hubs" / suite.name
-    experts = prepare_hub(
-        suite, workdir, build=not (args.no_build or args.dry_run), accept_checkpoints=args.accept_checkpoints
-    )
+    experts: dict[str, Expert]
+    if args.experts_from is not None:
+        experts = exported_experts(args.experts_from)
+    else:
+        experts = dict(
+            prepare_hub(
+                suite, workdir, build=not (args.no_build or args.dry_run), accept_checkpoints=args.accept_checkpoints
+            )
+        )
     try:
         keys = plan_runs(suite, targets, args.methods, args.seeds, args.single_experts)
     except ValueError as error:
@@ -1221,7 +1276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     needed = {name for target in targets for name in suite.hubs.get(target, source_tasks(suite)) if name != target}
     missing = sorted(needed - set(experts))
     if missing:  # a target's hub must hold every expert it names
-        raise SystemExit(f"Experts {missing} are not pretrained in {workdir} yet; run again without --no-build.")
+        where = args.experts_from or workdir
+        fix = "choose a hub that holds them" if args.experts_from else "run again without --no-build"
+        raise SystemExit(f"error: experts {missing} are not in {where}; {fix}.")
     budget = args.budget_cpu_minutes * 60 if args.budget_cpu_minutes else None
     if args.ray or args.ray_address:
         backend = Backend(
