@@ -693,8 +693,9 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     torch.set_num_threads(settings.threads)
     from hp_rl.hub import file_sha256
     from hp_rl.rl.envs import make_env
-    from hp_rl.rl.runs import package_versions
+    from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import build_model
+    from hp_rl.run_folder import package_versions
 
     config = _build_config(suite, key, settings, experts)
     env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs)
@@ -741,7 +742,7 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
         "device": str(model.device),
         "load_average": list(os.getloadavg()),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "versions": package_versions(),
+        "versions": package_versions(AgentRunFolder.recorded_packages),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _write_json(key.path(out), record)

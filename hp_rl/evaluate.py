@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def choose_checkpoint(folder: Any, which: str | None) -> Path:
     """The model file of a run folder for ``--checkpoint`` (``None``: final, else the latest checkpoint).
 
-    :param folder: a :class:`~hp_rl.rl.runs.RunFolder`.
+    :param folder: a :class:`~hp_rl.rl.runs.AgentRunFolder`.
     :param which: ``best``, ``final``, ``latest``, a file path, or ``None``.
     :raises CliError: when the asked-for file is not there.
     """
@@ -295,11 +295,11 @@ def evaluate_run(
     from hp_rl.rl.envs import make_env, preset_for
     from hp_rl.rl.extractor import routing_noise
     from hp_rl.rl.models import check_device
-    from hp_rl.rl.runs import RunConfig, RunFolder
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
     if episodes < 1:
         raise CliError(f"--episodes {episodes}: must be at least 1.")
-    folder = RunFolder(Path(run))
+    folder = AgentRunFolder(Path(run))
     if not folder.config.is_file():
         raise CliError(
             f"{run}: {folder.config} does not exist, so this is not a run folder. Give a folder made by "

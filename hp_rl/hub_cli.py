@@ -30,6 +30,7 @@ from hp_rl.hub.sources import SOURCES, load_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
 from hp_rl.hub.vision_sources import vision_available
 from hp_rl.paths import BUILD_ROOT, BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, written_by_rename
+from hp_rl.yaml_files import read_yaml, read_yaml_mapping
 
 __all__ = ["main", "build_parser", "default_workdir", "describe_expert", "BUNDLED_LIMIT_BYTES"]
 
@@ -62,7 +63,7 @@ def _is_recipe(path: Path) -> bool:
     if path.name.endswith(_RECIPE_SUFFIX):
         return True
     if path.is_file() and path.suffix in (".yml", ".yaml"):
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path, "hub spec or recipe")
         return isinstance(raw, dict) and "tasks" in raw
     return False
 
@@ -84,7 +85,7 @@ def cmd_list() -> int:
     total = 0
     manifests = sorted(BUNDLED_HUB_DIR.glob(f"*/{MANIFEST_NAME}")) if BUNDLED_HUB_DIR.is_dir() else []
     for manifest in manifests:
-        raw = yaml.safe_load(manifest.read_text()) or {}
+        raw = read_yaml_mapping(manifest, "hub manifest", allow_empty=True)
         size = _dir_size(manifest.parent)
         total += size
         names = ", ".join(str(e.get("name")) for e in raw.get("experts", []))
@@ -171,7 +172,7 @@ def _cached_evaluation(folder: Path, model_path: Path, task: Any, episodes: int,
     record = folder / "source_eval.yml"
     digest = file_sha256(model_path)
     if record.is_file():
-        saved = yaml.safe_load(record.read_text()) or {}
+        saved = read_yaml_mapping(record, "source evaluation record", allow_empty=True)
         if saved.get("model_sha256") == digest and saved.get("episodes") == episodes:
             return dict(saved)
     print(f"[hub build] evaluating {task.name} on {task.env_id} ({episodes} episodes, and a random policy)", flush=True)
@@ -201,7 +202,7 @@ def cmd_build(
     if not recipe_path.is_file():
         print(f"Recipe {recipe_path} does not exist (recipes live in {_display(HUB_CONFIG_DIR)}).", file=sys.stderr)
         return 2
-    raw = yaml.safe_load(recipe_path.read_text())
+    raw = read_yaml(recipe_path, "hub recipe")
     if isinstance(raw, dict) and raw.get("kind") == "vision":  # supervised/self-supervised image trunks
         from hp_rl.vision.recipe import build_vision_hub
 
@@ -258,7 +259,7 @@ def cmd_build(
         entries.append(spec.as_dict())
     if entries:
         manifest = {
-            "description": str(yaml.safe_load(recipe_path.read_text()).get("description", "")).strip(),
+            "description": str(read_yaml_mapping(recipe_path, "hub recipe").get("description", "")).strip(),
             "recipe": _display(recipe_path),
             "experts": entries,
         }
@@ -312,7 +313,7 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
         print("Give --out DIR (only bundled recipes, *_bundled.recipe.yml, have a default).", file=sys.stderr)
         return 2
     is_yaml = spec_path.is_file() and spec_path.suffix.lower() in (".yml", ".yaml")
-    raw = yaml.safe_load(spec_path.read_text()) if is_yaml else {}
+    raw = read_yaml(spec_path, "hub spec") if is_yaml else {}
     hub = parse_hub(str(spec_path) if is_yaml else source_text)
     items = []
     for expert in hub.experts:
@@ -328,7 +329,7 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
         raw.get("recipe") if isinstance(raw, dict) else None,
         dtype,
     )
-    entries = yaml.safe_load(manifest.read_text())["experts"]
+    entries = read_yaml_mapping(manifest, "hub manifest")["experts"]
     _print_summary(entries)
     print(f"Manifest: {_display(manifest)} ({_dir_size(manifest.parent) / 1e6:.2f} MB in {_display(manifest.parent)})")
     if BUNDLED_HUB_DIR.is_dir():
@@ -346,17 +347,12 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
 
 def cmd_score(spec_text: str, env_id: str, episodes: int, rollout_steps: int, seed: int, out: str | None) -> int:
     """Score every expert on the target (zero-shot return, LogME) and print / write the prior."""
-    from hp_rl.rl.envs import UnknownEnvError
     from hp_rl.rl.scoring import score_hub, write_scores
 
     if episodes < 1 or rollout_steps < 16:
         print("--episodes must be >= 1 and --rollout-steps >= 16.", file=sys.stderr)
         return 2
-    try:
-        scores = score_hub(_spec_argument(spec_text), env_id, episodes, rollout_steps, seed)
-    except UnknownEnvError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    scores = score_hub(_spec_argument(spec_text), env_id, episodes, rollout_steps, seed)
     print(f"Target {env_id}: random policy {scores['random_return']:.2f} over {episodes} episodes")
     print(f"{'expert':<24} {'head':<10} {'zero-shot':>10} {'LogME':>9} {'prior':>7}")
     for name, entry in scores["experts"].items():
@@ -444,6 +440,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "score":
             return cmd_score(args.spec, args.env, args.episodes, args.rollout_steps, args.seed, args.out)
         return cmd_export(args.source, args.out, args.workdir, args.dtype)
-    except (HpRlError, HubSpecError, ValueError, FileNotFoundError) as error:
+    except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
     Dotted keys address nested mappings: ``policy_kwargs.net_arch=[64,64]``.
     """
-    import yaml
+    from hp_rl.yaml_files import load_yaml_text  # imported here: that module builds on this one's error
 
     out: dict[str, Any] = {}
     for item in items:
@@ -28,10 +28,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"Override {item!r} is not of the form key=value (for example --set n_steps=256).")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({error}).") from error
+        value = load_yaml_text(text, f"Override {item!r}: the value") if text.strip() else None
         out[key] = _yaml11_float(value)
     return out
 

@@ -20,9 +20,6 @@ checkpoint that ``--resume`` continues from.
 from __future__ import annotations
 
 import argparse
-import difflib
-import inspect
-import re
 import sys
 import time
 import traceback
@@ -30,13 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError
-from hp_rl.paths import check_path_text, named_hub_spec
+from hp_rl.train_config import CliError, config_and_env, hub_tag, resolve_hub, run_name
 
-__all__ = ["CliError", "build_parser", "main", "resolve_hub", "hub_tag", "run_name"]
+__all__ = ["CliError", "build_parser", "build_or_close", "config_and_env", "hub_tag", "main", "resolve_hub", "run_name"]
 
 # Flags a --resume run takes from its config.yml instead (flag -> RunConfig field).
 _IGNORED_ON_RESUME = (
@@ -56,23 +51,6 @@ _IGNORED_ON_RESUME = (
     "exploit_coef",
     "explore_coef",
 )
-# Keys that --set cannot give, and the flag (or reason) to use instead.
-_RESERVED_SET = {
-    "policy": "the policy class follows the observation space (MlpPolicy for vectors, CnnPolicy for images)",
-    "env": "use --env",
-    "seed": "use --seed",
-    "device": "use --device",
-    "verbose": "use -v",
-    "tensorboard_log": "use --tensorboard-log",
-    "hub": "use --hub",
-    "frame_stack": "frame stacking comes from the environment preset (envs/*.yml); choose one with --env-preset",
-    "normalize": "observation normalisation is not supported by this command",
-    "_init_setup_model": "internal to SB3",
-}
-
-
-class CliError(HpRlError):
-    """A problem with the command line or its inputs: reported in one paragraph, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,199 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- hub ---------------------------------------------------------------------------------------------------------
-def _absolute_entry(entry: str) -> str:
-    if entry.startswith(("hf:", "random:")):
-        return entry
-    check_path_text(entry, "--hub")
-    try:
-        return str(Path(entry).expanduser().resolve())
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CliError(f"--hub: {entry[:80]!r} is not a usable path ({error}).") from error
-
-
-def resolve_hub(hub: str, env_id: str, family: str) -> str | None:
-    """The hub spec string a run records, or ``None`` for the plain SB3 policy.
-
-    ``auto`` asks :func:`hp_rl.hub.defaults.resolve_auto_hub`; file paths become absolute so that a resumed
-    or evaluated run finds them from any working directory.
-
-    :param hub: the ``--hub`` argument.
-    :param env_id: the environment id (for ``auto``).
-    :param family: the environment preset family (for ``auto``).
-    :raises CliError: when ``auto`` cannot name a hub.
-    """
-    text = hub.strip()
-    if text.lower() == "none":
-        return None
-    if text.lower() == "auto":
-        try:
-            from hp_rl.hub.defaults import resolve_auto_hub
-        except ModuleNotFoundError as error:
-            if error.name not in ("hp_rl.hub.defaults", "hp_rl.hub"):
-                raise
-            raise CliError(
-                "--hub auto needs hp_rl.hub.defaults (the default hub of each environment family), which this "
-                "installation does not have. Give the hub explicitly: --hub configs/hubs/<name>.yml (a hub spec), "
-                "--hub a.zip,b.zip (SB3 checkpoints), --hub random:4 (randomly initialised experts), or --hub "
-                "none (the plain SB3 policy)."
-            ) from error
-        try:
-            text = resolve_auto_hub(env_id, family)
-        except ValueError as error:
-            raise CliError(str(error)) from error
-    if re.fullmatch(r"random:\d+", text):
-        return text
-    named = named_hub_spec(text)
-    if named is not None and Path(text).exists():  # a local file of that name wins
-        named = None
-    if named is not None:  # a spec shipped with the package, by name
-        return str(named)
-    if text.lower().endswith((".yml", ".yaml")) and "," not in text:
-        return _absolute_entry(text)
-    return ",".join(_absolute_entry(part.strip()) for part in text.split(",") if part.strip())
-
-
-def hub_tag(hub: str | None, k: int, dense: bool = False) -> str:
-    """A short name of the hub for run folder names: ``nohub``, ``random4-k2``, ``atari-k1``, ``3experts-k2``."""
-    if hub is None:
-        return "nohub"
-    text = hub.strip()
-    if re.fullmatch(r"random:\d+", text):
-        base = text.replace(":", "")
-    elif text.lower().endswith((".yml", ".yaml")) and "," not in text:
-        path = Path(text)
-        base = path.name.split(".")[0]
-        if base == "hub":  # hub/bundled/<name>/hub.yaml
-            base = path.parent.name
-    else:
-        entries = [part for part in text.split(",") if part.strip()]
-        base = Path(entries[0]).stem if len(entries) == 1 else f"{len(entries)}experts"
-    return f"{base}-{'dense' if dense else f'k{k}'}"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
-
-
-def run_name(
-    algo: str, env_id: str, hub: str | None, k: int, env_preset: str | None = None, dense: bool = False
-) -> str:
-    """``<algo>_<env slug>_<hub tag>``; the run folder adds ``_<N>``."""
-    env = _slug(env_id) + (f"-{_slug(env_preset)}" if env_preset else "")
-    return f"{algo}_{env}_{_slug(hub_tag(hub, k, dense))}"
-
-
-# --- validation --------------------------------------------------------------------------------------------------
-def _closest(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(close)}?" if close else ""
-
-
-def _init_parameters(cls: type) -> set[str]:
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters
-        names.update(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self")
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            break
-    return names
-
-
-def _extractor_options() -> set[str]:
-    from hp_rl.rl.extractor import HubPathwayExtractor
-
-    return _init_parameters(HubPathwayExtractor) - {"observation_space", "hub", "k"}
-
-
-def _check_hyperparams(algo: str, params: dict[str, Any], with_hub: bool, overridden: set[str], family: str) -> None:
-    """Every hyperparameter is a constructor argument of the algorithm (``overridden``: keys given by --set)."""
-    from hp_rl.rl.config import check_hyperparam_values
-    from hp_rl.rl.training import algo_class
-
-    cls = algo_class(algo, with_hub)
-    allowed = _init_parameters(cls) - set(_RESERVED_SET) - _extractor_options()
-
-    def origin(key: str) -> str:
-        return f"--set {key}" if key in overridden else f"configs/{algo}.yml, section {family}, key {key}"
-
-    for key in params:
-        where = origin(key)
-        if key in _RESERVED_SET:
-            raise CliError(f"{where}: {key} cannot be set this way; {_RESERVED_SET[key]}.")
-        if key in _extractor_options():
-            raise CliError(f"{where}: {key} is an option of the hub extractor; use --hub-set {key}=VALUE.")
-        if key not in allowed:
-            raise CliError(
-                f"{where}: {cls.__name__} has no hyperparameter {key!r}.{_closest(key, sorted(allowed))} "
-                f"Valid keys: {', '.join(sorted(allowed))}."
-            )
-    check_hyperparam_values(params, origin, CliError)
-
-
-def _check_hub_kwargs(hub_kwargs: dict[str, Any], from_flags: set[str]) -> None:
-    """Every ``--hub-set`` key is an extractor option and every value one it accepts (``from_flags``: keys
-    that a flag of their own gave, such as ``--explore-coef``)."""
-    from hp_rl.hub.options import check_pathway_options
-
-    options = _extractor_options()
-    for key in hub_kwargs:
-        if key == "k":
-            raise CliError("--hub-set k=...: give the number of experts per observation with -k.")
-        if key not in options:
-            raise CliError(
-                f"--hub-set {key}=...: the hub extractor has no option {key!r}.{_closest(key, sorted(options))} "
-                f"Valid options: {', '.join(sorted(options))}."
-            )
-    try:
-        check_pathway_options(
-            hub_kwargs, lambda key: f"--{key.replace('_', '-')}" if key in from_flags else f"--hub-set {key}"
-        )
-    except HpRlError as error:
-        raise CliError(str(error)) from error
-
-
-def _apply_preset(
-    name: str, algo: str, args: argparse.Namespace, hub_kwargs: dict[str, Any], params: dict[str, Any], k: int
-) -> int:
-    """Fill in a named preset's options (``--hub-set preset=NAME``) under what the command line gives.
-
-    :return: the number of routed experts: ``-k`` if given, else the preset's.
-    """
-    from hp_rl.rl.presets import ALGORITHM_KEYS, pathway_preset
-
-    try:
-        values = pathway_preset(name)
-    except ValueError as error:
-        raise CliError(f"--hub-set preset={name}: {error}") from error
-    if algo == "dqn" and values.get("aggregation") == "output":
-        raise CliError(
-            f"--hub-set preset={name} aggregates the experts' policy heads, which needs an actor-critic "
-            "algorithm: use --algo ppo or a2c, or --hub-set preset=paper."
-        )
-    for key, value in values.items():
-        if key == "k":
-            k = args.k if args.k is not None else int(value)
-        elif key in ALGORITHM_KEYS:
-            if algo != "dqn" and not (key == "exploit_coef" and args.exploit_coef is not None):
-                params.setdefault(key, value)
-        else:
-            hub_kwargs.setdefault(key, value)
-    return k
-
-
-def _parse_sets(items: list[str], flag: str) -> dict[str, Any]:
-    from hp_rl.rl.config import ConfigError, parse_overrides
-
-    try:
-        return parse_overrides(items)
-    except ConfigError as error:
-        raise CliError(str(error).replace("--set", flag)) from error
-
-
 # --- progress without a terminal ---------------------------------------------------------------------------------
 def _duration(seconds: float) -> str:
     """``H:MM:SS``, with days in front past 24 hours."""
@@ -390,178 +175,7 @@ def _plain_progress(every_s: float = 60.0) -> Any:
     return PlainProgress()
 
 
-# --- commands ----------------------------------------------------------------------------------------------------
-def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The run config of a new run, and its training environment (built before the hub is resolved, so an
-    unknown environment id is reported as such)."""
-    from hp_rl.rl.config import ConfigError, apply_overrides, load_hyperparams
-    from hp_rl.rl.envs import load_presets, preset_for
-    from hp_rl.rl.training import algo_class
-
-    if args.env is None:
-        raise CliError("No environment given: add --env ENV_ID (for example --env CartPole-v1), or --resume RUN.")
-    algo = (args.algo or "ppo").lower()
-    algo_class(algo, with_hub=False)  # UnknownAlgoError names the valid ones
-    if args.env_preset is not None and args.env_preset not in load_presets():
-        presets = sorted(load_presets())
-        raise CliError(
-            f"Unknown --env-preset {args.env_preset!r}.{_closest(args.env_preset, presets)} "
-            f"Presets (envs/*.yml): {', '.join(presets)}."
-        )
-    family = preset_for(args.env, args.env_preset).family
-    overrides = _parse_sets(args.set, "--set")
-    try:
-        params = apply_overrides(load_hyperparams(algo, family), overrides)
-    except ConfigError as error:
-        raise CliError(str(error)) from error
-    n_envs = int(args.n_envs if args.n_envs is not None else params.get("n_envs", 1))
-    n_timesteps = args.n_timesteps if args.n_timesteps is not None else params.get("n_timesteps")
-    params.pop("n_envs", None)
-    params.pop("n_timesteps", None)
-    if n_timesteps is None:
-        raise CliError(f"configs/{algo}.yml has no n_timesteps for the {family!r} family: give -n STEPS.")
-    for flag, value in (("-n", n_timesteps), ("--n-envs", n_envs)):
-        if int(value) < 1:
-            raise CliError(f"{flag} {value}: must be at least 1.")
-
-    seed = args.seed if args.seed is not None else 0
-    if not 0 <= seed < 2**32:
-        raise CliError(f"--seed {seed}: must be a whole number between 0 and {2**32 - 1}.")
-    _check_run_flags(args)
-    from hp_rl.rl.models import apply_threads
-
-    apply_threads(args.threads or 0, args.device or "auto")  # before the first network or environment exists
-    env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error")
-    try:
-        if algo == "dqn" and not isinstance(env.action_space, gym.spaces.Discrete):
-            raise CliError(
-                f"DQN needs discrete actions, but {args.env} has {env.action_space}: use --algo ppo or --algo a2c."
-            )
-        config = _hub_config(args, algo, family, params)
-    except BaseException:
-        env.close()
-        raise
-    config.n_timesteps, config.n_envs, config.seed = int(n_timesteps), n_envs, seed
-    try:
-        config.validate()
-    except HpRlError:
-        env.close()
-        raise
-    return config, env
-
-
-def _check_run_flags(args: argparse.Namespace) -> None:
-    """The flags that need no environment: device, log folder, frequencies, counts."""
-    from hp_rl.rl.models import check_device
-
-    if args.device is not None:
-        check_device(args.device, "--device")
-    for flag, value, low in (
-        ("--eval-freq", args.eval_freq, 0),
-        ("--save-freq", args.save_freq, 0),
-        ("--eval-episodes", args.eval_episodes, 1),
-        ("--keep-checkpoints", args.keep_checkpoints, 0),
-        ("--threads", args.threads, 0),
-    ):
-        if value is not None and value < low:
-            raise CliError(f"{flag} {value}: must be at least {low}.")
-    if args.tensorboard_log is not None:
-        _check_log_root(Path(args.tensorboard_log))
-
-
-def _check_log_root(root: Path) -> None:
-    """``root`` is a folder, or can become one (nothing in its way is a file)."""
-    check_path_text(str(root), "--tensorboard-log")
-    for parent in (root, *root.parents):
-        try:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise CliError(
-                        f"--tensorboard-log {root}: {parent} is a file, not a folder; give a folder "
-                        "for the run folders (default: runs)."
-                    )
-                return
-        except OSError as error:
-            raise CliError(f"--tensorboard-log {root}: not a usable folder name ({error.strerror}).") from error
-
-
-def _make_env(env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite: str) -> Any:
-    from hp_rl.rl.envs import make_env
-
-    try:
-        return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite)
-    except gym.error.DependencyNotInstalled as error:
-        raise CliError(f"{env_id} cannot be built: {error}") from error
-
-
-def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any]) -> Any:
-    """The run config (step counts and seed filled in by the caller) with the hub resolved and checked."""
-    from hp_rl.hub import HubSpecError, parse_hub
-    from hp_rl.rl.checkpoints import DEFAULT_KEEP_CHECKPOINTS
-    from hp_rl.rl.runs import RunConfig
-
-    hub = resolve_hub(args.hub or "auto", args.env, family)
-    k = args.k if args.k is not None else 2
-    hub_kwargs = _parse_sets(args.hub_set, "--hub-set")
-    if args.explore_coef is not None:
-        hub_kwargs["explore_coef"] = args.explore_coef
-    preset = hub_kwargs.pop("preset", None)
-    if preset is not None and hub is not None:
-        k = _apply_preset(str(preset), algo, args, hub_kwargs, params, k)
-    if isinstance(hub_kwargs.get("prior"), str) and hub_kwargs["prior"] != "auto":  # keep values, not a path
-        from hp_rl.rl.scoring import read_prior
-
-        try:
-            hub_kwargs["prior"] = read_prior(hub_kwargs["prior"])
-        except ValueError as error:
-            raise CliError(f"--hub-set {error}") from error
-    if hub is None:
-        if hub_kwargs or args.exploit_coef is not None:
-            raise CliError(
-                "--hub-set, --explore-coef and --exploit-coef configure a hub, but --hub is none: "
-                "give a hub (--hub random:4, --hub spec.yml, ...) or drop those flags."
-            )
-    else:
-        _check_hub_kwargs(hub_kwargs, {"explore_coef"} if args.explore_coef is not None else set())
-        try:
-            spec = parse_hub(hub)
-        except HubSpecError as error:
-            raise CliError(str(error)) from error
-        m = len(spec.experts)
-        if not hub_kwargs.get("dense") and not 1 <= k <= m:
-            raise CliError(
-                f"-k {k} is out of range: the hub {spec.origin} has {m} expert(s) "
-                f"({', '.join(spec.names)}); use -k between 1 and {m} (or --hub-set dense=true)."
-            )
-        if args.exploit_coef is not None:
-            if algo == "dqn":
-                raise CliError(
-                    "--exploit-coef is a HubPPO/HubA2C option; DQN trains without the exploitation loss. "
-                    "Use --algo ppo or a2c, or drop --exploit-coef."
-                )
-            params["exploit_coef"] = args.exploit_coef
-    overridden = {key.split(".")[0] for key in _parse_sets(args.set, "--set")}
-    _check_hyperparams(
-        algo, params, hub is not None, overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction"}, family
-    )
-    return RunConfig(
-        algo=algo,
-        env_id=args.env,
-        hub=hub,
-        k=k,
-        env_preset=args.env_preset,
-        eval_freq=args.eval_freq if args.eval_freq is not None else 25_000,
-        eval_episodes=args.eval_episodes if args.eval_episodes is not None else 5,
-        save_freq=args.save_freq if args.save_freq is not None else 100_000,
-        device=args.device or "auto",
-        hyperparams=params,
-        hub_kwargs=hub_kwargs,
-        keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else DEFAULT_KEEP_CHECKPOINTS,
-        nonfinite_obs=args.nonfinite_obs or "error",
-        threads=args.threads if args.threads is not None else 0,
-    )
-
-
+# --- commands -----------------------------------------------------------------------------------------------------
 def build_or_close(config: Any, env: Any, verbose: int) -> Any:
     """The model (errors in the hub's files surface here as hp_rl.hub exceptions)."""
     from hp_rl.rl.training import build_model
@@ -602,7 +216,7 @@ def _progress(args: argparse.Namespace) -> tuple[bool, list[Any]]:
 
 
 def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
-    from hp_rl.rl.runs import RunFolder
+    from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import run_training
 
     config, env = config_and_env(args)
@@ -612,13 +226,13 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     root = Path(args.tensorboard_log or "runs")
     name = run_name(config.algo, config.env_id, config.hub, config.k, config.env_preset, dense)
     try:
-        folder = RunFolder.create(root, name)
+        folder = AgentRunFolder.create(root, name)
     except OSError as error:
         env.close()
         raise CliError(f"--tensorboard-log {root}: cannot create a run folder there ({error}).") from error
     try:
         with folder.locked():
-            folder.write_start(config, argv)
+            folder.write_start(config.to_yaml(), argv)
             hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={config.k})"
             print(
                 f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
@@ -652,10 +266,10 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     from hp_rl.rl.checkpoints import load_latest
     from hp_rl.rl.envs import make_env
     from hp_rl.rl.models import apply_threads, check_device
-    from hp_rl.rl.runs import RunConfig, RunFolder, latest_checkpoint
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig, latest_checkpoint
     from hp_rl.rl.training import run_training
 
-    folder = RunFolder(Path(args.resume))
+    folder = AgentRunFolder(Path(args.resume))
     if not folder.config.is_file():
         raise CliError(
             f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "
@@ -714,7 +328,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         except BaseException:
             env.close()
             raise
-        changed = folder.write_resume(config, argv, steps)
+        changed = folder.write_resume(config.to_yaml(), argv, steps)
         if changed is not None:
             print(
                 f"note: package versions differ from the run's start; the current ones are in {changed}.",

@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from hp_rl import evaluate as evaluate_cli
 from hp_rl import train as train_cli
-from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
+from hp_rl.rl.runs import AgentRunFolder, RunConfig, checkpoints_by_step
 from hp_rl.rl.training import StopOnSignal, run_training, save_atomically
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,8 +324,8 @@ def test_ctrl_c_checkpoint_then_resume_reaches_n(algo: str, tmp_path: Path) -> N
         }
     )
     config = RunConfig(algo, "CartPole-v1", None, n_timesteps=96, n_envs=2, hyperparams=hyperparams)
-    folder = RunFolder.create(tmp_path, "run")
-    folder.write_start(config, ["test"])
+    folder = AgentRunFolder.create(tmp_path, "run")
+    folder.write_start(config.to_yaml(), ["test"])
     outcome = run_training(config, folder, progress_bar=False, callbacks=[_SignalAt(44)])
     assert outcome.interrupted_by == signal.SIGINT and outcome.final_model is None
     assert not folder.final_model.exists()

@@ -17,14 +17,40 @@ FORBIDDEN = {
         "hp_rl.rl",
         "hp_rl.vision",
         "hp_rl.train",
+        "hp_rl.train_config",
         "hp_rl.evaluate",
         "hp_rl.tune",
         "hp_rl.hub_cli",
         "hp_rl.cli",
     ),
-    "hub": ("hp_rl.rl", "hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
-    "rl": ("hp_rl.vision", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
-    "vision": ("hp_rl.rl", "hp_rl.train", "hp_rl.evaluate", "hp_rl.tune", "hp_rl.hub_cli", "hp_rl.cli"),
+    "hub": (
+        "hp_rl.rl",
+        "hp_rl.vision",
+        "hp_rl.train",
+        "hp_rl.train_config",
+        "hp_rl.evaluate",
+        "hp_rl.tune",
+        "hp_rl.hub_cli",
+        "hp_rl.cli",
+    ),
+    "rl": (
+        "hp_rl.vision",
+        "hp_rl.train",
+        "hp_rl.train_config",
+        "hp_rl.evaluate",
+        "hp_rl.tune",
+        "hp_rl.hub_cli",
+        "hp_rl.cli",
+    ),
+    "vision": (
+        "hp_rl.rl",
+        "hp_rl.train",
+        "hp_rl.train_config",
+        "hp_rl.evaluate",
+        "hp_rl.tune",
+        "hp_rl.hub_cli",
+        "hp_rl.cli",
+    ),
 }
 
 
@@ -39,10 +65,35 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+# The base every layer stands on: errors, paths, the YAML reader, option rules, run folders, runners.
+BASE_MODULES = (
+    "archive",
+    "console",
+    "errors",
+    "overrides",
+    "paths",
+    "run_folder",
+    "runner",
+    "validation",
+    "yaml_files",
+)
+FORBIDDEN["base"] = ("hp_rl.routing", *FORBIDDEN["routing"])
+
+
+def _layer_files(layer: str) -> list[Path]:
+    if layer == "base":
+        return [PACKAGE / f"{name}.py" for name in BASE_MODULES]
+    return sorted((PACKAGE / layer).rglob("*.py"))
+
+
+def test_the_base_modules_exist() -> None:
+    assert all(path.is_file() for path in _layer_files("base"))
+
+
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
     bad = []
-    for path in sorted((PACKAGE / layer).rglob("*.py")):
+    for path in _layer_files(layer):
         if path.name == "__main__.py":
             continue
         for name in _imports(path):
@@ -52,7 +103,7 @@ def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
 
 
 # Modules still over the ~500-line mark, each capped at its size today so that it can only shrink.
-OVERSIZED = {"hp_rl/train.py": 775, "hp_rl/vision/train.py": 715, "hp_rl/rl/extractor.py": 515}
+OVERSIZED = {"hp_rl/rl/extractor.py": 515}
 
 
 def test_modules_stay_small() -> None:

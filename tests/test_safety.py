@@ -25,7 +25,7 @@ from hp_rl import train as train_cli
 from hp_rl.archive import read_sb3_archive
 from hp_rl.errors import HpRlError
 from hp_rl.hub import CheckpointError, parse_hub, read_sb3_trunk
-from hp_rl.rl.runs import RunFolder, checkpoints_by_step
+from hp_rl.rl.runs import AgentRunFolder, checkpoints_by_step
 
 TINY = [
     "--algo",
@@ -186,7 +186,7 @@ def test_a_run_resumes_and_evaluates_after_its_hub_spec_is_deleted(tmp_path: Pat
         )
     )
     run = _train(tmp_path / "runs", "--hub", str(spec), "-k", "1", "-n", "32", "--save-freq", "16")
-    assert RunFolder(run).hub_spec.is_file()
+    assert AgentRunFolder(run).hub_spec.is_file()
     spec.unlink()
     assert train_cli.main(["--resume", str(run), "-n", "48", "--no-progress"]) == 0
     assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
@@ -421,7 +421,7 @@ def test_a_signal_in_the_middle_of_an_update_stops_at_once_and_keeps_the_weights
 def test_resume_restores_the_recent_episode_statistics_without_unpickling(tmp_path: Path) -> None:
     from hp_rl.rl.checkpoints import episodes_path, load_latest
     from hp_rl.rl.envs import make_env
-    from hp_rl.rl.runs import RunConfig, RunFolder
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
     run = _train(tmp_path / "runs", "--hub", "none", "-n", "400", "--save-freq", "0")
     (last,) = sorted((run / "checkpoints").glob("rl_model_*_steps.zip"))
@@ -430,10 +430,10 @@ def test_resume_restores_the_recent_episode_statistics_without_unpickling(tmp_pa
     config = RunConfig.from_yaml(run / "config.yml")
     env = make_env(config.env_id, config.n_envs, config.seed)
     try:
-        model, _, _ = load_latest(config, RunFolder(run), env)
+        model, _, _ = load_latest(config, AgentRunFolder(run), env)
         assert [e["r"] for e in model.ep_info_buffer] == [e["r"] for e in saved]
         episodes_path(last).write_text("{not json")  # a damaged record costs the statistics, not the resume
-        model, _, _ = load_latest(config, RunFolder(run), env)
+        model, _, _ = load_latest(config, AgentRunFolder(run), env)
         assert model.ep_info_buffer is None or len(model.ep_info_buffer) == 0
     finally:
         env.close()

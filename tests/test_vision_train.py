@@ -247,3 +247,75 @@ def test_a_refused_vision_run_leaves_no_run_folder(tmp_path: Path) -> None:
         == 2
     )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_vision_runs_share_the_run_folder_of_the_agents(workspace: dict[str, Path], tmp_path: Path) -> None:
+    from hp_rl.rl.runs import AgentRunFolder
+    from hp_rl.run_folder import RunFolder, RunLockedError
+
+    assert issubclass(train.VisionRun, RunFolder) and issubclass(AgentRunFolder, RunFolder)
+    run = train.VisionRun.create(tmp_path, "locked")
+    assert run.path.name == "locked_1" and run.checkpoints.is_dir()
+    for epoch in (1, 3, 2):
+        (run.checkpoints / f"epoch_{epoch:04d}.pt").write_bytes(b"")
+    (run.checkpoints / "epoch_0009.pt.partial").write_bytes(b"")  # a save that died: never a checkpoint
+    assert [progress for _, progress in run.checkpoints_by_progress()] == [3, 2, 1]
+    # Another live process (this test's parent) holds the lock: a resume is refused before touching anything.
+    import os
+
+    run.lock_file.write_text(str(os.getppid()))
+    with pytest.raises(RunLockedError, match=f"process {os.getppid()}"), run.locked():
+        pass
+
+
+def test_a_locked_vision_run_refuses_a_second_trainer(
+    workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    assert train.main(_args(workspace, "--epochs", "1", "--name", "busy")) == 0
+    run = workspace["root"] / "runs" / "busy_1"
+    commands = (run / "command.txt").read_text()
+    (run / "run.lock").write_text(str(os.getppid()))
+    assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+    assert "is being trained by process" in capsys.readouterr().err
+    assert (run / "command.txt").read_text() == commands and not (run / "checkpoints" / "epoch_0002.pt").exists()
+    (run / "run.lock").unlink()
+    assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert not (run / "run.lock").exists()
+    last_command = (run / "command.txt").read_text().splitlines()[-1]
+    assert last_command.endswith(f"--resume {run} --epochs 2 --no-progress")
+
+
+def test_damaged_vision_checkpoints_are_errors_and_bugs_keep_their_traceback(
+    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train.main(_args(workspace, "--epochs", "1", "--name", "damaged")) == 0
+    run = workspace["root"] / "runs" / "damaged_1"
+    (run / "checkpoints" / "epoch_0001.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+    assert "not a readable vision checkpoint" in capsys.readouterr().err
+    (run / "model.pt").write_bytes(b"")
+    assert evaluate.main([str(run)]) == 2
+    assert "not a readable vision checkpoint" in capsys.readouterr().err
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(train, "train", broken)
+    with pytest.raises(ValueError, match="an internal bug"):  # not "error: ..." with exit 2
+        train.main(_args(workspace, "--epochs", "1", "--name", "bug"))
+
+
+def test_every_vision_setting_has_a_rule() -> None:
+    from dataclasses import fields
+
+    from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError
+    from hp_rl.vision.config import VISION_RULES, TrainConfig
+
+    unchecked = {f.name for f in fields(TrainConfig)} - set(VISION_RULES) - set(PATHWAY_OPTIONS) - {"augment"}
+    assert not unchecked
+    with pytest.raises(PathwayOptionError, match="vision config explore_coef: nan"):
+        TrainConfig(data="x", explore_coef=float("nan")).validate()
+    with pytest.raises(train.ConfigError, match="vision config lr: nan"):
+        TrainConfig(data="x", lr=float("nan")).validate()

@@ -26,6 +26,7 @@ import yaml
 from hp_rl.errors import HpRlError
 from hp_rl.hub.hf import find_cached, hf_offline, hf_reachable
 from hp_rl.paths import BUNDLED_HUB_DIR, cache_dir
+from hp_rl.yaml_files import read_yaml_mapping
 
 __all__ = [
     "ZOO_ATARI_GAMES",
@@ -134,7 +135,7 @@ def _bundled_without(hub: str, env_id: str, family: str) -> tuple[str, list[str]
     path = BUNDLED_HUBS[hub]
     if not path.is_file():
         raise _no_hub(env_id, family, f"the bundled {hub} hub {path} is missing (not exported yet?)")
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml_mapping(path, "bundled hub manifest")
     target = task_key(env_id)
     kept = [e for e in raw["experts"] if _expert_task(e) != target]
     dropped = [str(e["name"]) for e in raw["experts"] if _expert_task(e) == target]

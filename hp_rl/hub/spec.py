@@ -11,7 +11,9 @@ from typing import Any
 
 from hp_rl.errors import HpRlError
 from hp_rl.hub.options import MAX_EXPERTS, MAX_FEATURES_DIM
+from hp_rl.overrides import ConfigError
 from hp_rl.paths import PathTextError, check_path_text, expand_path_variables, named_hub_spec
+from hp_rl.yaml_files import read_yaml
 
 __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 
@@ -261,18 +263,16 @@ def _unique_names(experts: Sequence[ExpertSpec], origin: str, rename: bool) -> t
 
 
 def _load_yaml(path: Path) -> Any:
-    import yaml
-
     if not _is_file(path):
         raise HubSpecError(f"Hub spec {path} does not exist.")
     if path.stat().st_size > MAX_SPEC_BYTES:
         raise HubSpecError(f"Hub spec {path} is over {MAX_SPEC_BYTES} bytes; a spec lists experts, not weights.")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise HubSpecError(f"{path}: not UTF-8 text (byte {error.start}); save the spec as UTF-8.") from error
-    except (yaml.YAMLError, RecursionError) as error:
-        raise HubSpecError(f"{path}: not valid YAML ({error}).") from error
+        return read_yaml(path, "hub spec")
+    except ConfigError as error:
+        raise HubSpecError(str(error)) from None
+    except RecursionError:
+        raise HubSpecError(f"{path}: nested too deeply to be a hub spec.") from None
 
 
 def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: str | Path | None = None) -> HubSpec:

@@ -32,7 +32,7 @@ from hp_rl.archive import ArchiveError, SB3Archive, read_sb3_archive
 from hp_rl.errors import HpRlError
 from hp_rl.paths import written_by_rename
 from hp_rl.rl.models import build_model
-from hp_rl.rl.runs import RunConfig, RunFolder, checkpoints_by_step
+from hp_rl.rl.runs import AgentRunFolder, RunConfig, checkpoints_by_step
 
 __all__ = [
     "NoCheckpointError",
@@ -72,7 +72,7 @@ def save_atomically(model: BaseAlgorithm, path: Path) -> Path:
     return path
 
 
-def replay_buffer_path(folder: RunFolder, steps: int) -> Path:
+def replay_buffer_path(folder: AgentRunFolder, steps: int) -> Path:
     """Where the replay buffer saved with the checkpoint of ``steps`` steps lives."""
     return folder.checkpoints / f"rl_model_replay_buffer_{steps}_steps.npz"
 
@@ -178,7 +178,7 @@ def restore_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
     model.ep_success_buffer = deque(successes[-window:], maxlen=window)
 
 
-def prune_checkpoints(folder: RunFolder, keep: int) -> list[Path]:
+def prune_checkpoints(folder: AgentRunFolder, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (``keep <= 0``: keep every one); returns the deleted."""
     if keep <= 0:
         return []
@@ -192,7 +192,7 @@ def prune_checkpoints(folder: RunFolder, keep: int) -> list[Path]:
 
 def save_checkpoint(
     model: BaseAlgorithm,
-    folder: RunFolder,
+    folder: AgentRunFolder,
     algo: str,
     keep: int = DEFAULT_KEEP_CHECKPOINTS,
     same_as: Path | None = None,
@@ -239,7 +239,7 @@ class CheckpointAfterUpdate(BaseCallback):
     :param keep: checkpoints kept (older ones are deleted; 0 keeps all).
     """
 
-    def __init__(self, save_freq: int, folder: RunFolder, algo: str, keep: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
+    def __init__(self, save_freq: int, folder: AgentRunFolder, algo: str, keep: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
         super().__init__()
         self.save_freq = max(int(save_freq), 1)
         self.folder = folder
@@ -260,7 +260,7 @@ class CheckpointAfterUpdate(BaseCallback):
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
-def config_for_loading(config: RunConfig, folder: RunFolder | None) -> RunConfig:
+def config_for_loading(config: RunConfig, folder: AgentRunFolder | None) -> RunConfig:
     """The config that rebuilds a saved model: the run's own copy of its hub spec where it has one, and no
     work whose result the checkpoint overwrites (``prior="auto"`` scoring only sets initial biases)."""
     result = copy.deepcopy(config)
@@ -316,7 +316,7 @@ def load_model(
     config: RunConfig,
     path: Path,
     env: VecEnv,
-    folder: RunFolder | None = None,
+    folder: AgentRunFolder | None = None,
     tensorboard_log: str | None = None,
     verbose: int = 0,
 ) -> BaseAlgorithm:
@@ -335,7 +335,7 @@ def load_model(
 
 
 def load_latest(
-    config: RunConfig, folder: RunFolder, env: VecEnv, tensorboard_log: str | None = None, verbose: int = 0
+    config: RunConfig, folder: AgentRunFolder, env: VecEnv, tensorboard_log: str | None = None, verbose: int = 0
 ) -> tuple[BaseAlgorithm, Path, int]:
     """The model of the newest checkpoint in ``folder`` that loads, with its path and step count.
 
@@ -370,7 +370,7 @@ def load_latest(
     )
 
 
-def _restore_buffer(model: BaseAlgorithm, folder: RunFolder, path: Path, steps: int) -> None:
+def _restore_buffer(model: BaseAlgorithm, folder: AgentRunFolder, path: Path, steps: int) -> None:
     buffer = getattr(model, "replay_buffer", None)
     replay = replay_buffer_path(folder, steps)
     if not isinstance(buffer, ReplayBuffer):

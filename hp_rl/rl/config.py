@@ -10,6 +10,7 @@ from hp_rl.errors import HpRlError
 from hp_rl.overrides import ConfigError, parse_overrides
 from hp_rl.paths import CONFIG_DIR, require_dir
 from hp_rl.validation import AnyValue, Bool, Float, Int, Rule, Schedule, check_values
+from hp_rl.yaml_files import read_yaml_mapping
 
 __all__ = [
     "ConfigError",
@@ -88,14 +89,10 @@ def check_hyperparam_values(
 
 def load_hyperparams(algo: str, family: str) -> dict[str, Any]:
     """The ``family`` section of ``configs/<algo>.yml`` (a copy; empty if the family has no section)."""
-    import yaml
-
     path = require_dir(CONFIG_DIR, "configs") / f"{algo}.yml"
     if not path.is_file():
         return {}
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of family -> hyperparameters.")
+    raw = read_yaml_mapping(path, "hyperparameter file (family -> hyperparameters)", allow_empty=True)
     return copy.deepcopy(raw.get(family) or {})
 
 

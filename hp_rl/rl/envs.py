@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any, SupportsFloat
 
@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from hp_rl.errors import HpRlError
 from hp_rl.paths import ENV_PRESET_DIR, require_dir
+from hp_rl.yaml_files import check_keys, read_yaml_mapping
 
 __all__ = [
     "EnvPreset",
@@ -64,11 +65,10 @@ class EnvPreset:
 @cache
 def load_presets() -> dict[str, EnvPreset]:
     """Every preset in ``envs/``, by family name."""
-    import yaml
-
     presets = {}
     for path in sorted(require_dir(ENV_PRESET_DIR, "environment presets").glob("*.yml")):
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml_mapping(path, "environment preset")
+        check_keys(raw, {f.name for f in fields(EnvPreset)}, str(path))
         raw["match"] = tuple(raw.get("match") or ())
         presets[raw["family"]] = EnvPreset(**raw)
     return presets

@@ -13,8 +13,9 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-from hp_rl.hub import HubExpert, HubSpec, build_input_adapter, load_expert, parse_hub
+from hp_rl.hub import HubExpert, HubSpec, load_expert, parse_hub
 from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, SmallFrameCNNTrunk
+from hp_rl.hub.builder import load_hub_trunks, trunk_parameter_groups
 from hp_rl.hub.meanings import action_index_map
 from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway_options
 from hp_rl.hub.sources import random_expert_seed
@@ -84,9 +85,10 @@ def attach_loss(features: Tensor, loss: Tensor) -> Tensor:
     return out
 
 
-def _frozen_key(spec: ExpertSpec, observation_shape: tuple[int, ...]) -> str:
+def _frozen_key(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> str:
     seed = random_expert_seed(spec) if spec.source == "random" else None
-    return json.dumps([spec.as_dict(), list(observation_shape), seed], sort_keys=True, default=str)
+    shape = None if observation_shape is None else list(observation_shape)
+    return json.dumps([spec.as_dict(), shape, seed], sort_keys=True, default=str)
 
 
 class HubPathwayExtractor(BaseFeaturesExtractor):
@@ -221,21 +223,21 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         self.lr_scales: dict[str, float] = {}
         self.scheduled_trunks: list[str] = []  # experts whose trunks unfreeze_at keeps frozen at first
         self.head_sources: dict[str, str] = {}  # expert -> "pretrained" / "fresh" policy head (output mode)
-        targets = tuple(channel_names) if channel_names is not None else None
         experts: dict[str, nn.Module] = {}
-        for expert_spec in spec.experts:
-            frozen = freeze_experts if expert_spec.frozen is None else expert_spec.frozen
-            scheduled = unfreeze_at is not None and frozen
-            trunk = self._load_trunk(expert_spec, shape, frozen and not scheduled)
-            adapter = build_input_adapter(shape, trunk.info, expert_spec.name, targets, expert_spec.channel_names)
+        trunks, _ = load_hub_trunks(
+            spec, shape, freeze_experts, expert_lr_scale, unfreeze_at, channel_names, loader=self._load_trunk
+        )
+        for item in trunks:
             if aggregation == "output":
-                experts[expert_spec.name] = self._headed(expert_spec, trunk, adapter, frozen, meanings, teachers)
+                experts[item.name] = self._headed(item.spec, item.trunk, item.adapter, item.frozen, meanings, teachers)
             else:
-                experts[expert_spec.name] = AdaptedExpert(trunk, trunk.info.features_dim, features_dim, adapter, frozen)
-            if not frozen or scheduled:
-                self.lr_scales[expert_spec.name] = expert_spec.lr_scale * expert_lr_scale
-            if scheduled:
-                self.scheduled_trunks.append(expert_spec.name)
+                experts[item.name] = AdaptedExpert(
+                    item.trunk, item.features_dim, features_dim, item.adapter, item.frozen
+                )
+            if item.lr_scale is not None:
+                self.lr_scales[item.name] = item.lr_scale
+            if item.scheduled:
+                self.scheduled_trunks.append(item.name)
         if base_expert:
             experts[BASE_EXPERT] = self._base(shape, features_dim)
         if len(shape) == 3:
@@ -368,7 +370,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             self._set_scheduled_trunks_frozen(progress < self.unfreeze_at)
 
     @staticmethod
-    def _load_trunk(spec: ExpertSpec, shape: tuple[int, ...], frozen: bool) -> HubExpert:
+    def _load_trunk(spec: ExpertSpec, shape: tuple[int, ...] | None, frozen: bool) -> HubExpert:
         if not frozen:
             return load_expert(spec, shape)
         key = _frozen_key(spec, shape)
@@ -446,14 +448,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
 
         Trunks that ``unfreeze_at`` keeps frozen for now are included: they join training later.
         """
-        groups: dict[float, list[nn.Parameter]] = {}
-        for name, scale in self.lr_scales.items():
-            if scale == 1.0:
-                continue
-            expert = self.pathway.experts[name]
-            assert isinstance(expert, TrunkExpert)
-            scheduled = name in self.scheduled_trunks
-            groups.setdefault(scale, []).extend(p for p in expert.trunk.parameters() if p.requires_grad or scheduled)
+        scaled = {name: scale for name, scale in self.lr_scales.items() if scale != 1.0}
+        groups = trunk_parameter_groups(self.pathway.experts, scaled, self.scheduled_trunks)
         if self.generator_lr_scale != 1.0:
             groups.setdefault(self.generator_lr_scale, []).extend(self.pathway.generator.parameters())
         return groups

@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hp_rl.errors import HpRlError
+from hp_rl.overrides import ConfigError
 from hp_rl.rl.config import apply_overrides, load_hyperparams
 from hp_rl.rl.envs import preset_for
-from hp_rl.rl.runs import RunConfig, RunFolder
+from hp_rl.rl.runs import AgentRunFolder, RunConfig
 from hp_rl.rl.training import train
 from hp_rl.runner import Backend, run_jobs
+from hp_rl.validation import AnyValue, Int, Rule, check_values
+from hp_rl.yaml_files import check_keys, read_yaml_mapping
 
 __all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub", "task_meanings", "HubBuildError"]
 
@@ -64,41 +65,64 @@ class Recipe:
     eval_episodes: int = 10
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+# What a recipe's keys and each task's keys accept.
+RECIPE_RULES: dict[str, Rule] = {
+    "description": AnyValue(lambda value: isinstance(value, str), "text"),
+    "algo": AnyValue(_text, "an algorithm name (ppo, a2c, dqn, ...)"),
+    "n_timesteps": Int(1),
+    "seed": Int(0, 2**32 - 1),
+    "tasks": AnyValue(
+        lambda value: isinstance(value, list) and all(isinstance(t, dict) for t in value),
+        "a list of tasks (mappings with name and env_id)",
+    ),
+    "overrides": AnyValue(lambda value: value is None or isinstance(value, dict), "a mapping of hyperparameters"),
+    "save_freq": Int(0),  # 0: checkpoints only at the end and on interruption, as RunConfig's
+    "eval_episodes": Int(1),
+    "export": AnyValue(lambda value: value is None or isinstance(value, dict), "a mapping of export settings"),
+}
+TASK_RULES: dict[str, Rule] = {
+    "name": AnyValue(_text, "an expert name"),
+    "env_id": AnyValue(_text, "an environment id"),
+    "env_preset": AnyValue(lambda value: value is None or _text(value), "a preset name or null"),
+    "env_kwargs": AnyValue(lambda value: isinstance(value, dict), "a mapping of gym.make arguments"),
+    "n_timesteps": Int(1, optional=True),
+}
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file."""
+    """Read and validate a recipe file.
+
+    :raises ConfigError: naming the file, the key and what it accepts.
+    """
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
-    allowed = {
-        "description",
-        "algo",
-        "n_timesteps",
-        "seed",
-        "tasks",
-        "overrides",
-        "save_freq",
-        "eval_episodes",
-        "export",
-    }
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+    raw = read_yaml_mapping(path, "hub recipe")
+    check_keys(raw, RECIPE_RULES, str(path))
     for key in ("algo", "n_timesteps", "tasks"):
         if key not in raw:
-            raise ValueError(f"{path}: key '{key}' is required.")
-    try:
-        tasks = tuple(SourceTask(**task) for task in raw["tasks"])
-    except TypeError as error:
-        task_keys = sorted(SourceTask.__dataclass_fields__)
-        raise ValueError(f"{path}: a task has an unknown key ({error}); allowed: {task_keys}.") from error
+            raise ConfigError(f"{path}: the key {key!r} is required.")
+    check_values(raw, RECIPE_RULES, lambda key: f"{path}: {key}", ConfigError)
+    tasks = []
+    for index, entry in enumerate(raw["tasks"]):
+        where = f"{path}: tasks[{index}]"
+        check_keys(entry, TASK_RULES, where)
+        for key in ("name", "env_id"):
+            if key not in entry:
+                raise ConfigError(f"{where}: the key {key!r} is required.")
+        check_values(entry, TASK_RULES, f"{where}: {{}}".format, ConfigError)
+        tasks.append(SourceTask(**entry))
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: task names must be unique, got {names}.")
+        raise ConfigError(f"{path}: task names must be unique, got {names}.")
     return Recipe(
         path,
         raw["algo"],
         int(raw["n_timesteps"]),
         int(raw.get("seed", 0)),
-        tasks,
+        tuple(tasks),
         dict(raw.get("overrides") or {}),
         int(raw.get("save_freq", 50_000)),
         int(raw.get("eval_episodes", 10)),
@@ -159,7 +183,7 @@ def build_hub(
     for task in recipe.tasks:
         if only and task.name not in only:
             continue
-        folder = RunFolder(root / task.name)
+        folder = AgentRunFolder(root / task.name)
         if folder.final_model.is_file():
             finished[task.name] = folder.final_model
         else:
@@ -168,13 +192,13 @@ def build_hub(
         for name in todo:
             if not _train_task(str(recipe_path), str(workdir), name, progress_bar):
                 break  # interrupted: the checkpoint is written
-            finished[name] = RunFolder(root / name).final_model
+            finished[name] = AgentRunFolder(root / name).final_model
         return finished
     failures: list[str] = []
 
     def done(index: int, complete: bool) -> None:
         if complete:
-            finished[todo[index]] = RunFolder(root / todo[index]).final_model
+            finished[todo[index]] = AgentRunFolder(root / todo[index]).final_model
 
     def failed(index: int, error: BaseException) -> None:
         failures.append(f"{todo[index]}: {type(error).__name__}: {error}")
@@ -193,12 +217,12 @@ def _train_task(recipe_path: str, workdir: str, name: str, progress_bar: bool) -
     """Train (or resume) one source task; ``True`` when it reached its budget. Runs in any process."""
     recipe = load_recipe(recipe_path)
     (task,) = [t for t in recipe.tasks if t.name == name]
-    folder = RunFolder(Path(workdir) / name)
+    folder = AgentRunFolder(Path(workdir) / name)
     config = _task_config(recipe, task)
     resume = folder.checkpoints.is_dir() and any(folder.checkpoints.glob("rl_model_*_steps.zip"))
     if not resume:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
-        folder.write_start(config, ["build", recipe_path, "--workdir", workdir], module="hp_rl.hub")
+        folder.write_start(config.to_yaml(), ["build", recipe_path, "--workdir", workdir], module="hp_rl.hub")
     logger.info(
         f"[hub build] {task.name}: {config.algo} on {task.env_id} for {config.n_timesteps} steps"
         + (" (resuming)" if resume else "")

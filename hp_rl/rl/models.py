@@ -147,37 +147,15 @@ def _raised_by_library(error: BaseException) -> bool:
 
 def hub_manifest(model: BaseAlgorithm) -> dict[str, Any]:
     """Every expert of the model's hub: source, file digest, architecture, size, training mode."""
-    from hp_rl.hub import HubExpert
-    from hp_rl.rl.extractor import find_hub_extractors
-    from hp_rl.routing import TrunkExpert
+    from hp_rl.hub.builder import manifest_entry
+    from hp_rl.rl.extractor import BASE_EXPERT, find_hub_extractors
 
-    experts = []
     for extractor in find_hub_extractors(model)[:1]:
+        experts = []
         for name, module in extractor.pathway.experts.items():
-            assert isinstance(module, TrunkExpert)
-            trunk = module.inner_trunk
-            adapter = repr(module.input_adapter) if list(module.input_adapter.children()) else None
-            entry: dict[str, Any] = {
-                "name": name,
-                "frozen": module.frozen,
-                "input_adapter": adapter,
-                "parameters": sum(p.numel() for p in trunk.parameters()),
-            }
-            if isinstance(trunk, HubExpert):
-                info, provenance = trunk.info, trunk.provenance
-                entry.update(
-                    {
-                        "source": provenance.source,
-                        "location": provenance.location,
-                        "sha256": provenance.sha256,
-                        "arch": info.arch,
-                        "input_shape": list(info.input_shape),
-                        "features_dim": info.features_dim,
-                        "details": dict(provenance.details),
-                    }
-                )
-            else:  # the base expert: the target's plain network, trained from scratch's start
-                entry.update({"source": "base", "arch": type(trunk).__name__})
+            entry = manifest_entry(name, module)
+            if name == BASE_EXPERT:  # the target's plain network, trained from scratch's start
+                entry.update({"source": "base", "arch": type(getattr(module, "inner_trunk", module)).__name__})
             if name in extractor.head_sources:
                 entry["policy_head"] = extractor.head_sources[name]
             experts.append(entry)

@@ -1,39 +1,29 @@
-"""Run folders: resolved config, command line, versions, hub manifest, checkpoints, resume."""
+"""RL runs: the resolved run config (``config.yml``) and the RL run folder (SB3 checkpoints, ``model.zip``)."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 import re
-import shlex
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from hp_rl.errors import HpRlError
-from hp_rl.paths import unique_run_dir
+from hp_rl.overrides import ConfigError
+from hp_rl.run_folder import RunFolder, checkpoints_in
+from hp_rl.yaml_files import read_yaml
 
 __all__ = [
     "RunConfig",
     "RunConfigError",
-    "RunFolder",
-    "RunLockedError",
+    "AgentRunFolder",
     "NONFINITE_MODES",
-    "acquire_lock",
-    "release_lock",
-    "package_versions",
     "latest_checkpoint",
     "checkpoints_by_step",
 ]
 
-_CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip$")
+_CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip")
 
 
 @dataclass
@@ -136,9 +126,9 @@ class RunConfig:
             or holds a value out of range.
         """
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
-            raise RunConfigError(f"{path} cannot be read as YAML ({error}).") from error
+            raw = read_yaml(path, "run configuration")
+        except ConfigError as error:
+            raise RunConfigError(str(error)) from None
         if not isinstance(raw, dict):
             raise RunConfigError(f"{path} does not hold a run configuration (a mapping with algo, env_id, hub, ...).")
         known = {item.name for item in fields(cls)}
@@ -176,83 +166,9 @@ _FLAGS = {
 }
 
 
-class RunLockedError(HpRlError):
-    """Another live process trains into the run folder."""
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def acquire_lock(path: Path) -> None:
-    """Create ``path`` holding this process's id, atomically; take it over from a dead process.
-
-    :raises RunLockedError: naming the live process that holds it.
-    """
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                text = path.read_text().strip()
-            except OSError:
-                text = ""
-            pid = int(text) if text.isdigit() else -1
-            if pid != os.getpid() and _process_alive(pid):
-                raise RunLockedError(
-                    f"{path.parent} is being trained by process {pid} (it holds {path.name}). Wait for it to "
-                    f"finish or stop it (kill {pid}) before resuming; two processes would write the same "
-                    "checkpoints and TensorBoard steps."
-                ) from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        return
-    raise RunLockedError(f"{path} keeps appearing: another process is taking the lock of {path.parent}; retry.")
-
-
-def release_lock(path: Path) -> None:
-    """Remove ``path`` if this process holds it."""
-    try:
-        if path.read_text().strip() == str(os.getpid()):
-            path.unlink()
-    except OSError:
-        pass
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python, the main packages and the source revision."""
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("hp_rl", "torch", "stable_baselines3", "gymnasium", "ale_py", "numpy", "minatar"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-        if commit:
-            versions["git_commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return versions
-
-
 def checkpoints_by_step(folder: Path) -> list[tuple[Path, int]]:
     """Every checkpoint ``rl_model_<steps>_steps.zip`` in ``folder`` with its step count, newest first."""
-    found = [(int(m.group(1)), p) for p in folder.glob("rl_model_*_steps.zip") if (m := _CHECKPOINT.search(p.name))]
-    return [(path, steps) for steps, path in sorted(found, reverse=True)]
+    return checkpoints_in(folder, _CHECKPOINT)
 
 
 def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
@@ -262,59 +178,25 @@ def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
 
 
 @dataclass(frozen=True)
-class RunFolder:
-    """The files of one run.
+class AgentRunFolder(RunFolder):
+    """The folder of one RL run (``python -m hp_rl.train``): SB3 checkpoints ``rl_model_<steps>_steps.zip``,
+    ``model.zip``, the run's copy of its hub spec, evaluation results and the best model.
 
     :param path: the run directory.
     """
 
-    path: Path
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+    module: ClassVar[str] = "hp_rl.train"
+    checkpoint_pattern: ClassVar[re.Pattern[str]] = _CHECKPOINT
+    recorded_packages: ClassVar[tuple[str, ...]] = ("stable_baselines3", "gymnasium", "ale_py", "minatar")
 
     @property
     def final_model(self) -> Path:
         return self.path / "model.zip"
 
     @property
-    def hub_manifest(self) -> Path:
-        return self.path / "hub_manifest.yml"
-
-    @property
     def hub_spec(self) -> Path:
         """The run's own copy of its hub spec (absolute paths), so it resumes without the original file."""
         return self.path / "hub.yml"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / "run.lock"
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold ``run.lock`` (this process's id) while training into the folder.
-
-        :raises RunLockedError: when a live process holds it; a lock left by a dead process is taken over.
-        """
-        acquire_lock(self.lock_file)
-        try:
-            yield
-        finally:
-            release_lock(self.lock_file)
-
-    @classmethod
-    def create(cls, root: Path, name: str) -> RunFolder:
-        """A new folder ``root/name_N`` (N counts up from 1, never reusing a folder)."""
-        return cls(unique_run_dir(root, name))
-
-    @property
-    def versions(self) -> Path:
-        return self.path / "versions.yml"
 
     @property
     def evaluation(self) -> Path:
@@ -323,30 +205,3 @@ class RunFolder:
     @property
     def best_model(self) -> Path:
         return self.path / "eval" / "best_model.zip"
-
-    def _append_command(self, argv: list[str], module: str = "hp_rl.train") -> None:
-        with open(self.path / "command.txt", "a") as handle:
-            handle.write(shlex.join([Path(sys.executable).name, "-m", module, *argv]) + "\n")
-
-    def write_start(self, config: RunConfig, argv: list[str], module: str = "hp_rl.train") -> None:
-        """Record the resolved config, the command line (``python -m <module> <argv>``) and the package
-        versions."""
-        self.config.write_text(config.to_yaml())
-        self._append_command(argv, module)
-        self.versions.write_text(yaml.safe_dump(package_versions(), sort_keys=False))
-
-    def write_resume(self, config: RunConfig, argv: list[str], steps: int) -> Path | None:
-        """Record a resumed start: the (possibly extended) config, the command line, and the package
-        versions in ``versions_resume_<steps>.yml`` when they differ from ``versions.yml``.
-
-        :return: the file with the changed versions, or ``None`` when nothing changed.
-        """
-        self.config.write_text(config.to_yaml())
-        self._append_command(argv)
-        current = package_versions()
-        recorded = yaml.safe_load(self.versions.read_text()) if self.versions.is_file() else None
-        if recorded == current:
-            return None
-        path = self.path / f"versions_resume_{steps}.yml"
-        path.write_text(yaml.safe_dump(current, sort_keys=False))
-        return path

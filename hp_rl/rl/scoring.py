@@ -26,6 +26,8 @@ import yaml
 
 from hp_rl.hub import HubSpec, parse_hub
 from hp_rl.hub.options import PathwayOptionError
+from hp_rl.overrides import ConfigError
+from hp_rl.yaml_files import read_yaml
 
 __all__ = ["logme", "score_hub", "write_scores", "read_prior", "AUTO_PRIOR_SEED"]
 
@@ -213,9 +215,9 @@ def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
                 f"prior={prior}: no such file; write one with python -m hp_rl.hub score SPEC --env ENV."
             )
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
-            raise PathwayOptionError(f"prior={prior}: not a readable YAML score file ({error}).") from error
+            raw = read_yaml(path, "score file")
+        except ConfigError as error:
+            raise PathwayOptionError(f"prior={prior}: {error}") from None
     if isinstance(raw, dict) and isinstance(raw.get("prior"), dict):
         raw = raw["prior"]
     if not isinstance(raw, dict) or not all(

@@ -48,13 +48,13 @@ def evaluate_source_task(
 
     from hp_rl.rl.checkpoints import load_model
     from hp_rl.rl.envs import make_env, preset_for
-    from hp_rl.rl.runs import RunConfig, RunFolder
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
     family = preset_for(env_id, env_preset).family
     deterministic = family != "atari"
     n_envs = max(1, min(episodes, 4))
     # The builder's experts are run folders: rebuilt from their config.yml, weights read without unpickling.
-    folder = RunFolder(Path(model_path).parent)
+    folder = AgentRunFolder(Path(model_path).parent)
     config = RunConfig.from_yaml(folder.config)
     config.device = "cpu"
     model_env = make_env(config.env_id, config.n_envs, seed, config.env_preset, env_kwargs=config.env_kwargs)

@@ -29,7 +29,7 @@ from hp_rl.rl.checkpoints import (
 )
 from hp_rl.rl.envs import FiniteObservations, NonFiniteObservationError, make_env
 from hp_rl.rl.models import ALGOS, UnknownAlgoError, algo_class, build_model, hub_manifest
-from hp_rl.rl.runs import RunConfig, RunFolder
+from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
 __all__ = [
     "ALGOS",
@@ -153,7 +153,7 @@ class _SanitizedCount(BaseCallback):
         return True
 
 
-def _callbacks(config: RunConfig, folder: RunFolder, stopper: StopOnSignal, with_hub: bool) -> list[BaseCallback]:
+def _callbacks(config: RunConfig, folder: AgentRunFolder, stopper: StopOnSignal, with_hub: bool) -> list[BaseCallback]:
     callbacks: list[BaseCallback] = [stopper]
     if with_hub:
         from hp_rl.rl.callbacks import GateUsageCallback
@@ -210,7 +210,7 @@ class TrainOutcome:
     seconds: float
 
 
-def _write_hub_spec(model: BaseAlgorithm, folder: RunFolder) -> None:
+def _write_hub_spec(model: BaseAlgorithm, folder: AgentRunFolder) -> None:
     """The run's own copy of the hub spec it trains with (absolute paths), which resume and evaluate read,
     so the run does not depend on a spec file elsewhere (``--hub auto`` writes one into the user cache)."""
     from hp_rl.rl.extractor import find_hub_extractors
@@ -226,7 +226,7 @@ def _write_hub_spec(model: BaseAlgorithm, folder: RunFolder) -> None:
 
 def run_training(
     config: RunConfig,
-    folder: RunFolder,
+    folder: AgentRunFolder,
     resume: bool = False,
     progress_bar: bool = True,
     tensorboard: bool = True,
@@ -331,7 +331,7 @@ def run_training(
 
 def train(
     config: RunConfig,
-    folder: RunFolder,
+    folder: AgentRunFolder,
     resume: bool = False,
     progress_bar: bool = True,
     tensorboard: bool = True,

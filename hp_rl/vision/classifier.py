@@ -17,8 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hp_rl.hub import AdapterError, CheckpointError, HubExpert, HubSpec, HubSpecError, build_input_adapter, parse_hub
+from hp_rl.hub import (
+    AdapterError,
+    CheckpointError,
+    ExpertSpec,
+    HubExpert,
+    HubSpec,
+    HubSpecError,
+    build_input_adapter,
+    parse_hub,
+)
 from hp_rl.hub import load_expert as _load_expert
+from hp_rl.hub.builder import load_hub_trunks, manifest_entry, trunk_parameter_groups
+from hp_rl.hub.options import PathwayOptionError
+from hp_rl.overrides import ConfigError
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
@@ -177,7 +189,7 @@ class HubPathwayClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+            raise ConfigError(f"num_classes must be at least 2 (a data set of two or more classes), got {num_classes}.")
         self.num_classes = num_classes
         self.num_features = features_dim
         self.explore_coef = explore_coef
@@ -186,7 +198,7 @@ class HubPathwayClassifier(nn.Module):
         self._noise_on = noise != "none"
         trunks, frozen_flags, shape = self._load_trunks(hub, image_shape, freeze_experts, expert_lr_scale)
         if not dense and not 1 <= k <= len(trunks):
-            raise ValueError(
+            raise PathwayOptionError(
                 f"k={k} is out of range for a hub of {len(trunks)} experts ({', '.join(trunks)}): "
                 f"choose 1 <= k <= {len(trunks)}."
             )
@@ -222,34 +234,44 @@ class HubPathwayClassifier(nn.Module):
                 if not freeze_experts:
                     self.lr_scales[str(name)] = expert_lr_scale
             self.hub_spec: HubSpec | None = None
-        else:
+        else:  # a hub spec: the pathway builder the RL extractor uses too
             spec = parse_hub(hub)
             self.hub_spec = spec
-            for expert in spec.experts:
-                module = self._load_one(expert.name, expert, image_shape)
-                if image_shape is None:
-                    image_shape = self._shape_from(module, expert.name)
-                loaded[expert.name] = module
-                frozen[expert.name] = freeze_experts if expert.frozen is None else expert.frozen
-                if not frozen[expert.name]:
-                    self.lr_scales[expert.name] = expert.lr_scale * expert_lr_scale
+            try:  # without image_shape, the first expert's own input shape
+                trunks, found = load_hub_trunks(
+                    spec, image_shape, freeze_experts, expert_lr_scale, loader=self._load_one
+                )
+            except AdapterError as error:
+                raise error if isinstance(error, ExpertInputError) else ExpertInputError(str(error)) from error
+            if len(found) != 3:
+                raise ExpertInputError(
+                    f"Cannot tell the image shape from expert {spec.experts[0].name!r} (input shape {found}): "
+                    "pass image_shape=(C, H, W)."
+                )
+            out: dict[str, tuple[nn.Module, int, nn.Module | None]] = {
+                t.name: (t.trunk, t.features_dim, t.adapter) for t in trunks
+            }
+            self.lr_scales.update({t.name: t.lr_scale for t in trunks if t.lr_scale is not None})
+            frozen.update({t.name: t.frozen for t in trunks})
+            return out, frozen, (int(found[0]), int(found[1]), int(found[2]))
         if image_shape is None:
             image_shape = self._shape_from(next(iter(loaded.values())), next(iter(loaded)))
         shape = (int(image_shape[0]), int(image_shape[1]), int(image_shape[2]))
-        out: dict[str, tuple[nn.Module, int, nn.Module | None]] = {}
+        modules: dict[str, tuple[nn.Module, int, nn.Module | None]] = {}
         for name, module in loaded.items():
             if isinstance(module, HubExpert):
                 try:
                     adapter = build_input_adapter(shape, module.info, name)
                 except AdapterError as error:
                     raise ExpertInputError(str(error)) from error
-                out[name] = (module, module.info.features_dim, adapter)
+                modules[name] = (module, module.info.features_dim, adapter)
             else:
-                out[name] = (module, self._probe_width(module, name, shape), None)
-        return out, frozen, shape
+                modules[name] = (module, self._probe_width(module, name, shape), None)
+        return modules, frozen, shape
 
     @staticmethod
-    def _load_one(name: str, spec: Any, image_shape: tuple[int, int, int] | None) -> HubExpert:
+    def _load_one(spec: ExpertSpec, image_shape: tuple[int, ...] | None, frozen: bool) -> HubExpert:
+        name = spec.name
         try:
             return _load_expert(spec, image_shape)
         except (HubSpecError, CheckpointError):
@@ -414,14 +436,8 @@ class HubPathwayClassifier(nn.Module):
 
     def parameter_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer parameter groups: fine-tuned trunks at ``lr`` times their scale, the rest at ``lr``."""
-        scaled: dict[float, list[nn.Parameter]] = {}
-        in_trunks: set[int] = set()
-        for name, scale in self.lr_scales.items():
-            expert = self.pathway.experts[name]
-            assert isinstance(expert, AdaptedExpert)
-            params = [p for p in expert.trunk.parameters() if p.requires_grad]
-            scaled.setdefault(scale, []).extend(params)
-            in_trunks.update(id(p) for p in params)
+        scaled = trunk_parameter_groups(self.pathway.experts, self.lr_scales)
+        in_trunks = {id(p) for params in scaled.values() for p in params}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in in_trunks]
         groups: list[dict[str, Any]] = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "pathway"}]
         for scale, params in sorted(scaled.items()):
@@ -433,29 +449,7 @@ class HubPathwayClassifier(nn.Module):
 
     def hub_manifest(self) -> dict[str, Any]:
         """Every expert: source, file digest, architecture, input shape, width, size and training mode."""
-        experts = []
-        for name, module in self.pathway.experts.items():
-            assert isinstance(module, AdaptedExpert)
-            trunk = module.inner_trunk
-            entry: dict[str, Any] = {
-                "name": name,
-                "frozen": module.frozen,
-                "parameters": sum(p.numel() for p in trunk.parameters()),
-                "input_adapter": repr(module.input_adapter) if list(module.input_adapter.children()) else None,
-            }
-            if isinstance(trunk, HubExpert):
-                entry.update(
-                    {
-                        "source": trunk.provenance.source,
-                        "location": trunk.provenance.location,
-                        "sha256": trunk.provenance.sha256,
-                        "arch": trunk.info.arch,
-                        "input_shape": list(trunk.info.input_shape),
-                        "features_dim": trunk.info.features_dim,
-                        "details": dict(trunk.provenance.details),
-                    }
-                )
-            experts.append(entry)
+        experts = [manifest_entry(name, module) for name, module in self.pathway.experts.items()]
         return {
             "k": self.k,
             "image_shape": list(self.image_shape),

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hp_rl.overrides import ConfigError
 from hp_rl.routing import GateStatistics, GateSummary
 from hp_rl.vision.classifier import ClassifierOutput, HubPathwayClassifier
 
@@ -40,13 +41,13 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     :raises ValueError: an unknown mode, or float16 asked for on the CPU.
     """
     if amp not in ("auto", "off", "fp16", "bf16"):
-        raise ValueError(f"amp must be 'auto', 'off', 'fp16' or 'bf16', got {amp!r}.")
+        raise ConfigError(f"amp must be 'auto', 'off', 'fp16' or 'bf16', got {amp!r}.")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "bf16":
         return torch.bfloat16
     if device.type != "cuda":
-        raise ValueError("amp='fp16' needs a CUDA device; on the CPU use amp='bf16' or 'off'.")
+        raise ConfigError("amp='fp16' needs a CUDA device; on the CPU use amp='bf16' or 'off'.")
     return torch.float16
 
 

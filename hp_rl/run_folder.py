@@ -1,0 +1,214 @@
+"""One run folder for every kind of training run (RL agents and vision classifiers).
+
+A run folder holds ``config.yml`` (the resolved config, read back by ``--resume``), ``command.txt`` (one
+line per start or resume), ``versions.yml`` (and ``versions_resume_<at>.yml`` when a resume runs other
+versions), ``hub_manifest.yml``, ``checkpoints/`` and ``run.lock`` while a process trains into it.
+Checkpoints and final models are written by rename (:func:`hp_rl.paths.written_by_rename`), so a killed
+process never leaves a truncated file for ``--resume``. :class:`RunFolder` is the common part;
+:class:`hp_rl.rl.runs.AgentRunFolder` and :class:`hp_rl.vision.train.VisionRun` name their own files.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import yaml
+
+from hp_rl.errors import HpRlError
+from hp_rl.overrides import ConfigError
+from hp_rl.paths import unique_run_dir
+from hp_rl.yaml_files import read_yaml
+
+__all__ = ["RunFolder", "RunLockedError", "acquire_lock", "release_lock", "package_versions"]
+
+_Folder = TypeVar("_Folder", bound="RunFolder")
+
+# Packages whose versions every run records (those not installed are left out).
+_COMMON_PACKAGES = ("hp_rl", "torch", "numpy")
+
+
+class RunLockedError(HpRlError):
+    """Another live process trains into the run folder."""
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def acquire_lock(path: Path) -> None:
+    """Create ``path`` holding this process's id, atomically; take it over from a dead process.
+
+    :raises RunLockedError: naming the live process that holds it.
+    """
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                text = ""
+            pid = int(text) if text.isdigit() else -1
+            if pid != os.getpid() and _process_alive(pid):
+                raise RunLockedError(
+                    f"{path.parent} is being trained by process {pid} (it holds {path.name}). Wait for it to "
+                    f"finish or stop it (kill {pid}) before resuming; two processes would write the same "
+                    "checkpoints and TensorBoard steps."
+                ) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return
+    raise RunLockedError(f"{path} keeps appearing: another process is taking the lock of {path.parent}; retry.")
+
+
+def release_lock(path: Path) -> None:
+    """Remove ``path`` if this process holds it."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
+
+
+def package_versions(packages: Sequence[str] = ()) -> dict[str, str]:
+    """Versions of Python, hp_rl, torch, numpy and ``packages`` (those installed), and the source revision."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in dict.fromkeys((*_COMMON_PACKAGES, *packages)):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+        if commit:
+            versions["git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return versions
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one run; subclasses say which module trains it and how its checkpoints are named.
+
+    :param path: the run directory.
+    """
+
+    path: Path
+
+    #: ``python -m <module>`` that trains into this kind of folder (``command.txt``).
+    module: ClassVar[str] = "hp_rl"
+    #: checkpoint file names; group 1 is the progress (environment steps, epochs) the file was saved at.
+    checkpoint_pattern: ClassVar[re.Pattern[str]] = re.compile(r"checkpoint_(\d+)$")
+    #: further packages whose versions the run records.
+    recorded_packages: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def create(cls: type[_Folder], root: Path, name: str) -> _Folder:
+        """A new folder ``root/name_N`` with ``checkpoints/`` (N counts up from 1, never reusing a folder)."""
+        return cls(unique_run_dir(root, name))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def hub_manifest(self) -> Path:
+        return self.path / "hub_manifest.yml"
+
+    @property
+    def versions(self) -> Path:
+        return self.path / "versions.yml"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "run.lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``run.lock`` (this process's id) while training into the folder.
+
+        :raises RunLockedError: when a live process holds it; a lock left by a dead process is taken over.
+        """
+        acquire_lock(self.lock_file)
+        try:
+            yield
+        finally:
+            release_lock(self.lock_file)
+
+    def checkpoints_by_progress(self) -> list[tuple[Path, int]]:
+        """Every checkpoint in ``checkpoints/`` with the progress it was saved at, newest first."""
+        return checkpoints_in(self.checkpoints, self.checkpoint_pattern)
+
+    def latest_checkpoint(self) -> tuple[Path, int] | None:
+        """The newest checkpoint and its progress, or ``None``."""
+        found = self.checkpoints_by_progress()
+        return found[0] if found else None
+
+    def append_command(self, argv: Sequence[str], module: str | None = None) -> None:
+        """Add ``python -m <module> <argv>`` to ``command.txt`` (one line per start or resume).
+
+        :param module: the command's module (default: the folder kind's, :attr:`module`).
+        """
+        with open(self.path / "command.txt", "a") as handle:
+            handle.write(shlex.join([Path(sys.executable).name, "-m", module or self.module, *argv]) + "\n")
+
+    def write_start(self, config_yaml: str, argv: Sequence[str], module: str | None = None) -> None:
+        """Record the resolved config (YAML text), the command line and the package versions of a new run."""
+        self.config.write_text(config_yaml)
+        self.append_command(argv, module)
+        self.versions.write_text(yaml.safe_dump(package_versions(self.recorded_packages), sort_keys=False))
+
+    def write_resume(self, config_yaml: str, argv: Sequence[str], at: int) -> Path | None:
+        """Record a resumed start: the (possibly extended) config, the command line, and the package
+        versions in ``versions_resume_<at>.yml`` when they differ from ``versions.yml``.
+
+        :param at: the progress the run resumes from (steps, epochs), naming the versions file.
+        :return: the file with the changed versions, or ``None`` when nothing changed.
+        """
+        self.config.write_text(config_yaml)
+        self.append_command(argv)
+        current = package_versions(self.recorded_packages)
+        try:
+            recorded = read_yaml(self.versions, "versions record") if self.versions.is_file() else None
+        except ConfigError:  # a damaged record: the new versions are written beside it
+            recorded = None
+        if recorded == current:
+            return None
+        path = self.path / f"versions_resume_{at}.yml"
+        path.write_text(yaml.safe_dump(current, sort_keys=False))
+        return path
+
+
+def checkpoints_in(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
+    """Files in ``folder`` whose names match ``pattern``, with the number its group 1 holds, newest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("*") if (m := pattern.fullmatch(p.name))]
+    return [(path, progress) for progress, path in sorted(found, reverse=True)]

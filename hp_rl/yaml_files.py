@@ -1,0 +1,109 @@
+"""One strict reader for every YAML file the package reads (hub specs, recipes, presets, run configs, scores).
+
+Safe loading only (no Python objects), and stricter than :func:`yaml.safe_load` where a silent reading would
+hide a mistake: a key given twice in one mapping is refused (PyYAML keeps the last one without a word), the
+top level must have the expected type, and every problem (unreadable file, not UTF-8, malformed YAML, an
+unknown key) is a :class:`~hp_rl.overrides.ConfigError` whose message names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hp_rl.overrides import ConfigError
+
+__all__ = ["StrictLoader", "check_keys", "load_yaml_text", "read_yaml", "read_yaml_mapping"]
+
+
+class _RepeatedKey(yaml.YAMLError):
+    """A key given twice in one mapping."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` that refuses a key repeated within one mapping."""
+
+
+def _mapping_without_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:  # the mapping's own keys; keys merged in by << may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, "found an unhashable key", key_node.start_mark
+            ) from None
+        if key in seen:
+            raise _RepeatedKey(
+                f"line {key_node.start_mark.line + 1}: the key {key!r} is given a second time in one mapping "
+                f"(first on line {seen[key].start_mark.line + 1}); keep one"
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_yaml_text(text: str, origin: str) -> Any:
+    """Parse YAML ``text`` strictly.
+
+    :param origin: where the text came from (a path, ``--set key``), for messages.
+    :raises ConfigError: malformed YAML or a repeated key, naming ``origin`` and the line.
+    """
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader: builds no Python objects
+    except _RepeatedKey as error:
+        raise ConfigError(f"{origin}: {error}.") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{origin}: not valid YAML ({' '.join(str(error).split())}).") from None
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """Read the YAML file ``path`` strictly (an empty file reads as ``None``).
+
+    :param what: what the file is (``hub spec``, ``recipe``), for messages.
+    :raises ConfigError: unreadable, not UTF-8, malformed or a repeated key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text; save it as UTF-8.") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the {what} ({error.strerror or error}).") from None
+    return load_yaml_text(text, str(path))
+
+
+def read_yaml_mapping(path: str | Path, what: str = "file", allow_empty: bool = False) -> dict[str, Any]:
+    """:func:`read_yaml` of a file whose top level must be a mapping (an empty file is ``{}`` with
+    ``allow_empty``).
+
+    :raises ConfigError: as :func:`read_yaml`, or when the top level is not a mapping.
+    """
+    raw = read_yaml(path, what)
+    if raw is None and allow_empty:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the {what} must hold a mapping of keys at the top level, not {type(raw).__name__}.")
+    return raw
+
+
+def check_keys(raw: Mapping[str, Any], allowed: Collection[str], where: str) -> None:
+    """Refuse keys of ``raw`` outside ``allowed``, suggesting the closest allowed one.
+
+    :param where: the file and place (``recipe.yml: experts[2]``), for the message.
+    :raises ConfigError: naming the first unknown key and what is allowed.
+    """
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(sorted(map(str, allowed)))}.")
