@@ -134,6 +134,18 @@ def test_hub_run_writes_manifest_with_every_expert(hub_run: Path) -> None:
     assert (hub_run / "eval" / "evaluations.npz").is_file() and (hub_run / "eval" / "best_model.zip").is_file()
 
 
+def test_each_evaluation_logs_a_route_picture(hub_run: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_dir,) = {path.parent for path in hub_run.glob("**/events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir), size_guidance={"images": 0})
+    events.Reload()
+    pictures = events.Images("routes/episode")
+    assert [picture.step for picture in pictures] == [32, 64]  # --eval-freq 32 over 64 steps
+    assert all(picture.width > 200 and picture.height > 200 for picture in pictures)
+
+
 def test_evaluate_prints_and_appends_evaluation_yml(hub_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate_cli.main([str(hub_run), "--episodes", "2"]) == 0
     assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--checkpoint", "best", "--stochastic"]) == 0

@@ -464,8 +464,8 @@ def test_random_experts_fit_small_frames_and_an_early_interrupt_leaves_no_folder
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("minatar")
-    argv = ["--algo", "ppo", "--env", "MinAtar/Breakout-v1", "--hub", "random:2", "-n", "64", "--n-envs", "2",
-            "--set", "n_steps=32", "--set", "batch_size=32", "--no-progress", "--eval-freq", "0"]  # fmt: skip
+    flags = "--algo ppo --env MinAtar/Breakout-v1 --hub random:2 -n 64 --n-envs 2 --set n_steps=32 --set batch_size=32"
+    argv = [*flags.split(), "--no-progress", "--eval-freq", "0"]
     assert train_cli.main([*argv, "--tensorboard-log", str(tmp_path / "ok")]) == 0  # small-frame CNNs, no error
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:

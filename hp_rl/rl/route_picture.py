@@ -3,6 +3,7 @@
 ``python -m hp_rl.evaluate RUN --routes routes.png`` plays one noise-free episode and draws two panels: for
 every expert, the observations of the episode it weighed most (the ones it was routed with the highest weight),
 and, below, each expert's pathway weight along the episode. Needs matplotlib (the ``vision`` or ``dev`` extra).
+Training logs the same picture to TensorBoard (``routes/episode``, Images tab) after every evaluation.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from hp_rl.errors import HpRlError
 
-__all__ = ["EpisodeRoutes", "RoutePictureError", "record_routes", "draw_routes"]
+__all__ = ["EpisodeRoutes", "RoutePictureError", "draw_routes", "record_routes", "routes_image"]
 
 
 class RoutePictureError(HpRlError, ValueError):
@@ -84,11 +85,7 @@ def _as_image(observation: np.ndarray) -> np.ndarray:
     return array.reshape(array.shape[0], -1)
 
 
-def draw_routes(routes: EpisodeRoutes, path: Path, per_expert: int = 6) -> Path:
-    """Write the route picture of ``routes`` to ``path`` (PNG); returns ``path``.
-
-    :param per_expert: observations shown per expert (those it weighed most).
-    """
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -96,13 +93,22 @@ def draw_routes(routes: EpisodeRoutes, path: Path, per_expert: int = 6) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise RoutePictureError("--routes draws with matplotlib: pip install matplotlib (or hp_rl[dev]).") from error
+    return plt
+
+
+def _figure(routes: EpisodeRoutes, per_expert: int) -> Any:
+    """The route picture as a matplotlib figure (the caller closes it)."""
+    plt = _pyplot()
     names, weights = routes.expert_names, routes.weights
-    m = len(names)
+    shown = [column for column in range(len(names)) if (weights[:, column] > 0).any()]  # a row per routed expert
+    unrouted = [names[column] for column in range(len(names)) if column not in shown]
+    m = len(shown)
     figure = plt.figure(figsize=(1.6 * per_expert + 1.5, 1.6 * m + 2.6))
     grid = figure.add_gridspec(m + 1, per_expert, height_ratios=[1.0] * m + [1.6])
-    for row, name in enumerate(names):
-        routed = np.flatnonzero(weights[:, row] > 0)
-        chosen = routed[np.argsort(-weights[routed, row], kind="stable")][:per_expert]
+    for row, column_of_expert in enumerate(shown):
+        name = names[column_of_expert]
+        routed = np.flatnonzero(weights[:, column_of_expert] > 0)
+        chosen = routed[np.argsort(-weights[routed, column_of_expert], kind="stable")][:per_expert]
         for column in range(per_expert):
             axis = figure.add_subplot(grid[row, column])
             axis.set_xticks([])
@@ -112,20 +118,42 @@ def draw_routes(routes: EpisodeRoutes, path: Path, per_expert: int = 6) -> Path:
             if column < len(chosen):
                 step = int(chosen[column])
                 axis.imshow(_as_image(routes.observations[step]), cmap="viridis", interpolation="nearest")
-                axis.set_title(f"t={step} w={weights[step, row]:.2f}", fontsize=7)
+                axis.set_title(f"t={step} w={weights[step, column_of_expert]:.2f}", fontsize=7)
             else:
                 axis.axis("off")
     share = figure.add_subplot(grid[m, :])
     share.stackplot(np.arange(len(weights)), weights.T, labels=list(names), step="post")
     share.set_xlim(0, max(len(weights) - 1, 1))
     share.set_ylim(0, 1)
-    share.set_xlabel("step of the episode")
+    share.set_xlabel("step of the episode" + (f"   (not routed: {', '.join(unrouted)})" if unrouted else ""))
     share.set_ylabel("pathway weight")
     share.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
-    figure.suptitle(f"Routes of one noise-free episode (return {routes.episode_return:.1f}): the observations "
-                    "each expert weighed most, and the weights along the episode", fontsize=9)  # fmt: skip
+    title = (
+        f"Routes of one noise-free episode (return {routes.episode_return:.1f}): the observations each expert "
+        "weighed most, and the weights along the episode"
+    )
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
+    return figure
+
+
+def draw_routes(routes: EpisodeRoutes, path: Path, per_expert: int = 6) -> Path:
+    """Write the route picture of ``routes`` to ``path`` (PNG); returns ``path``.
+
+    :param per_expert: observations shown per expert (those it weighed most).
+    """
+    figure = _figure(routes, per_expert)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
+
+
+def routes_image(routes: EpisodeRoutes, per_expert: int = 6) -> np.ndarray:
+    """The route picture of ``routes`` as an ``(H, W, 3)`` uint8 array (for TensorBoard's image tab)."""
+    figure = _figure(routes, per_expert)
+    figure.set_dpi(72)
+    figure.canvas.draw()
+    rgba = np.asarray(figure.canvas.buffer_rgba())
+    _pyplot().close(figure)
+    return np.ascontiguousarray(rgba[..., :3])

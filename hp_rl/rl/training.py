@@ -129,14 +129,35 @@ def _signals_to(callback: StopOnSignal) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# Steps of the episode a route picture shows at most (a picture, not an evaluation: Atari episodes run long).
+ROUTE_PICTURE_STEPS = 1_000
+
+
 class _NoiseFreeEval(EvalCallback):
-    """EvalCallback that evaluates with deterministic (noise-free) routing."""
+    """EvalCallback that evaluates with deterministic (noise-free) routing and, for hub runs, logs a route
+    picture of one more noise-free episode (``routes/episode``) after each evaluation."""
 
     def _on_step(self) -> bool:
-        from hp_rl.rl.extractor import routing_noise
+        from hp_rl.rl.extractor import find_hub_extractors, routing_noise
 
+        evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
         with routing_noise(self.model, enabled=False):
-            return super()._on_step()
+            keep_going = super()._on_step()
+        if evaluating and find_hub_extractors(self.model):
+            self._log_routes()
+        return keep_going
+
+    def _log_routes(self) -> None:
+        from stable_baselines3.common.logger import Image
+
+        from hp_rl.rl.route_picture import RoutePictureError, record_routes, routes_image
+
+        try:
+            picture = routes_image(record_routes(self.model, self.eval_env, max_steps=ROUTE_PICTURE_STEPS))
+        except RoutePictureError:  # matplotlib missing: the scalars are logged, the picture is not
+            return
+        self.logger.record("routes/episode", Image(picture, "HWC"), exclude=("stdout", "log", "json", "csv"))
+        self.logger.dump(self.num_timesteps)
 
 
 class _SanitizedCount(BaseCallback):
