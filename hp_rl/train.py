@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extractor option: noise, noise_std, explore_coef, freeze_experts, features_dim, "
-        "dense, balance, expert_lr_scale, noise_seed; repeatable",
+        help="a Hub-Pathway option (features_dim, freeze_experts, noise, noise_cap, aggregation, base_expert, "
+        "prior, preset, ...; --hub-options lists them all with what each accepts); repeatable",
+    )
+    parser.add_argument(
+        "--hub-options", action="store_true", help="list every Hub-Pathway option --hub-set takes, and exit"
     )
     parser.add_argument("--explore-coef", type=float, help="weight of the exploration (load balance) loss")
     parser.add_argument("--exploit-coef", type=float, help="weight of the exploitation loss (ppo, a2c)")
@@ -371,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse reports usage errors itself, with code 2
         return int(exit_.code or 0)
+    if args.hub_options:
+        from hp_rl.train_config import hub_options_table
+
+        print(hub_options_table())
+        return 0
     try:
         if args.resume is not None:
             return _resume(args, argv, _given(argv, parser))

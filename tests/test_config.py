@@ -26,3 +26,23 @@ def test_dotted_overrides_and_rl_zoo_values() -> None:
     assert isinstance(schedule, LinearSchedule) and schedule(1.0) == pytest.approx(2.5e-4) and schedule(0.0) == 0.0
     with pytest.raises(ConfigError, match="unknown optimizer"):
         resolve_hyperparams({"policy_kwargs": {"optimizer_class": "Adamm"}})
+
+
+def test_one_list_of_hub_pathway_options(capsys: pytest.CaptureFixture[str]) -> None:
+    # The rule table, the extractor's signature and its docstring name the same options, and --hub-options
+    # shows every one with what it accepts: the help cannot drift from the code.
+    import inspect
+
+    from hp_rl import train as train_cli
+    from hp_rl.hub.options import PATHWAY_OPTIONS
+    from hp_rl.rl.extractor import HubPathwayExtractor
+    from hp_rl.train_config import _param_docs
+
+    parameters = set(inspect.signature(HubPathwayExtractor.__init__).parameters) - {"self", "observation_space", "hub"}
+    assert parameters == set(PATHWAY_OPTIONS)
+    docs = _param_docs(HubPathwayExtractor)
+    assert all(docs.get(name) for name in PATHWAY_OPTIONS), sorted(set(PATHWAY_OPTIONS) - set(docs))
+    assert train_cli.main(["--hub-options"]) == 0
+    out = capsys.readouterr().out
+    for name, rule in PATHWAY_OPTIONS.items():
+        assert f"\n  {name} = " in out and rule.describe() in out, name
