@@ -7,7 +7,10 @@ Three measurements, one command::
 (a) **Training throughput.** Environment steps per second of ``model.learn`` (rollouts and updates) on a
     fixed number of steps after a warm-up of one rollout and update, for plain SB3 PPO and for PPO with
     :class:`~hp_rl.rl.extractor.HubPathwayExtractor` in several configurations, each reported as a ratio
-    to plain PPO measured in the same run:
+    to plain PPO measured in the same run. Plain PPO and the HubPPO row are built as ``python -m
+    hp_rl.train`` builds them (a :class:`~hp_rl.rl.runs.RunConfig` through
+    :func:`hp_rl.rl.training.build_model`); the other hub rows are SB3's PPO with the extractor, as a
+    user's own SB3 script builds it:
 
     - Breakout (``BreakoutNoFrameskip-v4``, rl-baselines3-zoo preprocessing and PPO settings from
       ``configs/ppo.yml``: 8 envs, n_steps 128, batch 256, 4 epochs). Plain PPO is ``CnnPolicy``
@@ -264,16 +267,16 @@ def train_cases(game: str, quick: bool) -> list[TrainCase]:
 
 
 def _ppo_params(family: str, quick: bool) -> tuple[int, dict[str, Any]]:
-    """Number of envs and PPO constructor arguments from ``configs/ppo.yml`` (shrunk with ``quick``)."""
-    from hp_rl.rl.config import load_hyperparams, resolve_hyperparams
+    """Number of envs and the PPO hyperparameters of ``configs/ppo.yml`` as written there (``lin_`` schedules
+    unresolved; shrunk with ``quick``)."""
+    from hp_rl.rl.config import load_hyperparams
 
     raw = load_hyperparams("ppo", family)
     n_envs = int(raw.get("n_envs", 8))
     if quick:
         n_envs = 2
         raw.update(n_steps=16, batch_size=32, n_epochs=1)
-    params = {k: v for k, v in resolve_hyperparams(raw).items() if k not in _RUN_KEYS}
-    return n_envs, params
+    return n_envs, {k: v for k, v in raw.items() if k not in _RUN_KEYS}
 
 
 class _RolloutTimer:
@@ -300,42 +303,52 @@ class _RolloutTimer:
 
 
 def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> Any:
+    """The model of one case. Plain PPO and HubPPO are built by :func:`hp_rl.rl.training.build_model` from a
+    :class:`~hp_rl.rl.runs.RunConfig`, the construction path of ``python -m hp_rl.train`` (``--hub none`` and a
+    hub run); the ``ppo`` hub rows are SB3's PPO with the extractor, as a user's own SB3 script builds it
+    (README, "In your own SB3 script")."""
     from stable_baselines3 import PPO
 
+    from hp_rl.rl.config import resolve_hyperparams
     from hp_rl.rl.envs import make_env
+    from hp_rl.rl.extractor import HubPathwayExtractor
+    from hp_rl.rl.runs import RunConfig
+    from hp_rl.rl.training import build_model
 
     env_id = args.atari_game if game == "breakout" else args.minatar_game
     n_envs, params = _ppo_params("atari" if game == "breakout" else "minatar", args.quick)
     env = make_env(env_id, n_envs, seed=args.seed)
-    policy_kwargs: dict[str, Any] = {"net_arch": []}
-    if case.experts == 0:
-        if game == "minatar":
-            from hp_rl.rl.baselines import SmallFrameCNN
-
-            policy_kwargs["features_extractor_class"] = SmallFrameCNN
-    else:
-        from hp_rl.rl.extractor import HubPathwayExtractor
-
-        if game == "breakout":
-            hub: Any = f"random:{case.experts}"
-        else:
-            shape = env.observation_space.shape
-            assert shape is not None
-            hub = minatar_hub(case.experts, int(shape[0]), case.expert_size)
-        policy_kwargs["features_extractor_class"] = HubPathwayExtractor
-        policy_kwargs["features_extractor_kwargs"] = {
-            "hub": hub,
-            "k": case.k,
-            "freeze_experts": case.frozen,
-            "dense": case.dense,
-            "execution": case.execution,
-        }
-    cls: Any = PPO
-    if case.algo == "hubppo":
-        from hp_rl.rl.algorithms import HubPPO
-
-        cls = HubPPO
-    return cls("CnnPolicy", env, seed=args.seed, device=args.device, policy_kwargs=policy_kwargs, **params)
+    hub: Any = None
+    if case.experts:
+        shape = env.observation_space.shape
+        assert shape is not None
+        hub = (
+            f"random:{case.experts}"
+            if game == "breakout"
+            else minatar_hub(case.experts, int(shape[0]), case.expert_size)
+        )
+    options = {"freeze_experts": case.frozen, "dense": case.dense, "execution": case.execution}
+    if hub is None or case.algo == "hubppo":  # what hp_rl.train builds
+        config = RunConfig(
+            algo="ppo",
+            env_id=env_id,
+            hub=hub,
+            k=case.k or 2,
+            n_timesteps=args.steps,
+            seed=args.seed,
+            n_envs=n_envs,
+            device=args.device,
+            hyperparams=params,
+            hub_kwargs=options if hub is not None else {},
+        )
+        return build_model(config, env)
+    policy_kwargs = {
+        "net_arch": [],
+        "features_extractor_class": HubPathwayExtractor,
+        "features_extractor_kwargs": {"hub": hub, "k": case.k, **options},
+    }
+    resolved = resolve_hyperparams(params)
+    return PPO("CnnPolicy", env, seed=args.seed, device=args.device, policy_kwargs=policy_kwargs, **resolved)
 
 
 def measure_training(game: str, args: argparse.Namespace, log: Callable[[str], None]) -> list[TrainResult]:

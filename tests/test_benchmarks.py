@@ -156,3 +156,42 @@ def test_small_frame_cnn_trains_in_sb3_with_linear_heads() -> None:
     model.learn(32)
     assert model.policy.action_net.in_features == 128  # linear head straight on the 128 features
     assert not torch.equal(before, model.policy.features_extractor.linear[0].weight)  # it trained
+
+
+def test_the_benchmark_measures_the_models_hp_rl_train_builds(tmp_path: Path) -> None:
+    # The plain and HubPPO rows are built as `python -m hp_rl.train` builds them: same class, same
+    # hyperparameters, same parameters (shapes and initial values, for the same seed).
+    pytest.importorskip("minatar")
+    import argparse
+
+    from hp_rl import train as train_cli
+
+    bench = _load()
+    args = argparse.Namespace(minatar_game="MinAtar/Breakout-v1", atari_game="", seed=0, device="cpu", quick=True)
+    args.steps = 64
+    import yaml
+
+    spec = tmp_path / "hub.yml"
+    spec.write_text(yaml.safe_dump(bench.minatar_hub(4, 4, None)))
+    for case, flags in (
+        (bench.TrainCase("plain"), ["--hub", "none"]),
+        (bench.TrainCase("hubppo", 4, 2, algo="hubppo"), ["--hub", str(spec), "-k", "2"]),
+    ):
+        measured = bench._build_train_model("minatar", case, args)
+        command = "--env MinAtar/Breakout-v1 --n-envs 2 --device cpu --set n_steps=16 --set batch_size=32"
+        parsed = train_cli.build_parser().parse_args([*command.split(), "--set", "n_epochs=1", *flags])
+        config, env = train_cli.config_and_env(parsed)
+        built = train_cli.build_or_close(config, env, 0)
+        assert type(measured) is type(built), case.name
+        for key in ("n_steps", "batch_size", "n_epochs", "gamma", "ent_coef", "clip_range"):
+            value, expected = getattr(measured, key), getattr(built, key)
+            if callable(value):
+                value, expected = value(1.0), expected(1.0)
+            assert value == expected, (case.name, key)
+        ours, theirs = measured.policy.state_dict(), built.policy.state_dict()
+        assert list(ours) == list(theirs), case.name
+        for name, tensor in ours.items():
+            assert tensor.shape == theirs[name].shape, (case.name, name)
+            torch.testing.assert_close(tensor, theirs[name], msg=f"{case.name}: {name}")
+        measured.env.close()
+        env.close()
