@@ -253,57 +253,29 @@ def test_concat_routes_adds_batches() -> None:
     torch.testing.assert_close(both.weights.sum(1), torch.ones(8))
 
 
-def _free_port() -> int:
-    import socket
+def _screenshot_script() -> Any:
+    import importlib.util
+    import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tensorboard_screenshot.py"
+    spec = importlib.util.spec_from_file_location("tensorboard_screenshot", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_a_real_tensorboard_server_serves_the_gate_layout_and_every_expert_line(ppo_run: dict[str, Any]) -> None:
-    import json
-    import subprocess
-    import sys
-    import time
     import urllib.parse
-    import urllib.request
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(ppo_run["folder"]),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--load_fast",
-            "false",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    script = _screenshot_script()
+    with script.tensorboard_server(ppo_run["folder"]) as port:
 
-    def get(path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return json.loads(response.read())
+        def get(path: str) -> Any:
+            return script.get_json(port, path)
 
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                layout = get("/data/plugin/custom_scalars/layout")
-                if layout.get("category"):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise AssertionError("TensorBoard did not serve a custom-scalars layout")
-            time.sleep(1)
+        layout = get("/data/plugin/custom_scalars/layout")
         (category,) = layout["category"]
         charts = {chart["title"].split(":")[0]: chart["multiline"]["tag"] for chart in category["chart"]}
         assert set(charts) == {"usage", "weight", "confidence", "routing"}
@@ -318,6 +290,20 @@ def test_a_real_tensorboard_server_serves_the_gate_layout_and_every_expert_line(
         query = urllib.parse.urlencode({"run": runs[0], "tag": f"gates/usage/{ppo_run['names'][0]}"})
         points = get(f"/data/plugin/scalars/scalars?{query}")
         assert len(points) >= 1 and all(0.0 <= value <= 1.0 for _, _, value in points)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+def test_a_headless_chromium_screenshots_the_gate_charts(ppo_run: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    script = _screenshot_script()
+    out = tmp_path / "gates.png"
+    assert script.main([str(ppo_run["folder"]), "--out", str(out), "--width", "900", "--height", "700"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as picture:
+        assert picture.size == (900, 700)
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
+    assert colours is not None and len(colours) > 50  # a drawn page, not a blank one
