@@ -102,8 +102,8 @@ def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
     assert not bad, "\n".join(bad)
 
 
-# Modules still over the ~500-line mark, each capped at its size today so that it can only shrink.
-OVERSIZED = {"hp_rl/rl/extractor.py": 515}
+# Modules allowed over the ~500-line mark, each capped at a size it may only shrink from (none today).
+OVERSIZED: dict[str, int] = {}
 
 
 def test_modules_stay_small() -> None:

@@ -7,7 +7,9 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
-__all__ = ["SmallFrameCNN"]
+from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, SmallFrameCNNTrunk
+
+__all__ = ["SmallFrameCNN", "base_trunk"]
 
 
 class SmallFrameCNN(BaseFeaturesExtractor):
@@ -45,3 +47,17 @@ class SmallFrameCNN(BaseFeaturesExtractor):
         """:param observations: ``(B, C, H, W)``. :return: ``(B, features_dim)``."""
         out: Tensor = self.linear(self.cnn(observations.float()))
         return out
+
+
+def base_trunk(shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """The target's plain network for observations of ``shape``: what scratch trains, and the base expert.
+
+    :return: the trunk (SmallFrameCNN for frames under 36x36, NatureCNN above, a 64x64 tanh MLP for
+        vectors) and its output width.
+    """
+    if len(shape) == 3:
+        channels, height, width = shape
+        if min(height, width) < 36:
+            return SmallFrameCNNTrunk(channels, height, width, 128), 128
+        return NatureCNNTrunk(channels, height, width, 512), 512
+    return MLPTrunk(int(torch.Size(shape).numel()), (64, 64), "tanh"), 64

@@ -14,12 +14,12 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from hp_rl.hub import HubExpert, HubSpec, load_expert, parse_hub
-from hp_rl.hub.architectures import MLPTrunk, NatureCNNTrunk, SmallFrameCNNTrunk
 from hp_rl.hub.builder import load_hub_trunks, trunk_parameter_groups
 from hp_rl.hub.meanings import action_index_map
 from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway_options
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
+from hp_rl.rl.baselines import base_trunk
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
@@ -45,7 +45,6 @@ __all__ = [
     "find_hub_extractors",
     "routing_noise",
     "set_training_progress",
-    "base_trunk",
 ]
 
 BASE_EXPERT = "base"
@@ -453,20 +452,6 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         if self.generator_lr_scale != 1.0:
             groups.setdefault(self.generator_lr_scale, []).extend(self.pathway.generator.parameters())
         return groups
-
-
-def base_trunk(shape: tuple[int, ...]) -> tuple[nn.Module, int]:
-    """The target's plain network for observations of ``shape``: what scratch trains, and the base expert.
-
-    :return: the trunk (SmallFrameCNN for frames under 36x36, NatureCNN above, a 64x64 tanh MLP for
-        vectors) and its output width.
-    """
-    if len(shape) == 3:
-        channels, height, width = shape
-        if min(height, width) < 36:
-            return SmallFrameCNNTrunk(channels, height, width, 128), 128
-        return NatureCNNTrunk(channels, height, width, 512), 512
-    return MLPTrunk(int(torch.Size(shape).numel()), (64, 64), "tanh"), 64
 
 
 def set_training_progress(model: Any, progress: float) -> None:
