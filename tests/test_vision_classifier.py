@@ -191,3 +191,12 @@ def test_expert_that_cannot_take_the_image_size(tmp_path: Path) -> None:
 def test_k_out_of_range() -> None:
     with pytest.raises(ValueError, match="k=5 is out of range"):
         tiny(k=5)
+
+
+def test_options_are_checked_against_the_pathway_table() -> None:
+    from hp_rl.hub.options import PathwayOptionError
+
+    with pytest.raises(PathwayOptionError, match="HubPathwayClassifier option noise: 'bogus'"):
+        HubPathwayClassifier("random:2", 3, noise="bogus", image_shape=(1, 36, 36))  # type: ignore[arg-type]
+    with pytest.raises(PathwayOptionError, match="explore_coef: nan"):
+        HubPathwayClassifier("random:2", 3, explore_coef=float("nan"), image_shape=(1, 36, 36))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
 from hp_rl.routing import GateStatistics, GateSummary, Routes
 
 __all__ = ["GateUsageCallback", "concat_routes", "gate_layout", "chart_order"]
+
+logger = logging.getLogger(__name__)
 
 # Images and histograms only make sense in TensorBoard.
 _TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
@@ -222,7 +225,7 @@ class GateUsageCallback(BaseCallback):
         if self.verbose >= 1:
             for tracker in self._trackers:
                 names = ", ".join(tracker.extractor.expert_names)
-                print(f"GateUsageCallback: {tracker.prefix}/ <- hub extractor with experts {names}")
+                logger.info(f"GateUsageCallback: {tracker.prefix}/ <- hub extractor with experts {names}")
 
     def _write_layout(self) -> None:
         """TensorBoard's custom-scalars layout: one chart per quantity with every expert as a line."""

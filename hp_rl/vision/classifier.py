@@ -29,7 +29,7 @@ from hp_rl.hub import (
 )
 from hp_rl.hub import load_expert as _load_expert
 from hp_rl.hub.builder import load_hub_trunks, manifest_entry, trunk_parameter_groups
-from hp_rl.hub.options import PathwayOptionError
+from hp_rl.hub.options import PathwayOptionError, check_pathway_options
 from hp_rl.overrides import ConfigError
 from hp_rl.routing import (
     AdaptedExpert,
@@ -188,6 +188,20 @@ class HubPathwayClassifier(nn.Module):
         generator_hidden: int = 64,
     ) -> None:
         super().__init__()
+        check_pathway_options(  # the table the RL extractor checks its options against
+            {
+                "k": k,
+                "features_dim": features_dim,
+                "freeze_experts": freeze_experts,
+                "expert_lr_scale": expert_lr_scale,
+                "noise": noise,
+                "noise_std": noise_std,
+                "explore_coef": explore_coef,
+                "balance": balance,
+                "dense": dense,
+            },
+            lambda key: f"HubPathwayClassifier option {key}",
+        )
         if num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2 (a data set of two or more classes), got {num_classes}.")
         self.num_classes = num_classes
