@@ -6,11 +6,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["HubPathwayExtractor", "GateUsageCallback", "HubPPO", "HubA2C", "pathway_preset", "__version__"]
+__all__ = [
+    "HubPathwayExtractor",
+    "GateUsageCallback",
+    "PathwayScheduleCallback",
+    "HubPPO",
+    "HubA2C",
+    "pathway_preset",
+    "__version__",
+]
 
 _LAZY = {
     "HubPathwayExtractor": "hp_rl.rl.extractor",
     "GateUsageCallback": "hp_rl.rl.callbacks",
+    "PathwayScheduleCallback": "hp_rl.rl.callbacks",
     "HubPPO": "hp_rl.rl.algorithms",
     "HubA2C": "hp_rl.rl.algorithms",
     "pathway_preset": "hp_rl.rl.presets",

@@ -428,3 +428,52 @@ def test_physics_variants_change_the_task_and_reject_unknown_constants() -> None
         make_env("Acrobot-v1", 1, 0, env_kwargs={"physics": {"LINK_MASS_1": float("nan")}})
     # variants of one task share action meanings, so their heads map onto the default task
     assert env_meanings(env)[1] == env_meanings(make_env("CartPole-v1", 1, 0))[1]
+
+
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_pathway_schedules_follow_training_with_sb3_s_own_algorithms(algo: str) -> None:
+    # SB3's DQN / PPO with the extractor in policy_kwargs: the schedules move only with PathwayScheduleCallback.
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from hp_rl.rl.callbacks import PathwayScheduleCallback
+
+    def model() -> Any:
+        options = {"hub": "random:2", "k": 1, "features_dim": 8, "noise_anneal": 0.5, "dense_warmup": 0.25}
+        kwargs = {"features_extractor_class": HubPathwayExtractor, "features_extractor_kwargs": options}
+        env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+        if algo == "dqn":
+            return DQN("MlpPolicy", env, learning_starts=16, train_freq=4, buffer_size=500, policy_kwargs=kwargs)
+        return PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, policy_kwargs=kwargs)
+
+    seen: list[tuple[float, bool]] = []
+
+    class Watch(PathwayScheduleCallback):
+        def _on_rollout_start(self) -> None:
+            super()._on_rollout_start()
+            router = find_hub_extractors(self.model)[0].pathway.router
+            seen.append((router.noise_scale, router.dense_active))
+
+    scheduled = model()
+    scheduled.learn(256, callback=Watch())
+    router = find_hub_extractors(scheduled)[0].pathway.router
+    assert seen[0] == (1.0, True)  # the start: full noise, dense warm-up on
+    assert seen[-1][0] == 0.0 and not seen[-1][1]  # past half of training: noise annealed away, top-k routing
+    assert any(0.0 < scale < 1.0 for scale, _ in seen)  # and linearly in between
+    assert router.noise_scale == 0.0
+    unscheduled = model()
+    unscheduled.learn(256)
+    router = find_hub_extractors(unscheduled)[0].pathway.router
+    assert router.noise_scale == 1.0 and router.dense_active  # stuck at the start: what the callback is for
+
+
+@pytest.mark.parametrize(("algo", "scheduled"), [("dqn", True), ("ppo", False), ("a2c", False)])
+def test_hp_rl_train_adds_the_schedule_callback_where_the_algorithm_does_not_apply_them(
+    tmp_path: Path, algo: str, scheduled: bool
+) -> None:
+    from hp_rl.rl.callbacks import PathwayScheduleCallback
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig
+    from hp_rl.rl.training import StopOnSignal, _callbacks
+
+    config = RunConfig(algo=algo, env_id="CartPole-v1", hub="random:2", eval_freq=0, save_freq=0)
+    found = _callbacks(config, AgentRunFolder(tmp_path), StopOnSignal(), with_hub=True)
+    assert any(isinstance(c, PathwayScheduleCallback) for c in found) is scheduled

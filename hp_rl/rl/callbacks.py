@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
 from hp_rl.routing import GateStatistics, GateSummary, Routes
 
-__all__ = ["GateUsageCallback", "concat_routes", "gate_layout", "chart_order"]
+__all__ = ["GateUsageCallback", "PathwayScheduleCallback", "concat_routes", "gate_layout", "chart_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -353,3 +353,31 @@ class GateUsageCallback(BaseCallback):
         cell = self.coactivation_cell_px
         grid = coactivation.detach().to("cpu", torch.float32).clamp(0.0, 1.0).numpy()
         return np.ascontiguousarray(grid.repeat(cell, axis=0).repeat(cell, axis=1))
+
+
+class PathwayScheduleCallback(BaseCallback):
+    """Applies the pathway schedules (``noise_anneal``, ``dense_warmup``, ``explore_decay``, ``unfreeze_at``) of
+    every hub extractor at the training progress, for any SB3 algorithm.
+
+    :class:`~hp_rl.rl.algorithms.HubPPO` and ``HubA2C`` apply them when each rollout starts; with SB3's own
+    algorithms (PPO, A2C, DQN, SAC, ... and a ``HubPathwayExtractor`` in ``policy_kwargs``) nothing would, and
+    the schedules would stay at their start values. Pass this callback to ``learn``: it applies them at the
+    start of training and of every rollout (DQN: every ``train_freq`` steps), at progress
+    ``1 - _current_progress_remaining``, the fraction of ``learn``'s ``total_timesteps`` done, as SB3's own
+    learning-rate schedules read it.
+    """
+
+    def _apply(self) -> None:
+        from hp_rl.rl.extractor import set_training_progress
+
+        remaining = float(getattr(self.model, "_current_progress_remaining", 1.0))
+        set_training_progress(self.model, min(max(1.0 - remaining, 0.0), 1.0))
+
+    def _on_training_start(self) -> None:
+        self._apply()
+
+    def _on_rollout_start(self) -> None:
+        self._apply()
+
+    def _on_step(self) -> bool:
+        return True

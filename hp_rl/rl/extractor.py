@@ -270,8 +270,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         self.acting_forwards = 0
         # Saved with the model (a buffer), so a loaded model re-draws its noise exactly when the saved one would.
         self.register_buffer("updated_since_rollout", torch.zeros((), dtype=torch.bool))
-        if unfreeze_at is not None:
-            self._set_scheduled_trunks_frozen(True)
+        self.set_progress(0.0)  # the schedules' start (dense warm-up on, trunks held frozen) until told otherwise
 
     def _headed(
         self,

@@ -181,6 +181,10 @@ def _callbacks(config: RunConfig, folder: AgentRunFolder, stopper: StopOnSignal,
 
         # Before evaluation: the gate statistics must read this step's acting forward, not an evaluation's.
         callbacks.append(GateUsageCallback())
+        if config.algo not in ("ppo", "a2c"):  # HubPPO/HubA2C apply the pathway schedules themselves
+            from hp_rl.rl.callbacks import PathwayScheduleCallback
+
+            callbacks.append(PathwayScheduleCallback())
     if config.nonfinite_obs == "sanitize":
         callbacks.append(_SanitizedCount())
     if config.save_freq > 0:
