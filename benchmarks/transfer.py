@@ -45,7 +45,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,15 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hp_rl.bench.curves import (  # noqa: E402  (after the checkout is on the path)
+    CURVE_WINDOW,
+    final_return,
+    learning_curve,
+    mean_ci,
+    welch_ci,
+)
+from hp_rl.bench.recording import episode_recorder, forward_flops  # noqa: E402
 
 # A source expert: an SB3 run's model.zip (pretrained by the sweep) or an exported hub's manifest entry.
 Expert = Path | dict[str, Any]
@@ -77,10 +86,6 @@ __all__ = [
     "write_report",
     "main",
 ]
-
-CURVE_POINTS = 50
-CURVE_WINDOW = 20
-FINAL_FRACTION = 0.1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -536,67 +541,6 @@ class RunSettings:
     out: Path | None = None
 
 
-def _episode_recorder() -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from hp_rl.rl.extractor import find_hub_extractors
-
-    class EpisodeRecorder(BaseCallback):
-        """Records (environment steps, return) of every finished training episode, and per rollout the share
-        of acting observations routed through each expert."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.episodes: list[tuple[int, float]] = []
-            self.route_share: list[tuple[int, dict[str, float]]] = []
-            self._routed: Any = None
-            self._count = 0
-            self._extractors: list[Any] = []
-
-        def _on_training_start(self) -> None:
-            self._extractors = find_hub_extractors(self.model)  # once: the per-step path stays a lookup
-
-        def _on_step(self) -> bool:
-            for info in self.locals.get("infos", ()):
-                episode = info.get("episode")
-                if episode is not None:
-                    self.episodes.append((int(self.num_timesteps), float(episode["r"])))
-            routes = self._extractors[0].last_acting_routes if self._extractors else None
-            if routes is not None:
-                routed = (routes.weights > 0).float().sum(0).detach().cpu().numpy()
-                self._routed = routed if self._routed is None else self._routed + routed
-                self._count += int(routes.weights.shape[0])
-            return True
-
-        def _on_rollout_end(self) -> None:
-            if self._routed is not None and self._extractors and self._count:
-                names = self._extractors[0].expert_names
-                share = {n: round(float(v) / self._count, 4) for n, v in zip(names, self._routed, strict=True)}
-                self.route_share.append((int(self.num_timesteps), share))
-            self._routed, self._count = None, 0
-
-    return EpisodeRecorder()
-
-
-def forward_flops(model: Any, env: Any, batch: int = 64) -> float:
-    """Forward FLOPs per observation of the acting policy (features, heads; routed experts only)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    observations = []
-    current = env.reset()
-    for _ in range(max(batch // env.num_envs, 1)):  # real observations: routing depends on the input
-        observations.append(current)
-        current, *_ = env.step(np.array([env.action_space.sample() for _ in range(env.num_envs)]))
-    obs = np.concatenate(observations)[:batch]
-    policy = model.policy
-    policy.set_training_mode(False)
-    tensor, _ = policy.obs_to_tensor(obs)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        policy(tensor)
-    return float(counter.get_total_flops()) / len(obs)
-
-
 def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:
     from hp_rl.rl.config import apply_overrides, load_hyperparams
     from hp_rl.rl.envs import preset_for
@@ -700,7 +644,7 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     config = _build_config(suite, key, settings, experts)
     env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs)
     model = build_model(config, env)
-    recorder = _episode_recorder()
+    recorder = episode_recorder()
     cpu, wall = time.process_time(), time.perf_counter()
     model.learn(settings.steps, callback=recorder)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -808,66 +752,6 @@ def run_sweep(
 
     run_jobs(_run_in_worker, [(suite, key, settings, experts, out) for key in todo], backend, finished, failed)
     return done
-
-
-# --------------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------------
-def learning_curve(
-    episodes: Sequence[Sequence[float]], steps: int, points: int = CURVE_POINTS, window: int = CURVE_WINDOW
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean return of the last ``window`` episodes finished by each of ``points`` evenly spaced steps.
-
-    Before the first episode ends, the curve takes the first episode's return.
-    :return: steps ``(points,)`` and curve ``(points,)`` (NaN when no episode finished at all).
-    """
-    grid = np.linspace(steps / points, steps, points)
-    if not episodes:
-        return grid, np.full(points, np.nan)
-    ends = np.array([e[0] for e in episodes], dtype=float)
-    returns = np.array([e[1] for e in episodes], dtype=float)
-    curve = np.empty(points)
-    for i, t in enumerate(grid):
-        n = int(np.searchsorted(ends, t, side="right"))
-        curve[i] = returns[max(n - window, 0) : n].mean() if n else returns[0]
-    return grid, curve
-
-
-def final_return(episodes: Sequence[Sequence[float]], steps: int, fraction: float = FINAL_FRACTION) -> float:
-    """Mean return of the episodes that finished in the last ``fraction`` of the steps (else the last ones)."""
-    if not episodes:
-        return float("nan")
-    late = [r for t, r in episodes if t > (1 - fraction) * steps]
-    return float(np.mean(late if late else [r for _, r in episodes[-CURVE_WINDOW:]]))
-
-
-def mean_ci(values: Iterable[float]) -> tuple[float, float, int]:
-    """Mean, half-width of the 95% Student-t interval, and the count (half-width NaN for one value)."""
-    from scipy import stats
-
-    data = np.array([v for v in values if not math.isnan(v)], dtype=float)
-    if len(data) == 0:
-        return float("nan"), float("nan"), 0
-    if len(data) == 1:
-        return float(data[0]), float("nan"), 1
-    half = float(stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data)))
-    return float(data.mean()), half, len(data)
-
-
-def welch_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Difference of means ``mean(a) - mean(b)`` and the half-width of its 95% Welch interval."""
-    from scipy import stats
-
-    a_, b_ = np.asarray(a, float), np.asarray(b, float)
-    diff = float(a_.mean() - b_.mean())
-    if len(a_) < 2 or len(b_) < 2:
-        return diff, float("nan")
-    va, vb = a_.var(ddof=1) / len(a_), b_.var(ddof=1) / len(b_)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, 0.0
-    dof = (va + vb) ** 2 / ((va**2 / (len(a_) - 1)) + (vb**2 / (len(b_) - 1)))
-    return diff, float(stats.t.ppf(0.975, dof) * se)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,64 +30,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.transfer import (  # noqa: E402
-    METHODS,
-    final_return,
-    learning_curve,
-    load_runs,
-)
+from benchmarks.transfer import METHODS, load_runs  # noqa: E402
+from hp_rl.bench.aggregates import gain_interval, iqm, iqm_interval, probability_of_improvement  # noqa: E402
+from hp_rl.bench.curves import final_return, learning_curve, steps_to  # noqa: E402
 
 __all__ = ["summarise_runs", "markdown", "main"]
-
-BOOTSTRAP_REPS = 2000
-
-
-def _iqm(scores: np.ndarray) -> float:
-    from rliable import metrics
-
-    return float(metrics.aggregate_iqm(scores))
-
-
-def _interval(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Stratified-bootstrap 95% interval of the IQM (one task: a bootstrap over runs)."""
-    from rliable import library as rly
-
-    rng = np.random.RandomState(seed)
-    _, intervals = rly.get_interval_estimates(
-        {"m": scores}, lambda x: np.array([_iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
-    )
-    return float(intervals["m"][0][0]), float(intervals["m"][1][0])
-
-
-def _gain_interval(method: np.ndarray, scratch: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """IQM gain over scratch, relative to |scratch IQM|, with a bootstrap 95% interval (independent resampling)."""
-    rng = np.random.RandomState(seed)
-    base = _iqm(scratch)
-    scale = abs(base) or 1.0
-    draws = []
-    for _ in range(BOOTSTRAP_REPS):
-        m = method[rng.randint(0, len(method), len(method))]
-        s = scratch[rng.randint(0, len(scratch), len(scratch))]
-        draws.append((_iqm(m) - _iqm(s)) / (abs(_iqm(s)) or 1.0))
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return (_iqm(method) - base) / scale, float(low), float(high)
-
-
-def _probability_of_improvement(method: np.ndarray, scratch: np.ndarray) -> tuple[float, float, float]:
-    from rliable import library as rly
-    from rliable import metrics
-
-    pair = {"pair": (method[:, None], scratch[:, None])}
-    point, interval = rly.get_interval_estimates(
-        pair, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
-    )
-    bounds = np.asarray(interval["pair"], dtype=float).reshape(-1)
-    return float(np.asarray(point["pair"]).reshape(-1)[0]), float(bounds[0]), float(bounds[-1])
-
-
-def _steps_to(grid: np.ndarray, curve: np.ndarray, threshold: float) -> float | None:
-    reached = np.nonzero(curve >= threshold)[0]
-    return None if len(reached) == 0 else float(grid[reached[0]])
 
 
 def _mid_route_share(records: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -119,11 +66,11 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             per_seed = np.array([learning_curve(r["episodes"], r["steps"])[1] for r in records], dtype=float)
             aucs[method] = np.nanmean(per_seed, axis=1)
             curves[method] = (grid, np.nanmean(per_seed, axis=0))
-            low, high = _interval(aucs[method][:, None])
+            low, high = iqm_interval(aucs[method][:, None])
             rows[method] = {
                 "seeds": [r["seed"] for r in records],
                 "steps": int(records[0]["steps"]),
-                "iqm_auc": _iqm(aucs[method][:, None]),
+                "iqm_auc": iqm(aucs[method][:, None]),
                 "iqm_auc_ci": [low, high],
                 "final_mean": float(np.mean([final_return(r["episodes"], r["steps"]) for r in records])),
                 "cpu_ms_per_step": float(np.mean([r["cpu_ms_per_step"] for r in records])),
@@ -133,15 +80,15 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             threshold = rows["scratch"]["final_mean"]
             scratch_steps = rows["scratch"]["steps"]  # scratch reaches its final return by the end of its run
             for method, row in rows.items():
-                reached = _steps_to(*curves[method], threshold)
+                reached = steps_to(*curves[method], threshold)
                 row["steps_to_scratch_final"] = reached
                 row["steps_to_scratch_final_ratio"] = None if reached is None else reached / scratch_steps
                 if method == "scratch":
                     continue
-                gain, g_low, g_high = _gain_interval(aucs[method][:, None], aucs["scratch"][:, None])
+                gain, g_low, g_high = gain_interval(aucs[method][:, None], aucs["scratch"][:, None])
                 row["iqm_auc_gain"], row["iqm_auc_gain_ci"] = gain, [g_low, g_high]
                 if len(aucs[method]) > 1 and len(aucs["scratch"]) > 1:
-                    p, p_low, p_high = _probability_of_improvement(aucs[method], aucs["scratch"])
+                    p, p_low, p_high = probability_of_improvement(aucs[method], aucs["scratch"])
                     row["probability_of_improvement"], row["probability_of_improvement_ci"] = p, [p_low, p_high]
         mean_curves = {m: [c[0].tolist(), c[1].tolist()] for m, c in curves.items()}
         summary.setdefault(suite, {})[target] = {"methods": rows, "curves": mean_curves}
@@ -184,9 +131,9 @@ def markdown(summary: dict[str, Any]) -> str:
                 reached = row.get("steps_to_scratch_final")
                 ratio = row.get("steps_to_scratch_final_ratio")
                 to = "never" if reached is None else f"{reached:,.0f} ({ratio:.2f})"
-                iqm = _ci(row["iqm_auc"], row["iqm_auc_ci"])
+                iqm_text = _ci(row["iqm_auc"], row["iqm_auc_ci"])
                 lines.append(
-                    f"| {_label(method)} | {len(row['seeds'])} | {iqm} | {gain} | {prob} | "
+                    f"| {_label(method)} | {len(row['seeds'])} | {iqm_text} | {gain} | {prob} | "
                     f"{row['final_mean']:.2f} | {to} | {row['cpu_ms_per_step']:.3f} |"
                 )
             shares = {m: r["route_share_mid"] for m, r in rows.items() if r.get("route_share_mid")}
