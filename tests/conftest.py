@@ -10,7 +10,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 import torch
 
+from hp_rl.console import configure_logging
+
 torch.set_num_threads(1)
+# The library's log on the console, as every command line sets it up: the same for every test, whatever order
+# the tests run in (a test that calls a command line's main would otherwise change it for the tests after it).
+configure_logging()
 
 
 @pytest.fixture(autouse=True)

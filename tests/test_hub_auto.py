@@ -63,7 +63,7 @@ def test_offline_falls_back_to_the_bundled_hub_fast(
     spec = resolve_auto_hub("BreakoutNoFrameskip-v4", "atari")
     assert time.perf_counter() - started < 3.0
     assert spec == str(atari_hub)
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = capsys.readouterr().out.strip().splitlines()  # the console log the command lines configure
     assert len(lines) == 1
     assert "bundled-atari" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
     assert set(load_hub(spec)) == set(GAMES)
@@ -104,6 +104,10 @@ def test_zoo_agents_in_the_cache_are_used_pinned(offline: Path, atari_hub: Path)
     hub = parse_hub(choice.spec)
     assert len(hub.experts) == 18
     assert all(e.source == "hf" and e.options["revision"] == COMMIT for e in hub.experts)
+    if pytest.importorskip("ale_py"):  # each agent's game's actions, so its policy head maps onto the target's
+        pong = next(e for e in hub.experts if e.name == "ppo-pong")
+        assert pong.action_meanings == ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")
+        assert all(e.action_meanings for e in hub.experts)
     # One agent missing: offline, so the bundled hub.
     (offline / "models--sb3--a2c-PongNoFrameskip-v4" / "snapshots" / COMMIT / "a2c-PongNoFrameskip-v4.zip").unlink()
     assert choose_auto_hub("BreakoutNoFrameskip-v4", "atari").name == "bundled-atari"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,51 @@ def _bundled_without(hub: str, env_id: str, family: str) -> tuple[str, list[str]
     return str(out), dropped
 
 
+@cache
+def ale_action_meanings(game: str) -> tuple[str, ...] | None:
+    """What each action of ``<game>NoFrameskip-v4`` means (ALE's minimal action set, as the rl-zoo agents act
+    on it), or ``None`` without ale-py. Recorded in the zoo hub so that output aggregation and kickstarting
+    can map each agent's policy head onto the target's actions instead of starting it fresh."""
+    try:
+        import ale_py
+        import gymnasium as gym
+    except ImportError:
+        return None
+    gym.register_envs(ale_py)
+    try:
+        env = gym.make(f"{game}NoFrameskip-v4")
+    except gym.error.Error:
+        return None
+    try:
+        return tuple(str(name) for name in env.unwrapped.get_action_meanings())  # type: ignore[attr-defined]
+    finally:
+        env.close()
+
+
+def _zoo_spec(repos: list[str], commits: dict[str, str | None], label: str) -> str:
+    """The zoo hub as a spec file in the cache: one ``hf`` entry per agent, pinned where cached, with its
+    game's action meanings."""
+    experts = []
+    for repo in repos:
+        algo, game_id = repo.split("/")[1].split("-", 1)
+        game = game_id.removesuffix("NoFrameskip-v4")
+        entry: dict[str, Any] = {"name": f"{algo}-{game.lower()}", "source": "hf", "path": repo}
+        if commits.get(repo):
+            entry["options"] = {"revision": commits[repo]}
+        meanings = ale_action_meanings(game)
+        if meanings is not None:
+            entry["action_meanings"] = list(meanings)
+        entry["provenance"] = {"env_id": game_id, "algo": algo}
+        experts.append(entry)
+    raw = {"description": f"{label}: rl-baselines3-zoo Atari agents of the sb3 organisation", "experts": experts}
+    out = _cache_dir() / f"{label}.yaml"
+    text = yaml.safe_dump(raw, sort_keys=False, width=100)
+    if not out.is_file() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return str(out)
+
+
 def _zoo_hub(env_id: str, reach_timeout: float) -> AutoHub | str:
     """The leave-X-out zoo hub, or why not."""
     game = atari_game(env_id)
@@ -162,17 +208,16 @@ def _zoo_hub(env_id: str, reach_timeout: float) -> AutoHub | str:
     cached = {repo: find_cached(repo, digest=False) for repo in repos}
     label = f"zoo-leave-{game}-out" if game in ZOO_ATARI_GAMES else "zoo-atari"
     if all(found is not None for found in cached.values()):
-        spec = ",".join(f"hf:{repo}@{found.commit}" for repo, found in cached.items() if found is not None)
-        return AutoHub(spec, label, f"all {len(repos)} rl-zoo agents are in the local Hugging Face cache")
+        commits = {repo: found.commit if found is not None else None for repo, found in cached.items()}
+        reason = f"all {len(repos)} rl-zoo agents are in the local Hugging Face cache"
+        return AutoHub(_zoo_spec(repos, commits, label), label, reason)
     missing = sum(found is None for found in cached.values())
     if hf_offline():
         return f"{missing} of {len(repos)} rl-zoo agents are not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     if not hf_reachable(reach_timeout):
         return f"{missing} of {len(repos)} rl-zoo agents are not in the Hugging Face cache and the Hub is unreachable"
-    spec = ",".join(f"hf:{repo}" for repo in repos)
-    return AutoHub(
-        spec, label, f"the Hub is reachable; {missing} of {len(repos)} rl-zoo agents will be downloaded once"
-    )
+    reason = f"the Hub is reachable; {missing} of {len(repos)} rl-zoo agents will be downloaded once"
+    return AutoHub(_zoo_spec(repos, {}, label), label, reason)
 
 
 def choose_auto_hub(env_id: str, family: str, reach_timeout: float = 3.0) -> AutoHub:
