@@ -388,7 +388,11 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
             params["exploit_coef"] = args.exploit_coef
     overridden = {key.split(".")[0] for key in _parse_sets(args.set, "--set")}
     _check_hyperparams(
-        algo, params, hub is not None, overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction"}, family
+        algo,
+        params,
+        hub is not None,
+        overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction", "critic_warmup"},
+        family,
     )
     return RunConfig(
         algo=algo,

@@ -477,3 +477,28 @@ def test_hp_rl_train_adds_the_schedule_callback_where_the_algorithm_does_not_app
     config = RunConfig(algo=algo, env_id="CartPole-v1", hub="random:2", eval_freq=0, save_freq=0)
     found = _callbacks(config, AgentRunFolder(tmp_path), StopOnSignal(), with_hub=True)
     assert any(isinstance(c, PathwayScheduleCallback) for c in found) is scheduled
+
+
+@pytest.mark.parametrize("aggregation", ["features", "output"])
+def test_value_only_warm_up_trains_the_critic_alone(aggregation: str) -> None:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from hp_rl.rl.algorithms import HubA2C
+
+    def model(warmup: float) -> Any:
+        env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+        options = {"k": 1, "features_dim": 8, "freeze_experts": False, "aggregation": aggregation}
+        return HubA2C("MlpPolicy", env, hub="random:2", n_steps=8, critic_warmup=warmup, seed=0, **options)
+
+    warm = model(1.0)  # every update a warm-up update
+    before = {name: p.detach().clone() for name, p in warm.policy.named_parameters()}
+    warm.learn(64)
+    moved = {name for name, p in warm.policy.named_parameters() if not torch.equal(p, before[name])}
+    critic = {name for name in before if HubA2C.is_critic_parameter(name)}
+    assert critic and moved == {name for name in critic if warm.policy.get_parameter(name).requires_grad}
+    assert all(p.requires_grad for name, p in warm.policy.named_parameters() if "trunk" in name)  # restored
+    after_warmup = model(0.5)
+    start = {name: p.detach().clone() for name, p in after_warmup.policy.named_parameters()}
+    after_warmup.learn(64)  # 4 updates: 2 of the critic alone, then the whole agent
+    changed = {name for name, p in after_warmup.policy.named_parameters() if not torch.equal(p, start[name])}
+    assert changed - critic  # the policy, trunks and generator learn once the warm-up is over

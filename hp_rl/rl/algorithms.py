@@ -10,7 +10,8 @@ loss reaches SB3's unmodified ``train()`` through the value output (see
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
@@ -151,17 +152,44 @@ class _HubOnPolicyMixin:
     exploit_coef: float
     kickstart_coef: float = 0.0
     kickstart_fraction: float = 0.5
+    critic_warmup: float = 0.0
     rollout_buffer: RolloutBuffer
 
-    def _set_hub_coefs(self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float) -> None:
-        check_hyperparam_values(
-            {"exploit_coef": exploit_coef, "kickstart_coef": kickstart_coef, "kickstart_fraction": kickstart_fraction},
-            lambda key: f"{type(self).__name__} {key}",
-            PathwayOptionError,
-        )
+    def _set_hub_coefs(
+        self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float, critic_warmup: float = 0.0
+    ) -> None:
+        values = {
+            "exploit_coef": exploit_coef,
+            "kickstart_coef": kickstart_coef,
+            "kickstart_fraction": kickstart_fraction,
+            "critic_warmup": critic_warmup,
+        }
+        check_hyperparam_values(values, lambda key: f"{type(self).__name__} {key}", PathwayOptionError)
         self.exploit_coef = float(exploit_coef)
         self.kickstart_coef = float(kickstart_coef)
         self.kickstart_fraction = float(kickstart_fraction)
+        self.critic_warmup = float(critic_warmup)
+
+    # --- value-only warm-up -------------------------------------------------------------------------
+    @staticmethod
+    def is_critic_parameter(name: str) -> bool:
+        """Whether the policy parameter ``name`` belongs to the critic: SB3's value layers (``value_net``,
+        ``mlp_extractor.value_net``) or, with output aggregation, an expert's value head (``value_head``)."""
+        return any(part in ("value_net", "value_head") for part in name.split("."))
+
+    @contextmanager
+    def _critic_only(self) -> Iterator[None]:
+        """Every parameter but the critic's held fixed (no gradient) for the block; restored after."""
+        held = [
+            p for name, p in self._policy.named_parameters() if p.requires_grad and not self.is_critic_parameter(name)
+        ]
+        for parameter in held:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter in held:
+                parameter.requires_grad_(True)
 
     # --- schedules ----------------------------------------------------------------------------------
     def _training_progress(self) -> float:
@@ -341,7 +369,15 @@ class _HubOnPolicyMixin:
         return extractor.last_output if isinstance(extractor, HubPathwayExtractor) else None
 
     def train(self) -> None:
-        """SB3's ``train()``, with the exploitation loss joined to each minibatch's loss."""
+        """SB3's ``train()``, with the exploitation loss joined to each minibatch's loss; during the value-only
+        warm-up (the updates of the first ``critic_warmup`` of training) only the critic learns."""
+        warming_up = self.critic_warmup > 0 and self._training_progress() <= self.critic_warmup
+        if self.critic_warmup > 0:
+            self.logger.record("train/critic_warmup", float(warming_up))  # type: ignore[attr-defined]
+        with self._critic_only() if warming_up else nullcontext():
+            self._train_with_auxiliary_losses()
+
+    def _train_with_auxiliary_losses(self) -> None:
         self._explore_values: list[float] = []
         self._exploit_values: list[float] = []
         self._kickstart_values: list[float] = []
@@ -380,6 +416,9 @@ class HubPPO(_HubOnPolicyMixin, PPO):
         ``aggregation="output"`` and experts whose heads map onto the target's actions. 0 turns it off.
     :param kickstart_fraction: the kickstarting weight decays linearly from ``kickstart_coef`` at the start
         to 0 at this fraction of training (``kickstart_coef * max(0, 1 - progress / fraction)``).
+    :param critic_warmup: value-only warm-up: the updates of the first this fraction of training train only
+        the critic (value layers, experts' value heads); policy, trunks and generator stay as loaded, so the
+        critic fits the experts' policy before it changes. 0 turns it off.
     :param kwargs: PPO arguments and extractor arguments (``k``, ``features_dim``, ``freeze_experts``,
         ``expert_lr_scale``, ``noise``, ``noise_std``, ``explore_coef``, ``balance``, ``dense``, ``noise_seed``,
         and the transfer options of :class:`~hp_rl.rl.extractor.HubPathwayExtractor`). The target's
@@ -394,9 +433,10 @@ class HubPPO(_HubOnPolicyMixin, PPO):
         exploit_coef: float = 0.1,
         kickstart_coef: float = 0.0,
         kickstart_fraction: float = 0.5,
+        critic_warmup: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction)
+        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction, critic_warmup)
         super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
@@ -425,7 +465,7 @@ class HubA2C(_HubOnPolicyMixin, A2C):
     """A2C with a Hub-Pathway features extractor and the exploitation loss.
 
     Takes every :class:`~stable_baselines3.A2C` argument, plus ``hub``, ``exploit_coef``, ``kickstart_coef``,
-    ``kickstart_fraction`` and the extractor arguments, as :class:`HubPPO`.
+    ``kickstart_fraction``, ``critic_warmup`` and the extractor arguments, as :class:`HubPPO`.
     """
 
     def __init__(
@@ -436,9 +476,10 @@ class HubA2C(_HubOnPolicyMixin, A2C):
         exploit_coef: float = 0.1,
         kickstart_coef: float = 0.0,
         kickstart_fraction: float = 0.5,
+        critic_warmup: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction)
+        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction, critic_warmup)
         super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:

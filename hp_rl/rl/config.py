@@ -70,6 +70,7 @@ HYPERPARAMETER_RULES: dict[str, Rule] = {
     "exploit_coef": Float(0.0),
     "kickstart_coef": Float(0.0),
     "kickstart_fraction": Float(0.0, 1.0, low_open=True),
+    "critic_warmup": Float(0.0, 1.0),
     "policy_kwargs": AnyValue(lambda v: v is None or isinstance(v, dict), "a mapping (policy_kwargs.KEY=VALUE)"),
 }
 

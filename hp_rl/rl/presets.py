@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["PRESETS", "ALGORITHM_KEYS", "pathway_preset", "apply_preset"]
 
 # Keys that belong to HubPPO/HubA2C rather than to the features extractor.
-ALGORITHM_KEYS = ("exploit_coef", "kickstart_coef", "kickstart_fraction")
+ALGORITHM_KEYS = ("exploit_coef", "kickstart_coef", "kickstart_fraction", "critic_warmup")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
