@@ -329,6 +329,15 @@ METHODS: dict[str, Method] = {
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
+        Method(  # an option the preset leaves off, added on top of it
+            "transfer_critic_warmup",
+            "preset transfer + value-only warm-up (5%)",
+            "hub",
+            dict(_TRANSFER),
+            exploit_coef=0.1,
+            algo_kwargs={**_KICKSTART, "critic_warmup": 0.05},
+            prior=True,
+        ),
         Method(
             "transfer_noise",
             "preset transfer, unbounded constant noise",
