@@ -146,9 +146,9 @@ def _init_parameters(cls: type) -> set[str]:
 
 
 def _extractor_options() -> set[str]:
-    from hp_rl.rl.extractor import HubPathwayExtractor
+    from hp_rl.hub.options import PATHWAY_OPTIONS
 
-    return _init_parameters(HubPathwayExtractor) - {"observation_space", "hub", "k"}
+    return set(PATHWAY_OPTIONS) - {"k"}  # -k has its own flag
 
 
 def _check_hyperparams(algo: str, params: dict[str, Any], with_hub: bool, overridden: set[str], family: str) -> None:

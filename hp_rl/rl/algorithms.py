@@ -9,7 +9,6 @@ loss reaches SB3's unmodified ``train()`` through the value output (see
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
@@ -25,7 +24,7 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticP
 from stable_baselines3.common.type_aliases import PyTorchObs, RolloutBufferSamples
 from torch import Tensor, nn
 
-from hp_rl.hub.options import PathwayOptionError
+from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError
 from hp_rl.rl.config import check_hyperparam_values
 from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss, set_training_progress
 from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
@@ -40,12 +39,8 @@ __all__ = [
     "ValueReadout",
 ]
 
-# Every option of the extractor (one list: its signature), split off HubPPO/HubA2C's keyword arguments.
-_EXTRACTOR_KEYS = tuple(
-    name
-    for name in inspect.signature(HubPathwayExtractor.__init__).parameters
-    if name not in ("self", "observation_space", "hub")
-)
+# Every option of the extractor (the one table, hp_rl.hub.options), split off HubPPO/HubA2C's keyword arguments.
+_EXTRACTOR_KEYS = tuple(PATHWAY_OPTIONS)
 
 
 class ActionReadout(nn.Module):
