@@ -319,3 +319,17 @@ def test_every_vision_setting_has_a_rule() -> None:
         TrainConfig(data="x", explore_coef=float("nan")).validate()
     with pytest.raises(train.ConfigError, match="vision config lr: nan"):
         TrainConfig(data="x", lr=float("nan")).validate()
+
+
+def test_the_recipe_command_reports_a_bad_recipe_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hp_rl.vision import recipe
+
+    bad = tmp_path / "bad.recipe.yml"
+    bad.write_text("kind: vision\nexperts: []\nexperts: []\n")
+    assert recipe.main([str(bad)]) == 2
+    assert "given a second time" in capsys.readouterr().err
+    bad.write_text("kind: vision\nexprts: []\n")
+    assert recipe.main([str(bad)]) == 2
+    assert "unknown key 'exprts' (did you mean 'experts'?)" in capsys.readouterr().err

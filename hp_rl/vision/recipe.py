@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ import yaml
 from torch import Tensor, nn
 
 from hp_rl.console import configure_logging, program_name
+from hp_rl.errors import HpRlError
 from hp_rl.hub.architectures import NatureCNNTrunk
 from hp_rl.overrides import ConfigError
 from hp_rl.paths import expand_path_variables
@@ -374,8 +376,8 @@ def ensure_hub_files(hub: str | Path, verbose: bool = True) -> None:
         build_vision_hub(recipe, verbose=verbose)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m hp_rl.vision.recipe RECIPE [--out DIR] [--force] [--only NAME ...]``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hp_rl.vision.recipe RECIPE [--out DIR] [--force] [--only NAME ...]``; returns the exit status."""
     configure_logging()
     parser = argparse.ArgumentParser(prog=program_name("hp_rl.vision.recipe"), description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="vision recipe YAML (configs/hubs/vision_*.recipe.yml)")
@@ -383,9 +385,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="retrain experts whose files exist")
     parser.add_argument("--only", nargs="*", default=None, help="build only these experts")
     args = parser.parse_args(argv)
-    built = build_vision_hub(args.recipe, args.out, args.force, args.only)
+    try:
+        built = build_vision_hub(args.recipe, args.out, args.force, args.only)
+    except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps({k: str(v) for k, v in built.items()}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
