@@ -144,6 +144,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "single_agent-acrobot",
         "single_agent-mountaincar",
         "transfer",
+        "transfer_critic_warmup",
         "transfer_features",
         "transfer_no_base",
         "transfer_no_kickstart",
@@ -156,6 +157,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert (out / "scores/control_cartpole.yml").is_file()  # scored once, before the runs
     random = json.loads((out / "runs/control/cartpole/transfer_random/seed0.json").read_text())
     assert {e["source"] for e in random["hub_experts"]} == {"random"} and len(random["hub_experts"]) == 2
+    warmup = json.loads((out / "runs/control/cartpole/transfer_critic_warmup/seed0.json").read_text())
+    assert warmup["hyperparams"]["critic_warmup"] == 0.05
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
     assert {e["name"] for e in record["hub_experts"]} == {"acrobot", "mountaincar"}  # the target's own left out
