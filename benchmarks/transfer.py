@@ -65,7 +65,7 @@ from hp_rl.bench.curves import (  # noqa: E402  (after the checkout is on the pa
     mean_ci,
     welch_ci,
 )
-from hp_rl.bench.recording import episode_recorder, forward_flops  # noqa: E402
+from hp_rl.bench.recording import episode_recorder, forward_flops, noise_free_evaluator  # noqa: E402
 
 # A source expert: an SB3 run's model.zip (pretrained by the sweep) or an exported hub's manifest entry.
 Expert = Path | dict[str, Any]
@@ -541,6 +541,8 @@ class RunSettings:
     :param device: torch device.
     :param overrides: hyperparameter overrides from the command line.
     :param out: the sweep's output folder (score files are cached there).
+    :param eval_points: noise-free evaluations per run, evenly spaced (0: none).
+    :param eval_episodes: deterministic episodes per evaluation.
     """
 
     steps: int
@@ -548,6 +550,8 @@ class RunSettings:
     device: str = "auto"
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+    eval_points: int = 10
+    eval_episodes: int = 5
 
 
 def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:
@@ -654,9 +658,23 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs)
     model = build_model(config, env)
     recorder = episode_recorder()
+    callbacks = [recorder]
+    eval_env = None
+    if settings.eval_points > 0:  # the greedy agent with routing noise off, on an environment of its own
+        eval_env = make_env(
+            config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs
+        )
+        every = max(settings.steps // settings.eval_points, 1)
+        callbacks.append(noise_free_evaluator(eval_env, every, settings.eval_episodes))
     cpu, wall = time.process_time(), time.perf_counter()
-    model.learn(settings.steps, callback=recorder)
+    model.learn(settings.steps, callback=callbacks)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    evaluations: list[tuple[int, float]] = []
+    if eval_env is not None:
+        evaluator = callbacks[-1]
+        evaluations = evaluator.evaluations
+        cpu, wall = cpu - evaluator.cpu_seconds, wall - evaluator.wall_seconds  # training time alone
+        eval_env.close()
     flop_env = make_env(
         config.env_id, config.n_envs, config.seed + 999, config.env_preset, env_kwargs=config.env_kwargs
     )
@@ -679,6 +697,8 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
         "steps": int(model.num_timesteps),
         "episodes": recorder.episodes,
         "route_share": recorder.route_share,
+        "noise_free_evaluations": evaluations,
+        "eval_episodes": settings.eval_episodes if evaluations else 0,
         "cpu_seconds": round(cpu, 2),
         "wall_seconds": round(wall, 2),
         "cpu_ms_per_step": 1000 * cpu / max(model.num_timesteps, 1),
@@ -1100,6 +1120,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PPO hyperparameter overrides")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument(
+        "--eval-points",
+        type=int,
+        default=10,
+        help="noise-free deterministic evaluations per run, evenly spaced (0: none)",
+    )
+    parser.add_argument("--eval-episodes", type=int, default=5, help="episodes per noise-free evaluation")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel (separate processes; with --ray: the local Ray's CPUs)"
@@ -1135,7 +1162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         overrides=parse_overrides(args.set),
         out=out,
+        eval_points=args.eval_points,
+        eval_episodes=args.eval_episodes,
     )
+    if args.eval_points < 0 or args.eval_episodes < 1:
+        raise SystemExit("error: --eval-points must be >= 0 and --eval-episodes >= 1.")
     targets = tuple(args.targets or suite.targets)
     for target in targets:
         target_env_id(suite, target)  # fail early on a wrong name

@@ -11,7 +11,8 @@ Per suite, target and method the summary holds: seeds, IQM AUC and its 95% inter
 scratch relative to |scratch IQM AUC| (with its interval, from the bootstrap of the difference), the probability
 that a run of the method has a higher AUC than a run of scratch (with interval), mean final return, the steps
 at which the mean learning curve first reaches scratch's mean final return (and that as a fraction of scratch's
-run length; ``null`` when never), and, for hub methods, the share of acting observations routed through each
+run length; ``null`` when never), the mean over seeds of the last noise-free deterministic evaluation's return
+(runs that recorded evaluations), and, for hub methods, the share of acting observations routed through each
 expert at the middle of training (mean over seeds).
 """
 
@@ -50,6 +51,12 @@ def _mid_route_share(records: list[dict[str, Any]]) -> dict[str, float] | None:
     return {name: round(float(np.mean([s[name] for s in shares])), 4) for name in shares[0]}
 
 
+def _noise_free_final(records: list[dict[str, Any]]) -> float | None:
+    """Mean over seeds of the last noise-free evaluation's return (``None`` where the runs recorded none)."""
+    finals = [r["noise_free_evaluations"][-1][1] for r in records if r.get("noise_free_evaluations")]
+    return float(np.mean(finals)) if len(finals) == len(records) else None
+
+
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per suite, target and method: the rliable statistics (see the module docstring)."""
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
@@ -75,6 +82,7 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "final_mean": float(np.mean([final_return(r["episodes"], r["steps"]) for r in records])),
                 "cpu_ms_per_step": float(np.mean([r["cpu_ms_per_step"] for r in records])),
                 "route_share_mid": _mid_route_share(records),
+                "noise_free_final": _noise_free_final(records),
             }
         if "scratch" in rows:
             threshold = rows["scratch"]["final_mean"]
@@ -117,9 +125,9 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"#### {suite} / {target} ({steps:,} env steps per run)",
                 "",
                 "| method | seeds | IQM AUC [95% CI] | IQM AUC gain over scratch [95% CI] | "
-                "P(better than scratch) | mean final return | steps to scratch's final (share of scratch's) | "
-                "CPU ms / step |",
-                "|---|---:|---|---|---|---:|---|---:|",
+                "P(better than scratch) | mean final return | noise-free final | steps to scratch's final "
+                "(share of scratch's) | CPU ms / step |",
+                "|---|---:|---|---|---|---:|---:|---|---:|",
             ]
             for method, row in sorted(rows.items(), key=lambda item: (item[0] != "scratch", item[0])):
                 gain = _ci(row["iqm_auc_gain"], row["iqm_auc_gain_ci"]) if "iqm_auc_gain" in row else "–"
@@ -132,9 +140,10 @@ def markdown(summary: dict[str, Any]) -> str:
                 ratio = row.get("steps_to_scratch_final_ratio")
                 to = "never" if reached is None else f"{reached:,.0f} ({ratio:.2f})"
                 iqm_text = _ci(row["iqm_auc"], row["iqm_auc_ci"])
+                greedy = "–" if row.get("noise_free_final") is None else f"{row['noise_free_final']:.2f}"
                 lines.append(
                     f"| {_label(method)} | {len(row['seeds'])} | {iqm_text} | {gain} | {prob} | "
-                    f"{row['final_mean']:.2f} | {to} | {row['cpu_ms_per_step']:.3f} |"
+                    f"{row['final_mean']:.2f} | {greedy} | {to} | {row['cpu_ms_per_step']:.3f} |"
                 )
             shares = {m: r["route_share_mid"] for m, r in rows.items() if r.get("route_share_mid")}
             if shares:

@@ -115,7 +115,20 @@ def _micro_recipe(tmp_path: Path, tasks: list[dict[str, str]], n_envs: int = 2) 
     return path
 
 
-_MICRO = ["--seeds", "0", "--steps", "64", "--set", "n_envs=2", "n_steps=16", "batch_size=32", "n_epochs=1"]
+_MICRO = [
+    "--seeds",
+    "0",
+    "--steps",
+    "64",
+    "--eval-points",
+    "2",
+    "--eval-episodes",
+    "1",
+    "--set",
+    "n_envs=2",
+    "n_steps=16",
+]
+_MICRO += ["batch_size=32", "n_epochs=1"]
 
 
 def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
@@ -160,6 +173,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     warmup = json.loads((out / "runs/control/cartpole/transfer_critic_warmup/seed0.json").read_text())
     assert warmup["hyperparams"]["critic_warmup"] == 0.05
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
+    assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
     assert {e["name"] for e in record["hub_experts"]} == {"acrobot", "mountaincar"}  # the target's own left out
     assert record["forward_flops_per_obs"] > 0 and record["cpu_ms_per_step"] > 0

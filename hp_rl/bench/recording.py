@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["episode_recorder", "forward_flops"]
+__all__ = ["episode_recorder", "forward_flops", "noise_free_evaluator"]
 
 
 def episode_recorder() -> Any:
@@ -71,3 +71,54 @@ def forward_flops(model: Any, env: Any, batch: int = 64) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         policy(tensor)
     return float(counter.get_total_flops()) / len(obs)
+
+
+def noise_free_evaluator(env: Any, every: int, episodes: int) -> Any:
+    """A fresh SB3 callback that evaluates the policy every ``every`` environment steps (and at the end of
+    training) on ``env`` for ``episodes`` deterministic episodes with routing noise off, and keeps
+    ``(steps, mean return)`` in ``evaluations``: returns of the greedy agent, beside the training episodes'
+    returns of the behaviour policy.
+
+    :param env: a separate vectorised environment with one copy (its own seed).
+    :param every: steps between evaluations (counted over all training environments).
+    :param episodes: episodes per evaluation.
+
+    The CPU and wall seconds the evaluations took are in ``cpu_seconds`` / ``wall_seconds``, so that a run's
+    training time can leave them out.
+    """
+    import time
+
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from hp_rl.rl.extractor import routing_noise
+
+    class NoiseFreeEvaluator(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.evaluations: list[tuple[int, float]] = []
+            self.cpu_seconds = 0.0
+            self.wall_seconds = 0.0
+            self._next = every
+
+        def _evaluate(self) -> None:
+            cpu, wall = time.process_time(), time.perf_counter()
+            with routing_noise(self.model, enabled=False):
+                returns, _ = evaluate_policy(
+                    self.model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True
+                )
+            self.evaluations.append((int(self.num_timesteps), round(float(np.mean(returns)), 4)))
+            self.cpu_seconds += time.process_time() - cpu
+            self.wall_seconds += time.perf_counter() - wall
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self._next:
+                self._next += every
+                self._evaluate()
+            return True
+
+        def _on_training_end(self) -> None:
+            if not self.evaluations or self.evaluations[-1][0] != self.num_timesteps:
+                self._evaluate()
+
+    return NoiseFreeEvaluator()
