@@ -21,8 +21,9 @@ Methods (``--methods``; PPO everywhere, HubPPO for the hub methods, the family's
 - ``hub_pathway``: top-k routing with learned noise, exploration (load balance) and exploitation losses.
 - ``no_noise``, ``no_explore``, ``no_exploit``: Hub-Pathway without one of its three parts.
 
-Each run writes ``<out>/runs/<suite>/<target>/<method>/seed<N>.json`` (episode returns against steps,
-CPU and wall time, forward FLOPs per observation, parameter counts, settings, versions) as soon as it
+Each run writes ``<out>/runs/<suite>/<target>/<method>/seed<N>.json`` (episode returns against steps, the
+returns of ``--eval-points`` noise-free deterministic evaluations, route shares per rollout, CPU and wall time
+of training, forward FLOPs per observation, parameter counts, settings, versions) as soon as it
 finishes; finished runs are skipped, so an interrupted sweep continues where it stopped and a partial
 sweep still gives tables. ``--report-only`` (and the end of every sweep) writes ``<out>/transfer.md``,
 ``<out>/transfer_summary.json`` and learning-curve PNGs.
