@@ -197,3 +197,14 @@ def test_bundled_atari_hub_meets_its_recipe() -> None:
     experts = load_hub(hub, (4, 84, 84))
     frames = torch.rand(2, 4, 84, 84)
     assert all(e(frames).shape == (2, 512) for e in experts.values())
+
+
+def test_the_shipped_zoo_spec_names_each_game_s_actions() -> None:
+    pytest.importorskip("ale_py")
+    from hp_rl.hub.defaults import ale_action_meanings
+    from hp_rl.paths import HUB_CONFIG_DIR
+
+    hub = parse_hub(str(HUB_CONFIG_DIR / "zoo_atari_leave_breakout.yml"))
+    for expert in hub.experts:
+        game = expert.path.split("-", 1)[1].removesuffix("NoFrameskip-v4")
+        assert expert.action_meanings == ale_action_meanings(game), expert.name
