@@ -367,3 +367,29 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(runner, "ray_available", lambda: False)
     with pytest.raises(runner.BackendError, match="pip install"):
         runner.Backend("ray").check()
+
+
+def test_a_suite_runs_on_an_exported_hub_without_pretraining(tmp_path: Path) -> None:
+    # --experts-from: the needle suite on the bundled MinAtar hub (its safetensors trunks and heads).
+    pytest.importorskip("minatar")
+    from hp_rl.paths import BUNDLED_HUB_DIR
+
+    bench = _bench()
+    manifest = BUNDLED_HUB_DIR / "minatar" / "hub.yaml"
+    out = tmp_path / "out"
+    argv = ["--suite", "needle", "--targets", "space_invaders", "--experts-from", str(manifest), "--out", str(out)]
+    argv += ["--methods", "single_agent", "transfer_random", "--single-experts", "space_invaders_noramp", *_MICRO]
+    assert bench.main(argv) == 0
+    single = json.loads((out / "runs/needle/space_invaders/single_agent-space_invaders_noramp/seed0.json").read_text())
+    (expert,) = single["hub_experts"]
+    assert expert["source"] == "safetensors" and Path(expert["path"]).parent == manifest.parent
+    assert expert["sha256"] and expert["action_meanings"]  # the file's digest and its agent's actions
+    random = json.loads((out / "runs/needle/space_invaders/transfer_random/seed0.json").read_text())
+    names = [e["name"] for e in random["hub_experts"]]
+    assert names == ["space_invaders_noramp", "asterix", "breakout", "freeway", "seaquest"]
+    assert {e["source"] for e in random["hub_experts"]} == {"random"}
+    assert {e["arch"] for e in random["hub_experts"]} == {"small_frame_cnn"}  # the same architecture
+    not_a_hub = tmp_path / "list.yml"
+    not_a_hub.write_text("- a\n")
+    with pytest.raises(SystemExit, match="not a hub manifest"):
+        bench.main([*argv[:4], "--experts-from", str(not_a_hub), "--out", str(out)])
