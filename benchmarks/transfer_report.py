@@ -192,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("outs", nargs="+", type=Path, help="sweep output folders (benchmarks/transfer.py --out)")
     parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --json: keep the suites and targets the file holds that these sweeps do not (sweeps that "
+        "spanned sessions), replacing only those computed now",
+    )
     parser.add_argument("--markdown", type=Path, help="write the tables here")
     parser.add_argument("--img-dir", type=Path, help="write learning-curve PNGs here")
     parser.add_argument("--prefix", default="stats", help="PNG name prefix")
@@ -207,8 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text + "\n")
     if args.json:
+        written = summary
+        if args.update and args.json.is_file():
+            written = json.loads(args.json.read_text())
+            for suite, targets in summary.items():
+                written.setdefault(suite, {}).update(targets)
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1))
+        args.json.write_text(json.dumps(written, indent=1))
     if args.img_dir:
         plot(summary, args.img_dir, args.prefix)
     return 0

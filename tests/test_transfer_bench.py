@@ -324,6 +324,13 @@ def test_rliable_report_gives_iqm_intervals_probability_of_improvement_and_steps
         path.write_text(json.dumps(run))
     assert report.main([str(sweep), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["minatar"]["breakout"]["methods"]["transfer"]["seeds"] == [0, 1, 2, 3, 4]
+    # --update keeps what an earlier session's sweeps wrote and replaces only what is computed now.
+    earlier = {"minatar": {"freeway": {"methods": {}}, "breakout": {"stale": True}}, "control": {"acrobot": {}}}
+    out.write_text(json.dumps(earlier))
+    assert report.main([str(sweep), "--json", str(out), "--update"]) == 0
+    merged = json.loads(out.read_text())
+    assert set(merged) == {"minatar", "control"} and set(merged["minatar"]) == {"freeway", "breakout"}
+    assert "stale" not in merged["minatar"]["breakout"] and merged["control"] == {"acrobot": {}}
 
 
 def test_sweep_through_a_local_ray_writes_the_same_results_as_the_in_process_runner(tmp_path: Path) -> None:
