@@ -430,28 +430,21 @@ def exported_experts(manifest: Path) -> dict[str, Expert]:
     pretraining them: the bundled hubs reproduce the benchmark without hours of expert training.
 
     :param manifest: a ``hub.yaml`` written by ``python -m hp_rl.hub export`` (or its folder).
-    :return: task name -> the manifest's entry, its ``path`` made absolute.
+    :return: task name -> the manifest's entry (as :func:`hp_rl.hub.parse_hub` reads it: checked, its ``path``
+        made absolute).
     """
-    import yaml
+    from hp_rl.errors import HpRlError
+    from hp_rl.hub import parse_hub
 
     path = manifest / "hub.yaml" if manifest.is_dir() else manifest
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise SystemExit(f"error: --experts-from {manifest}: cannot read the hub manifest ({error}).") from None
-    entries = raw.get("experts") if isinstance(raw, dict) else None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        spec = parse_hub(str(path))
+    except HpRlError as error:
         raise SystemExit(
-            f"error: --experts-from {path}: not a hub manifest (no list of named experts); "
+            f"error: --experts-from {path}: not a hub manifest ({error}); "
             "give a hub.yaml written by python -m hp_rl.hub export."
-        )
-    found: dict[str, Expert] = {}
-    for entry in entries:
-        resolved = dict(entry)
-        if "path" in resolved:
-            resolved["path"] = str((path.parent / str(resolved["path"])).resolve())
-        found[str(entry["name"])] = resolved
-    return found
+        ) from None
+    return {expert.name: expert.as_dict() for expert in spec.experts}
 
 
 def leave_one_out(experts: dict[str, Expert], target: str) -> dict[str, Expert]:
