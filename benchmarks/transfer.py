@@ -409,7 +409,7 @@ def prepare_hub(suite: Suite, workdir: Path, build: bool = True, accept_checkpoi
     :return: task name -> final ``model.zip`` (or checkpoint).
     """
     from hp_rl.rl.hub_builder import build_hub
-    from hp_rl.rl.runs import latest_checkpoint
+    from hp_rl.rl.runs import AgentRunFolder
 
     found = build_hub(suite.recipe, workdir) if build else {}
     for name in source_tasks(suite):
@@ -418,7 +418,7 @@ def prepare_hub(suite: Suite, workdir: Path, build: bool = True, accept_checkpoi
             continue
         if path.is_file():
             found[name] = path
-        elif accept_checkpoints and (newest := latest_checkpoint(workdir / name / "checkpoints")) is not None:
+        elif accept_checkpoints and (newest := AgentRunFolder(workdir / name).latest_checkpoint()) is not None:
             found[name] = newest[0]
     return found
 

@@ -87,8 +87,6 @@ def choose_checkpoint(folder: Any, which: str | None) -> Path:
     :param which: ``best``, ``final``, ``latest``, a file path, or ``None``.
     :raises CliError: when the asked-for file is not there.
     """
-    from hp_rl.rl.runs import latest_checkpoint
-
     if which not in (None, "best", "final", "latest"):
         path = Path(str(which)).expanduser()
         if not path.is_file():
@@ -110,7 +108,7 @@ def choose_checkpoint(folder: Any, which: str | None) -> Path:
         return Path(folder.best_model)
     if which in (None, "final") and folder.final_model.is_file():
         return Path(folder.final_model)
-    found = latest_checkpoint(folder.checkpoints)
+    found = folder.latest_checkpoint()
     if which == "final":
         hint = " Use --checkpoint latest, or finish it with python -m hp_rl.train --resume RUN." if found else ""
         raise CliError(f"{folder.final_model} does not exist: the run has not finished.{hint}")

@@ -269,7 +269,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     from hp_rl.rl.checkpoints import load_latest
     from hp_rl.rl.envs import make_env
     from hp_rl.rl.models import apply_threads, check_device
-    from hp_rl.rl.runs import AgentRunFolder, RunConfig, latest_checkpoint
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig
     from hp_rl.rl.training import run_training
 
     folder = AgentRunFolder(Path(args.resume))
@@ -282,7 +282,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         config = RunConfig.from_yaml(folder.config)
     except HpRlError as error:
         raise CliError(f"--resume {args.resume}: cannot read its config: {error}") from error
-    found = latest_checkpoint(folder.checkpoints)
+    found = folder.latest_checkpoint()
     if found is None:
         raise CliError(
             f"--resume {args.resume}: {folder.checkpoints} holds no checkpoint "

@@ -19,7 +19,6 @@ __all__ = [
     "RunConfigError",
     "AgentRunFolder",
     "NONFINITE_MODES",
-    "latest_checkpoint",
     "checkpoints_by_step",
 ]
 
@@ -169,12 +168,6 @@ _FLAGS = {
 def checkpoints_by_step(folder: Path) -> list[tuple[Path, int]]:
     """Every checkpoint ``rl_model_<steps>_steps.zip`` in ``folder`` with its step count, newest first."""
     return checkpoints_in(folder, _CHECKPOINT)
-
-
-def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
-    """The checkpoint with the most steps in ``folder``, and its step count."""
-    found = checkpoints_by_step(folder)
-    return found[0] if found else None
 
 
 @dataclass(frozen=True)
