@@ -85,8 +85,6 @@ from typing import Any
 
 ATARI_GAME = "BreakoutNoFrameskip-v4"
 MINATAR_GAME = "MinAtar/Breakout-v1"
-# Hyperparameter keys of configs/ppo.yml that are not PPO constructor arguments.
-_RUN_KEYS = ("n_envs", "n_timesteps", "frame_stack", "normalize", "policy")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -270,13 +268,14 @@ def _ppo_params(family: str, quick: bool) -> tuple[int, dict[str, Any]]:
     """Number of envs and the PPO hyperparameters of ``configs/ppo.yml`` as written there (``lin_`` schedules
     unresolved; shrunk with ``quick``)."""
     from hp_rl.rl.config import load_hyperparams
+    from hp_rl.rl.models import RUN_KEYS
 
     raw = load_hyperparams("ppo", family)
     n_envs = int(raw.get("n_envs", 8))
     if quick:
         n_envs = 2
         raw.update(n_steps=16, batch_size=32, n_epochs=1)
-    return n_envs, {k: v for k, v in raw.items() if k not in _RUN_KEYS}
+    return n_envs, {k: v for k, v in raw.items() if k not in RUN_KEYS}
 
 
 class _RolloutTimer:

@@ -15,11 +15,11 @@ from hp_rl.errors import HpRlError
 from hp_rl.rl.config import ConfigError, resolve_hyperparams
 from hp_rl.rl.runs import RunConfig
 
-__all__ = ["ALGOS", "UnknownAlgoError", "algo_class", "build_model", "hub_manifest", "check_device"]
+__all__ = ["ALGOS", "RUN_KEYS", "UnknownAlgoError", "algo_class", "build_model", "hub_manifest", "check_device"]
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 # Algorithm keys that are not constructor arguments.
-_RUN_KEYS = ("n_envs", "n_timesteps", "frame_stack", "normalize", "policy")
+RUN_KEYS = ("n_envs", "n_timesteps", "frame_stack", "normalize", "policy")
 
 
 class UnknownAlgoError(HpRlError, ValueError):
@@ -92,7 +92,7 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
     With ``config.hub`` the policy's features extractor is :class:`HubPathwayExtractor` with linear heads
     (``net_arch=[]``); without, the plain SB3 policy (NatureCNN for frames; a small CNN for MinAtar).
     """
-    params = {k: v for k, v in resolve_hyperparams(config.hyperparams).items() if k not in _RUN_KEYS}
+    params = {k: v for k, v in resolve_hyperparams(config.hyperparams).items() if k not in RUN_KEYS}
     policy_kwargs: dict[str, Any] = dict(params.pop("policy_kwargs", None) or {})
     cls = algo_class(config.algo, config.hub is not None)
     shape = env.observation_space.shape or ()
