@@ -488,11 +488,29 @@ def _hub_mapping(suite: Suite, experts: dict[str, Expert], random_trunks: bool =
             entries.append(dict(expert))
             continue
         entry: dict[str, Any] = {"name": name, "source": "sb3", "path": str(expert)}
+        provenance = _source_evaluation(Path(expert))
+        if provenance:
+            entry["provenance"] = provenance
         if name in tasks:
             channels, actions = task_meanings(tasks[name])
             entry.update({k: list(v) for k, v in (("channel_names", channels), ("action_meanings", actions)) if v})
         entries.append(entry)
     return {"experts": entries}
+
+
+def _source_evaluation(model: Path) -> dict[str, float]:
+    """The source return and a random policy's there, from the hub build's ``source_eval.yml`` beside ``model``
+    (as ``hp_rl.hub export`` records them in a manifest), if that evaluation is of this very file."""
+    from hp_rl.hub.expert import file_sha256
+    from hp_rl.yaml_files import read_yaml_mapping
+
+    record = model.parent / "source_eval.yml"
+    if not record.is_file():
+        return {}
+    saved = read_yaml_mapping(record, "source evaluation record", allow_empty=True)
+    if saved.get("model_sha256") != file_sha256(model):
+        return {}
+    return {"source_return": float(saved["return_mean"]), "random_return": float(saved["random_return_mean"])}
 
 
 def plan_runs(

@@ -354,12 +354,12 @@ def cmd_score(spec_text: str, env_id: str, episodes: int, rollout_steps: int, se
         return 2
     scores = score_hub(_spec_argument(spec_text), env_id, episodes, rollout_steps, seed)
     print(f"Target {env_id}: random policy {scores['random_return']:.2f} over {episodes} episodes")
-    print(f"{'expert':<24} {'head':<10} {'zero-shot':>10} {'LogME':>9} {'prior':>7}")
+    print(f"{'expert':<24} {'head':<10} {'zero-shot':>10} {'retained':>9} {'LogME':>9} {'prior':>7}")
     for name, entry in scores["experts"].items():
-        zero = entry.get("zero_shot_return")
+        zero, kept = entry.get("zero_shot_return"), entry.get("retention")
         print(
             f"{name:<24} {entry['policy_head']:<10} {('-' if zero is None else f'{zero:.2f}'):>10} "
-            f"{entry['logme']:>9.3f} {scores['prior'][name]:>7.3f}"
+            f"{('-' if kept is None else f'{kept:.2f}'):>9} {entry['logme']:>9.3f} {scores['prior'][name]:>7.3f}"
         )
     if out:
         print(f"Scores: {write_scores(scores, out)} (use it with --hub-set prior={out})")

@@ -380,7 +380,9 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
     from hp_rl.hub_cli import main as hub_main
 
     spec = tmp_path / "hub.yml"
-    hub = {"experts": [_agent_spec(breakout_agent), *_random_experts(1, 4)["experts"]]}
+    # the agent's provenance says what it achieves at home: the prior is the share of that it keeps here
+    agent = {**_agent_spec(breakout_agent), "provenance": {"source_return": 50.0, "random_return": -50.0}}
+    hub = {"experts": [agent, *_random_experts(1, 4)["experts"]]}
     spec.write_text(yaml.safe_dump(hub))
     out = tmp_path / "scores.yml"
     assert (
@@ -391,6 +393,11 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
     assert scores["experts"]["breakout"]["policy_head"] == "pretrained"
     assert "zero_shot_return" in scores["experts"]["breakout"] and "zero_shot_return" not in scores["experts"]["r0"]
     assert set(scores["prior"]) == {"breakout", "r0"}
+    breakout = scores["experts"]["breakout"]
+    kept = (breakout["zero_shot_return"] - scores["random_return"]) / 100.0
+    assert breakout["retention"] == pytest.approx(kept, abs=1e-4)
+    assert scores["prior"]["breakout"] == pytest.approx(min(1.0, max(0.0, kept)), abs=1e-4)
+    assert scores["prior"]["r0"] == 0.0  # the only head-less expert: no spread of LogME, no evidence
     space = make_env(BREAKOUT, 1, 0).observation_space
     plain = HubPathwayExtractor(space, hub, k=1)
     tilted = HubPathwayExtractor(space, hub, k=1, prior={"breakout": 1.0}, prior_scale=3.0)
@@ -399,6 +406,35 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
     with pytest.raises(ValueError, match="does not hold"):
         HubPathwayExtractor(space, hub, k=1, prior={"nobody": 1.0})
     assert hub_main(["score", str(spec), "--env", "MinAtar/Nope-v1"]) == 2
+
+
+def test_the_prior_is_absolute_evidence_not_a_ranking_of_weak_experts() -> None:
+    from hp_rl.rl.scoring import HEADLESS_PRIOR_CAP, prior_from_scores
+
+    # A cross-game hub: the best zero-shot expert barely beats a random policy and keeps 10% of its competence.
+    weak = {
+        "seaquest": {"zero_shot_return": 0.7, "retention": 0.1, "logme": -0.8},
+        "space_invaders": {"zero_shot_return": 0.1, "retention": -0.02, "logme": -0.9},
+        "freeway": {"logme": -0.85},
+        "asterix": {"logme": -0.95},
+    }
+    prior = prior_from_scores(weak, random_return=0.2)
+    assert prior["seaquest"] == 0.1  # not 1.0 for being the best of weak candidates
+    assert prior["space_invaders"] == 0.0  # below a random policy: no evidence, floored
+    assert prior["freeway"] == HEADLESS_PRIOR_CAP and prior["asterix"] == 0.0
+    # A needle hub: the relevant variant plays the target; head-less experts stay well below it.
+    needle = {
+        "variant": {"zero_shot_return": 22.9, "retention": 0.64, "logme": -1.975},
+        "asterix": {"logme": -1.938},
+        "freeway": {"logme": -1.966},
+    }
+    prior = prior_from_scores(needle, random_return=4.3)
+    assert prior["variant"] == 0.64 and max(prior["asterix"], prior["freeway"]) <= HEADLESS_PRIOR_CAP < 0.64
+    # Without a record of the source return (a plain checkpoint), the hub's best expert is the reference.
+    unrecorded = {"a": {"zero_shot_return": 3.0, "logme": 0.0}, "b": {"zero_shot_return": 2.0, "logme": 0.0}}
+    assert prior_from_scores(unrecorded, random_return=1.0) == {"a": 1.0, "b": 0.5}
+    # more than its own competence is clipped to 1
+    assert prior_from_scores({"a": {"zero_shot_return": 9.0, "retention": 1.7, "logme": 0.0}}, 0.0) == {"a": 1.0}
 
 
 def test_needle_suites_hold_one_or_two_variants_of_the_target_among_other_games() -> None:

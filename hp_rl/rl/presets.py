@@ -7,8 +7,9 @@
   target's plain network, so the agent can always learn as scratch does), noise bounded by the spread of
   the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
   half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, and the
-  generator started from the experts' transferability scores on the target (``prior="auto"``: zero-shot
-  returns where heads map, LogME otherwise; measured before training). This is the benchmark's
+  generator started from the experts' transferability scores on the target (``prior="auto"``,
+  ``prior_scale=4``: the share of its own competence an expert keeps zero-shot where its head maps, a capped
+  LogME otherwise; measured before training). This is the benchmark's
   "HP transfer + score prior" (``benchmarks/transfer.py`` method ``transfer_prior``).
 
 Every key of a preset is an argument of :class:`~hp_rl.rl.algorithms.HubPPO` (extractor options and the
@@ -53,6 +54,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.5,
         "kickstart_fraction": 0.2,
         "prior": "auto",
+        # the prior is absolute evidence (a relevant agent keeps ~0.6-0.75 of its competence, head-less experts
+        # get at most 0.2): 4 gives the relevant one a logit lead of ~2-3 over the rest at the start
+        "prior_scale": 4.0,
     },
 }
 

@@ -8,10 +8,17 @@ Two pieces of evidence per expert (``python -m hp_rl.hub score SPEC --env ENV_ID
   expert's frozen features to the discounted returns of a short random-policy rollout on the target: how
   well its features already explain value.
 
-The *prior* combines them into one number per expert that the pathway generator can start its biases from
-(``prior=FILE``): the zero-shot return normalised between a random policy's (0) and the best expert's (1)
-where a head maps (floored at 0); for experts without one, half their LogME min-max normalised within the hub (measured
-return is the stronger evidence).
+The *prior* combines them into one number in [0, 1] per expert that the pathway generator can start its
+biases from (``prior=FILE``). It is absolute evidence, not a ranking, so that a hub with nothing relevant in it
+tilts the routes little:
+
+- where the expert's policy head maps onto the target's actions: the share of its own competence it keeps on
+  the target, ``(zero-shot - random) / (source return - source random)``, from the source returns its
+  provenance records (``hp_rl.hub export`` writes them); without them, relative to the best expert of the hub;
+  clipped to [0, 1];
+- for experts without such a head: LogME min-max normalised within those experts, times
+  :data:`HEADLESS_PRIOR_CAP` (features that predict a random policy's returns are weaker evidence than a policy
+  that plays the target, and on MinAtar SpaceInvaders they ranked the relevant expert last).
 """
 
 from __future__ import annotations
@@ -29,10 +36,20 @@ from hp_rl.hub.options import PathwayOptionError
 from hp_rl.overrides import ConfigError
 from hp_rl.yaml_files import read_yaml
 
-__all__ = ["logme", "score_hub", "write_scores", "read_prior", "AUTO_PRIOR_SEED"]
+__all__ = [
+    "logme",
+    "score_hub",
+    "prior_from_scores",
+    "write_scores",
+    "read_prior",
+    "AUTO_PRIOR_SEED",
+    "HEADLESS_PRIOR_CAP",
+]
 
 # Seed of the scoring environments for prior="auto" (and the benchmark's scores): no training run uses it.
 AUTO_PRIOR_SEED = 12_345
+# Largest prior of an expert without a policy head that maps onto the target (evidence from LogME only).
+HEADLESS_PRIOR_CAP = 0.2
 
 
 def logme(features: np.ndarray, targets: np.ndarray, iterations: int = 50) -> float:
@@ -146,6 +163,7 @@ def score_hub(
         dones.append(done.astype(np.float64))
     returns = _discounted_returns(np.array(rewards), np.array(dones), gamma).reshape(-1)
     frames = torch.as_tensor(np.concatenate(observations)).float()
+    references = _source_references(spec)
     experts: dict[str, dict[str, Any]] = {}
     for name in spec.names:
         model = _single_expert_model(spec, name, env)
@@ -161,6 +179,9 @@ def score_hub(
         if extractor.head_sources[name] == "pretrained":
             mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=False)
             entry["zero_shot_return"] = round(float(np.mean(mean)), 4)
+            source, source_random = references.get(name, (math.nan, math.nan))
+            if source > source_random:  # the share of its own competence the expert keeps on the target
+                entry["retention"] = round((entry["zero_shot_return"] - random_return) / (source - source_random), 4)
         experts[name] = entry
     env.close()
     eval_env.close()
@@ -170,24 +191,38 @@ def score_hub(
         "rollout_steps": rollout_steps,
         "random_return": round(random_return, 4),
         "experts": experts,
-        "prior": _prior(experts, random_return),
+        "prior": prior_from_scores(experts, random_return),
     }
 
 
-def _prior(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str, float]:
+def _source_references(spec: HubSpec) -> dict[str, tuple[float, float]]:
+    """Expert name -> (its return on its source task, a random policy's there), where its provenance has both."""
+    references: dict[str, tuple[float, float]] = {}
+    for expert in spec.experts:
+        source, random = expert.provenance.get("source_return"), expert.provenance.get("random_return")
+        if isinstance(source, int | float) and isinstance(random, int | float) and math.isfinite(source - random):
+            references[expert.name] = (float(source), float(random))
+    return references
+
+
+def prior_from_scores(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str, float]:
+    """The prior of each scored expert (the rules of the module docstring)."""
     zero_shot = {n: e["zero_shot_return"] for n, e in experts.items() if "zero_shot_return" in e}
     prior: dict[str, float] = {}
     if zero_shot:
-        best = max(zero_shot.values())
-        span = best - random_return
+        best_gain = max(zero_shot.values()) - random_return
         for name, value in zero_shot.items():
+            if "retention" in experts[name]:
+                share = float(experts[name]["retention"])
+            else:  # no record of what the expert achieves at home: the best expert of this hub is the reference
+                share = (value - random_return) / best_gain if best_gain > 0 else 0.0
             # below a random policy is no evidence for the expert, not evidence against the others: floor at 0
-            prior[name] = round(max(0.0, (value - random_return) / span), 4) if span > 0 else 0.0
+            prior[name] = round(min(1.0, max(0.0, share)), 4)
     evidence = {n: e["logme"] for n, e in experts.items() if n not in prior}
     if evidence:
         low, high = min(evidence.values()), max(evidence.values())
         for name, value in evidence.items():
-            prior[name] = round(0.5 * (value - low) / (high - low), 4) if high > low else 0.0
+            prior[name] = round(HEADLESS_PRIOR_CAP * (value - low) / (high - low), 4) if high > low else 0.0
     return prior
 
 
