@@ -400,3 +400,26 @@ def test_a_suite_runs_on_an_exported_hub_without_pretraining(tmp_path: Path) -> 
     not_a_hub.write_text("- a\n")
     with pytest.raises(SystemExit, match="not a hub manifest"):
         bench.main([*argv[:4], "--experts-from", str(not_a_hub), "--out", str(out)])
+
+
+def test_built_experts_carry_their_source_returns_into_the_hub(
+    tmp_path: Path, minatar_zip: tuple[Path, object]
+) -> None:
+    # The score prior needs what each expert achieves at home; a hub build records it beside the model.
+    import shutil
+
+    from hp_rl.hub.expert import file_sha256
+
+    bench = _bench()
+    model = tmp_path / "space_invaders" / "model.zip"
+    model.parent.mkdir()
+    shutil.copy(minatar_zip[0], model)
+    suite = bench.SUITES["needle"]
+    assert "provenance" not in bench._hub_mapping(suite, {"space_invaders": model})["experts"][0]
+    record = {"return_mean": 33.4, "random_return_mean": 4.2, "model_sha256": file_sha256(model)}
+    (model.parent / "source_eval.yml").write_text(yaml.safe_dump(record))
+    (entry,) = bench._hub_mapping(suite, {"space_invaders": model})["experts"]
+    assert entry["provenance"] == {"source_return": 33.4, "random_return": 4.2}
+    # an evaluation of another file says nothing about this one
+    (model.parent / "source_eval.yml").write_text(yaml.safe_dump({**record, "model_sha256": "0" * 64}))
+    assert "provenance" not in bench._hub_mapping(suite, {"space_invaders": model})["experts"][0]
