@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.5,
         "kickstart_fraction": 0.2,
         "prior": "auto",
-        # the prior is absolute evidence (a relevant agent keeps ~0.6-0.75 of its competence, head-less experts
+        # the prior is absolute evidence (a relevant agent keeps ~0.8 of its competence zero-shot, head-less experts
         # get at most 0.2): 4 gives the relevant one a logit lead of ~2-3 over the rest at the start
         "prior_scale": 4.0,
     },
