@@ -501,14 +501,10 @@ def _hub_mapping(suite: Suite, experts: dict[str, Expert], random_trunks: bool =
 def _source_evaluation(model: Path) -> dict[str, float]:
     """The source return and a random policy's there, from the hub build's ``source_eval.yml`` beside ``model``
     (as ``hp_rl.hub export`` records them in a manifest), if that evaluation is of this very file."""
-    from hp_rl.hub.expert import file_sha256
-    from hp_rl.yaml_files import read_yaml_mapping
+    from hp_rl.rl.source_eval import read_source_evaluation
 
-    record = model.parent / "source_eval.yml"
-    if not record.is_file():
-        return {}
-    saved = read_yaml_mapping(record, "source evaluation record", allow_empty=True)
-    if saved.get("model_sha256") != file_sha256(model):
+    saved = read_source_evaluation(model)
+    if saved is None:
         return {}
     return {"source_return": float(saved["return_mean"]), "random_return": float(saved["random_return_mean"])}
 

@@ -165,20 +165,18 @@ def _spec_argument(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- build
 
 
-def _cached_evaluation(folder: Path, model_path: Path, task: Any, episodes: int, seed: int) -> dict[str, Any]:
-    """The evaluation in ``folder/source_eval.yml`` if it is of this model and episode count, else a new one."""
-    from hp_rl.rl.source_eval import evaluate_source_task
+def _cached_evaluation(model_path: Path, task: Any, episodes: int, seed: int) -> dict[str, Any]:
+    """The evaluation in ``source_eval.yml`` beside the model if it is of this model and episode count, else a
+    new one (and that is recorded there)."""
+    from hp_rl.rl.source_eval import SOURCE_EVAL_NAME, evaluate_source_task, read_source_evaluation
 
-    record = folder / "source_eval.yml"
-    digest = file_sha256(model_path)
-    if record.is_file():
-        saved = read_yaml_mapping(record, "source evaluation record", allow_empty=True)
-        if saved.get("model_sha256") == digest and saved.get("episodes") == episodes:
-            return dict(saved)
+    saved = read_source_evaluation(model_path, episodes)
+    if saved is not None:
+        return saved
     print(f"[hub build] evaluating {task.name} on {task.env_id} ({episodes} episodes, and a random policy)", flush=True)
     result = evaluate_source_task(model_path, task.env_id, episodes, seed, task.env_preset, task.env_kwargs)
-    result["model_sha256"] = digest
-    record.write_text(yaml.safe_dump(result, sort_keys=False))
+    result["model_sha256"] = file_sha256(model_path)
+    (model_path.parent / SOURCE_EVAL_NAME).write_text(yaml.safe_dump(result, sort_keys=False))
     return result
 
 
@@ -235,7 +233,7 @@ def cmd_build(
         if task.env_kwargs:
             provenance["env_kwargs"] = dict(task.env_kwargs)
         if evaluate:
-            result = _cached_evaluation(workdir / task.name, model_path, task, n_episodes, recipe.seed + 10_000)
+            result = _cached_evaluation(model_path, task, n_episodes, recipe.seed + 10_000)
             provenance.update(
                 {
                     "source_return": result["return_mean"],

@@ -423,3 +423,20 @@ def test_built_experts_carry_their_source_returns_into_the_hub(
     # an evaluation of another file says nothing about this one
     (model.parent / "source_eval.yml").write_text(yaml.safe_dump({**record, "model_sha256": "0" * 64}))
     assert "provenance" not in bench._hub_mapping(suite, {"space_invaders": model})["experts"][0]
+
+
+def test_a_source_evaluation_of_another_episode_count_is_not_reused(tmp_path: Path) -> None:
+    # hub build re-evaluates when asked for more episodes; the benchmark takes whatever count was recorded
+    from hp_rl.hub.expert import file_sha256
+    from hp_rl.rl.source_eval import SOURCE_EVAL_NAME, read_source_evaluation
+
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"weights")
+    assert read_source_evaluation(model) is None
+    record = {"return_mean": 1.5, "random_return_mean": 0.2, "episodes": 20, "model_sha256": file_sha256(model)}
+    (tmp_path / SOURCE_EVAL_NAME).write_text(yaml.safe_dump(record))
+    assert read_source_evaluation(model) == record
+    assert read_source_evaluation(model, episodes=20) == record
+    assert read_source_evaluation(model, episodes=50) is None
+    model.write_bytes(b"retrained weights")
+    assert read_source_evaluation(model, episodes=20) is None

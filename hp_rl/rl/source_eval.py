@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RandomPolicy", "evaluate_source_task"]
+__all__ = ["SOURCE_EVAL_NAME", "RandomPolicy", "evaluate_source_task", "read_source_evaluation"]
+
+#: The record a hub build writes beside each expert's model: its evaluation and the model file's sha256.
+SOURCE_EVAL_NAME = "source_eval.yml"
 
 
 class RandomPolicy:
@@ -75,3 +78,27 @@ def evaluate_source_task(
         results[f"{key}return_mean"] = round(float(np.mean(returns)), 3)
         results[f"{key}return_std"] = round(float(np.std(returns)), 3)
     return results
+
+
+def read_source_evaluation(model_path: Path, episodes: int | None = None) -> dict[str, Any] | None:
+    """The evaluation recorded in ``source_eval.yml`` beside ``model_path``, if it is of this very file.
+
+    The record names the model by its sha256, so a retrained or replaced model never inherits an old
+    evaluation.
+
+    :param episodes: also require the record to be of this many episodes.
+    :return: the record (``return_mean``, ``random_return_mean``, ... as :func:`evaluate_source_task` gives
+        them, plus ``model_sha256``), or ``None`` when there is none for this file.
+    """
+    from hp_rl.hub.expert import file_sha256
+    from hp_rl.yaml_files import read_yaml_mapping
+
+    record = Path(model_path).parent / SOURCE_EVAL_NAME
+    if not record.is_file():
+        return None
+    saved = read_yaml_mapping(record, "source evaluation record", allow_empty=True)
+    if saved.get("model_sha256") != file_sha256(Path(model_path)):
+        return None
+    if episodes is not None and saved.get("episodes") != episodes:
+        return None
+    return dict(saved)
