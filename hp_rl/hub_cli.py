@@ -168,16 +168,14 @@ def _spec_argument(text: str) -> str:
 def _cached_evaluation(model_path: Path, task: Any, episodes: int, seed: int) -> dict[str, Any]:
     """The evaluation in ``source_eval.yml`` beside the model if it is of this model and episode count, else a
     new one (and that is recorded there)."""
-    from hp_rl.rl.source_eval import SOURCE_EVAL_NAME, evaluate_source_task, read_source_evaluation
+    from hp_rl.rl.source_eval import evaluate_source_task, read_source_evaluation, write_source_evaluation
 
     saved = read_source_evaluation(model_path, episodes)
     if saved is not None:
         return saved
     print(f"[hub build] evaluating {task.name} on {task.env_id} ({episodes} episodes, and a random policy)", flush=True)
     result = evaluate_source_task(model_path, task.env_id, episodes, seed, task.env_preset, task.env_kwargs)
-    result["model_sha256"] = file_sha256(model_path)
-    (model_path.parent / SOURCE_EVAL_NAME).write_text(yaml.safe_dump(result, sort_keys=False))
-    return result
+    return write_source_evaluation(model_path, result)
 
 
 def _command(recipe: Path, workdir: Path) -> str:

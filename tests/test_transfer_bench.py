@@ -428,13 +428,14 @@ def test_built_experts_carry_their_source_returns_into_the_hub(
 def test_a_source_evaluation_of_another_episode_count_is_not_reused(tmp_path: Path) -> None:
     # hub build re-evaluates when asked for more episodes; the benchmark takes whatever count was recorded
     from hp_rl.hub.expert import file_sha256
-    from hp_rl.rl.source_eval import SOURCE_EVAL_NAME, read_source_evaluation
+    from hp_rl.rl.source_eval import read_source_evaluation, write_source_evaluation
 
     model = tmp_path / "model.zip"
     model.write_bytes(b"weights")
     assert read_source_evaluation(model) is None
-    record = {"return_mean": 1.5, "random_return_mean": 0.2, "episodes": 20, "model_sha256": file_sha256(model)}
-    (tmp_path / SOURCE_EVAL_NAME).write_text(yaml.safe_dump(record))
+    record = write_source_evaluation(model, {"return_mean": 1.5, "random_return_mean": 0.2, "episodes": 20})
+    assert record["model_sha256"] == file_sha256(model)
+    assert (tmp_path / "source_eval.yml").is_file()
     assert read_source_evaluation(model) == record
     assert read_source_evaluation(model, episodes=20) == record
     assert read_source_evaluation(model, episodes=50) is None

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SOURCE_EVAL_NAME", "RandomPolicy", "evaluate_source_task", "read_source_evaluation"]
+__all__ = [
+    "SOURCE_EVAL_NAME",
+    "RandomPolicy",
+    "evaluate_source_task",
+    "read_source_evaluation",
+    "write_source_evaluation",
+]
 
 #: The record a hub build writes beside each expert's model: its evaluation and the model file's sha256.
 SOURCE_EVAL_NAME = "source_eval.yml"
@@ -102,3 +108,17 @@ def read_source_evaluation(model_path: Path, episodes: int | None = None) -> dic
     if episodes is not None and saved.get("episodes") != episodes:
         return None
     return dict(saved)
+
+
+def write_source_evaluation(model_path: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Record ``evaluation`` in ``source_eval.yml`` beside ``model_path``, stamped with the model's sha256.
+
+    :return: the record as written (what :func:`read_source_evaluation` gives back for this file).
+    """
+    import yaml
+
+    from hp_rl.hub.expert import file_sha256
+
+    record = {**evaluation, "model_sha256": file_sha256(Path(model_path))}
+    (Path(model_path).parent / SOURCE_EVAL_NAME).write_text(yaml.safe_dump(record, sort_keys=False))
+    return record
