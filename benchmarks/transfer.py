@@ -71,6 +71,7 @@ from hp_rl.bench.recording import episode_recorder, forward_flops, noise_free_ev
 # A source expert: an SB3 run's model.zip (pretrained by the sweep) or an exported hub's manifest entry.
 Expert = Path | dict[str, Any]
 
+from hp_rl.rl.presets import ALGORITHM_KEYS, pathway_preset  # noqa: E402  (after the checkout is on the path)
 from hp_rl.runner import Backend, BackendError, run_jobs  # noqa: E402  (after the checkout is on the path)
 
 __all__ = [
@@ -258,19 +259,12 @@ class Method:
 
 _NO_AUX = {"noise": "none", "explore_coef": 0.0}
 _HUB_PATHWAY = {"noise": "learned", "explore_coef": 0.01}
-# The transfer configuration (hp_rl.rl.presets "transfer"): output aggregation with the experts' own heads,
-# an always-routed base expert, bounded and annealed noise, a decaying exploration loss, kickstarting.
-_TRANSFER = {
-    "k": 1,
-    "aggregation": "output",
-    "base_expert": True,
-    "noise": "learned",
-    "noise_cap": 1.0,
-    "noise_anneal": 0.25,
-    "explore_coef": 0.01,
-    "explore_decay": 0.5,
-}
-_KICKSTART = {"kickstart_coef": 0.5, "kickstart_fraction": 0.2}
+# The transfer configuration is the shipped preset (hp_rl.rl.presets "transfer"), read from there so that the
+# benchmark measures what users get: its extractor options, its algorithm options (kickstarting), and its prior
+# (Method.prior: the scores of the target's hub, cached per sweep, as prior="auto" computes them).
+_PRESET = pathway_preset("transfer")
+_TRANSFER = {key: value for key, value in _PRESET.items() if key not in ALGORITHM_KEYS and key != "prior"}
+_KICKSTART = {key: _PRESET[key] for key in ("kickstart_coef", "kickstart_fraction")}
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -283,13 +277,20 @@ METHODS: dict[str, Method] = {
         Method("no_explore", "HP w/o explore loss", "hub", {**_HUB_PATHWAY, "explore_coef": 0.0}, exploit_coef=0.1),
         Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
         Method("single_agent", "single agent (heads kept)", "single", {"k": 1, **_NO_AUX, "aggregation": "output"}),
-        Method("transfer", "HP transfer", "hub", dict(_TRANSFER), exploit_coef=0.1, algo_kwargs=dict(_KICKSTART)),
+        Method(
+            "transfer",
+            "HP transfer",
+            "hub",
+            dict(_TRANSFER),
+            exploit_coef=_PRESET["exploit_coef"],
+            algo_kwargs=dict(_KICKSTART),
+        ),
         Method(
             "transfer_prior",
             "HP transfer + score prior",
             "hub",
             dict(_TRANSFER),
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
@@ -298,7 +299,7 @@ METHODS: dict[str, Method] = {
             "HP transfer, random trunks",
             "hub",
             dict(_TRANSFER),
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             random_trunks=True,
         ),
@@ -309,7 +310,7 @@ METHODS: dict[str, Method] = {
             "preset transfer w/o kickstart",
             "hub",
             dict(_TRANSFER),
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             prior=True,
         ),
         Method(
@@ -317,7 +318,7 @@ METHODS: dict[str, Method] = {
             "preset transfer w/o base expert",
             "hub",
             {**_TRANSFER, "base_expert": False},
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
@@ -326,7 +327,7 @@ METHODS: dict[str, Method] = {
             "preset transfer, feature aggregation",
             "hub",
             {**_TRANSFER, "aggregation": "features"},
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
@@ -335,8 +336,17 @@ METHODS: dict[str, Method] = {
             "preset transfer + value-only warm-up (5%)",
             "hub",
             dict(_TRANSFER),
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs={**_KICKSTART, "critic_warmup": 0.05},
+            prior=True,
+        ),
+        Method(  # an option the preset leaves off, added on top of it
+            "transfer_base_prior",
+            "preset transfer + base prior 0.5",
+            "hub",
+            {**_TRANSFER, "base_prior": 0.5},
+            exploit_coef=_PRESET["exploit_coef"],
+            algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
         Method(
@@ -344,7 +354,7 @@ METHODS: dict[str, Method] = {
             "preset transfer, unbounded constant noise",
             "hub",
             {**_TRANSFER, "noise_cap": None, "noise_anneal": None},
-            exploit_coef=0.1,
+            exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
@@ -872,6 +882,8 @@ _ROW_ORDER = (
     "transfer_no_base",
     "transfer_features",
     "transfer_noise",
+    "transfer_critic_warmup",
+    "transfer_base_prior",
 )
 
 

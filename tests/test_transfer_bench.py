@@ -157,6 +157,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "single_agent-acrobot",
         "single_agent-mountaincar",
         "transfer",
+        "transfer_base_prior",
         "transfer_critic_warmup",
         "transfer_features",
         "transfer_no_base",
@@ -172,6 +173,9 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert {e["source"] for e in random["hub_experts"]} == {"random"} and len(random["hub_experts"]) == 2
     warmup = json.loads((out / "runs/control/cartpole/transfer_critic_warmup/seed0.json").read_text())
     assert warmup["hyperparams"]["critic_warmup"] == 0.05
+    base_prior = json.loads((out / "runs/control/cartpole/transfer_base_prior/seed0.json").read_text())
+    assert base_prior["hub_kwargs"]["base_prior"] == 0.5
+    assert prior["hub_kwargs"]["prior_scale"] == bench.pathway_preset("transfer")["prior_scale"]  # the preset's
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
@@ -441,3 +445,16 @@ def test_a_source_evaluation_of_another_episode_count_is_not_reused(tmp_path: Pa
     assert read_source_evaluation(model, episodes=50) is None
     model.write_bytes(b"retrained weights")
     assert read_source_evaluation(model, episodes=20) is None
+
+
+def test_the_benchmark_measures_the_shipped_transfer_preset() -> None:
+    from hp_rl.rl.presets import pathway_preset
+
+    bench = _bench()
+    shipped = pathway_preset("transfer")
+    measured = bench.METHODS["transfer_prior"]
+    assert measured.prior and shipped.pop("prior") == "auto"
+    assert {**measured.extractor, **measured.algo_kwargs, "exploit_coef": measured.exploit_coef} == shipped
+    # the ablations differ from it in the one part they name
+    no_base = bench.METHODS["transfer_no_base"]
+    assert {key for key in shipped if no_base.extractor.get(key, shipped[key]) != shipped[key]} == {"base_expert"}

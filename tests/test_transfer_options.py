@@ -239,6 +239,25 @@ def test_base_expert_starts_as_sb3_starts_the_plain_network() -> None:
     assert isinstance(base.output_adapter, torch.nn.Identity)  # type: ignore[union-attr]
 
 
+def test_base_prior_is_the_bar_an_expert_must_clear_and_survives_sb3_construction() -> None:
+    hub = _random_experts(2, 4)
+
+    def generator_bias(**options: Any) -> torch.Tensor:
+        kwargs = _extractor_kwargs(hub, k=1, base_expert=True, features_dim=128, **options)
+        model = PPO("CnnPolicy", make_env(BREAKOUT, 1, 0), policy_kwargs=kwargs, seed=3)
+        layer = find_hub_extractors(model)[0].pathway.generator.logits.module
+        return layer.bias.detach().clone()  # type: ignore[union-attr]
+
+    plain = generator_bias()
+    tilted = generator_bias(prior={"r0": 0.25}, prior_scale=2.0, base_prior=0.5)
+    # columns r0, r1, base: r0 starts 0.5 below the base expert, r1 (no evidence) 1.0 below
+    torch.testing.assert_close(tilted - plain, torch.tensor([0.5, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="base_expert"):
+        HubPathwayExtractor(make_env(BREAKOUT, 1, 0).observation_space, hub, k=1, base_prior=0.5)
+    with pytest.raises(ValueError, match="base_prior"):
+        HubPathwayExtractor(make_env(BREAKOUT, 1, 0).observation_space, hub, k=1, base_expert=True, base_prior=1.5)
+
+
 # --- output aggregation with the experts' own heads -----------------------------------------------------------
 def test_a_single_whole_agent_acts_as_the_agent_it_was_read_from(breakout_agent: Path) -> None:
     agent = PPO.load(breakout_agent, device="cpu")

@@ -60,6 +60,7 @@ PATHWAY_OPTIONS: dict[str, Rule] = {
     "teachers": Bool(),
     "prior": AnyValue(_prior, "a score file path, auto, or a mapping of expert names to numbers"),
     "prior_scale": Float(),
+    "base_prior": Float(0.0, 1.0),
 }
 
 

@@ -144,6 +144,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         prior; the generator's logit biases start at ``prior_scale * prior`` (experts not named: 0).
         HubPPO/HubA2C also take ``"auto"``: they score the hub on the target before training.
     :param prior_scale: how strongly the prior tilts the first routes.
+    :param base_prior: with ``base_expert``, the base expert's prior: its logit bias starts at
+        ``prior_scale * base_prior``, so a routed expert starts with more than half of the mixture only where
+        its prior exceeds this (0: an expert with no evidence starts level with the fresh network).
     :param execution: ``"auto"`` (default), ``"fused"`` or ``"sparse"``: whether experts of one architecture
         run as one batched call on every observation or each on its routed observations
         (:mod:`hp_rl.routing.fused`); ``auto`` fuses small batches (acting), where per-call overhead
@@ -181,6 +184,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         teachers: bool = False,
         prior: str | Mapping[str, float] | None = None,
         prior_scale: float = 2.0,
+        base_prior: float = 0.0,
         execution: Execution = "auto",
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
@@ -244,8 +248,12 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         else:
             body, body_dim = mlp_body(int(torch.Size(shape).numel()))
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
+        if base_prior and not base_expert:
+            raise PathwayOptionError(f"base_prior={base_prior} needs base_expert=True (there is no base expert).")
         if prior is not None:
             self._start_from_prior(generator, tuple(experts), prior, prior_scale)
+        if base_prior:  # beside the experts' prior: the fresh network is the reference an expert must beat
+            self._start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
         router = NoisyTopKRouter(
             len(experts),
             k,
