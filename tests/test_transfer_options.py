@@ -427,6 +427,19 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
     assert hub_main(["score", str(spec), "--env", "MinAtar/Nope-v1"]) == 2
 
 
+def test_scores_do_not_depend_on_the_caller_s_random_state(breakout_agent: Path) -> None:
+    from hp_rl.rl.scoring import score_hub
+
+    hub = {"experts": [_agent_spec(breakout_agent)]}
+    scores = []
+    for caller_seed in (1, 2, 3):  # a training run seeds torch before it scores (prior="auto", the benchmark)
+        torch.manual_seed(caller_seed)
+        state = torch.get_rng_state()
+        scores.append(score_hub(hub, BREAKOUT, episodes=6, rollout_steps=64, seed=5))
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left as it was
+    assert scores[0] == scores[1] == scores[2]
+
+
 def test_the_prior_is_absolute_evidence_not_a_ranking_of_weak_experts() -> None:
     from hp_rl.rl.scoring import HEADLESS_PRIOR_CAP, prior_from_scores
 

@@ -140,6 +140,22 @@ def score_hub(
     :param gamma: discount of the returns LogME predicts.
     :return: ``{"env_id", "random_return", "experts": {name: {...}}, "prior": {name: value}}``.
     """
+    # The zero-shot returns sample actions with torch (and fresh heads draw torch weights): seeded here, so the
+    # scores depend on ``seed`` alone, not on whatever the caller (a training run, a parallel job) did before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _score_hub(hub, env_id, episodes, rollout_steps, seed, gamma, env_kwargs)
+
+
+def _score_hub(
+    hub: Any,
+    env_id: str,
+    episodes: int,
+    rollout_steps: int,
+    seed: int,
+    gamma: float,
+    env_kwargs: dict[str, Any] | None,
+) -> dict[str, Any]:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     from hp_rl.rl.envs import make_env
