@@ -349,6 +349,15 @@ METHODS: dict[str, Method] = {
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
+        Method(  # an option the preset leaves off, added on top of it
+            "transfer_trusted",
+            "preset transfer, teachers trusted by their prior",
+            "hub",
+            {**_TRANSFER, "teacher_trust": "prior"},
+            exploit_coef=_PRESET["exploit_coef"],
+            algo_kwargs=dict(_KICKSTART),
+            prior=True,
+        ),
         Method(
             "transfer_noise",
             "preset transfer, unbounded constant noise",
@@ -884,6 +893,7 @@ _ROW_ORDER = (
     "transfer_noise",
     "transfer_critic_warmup",
     "transfer_base_prior",
+    "transfer_trusted",
 )
 
 

@@ -340,13 +340,38 @@ def test_kickstart_teacher_is_the_pretrained_policy_and_its_weight_decays(breako
             p.add_(1.0)
     extractor(obs)
     assert extractor.last_teacher is not None
-    teacher, mask = extractor.last_teacher
+    teacher, mask, trust = extractor.last_teacher
+    torch.testing.assert_close(trust, torch.ones(8))  # teacher_trust="uniform": every teacher imitated fully
     with torch.no_grad():
         torch.testing.assert_close(teacher, agent.policy.get_distribution(obs).distribution.probs, atol=1e-5, rtol=1e-4)
     assert bool(mask.all())
     for remaining, weight in ((1.0, 2.0), (0.75, 1.0), (0.5, 0.0), (0.1, 0.0)):
         model._current_progress_remaining = remaining
         assert model._kickstart_weight() == pytest.approx(weight)
+
+
+def test_teachers_are_trusted_as_far_as_their_prior_says_they_play_the_target(breakout_agent: Path) -> None:
+    hub = {"experts": [_agent_spec(breakout_agent, "strong"), _agent_spec(breakout_agent, "weak")]}
+    options: dict[str, Any] = {"k": 1, "aggregation": "output", "noise": "none", "n_steps": 16, "batch_size": 16}
+    model = HubPPO(
+        "CnnPolicy",
+        make_env(BREAKOUT, 2, 0),
+        hub=hub,
+        kickstart_coef=1.0,
+        prior={"strong": 0.8, "weak": 0.1},
+        teacher_trust="prior",
+        **options,
+    )
+    extractor = find_hub_extractors(model)[0]
+    extractor.kickstart_active = True
+    extractor(torch.rand(64, 4, 10, 10).round())
+    assert extractor.last_teacher is not None and extractor.last_output is not None
+    _, mask, trust = extractor.last_teacher
+    weights = extractor.last_output.routes.weights.detach()
+    assert bool(mask.all())
+    torch.testing.assert_close(trust, 0.8 * weights[:, 0] + 0.1 * weights[:, 1])
+    with pytest.raises(ValueError, match="teacher_trust='prior' needs a prior"):
+        HubPPO("CnnPolicy", make_env(BREAKOUT, 2, 0), hub=hub, kickstart_coef=1.0, teacher_trust="prior", **options)
 
 
 # --- trunk schedule, generator learning rate, presets ----------------------------------------------------------

@@ -61,6 +61,7 @@ PATHWAY_OPTIONS: dict[str, Rule] = {
     "prior": AnyValue(_prior, "a score file path, auto, or a mapping of expert names to numbers"),
     "prior_scale": Float(),
     "base_prior": Float(0.0, 1.0),
+    "teacher_trust": Choice(("uniform", "prior")),
 }
 
 

@@ -313,19 +313,21 @@ class _HubOnPolicyMixin:
         return kickstart if exploit is None else exploit + kickstart
 
     def _kickstart_loss(self, policy: ActorCriticPolicy, pi_output: PathwayOutput) -> Tensor | None:
-        """``weight * KL(teacher || agent)`` over rows routed to experts with pretrained policies."""
+        """``weight * KL(teacher || agent)`` over rows routed to experts with pretrained policies, each row
+        scaled by the extractor's trust in its teacher."""
         extractor = policy.pi_features_extractor
         weight = self._kickstart_weight()
         if weight == 0 or not isinstance(extractor, HubPathwayExtractor) or extractor.last_teacher is None:
             return None
-        teacher, mask = extractor.last_teacher
+        teacher, mask, trust = extractor.last_teacher
         if not bool(mask.any()):
             return None
         latent_pi = policy.mlp_extractor.forward_actor(pi_output.features)
         student = F.log_softmax(policy.action_net(latent_pi), dim=1)
         teacher = teacher[mask]
-        kl = (teacher * (torch.log(teacher.clamp_min(1e-8)) - student[mask])).sum(1).mean()
-        self._kickstart_values.append(float(kl.detach()))
+        kl_rows = (teacher * (torch.log(teacher.clamp_min(1e-8)) - student[mask])).sum(1)
+        kl = (trust[mask] * kl_rows).mean()  # trust 1 everywhere unless the extractor's teacher_trust="prior"
+        self._kickstart_values.append(float(kl_rows.detach().mean()))
         return weight * kl
 
     def _expert_losses(

@@ -49,6 +49,7 @@ __all__ = [
 
 BASE_EXPERT = "base"
 Aggregation = Literal["features", "output"]
+TeacherTrust = Literal["uniform", "prior"]
 
 # Frozen trunks never change, so every extractor in the process that names the same weights shares one
 # copy: actor and critic, a DQN target network, a model loaded beside the one that saved it.
@@ -140,6 +141,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     :param generator_lr_scale: learning-rate multiplier of the pathway generator (HubPPO/HubA2C).
     :param teachers: keep frozen copies of the experts' pretrained policies for kickstarting
         (HubPPO/HubA2C ``kickstart_coef``).
+    :param teacher_trust: how much kickstarting imitates each routed teacher: ``"uniform"`` (fully) or
+        ``"prior"`` (in proportion to its prior, the evidence that it plays the target; experts the prior does
+        not name: 0), so that a hub without a relevant agent does not pull the agent towards other games' play.
     :param prior: a transferability score file (``python -m hp_rl.hub score``) or a mapping expert name ->
         prior; the generator's logit biases start at ``prior_scale * prior`` (experts not named: 0).
         HubPPO/HubA2C also take ``"auto"``: they score the hub on the target before training.
@@ -185,6 +189,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         prior: str | Mapping[str, float] | None = None,
         prior_scale: float = 2.0,
         base_prior: float = 0.0,
+        teacher_trust: TeacherTrust = "uniform",
         execution: Execution = "auto",
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
@@ -250,8 +255,12 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
         if base_prior and not base_expert:
             raise PathwayOptionError(f"base_prior={base_prior} needs base_expert=True (there is no base expert).")
+        if teacher_trust == "prior" and prior is None:
+            raise PathwayOptionError("teacher_trust='prior' needs a prior (a score file, a mapping, or auto).")
+        self.teacher_trust: TeacherTrust = teacher_trust
+        self.prior_values: dict[str, float] = {}
         if prior is not None:
-            self._start_from_prior(generator, tuple(experts), prior, prior_scale)
+            self.prior_values = self._start_from_prior(generator, tuple(experts), prior, prior_scale)
         if base_prior:  # beside the experts' prior: the fresh network is the reference an expert must beat
             self._start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
         router = NoisyTopKRouter(
@@ -271,7 +280,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         self.explore_scale = 1.0
         self.kickstart_active = False
         self.last_output: PathwayOutput | None = None
-        self.last_teacher: tuple[Tensor, Tensor] | None = None
+        self.last_teacher: tuple[Tensor, Tensor, Tensor] | None = None
         # Routing of the latest forward made to act (not to update), and how many there were: gate usage
         # statistics count each acting observation exactly once.
         self.last_acting_routes: Routes | None = None
@@ -335,7 +344,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     @staticmethod
     def _start_from_prior(
         generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float], scale: float
-    ) -> None:
+    ) -> dict[str, float]:
+        """Add ``scale * prior`` to the generator's logit biases; :return: the prior read (expert -> value)."""
         from hp_rl.rl.scoring import read_prior
 
         if prior == "auto":
@@ -352,6 +362,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         with torch.no_grad():
             for column, name in enumerate(names):
                 layer.bias[column] += scale * values.get(name, 0.0)
+        return values
 
     def _set_scheduled_trunks_frozen(self, frozen: bool) -> None:
         for name in self.scheduled_trunks:
@@ -426,13 +437,16 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             return attach_loss(output.features, coef * output.explore_loss)
         return output.features
 
-    def _teacher_policy(self, observations: Tensor, output: PathwayOutput) -> tuple[Tensor, Tensor] | None:
+    def _teacher_policy(self, observations: Tensor, output: PathwayOutput) -> tuple[Tensor, Tensor, Tensor] | None:
         """The routed experts' pretrained policies mixed with the (detached) pathway weights.
 
-        :return: ``(B, n)`` teacher probabilities and a ``(B,)`` mask of rows routed to any teacher, or ``None``.
+        :return: ``(B, n)`` teacher probabilities, a ``(B,)`` mask of rows routed to any teacher and the ``(B,)``
+            trust in each row's teacher (1 with ``teacher_trust="uniform"``; the teachers' priors mixed with
+            the same weights with ``"prior"``), or ``None``.
         """
         mixed: Tensor | None = None
         total = observations.new_zeros(observations.shape[0])
+        trusted = observations.new_zeros(observations.shape[0])
         for name, batch in output.experts.items():
             expert = self.pathway.experts[name]
             if not isinstance(expert, HeadedExpert) or expert.teacher is None:
@@ -444,10 +458,12 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 mixed = probs.new_zeros(observations.shape[0], probs.shape[1])
             mixed = mixed.index_add(0, batch.sample_index, weight[:, None] * probs)
             total = total.index_add(0, batch.sample_index, weight)
+            trust = 1.0 if self.teacher_trust == "uniform" else self.prior_values.get(name, 0.0)
+            trusted = trusted.index_add(0, batch.sample_index, trust * weight)
         if mixed is None:
             return None
         mask = total > 0
-        return mixed / total.clamp_min(1e-12)[:, None], mask
+        return mixed / total.clamp_min(1e-12)[:, None], mask, trusted / total.clamp_min(1e-12)
 
     def trunk_parameter_groups(self) -> dict[float, list[nn.Parameter]]:
         """Trainable trunk (and generator) parameters grouped by learning-rate scale (scale 1 left out).
