@@ -20,6 +20,7 @@ from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
 from hp_rl.rl.baselines import base_trunk
+from hp_rl.rl.scoring import start_from_prior
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
@@ -260,9 +261,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         self.teacher_trust: TeacherTrust = teacher_trust
         self.prior_values: dict[str, float] = {}
         if prior is not None:
-            self.prior_values = self._start_from_prior(generator, tuple(experts), prior, prior_scale)
+            self.prior_values = start_from_prior(generator, tuple(experts), prior, prior_scale)
         if base_prior:  # beside the experts' prior: the fresh network is the reference an expert must beat
-            self._start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
+            start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
         router = NoisyTopKRouter(
             len(experts),
             k,
@@ -340,29 +341,6 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             protect_init=False,
             identity_output=trunk_dim == features_dim,
         )
-
-    @staticmethod
-    def _start_from_prior(
-        generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float], scale: float
-    ) -> dict[str, float]:
-        """Add ``scale * prior`` to the generator's logit biases; :return: the prior read (expert -> value)."""
-        from hp_rl.rl.scoring import read_prior
-
-        if prior == "auto":
-            raise PathwayOptionError(
-                "prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
-                "with the extractor alone give a score file (python -m hp_rl.hub score)."
-            )
-        values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise PathwayOptionError(f"prior names experts {unknown} that the hub does not hold ({', '.join(names)}).")
-        layer = generator.logits.module
-        assert isinstance(layer, nn.Linear)
-        with torch.no_grad():
-            for column, name in enumerate(names):
-                layer.bias[column] += scale * values.get(name, 0.0)
-        return values
 
     def _set_scheduled_trunks_frozen(self, frozen: bool) -> None:
         for name in self.scheduled_trunks:

@@ -24,6 +24,7 @@ tilts the routes little:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import yaml
 from hp_rl.hub import HubSpec, parse_hub
 from hp_rl.hub.options import PathwayOptionError
 from hp_rl.overrides import ConfigError
+from hp_rl.routing import PathwayGenerator
 from hp_rl.yaml_files import read_yaml
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "prior_from_scores",
     "write_scores",
     "read_prior",
+    "start_from_prior",
     "AUTO_PRIOR_SEED",
     "HEADLESS_PRIOR_CAP",
 ]
@@ -276,3 +279,30 @@ def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
     ):
         raise PathwayOptionError(f"prior={prior!r}: expected a mapping of expert names to finite numbers.")
     return {str(k): float(v) for k, v in raw.items()}
+
+
+def start_from_prior(
+    generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float], scale: float
+) -> dict[str, float]:
+    """Add ``scale * prior`` to the generator's logit biases (column i is expert ``names[i]``; experts the prior
+    does not name: 0).
+
+    :param prior: a score file or a mapping expert name -> prior (``"auto"`` is resolved by HubPPO/HubA2C).
+    :return: the prior read (expert -> value).
+    :raises PathwayOptionError: for ``"auto"`` here, or a prior naming experts the hub does not hold.
+    """
+    if prior == "auto":
+        raise PathwayOptionError(
+            "prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
+            "with the extractor alone give a score file (python -m hp_rl.hub score)."
+        )
+    values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise PathwayOptionError(f"prior names experts {unknown} that the hub does not hold ({', '.join(names)}).")
+    layer = generator.logits.module
+    assert isinstance(layer, torch.nn.Linear)
+    with torch.no_grad():
+        for column, name in enumerate(names):
+            layer.bias[column] += scale * values.get(name, 0.0)
+    return values
