@@ -277,11 +277,11 @@ METHODS: dict[str, Method] = {
         Method("no_explore", "HP w/o explore loss", "hub", {**_HUB_PATHWAY, "explore_coef": 0.0}, exploit_coef=0.1),
         Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
         Method("single_agent", "single agent (heads kept)", "single", {"k": 1, **_NO_AUX, "aggregation": "output"}),
-        Method(
+        Method(  # without a prior no teacher can be trusted by it: every teacher is trusted fully
             "transfer",
             "HP transfer",
             "hub",
-            dict(_TRANSFER),
+            {**_TRANSFER, "teacher_trust": "uniform"},
             exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
         ),
@@ -298,7 +298,7 @@ METHODS: dict[str, Method] = {
             "transfer_random",
             "HP transfer, random trunks",
             "hub",
-            dict(_TRANSFER),
+            {**_TRANSFER, "teacher_trust": "uniform"},  # random trunks have no pretrained policy to imitate
             exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             random_trunks=True,
@@ -349,11 +349,11 @@ METHODS: dict[str, Method] = {
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
-        Method(  # an option the preset leaves off, added on top of it
-            "transfer_trusted",
-            "preset transfer, teachers trusted by their prior",
+        Method(
+            "transfer_uniform_trust",
+            "preset transfer, every teacher trusted fully",
             "hub",
-            {**_TRANSFER, "teacher_trust": "prior"},
+            {**_TRANSFER, "teacher_trust": "uniform"},
             exploit_coef=_PRESET["exploit_coef"],
             algo_kwargs=dict(_KICKSTART),
             prior=True,
@@ -893,7 +893,7 @@ _ROW_ORDER = (
     "transfer_noise",
     "transfer_critic_warmup",
     "transfer_base_prior",
-    "transfer_trusted",
+    "transfer_uniform_trust",
 )
 
 

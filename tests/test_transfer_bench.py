@@ -165,7 +165,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_noise",
         "transfer_prior",
         "transfer_random",
-        "transfer_trusted",
+        "transfer_uniform_trust",
     ]
     prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
     assert set(prior["hub_kwargs"]["prior"]) == {"acrobot", "mountaincar"}

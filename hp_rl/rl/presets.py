@@ -6,8 +6,9 @@
   value heads (a mixture of their policies), one routed expert beside an always-routed base expert (the
   target's plain network, so the agent can always learn as scratch does), noise bounded by the spread of
   the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
-  half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, and the
-  generator started from the experts' transferability scores on the target (``prior="auto"``,
+  half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, each teacher
+  imitated in proportion to its prior (``teacher_trust="prior"``: other games' agents, with priors near 0, are
+  not imitated), and the generator started from the experts' transferability scores on the target (``prior="auto"``,
   ``prior_scale=2``: the share of its own competence an expert keeps zero-shot where its head maps, a capped
   LogME otherwise; measured before training). This is the benchmark's
   "HP transfer + score prior" (``benchmarks/transfer.py`` method ``transfer_prior``).
@@ -54,6 +55,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.5,
         "kickstart_fraction": 0.2,
         "prior": "auto",
+        # kickstarting towards a teacher with no evidence that it plays the target slowed cross-game Breakout by
+        # 13% (docs/BENCHMARKS.md "Do no harm"); trusting teachers by their prior removed that
+        "teacher_trust": "prior",
         # the prior is absolute evidence (a relevant agent keeps ~0.8 of its competence zero-shot, head-less experts
         # get at most 0.2): 2 gives the relevant one a logit lead of ~1.2-1.6 over the rest at the start; the
         # benchmark's measurements of this preset ran with 2
