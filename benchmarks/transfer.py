@@ -277,6 +277,13 @@ METHODS: dict[str, Method] = {
         Method("no_explore", "HP w/o explore loss", "hub", {**_HUB_PATHWAY, "explore_coef": 0.0}, exploit_coef=0.1),
         Method("no_exploit", "HP w/o exploit loss", "hub", dict(_HUB_PATHWAY), exploit_coef=0.0),
         Method("single_agent", "single agent (heads kept)", "single", {"k": 1, **_NO_AUX, "aggregation": "output"}),
+        Method(  # the single agent with its critic fitted first (not a candidate of the oracle single expert)
+            "single_agent_warmup",
+            "single agent (heads kept) + value-only warm-up (5%)",
+            "single",
+            {"k": 1, **_NO_AUX, "aggregation": "output"},
+            algo_kwargs={"critic_warmup": 0.05},
+        ),
         Method(  # without a prior no teacher can be trusted by it: every teacher is trusted fully
             "transfer",
             "HP transfer",
@@ -874,7 +881,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-_SINGLE_METHODS = ("single", "single_agent")
+_SINGLE_METHODS = ("single", "single_agent")  # the candidates of the best / mean single expert
+_SINGLE_ROWS = (*_SINGLE_METHODS, "single_agent_warmup")  # single-expert rows of the tables
 _ROW_ORDER = (
     "scratch",
     "single_best",
@@ -904,9 +912,9 @@ def _label(method: str, row: dict[str, Any]) -> str:
         return f"single expert, best in hindsight ({row['expert']})"
     if method == "single_mean":
         return "single expert, mean over experts"
-    if method.split(":")[0] in _SINGLE_METHODS and ":" in method:
+    if method.split(":")[0] in _SINGLE_ROWS and ":" in method:
         kind, expert = method.split(":", 1)
-        return f"{'single agent (heads kept)' if kind == 'single_agent' else 'single expert'}: {expert}"
+        return f"{METHODS[kind].label}: {expert}"
     return METHODS[method].label if method in METHODS else method
 
 
@@ -923,7 +931,7 @@ def _flops(value: float) -> str:
 def _ordered(rows: dict[str, Any], with_experts: bool) -> list[str]:
     order = [m for m in _ROW_ORDER if m in rows]
     if with_experts and not rows.get("single_best", {}).get("only"):
-        order += sorted(m for m in rows if m.split(":")[0] in _SINGLE_METHODS and ":" in m)
+        order += sorted(m for m in rows if m.split(":")[0] in _SINGLE_ROWS and ":" in m)
     return order
 
 

@@ -156,6 +156,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "single-mountaincar",
         "single_agent-acrobot",
         "single_agent-mountaincar",
+        "single_agent_warmup-acrobot",
+        "single_agent_warmup-mountaincar",
         "transfer",
         "transfer_base_prior",
         "transfer_critic_warmup",
