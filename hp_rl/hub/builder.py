@@ -20,7 +20,7 @@ from hp_rl.hub.adapters import build_input_adapter
 from hp_rl.hub.expert import HubExpert
 from hp_rl.hub.sources import load_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpec
-from hp_rl.routing import TrunkExpert
+from hp_rl.routing import ActorCriticTrunk, TrunkExpert
 
 __all__ = ["HubTrunk", "load_hub_trunks", "manifest_entry", "trunk_parameter_groups"]
 
@@ -136,6 +136,9 @@ def manifest_entry(name: str, expert: nn.Module) -> dict[str, Any]:
         "input_adapter": repr(adapter) if adapter is not None and list(adapter.children()) else None,
         "parameters": sum(p.numel() for p in trunk.parameters()),
     }
+    if isinstance(trunk, ActorCriticTrunk):  # an MLP agent's critic network came with its actor trunk
+        entry["critic_parameters"] = sum(p.numel() for p in trunk.critic.parameters())
+        trunk = trunk.actor
     if isinstance(trunk, HubExpert):
         info, provenance = trunk.info, trunk.provenance
         entry.update(

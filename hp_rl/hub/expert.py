@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
-from hp_rl.hub.architectures import TrunkInfo
+from hp_rl.hub.architectures import ArchitectureError, MLPTrunk, TrunkInfo
 from hp_rl.routing.fused import lower, register_lowering
 
 __all__ = ["ExpertHeads", "HubExpert", "Provenance", "file_sha256"]
@@ -32,30 +34,46 @@ class Provenance:
 
 @dataclass(frozen=True)
 class ExpertHeads:
-    """The pretrained policy and value heads of an expert read from a whole agent (linear, on trunk features).
+    """The pretrained policy and value heads of an expert read from a whole agent.
+
+    The policy layer is linear on the trunk's features. The value layer is linear either on the trunk's
+    features too (agents whose actor and critic share their trunk: SB3's CNN policies) or on the features of
+    the agent's own critic network (SB3's MLP policies keep a separate critic MLP beside the actor's), whose
+    hidden layers ``critic_layers`` then holds.
 
     :param action_weight: ``(n_actions, features_dim)`` logits layer of the policy.
     :param action_bias: ``(n_actions,)``.
-    :param value_weight: ``(1, features_dim)`` value layer, or ``None`` when the value head does not sit on
-        the trunk's features (an MLP agent with a separate critic).
+    :param value_weight: ``(1, features_dim)`` value layer, ``(1, critic_layers[-1] width)`` when there is a
+        critic network, or ``None`` when the value head could not be read.
     :param value_bias: ``(1,)`` or ``None``.
+    :param critic_layers: the critic network's linear layers in order, each ``((out, in), (out,))``; the first
+        reads the trunk's input, and each is followed by the trunk's activation. Empty: no separate critic.
     """
 
     action_weight: Tensor
     action_bias: Tensor
     value_weight: Tensor | None = None
     value_bias: Tensor | None = None
+    critic_layers: tuple[tuple[Tensor, Tensor], ...] = ()
 
     @property
     def num_actions(self) -> int:
         """Actions of the expert's own task."""
         return int(self.action_weight.shape[0])
 
+    @property
+    def has_value(self) -> bool:
+        """Whether the agent's value function was read (on the trunk's features or on its critic's)."""
+        return self.value_weight is not None and self.value_bias is not None
+
     def tensors(self) -> dict[str, Tensor]:
-        """Flat name -> tensor form (``heads.action.weight``, ...), as the safetensors export stores it."""
+        """Flat name -> tensor form (``heads.action.weight``, ``heads.critic.0.weight``, ...), as the
+        safetensors export stores it."""
         out = {"heads.action.weight": self.action_weight, "heads.action.bias": self.action_bias}
         if self.value_weight is not None and self.value_bias is not None:
             out.update({"heads.value.weight": self.value_weight, "heads.value.bias": self.value_bias})
+            for index, (weight, bias) in enumerate(self.critic_layers):
+                out.update({f"heads.critic.{index}.weight": weight, f"heads.critic.{index}.bias": bias})
         return out
 
     @classmethod
@@ -64,11 +82,16 @@ class ExpertHeads:
         if "heads.action.weight" not in tensors or "heads.action.bias" not in tensors:
             return None
         value_w, value_b = tensors.get("heads.value.weight"), tensors.get("heads.value.bias")
+        indices = sorted({int(key.split(".")[2]) for key in tensors if key.startswith("heads.critic.")})
+        critic = tuple(
+            (tensors[f"heads.critic.{i}.weight"].float(), tensors[f"heads.critic.{i}.bias"].float()) for i in indices
+        )
         return cls(
             tensors["heads.action.weight"].float(),
             tensors["heads.action.bias"].float(),
             None if value_w is None else value_w.float(),
             None if value_b is None else value_b.float(),
+            critic,
         )
 
 
@@ -79,7 +102,7 @@ class HubExpert(nn.Module):
     :param trunk: the network.
     :param info: its input and output description.
     :param provenance: where its weights came from.
-    :param heads: the agent's own policy/value heads on the trunk's features, when the source has them.
+    :param heads: the agent's own policy and value heads (and critic network), when the source has them.
     """
 
     def __init__(
@@ -100,6 +123,30 @@ class HubExpert(nn.Module):
     def num_parameters(self) -> int:
         """Number of trunk parameters."""
         return sum(p.numel() for p in self.trunk.parameters())
+
+    def critic_network(self) -> nn.Module | None:
+        """A fresh copy of the agent's own critic network, ``(B, *input_shape) -> (B, critic width)``, whose
+        features the value head reads; ``None`` when the value head sits on the trunk's features.
+
+        The critic's layers use the trunk's activation, as SB3 builds both of an MLP policy's networks.
+        """
+        if self.heads is None or not self.heads.critic_layers:
+            return None
+        layers = self.heads.critic_layers
+        in_features = int(layers[0][0].shape[1])
+        if in_features != math.prod(self.info.input_shape):
+            raise ArchitectureError(
+                f"The critic network reads {in_features} inputs but the trunk {math.prod(self.info.input_shape)}; "
+                "the checkpoint is inconsistent."
+            )
+        hidden = tuple(int(weight.shape[0]) for weight, _ in layers)
+        critic = MLPTrunk(in_features, hidden, self.info.option("activation", "tanh"))
+        linears = [m for m in critic.net if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for linear, (weight, bias) in zip(linears, layers, strict=True):
+                linear.weight.copy_(weight)
+                linear.bias.copy_(bias)
+        return critic
 
 
 def file_sha256(path: str | Path) -> str:

@@ -191,28 +191,45 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
 
 
 def _heads(state: dict[str, Tensor], features_dim: int, cnn: bool) -> ExpertHeads | None:
-    """The agent's action and value layers, where they sit on the trunk's features (linear heads)."""
+    """The agent's action and value layers, where the action layer sits on the trunk's features (linear
+    heads); an MLP agent's value layer reads its separate critic network, which comes with it."""
     weight, bias = state.get("action_net.weight"), state.get("action_net.bias")
     if weight is None or bias is None or weight.dim() != 2 or int(weight.shape[1]) != features_dim:
         return None
     if cnn and any(k.startswith("mlp_extractor.") for k in state):
         return None  # hidden layers between the trunk and the heads (net_arch != [])
     value_w, value_b = state.get("value_net.weight"), state.get("value_net.bias")
-    # MLP agents keep a separate critic network: their value layer reads its features, not the trunk's.
-    separate_critic = not cnn and any(k.startswith("mlp_extractor.value_net.") for k in state)
-    if value_w is None or value_b is None or separate_critic or int(value_w.shape[1]) != features_dim:
+    critic: tuple[tuple[Tensor, Tensor], ...] = ()
+    mlp_agent = not cnn and any(k.startswith("mlp_extractor.") for k in state)
+    if mlp_agent:
+        # SB3's MLP policies: the value layer reads the critic's own hidden layers (shared ones first, SB3 < 1.8).
+        critic = tuple(
+            (w.float(), b.float())
+            for w, b in _linear_stack(state, ("mlp_extractor.shared_net.", "mlp_extractor.value_net."))
+        )
+    value_in = int(critic[-1][0].shape[0]) if critic else features_dim
+    # A critic without hidden layers reads the raw observation, which no head of the trunk can.
+    if (
+        value_w is None
+        or value_b is None
+        or value_w.dim() != 2
+        or int(value_w.shape[1]) != value_in
+        or (mlp_agent and not critic)
+    ):
         value_w = value_b = None
+        critic = ()
     return ExpertHeads(
         weight.float(),
         bias.float(),
         None if value_w is None else value_w.float(),
         None if value_b is None else value_b.float(),
+        critic,
     )
 
 
 def read_sb3_expert(path: str | Path) -> tuple[torch.nn.Module, TrunkInfo, dict[str, str], ExpertHeads | None]:
-    """:func:`read_sb3_trunk` plus the agent's own policy and value heads (PPO/A2C agents), when linear
-    on the trunk's features.
+    """:func:`read_sb3_trunk` plus the agent's own policy and value heads (PPO/A2C agents), when the policy
+    layer is linear on the trunk's features; with an MLP agent's value layer comes its critic network.
 
     :return: trunk, its description, facts from the zip, and the heads or ``None``.
     """

@@ -308,6 +308,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 action_init = (heads.action_weight[rows], heads.action_bias[rows])
         if heads is not None and heads.value_weight is not None and heads.value_bias is not None:
             value_init = (heads.value_weight, heads.value_bias)
+        critic = trunk.critic_network() if value_init is not None else None
         self.head_sources[spec.name] = "pretrained" if action_init is not None else "fresh"
         assert self.num_actions is not None
         return HeadedExpert(
@@ -320,6 +321,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             value_init,
             self.output_mix,
             keep_teacher=teachers,
+            critic=critic,
         )
 
     def _base(self, shape: tuple[int, ...], features_dim: int) -> nn.Module:

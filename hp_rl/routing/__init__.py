@@ -1,6 +1,6 @@
 """The routing core of Hub-Pathway, in plain PyTorch (no RL or vision dependencies)."""
 
-from hp_rl.routing.experts import AdaptedExpert, HeadedExpert, OutputMix, TrunkExpert, readout_logits
+from hp_rl.routing.experts import ActorCriticTrunk, AdaptedExpert, HeadedExpert, OutputMix, TrunkExpert, readout_logits
 from hp_rl.routing.fused import FUSED_MAX_FLOPS, Execution, FusedGroup, register_lowering
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.init import KeepInit
@@ -20,6 +20,7 @@ __all__ = [
     "FusedGroup",
     "GateStatistics",
     "HeadedExpert",
+    "ActorCriticTrunk",
     "OutputMix",
     "GateSummary",
     "GeneratorLogits",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from hp_rl.errors import RoutingError
 from hp_rl.routing.init import KeepInit
 
-__all__ = ["TrunkExpert", "AdaptedExpert", "HeadedExpert", "OutputMix", "readout_logits"]
+__all__ = ["TrunkExpert", "AdaptedExpert", "ActorCriticTrunk", "HeadedExpert", "OutputMix", "readout_logits"]
 
 
 class TrunkExpert(nn.Module):
@@ -110,6 +110,23 @@ class AdaptedExpert(TrunkExpert):
 OutputMix = Literal["probs", "logits"]
 
 
+class ActorCriticTrunk(nn.Module):
+    """An agent's actor trunk and its separate critic network side by side on one input.
+
+    :param actor: ``(B, *input) -> (B, actor_dim)``.
+    :param critic: ``(B, *input) -> (B, critic_dim)``.
+    """
+
+    def __init__(self, actor: nn.Module, critic: nn.Module) -> None:
+        super().__init__()
+        self.actor = actor
+        self.critic = critic
+
+    def forward(self, x: Tensor) -> Tensor:
+        """:param x: ``(B, *input)``. :return: ``(B, actor_dim + critic_dim)``: actor features, then critic's."""
+        return torch.cat([self.actor(x), self.critic(x)], dim=1)
+
+
 class HeadedExpert(TrunkExpert):
     """An expert that keeps an agent's own heads: ``x -> [policy part (n), value (1)]`` for output aggregation.
 
@@ -134,6 +151,10 @@ class HeadedExpert(TrunkExpert):
         kickstarting (:meth:`teacher_probs`); only when ``action_init`` is given.
     :param protect_init: keep the trunk out of SB3's orthogonal re-initialisation (pretrained trunks);
         ``False`` for a base expert that should start as scratch's network does.
+    :param critic: the agent's own critic network on the trunk's input (SB3's MLP agents keep one beside the
+        actor), ``(B, *input) -> (B, critic_dim)``; the value layer ``value_init`` (then required, of shape
+        ``((1, critic_dim), (1,))``) reads it instead of the trunk. It is frozen, trained and protected from
+        re-initialisation with the trunk.
     """
 
     def __init__(
@@ -148,16 +169,24 @@ class HeadedExpert(TrunkExpert):
         mix: OutputMix = "probs",
         keep_teacher: bool = False,
         protect_init: bool = True,
+        critic: nn.Module | None = None,
     ) -> None:
         if mix not in ("probs", "logits"):
             raise RoutingError(f"mix must be 'probs' or 'logits', got {mix!r}.")
+        value_dim = trunk_dim
+        if critic is not None:
+            if value_init is None:
+                raise RoutingError("A critic network needs its value layer (value_init) to read it.")
+            trunk, value_dim = ActorCriticTrunk(trunk, critic), int(value_init[0].shape[1])
         super().__init__(trunk, input_adapter, frozen, protect_init)
         self.mix = mix
         self.num_actions = num_actions
+        # Width of the trunk's output that the policy reads; the value reads the rest when there is a critic.
+        self.policy_dim = trunk_dim if critic is not None else None
         self.pretrained_policy = action_init is not None
         self.pretrained_value = value_init is not None
         self.action_head = KeepInit(_linear_from(trunk_dim, num_actions, action_init, gain=0.01))
-        self.value_head = KeepInit(_linear_from(trunk_dim, 1, value_init, gain=1.0))
+        self.value_head = KeepInit(_linear_from(value_dim, 1, value_init, gain=1.0))
         self.teacher: nn.ModuleDict | None = None
         if keep_teacher and action_init is not None:
             teacher_trunk = self.trunk if frozen else copy.deepcopy(self.trunk)
@@ -182,10 +211,16 @@ class HeadedExpert(TrunkExpert):
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, ...)`` pathway input. :return: ``(B, n + 1)``: probabilities (``mix="probs"``)
         or logits of the target's actions, then the value."""
-        hidden = self.forward_trunk(x)
-        logits = self.action_head(hidden)
+        actor, critic = self._split(self.forward_trunk(x))
+        logits = self.action_head(actor)
         policy = F.softmax(logits, dim=1) if self.mix == "probs" else logits
-        return torch.cat([policy, self.value_head(hidden)], dim=1)
+        return torch.cat([policy, self.value_head(critic)], dim=1)
+
+    def _split(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, trunk output)`` -> what the policy layer reads, what the value layer reads."""
+        if self.policy_dim is None:
+            return hidden, hidden
+        return hidden[:, : self.policy_dim], hidden[:, self.policy_dim :]
 
     def teacher_probs(self, x: Tensor) -> Tensor | None:
         """:param x: ``(B, ...)``. :return: ``(B, n)`` the pretrained policy's probabilities, or ``None``."""
@@ -193,8 +228,8 @@ class HeadedExpert(TrunkExpert):
             return None
         teacher = self.teacher
         with torch.no_grad():
-            hidden = teacher["trunk"](teacher["adapter"](x))
-            return F.softmax(teacher["head"](hidden), dim=1)
+            actor, _ = self._split(teacher["trunk"](teacher["adapter"](x)))
+            return F.softmax(teacher["head"](actor), dim=1)
 
 
 def _linear_from(in_features: int, out_features: int, init: tuple[Tensor, Tensor] | None, gain: float) -> nn.Linear:

@@ -118,6 +118,8 @@ def _lower_adapted(module: nn.Module) -> list[Op] | None:
 
 def _lower_headed(module: nn.Module) -> list[Op] | None:
     assert isinstance(module, HeadedExpert)
+    if module.policy_dim is not None:
+        return None  # a separate critic network: two towers, not one chain of operations
     body = lower_all([module.input_adapter, module.trunk])
     if body is None:
         return None
