@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -148,6 +148,23 @@ class MLPTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """:param x: ``(B, D)`` or ``(B, ...)``. :return: ``(B, hidden[-1])``."""
         return self.net(x.flatten(1))
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], activation: str) -> MLPTrunk:
+        """The MLP holding these weights (a checkpoint's linear layers, in order).
+
+        :param layers: ``((out, in), (out,))`` weight and bias of each layer; at least one.
+        :param activation: after every layer, as in :class:`MLPTrunk`.
+        """
+        if not layers:
+            raise ArchitectureError("An MLP needs at least one layer.")
+        trunk = cls(int(layers[0][0].shape[1]), tuple(int(weight.shape[0]) for weight, _ in layers), activation)
+        linears = [m for m in trunk.net if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for linear, (weight, bias) in zip(linears, layers, strict=True):
+                linear.weight.copy_(weight)
+                linear.bias.copy_(bias)
+        return trunk
 
 
 def _build_nature_cnn(info: TrunkInfo) -> nn.Module:

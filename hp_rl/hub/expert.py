@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from hp_rl.hub.architectures import ArchitectureError, MLPTrunk, TrunkInfo
@@ -139,14 +138,7 @@ class HubExpert(nn.Module):
                 f"The critic network reads {in_features} inputs but the trunk {math.prod(self.info.input_shape)}; "
                 "the checkpoint is inconsistent."
             )
-        hidden = tuple(int(weight.shape[0]) for weight, _ in layers)
-        critic = MLPTrunk(in_features, hidden, self.info.option("activation", "tanh"))
-        linears = [m for m in critic.net if isinstance(m, nn.Linear)]
-        with torch.no_grad():
-            for linear, (weight, bias) in zip(linears, layers, strict=True):
-                linear.weight.copy_(weight)
-                linear.bias.copy_(bias)
-        return critic
+        return MLPTrunk.from_layers(layers, self.info.option("activation", "tanh"))
 
 
 def file_sha256(path: str | Path) -> str:

@@ -174,12 +174,7 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
     activation = "relu" if "ReLU" in kwargs else "tanh" if "Tanh" in kwargs else default_activation
     hidden = tuple(int(w.shape[0]) for w, _ in layers)
     in_features = int(layers[0][0].shape[1])
-    trunk = MLPTrunk(in_features, hidden, activation)
-    linears = [m for m in trunk.net if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        for linear, (weight, bias) in zip(linears, layers, strict=True):
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
+    trunk = MLPTrunk.from_layers(layers, activation)
     info = TrunkInfo(
         "mlp",
         "vector",
