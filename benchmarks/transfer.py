@@ -356,6 +356,15 @@ METHODS: dict[str, Method] = {
             algo_kwargs=dict(_KICKSTART),
             prior=True,
         ),
+        Method(  # a stronger start from the same scores: the routes' lead over the other experts doubled
+            "transfer_strong_prior",
+            "preset transfer, prior_scale 4",
+            "hub",
+            {**_TRANSFER, "prior_scale": 4.0},
+            exploit_coef=_PRESET["exploit_coef"],
+            algo_kwargs=dict(_KICKSTART),
+            prior=True,
+        ),
         Method(
             "transfer_uniform_trust",
             "preset transfer, every teacher trusted fully",
@@ -901,6 +910,7 @@ _ROW_ORDER = (
     "transfer_noise",
     "transfer_critic_warmup",
     "transfer_base_prior",
+    "transfer_strong_prior",
     "transfer_uniform_trust",
 )
 

@@ -167,6 +167,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_noise",
         "transfer_prior",
         "transfer_random",
+        "transfer_strong_prior",
         "transfer_uniform_trust",
     ]
     prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
@@ -178,6 +179,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert warmup["hyperparams"]["critic_warmup"] == 0.05
     base_prior = json.loads((out / "runs/control/cartpole/transfer_base_prior/seed0.json").read_text())
     assert base_prior["hub_kwargs"]["base_prior"] == 0.5
+    strong = json.loads((out / "runs/control/cartpole/transfer_strong_prior/seed0.json").read_text())
+    assert strong["hub_kwargs"]["prior_scale"] == 4.0 and strong["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     assert prior["hub_kwargs"]["prior_scale"] == bench.pathway_preset("transfer")["prior_scale"]  # the preset's
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
