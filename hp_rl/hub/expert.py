@@ -60,11 +60,6 @@ class ExpertHeads:
         """Actions of the expert's own task."""
         return int(self.action_weight.shape[0])
 
-    @property
-    def has_value(self) -> bool:
-        """Whether the agent's value function was read (on the trunk's features or on its critic's)."""
-        return self.value_weight is not None and self.value_bias is not None
-
     def tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor form (``heads.action.weight``, ``heads.critic.0.weight``, ...), as the
         safetensors export stores it."""
