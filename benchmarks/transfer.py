@@ -266,6 +266,31 @@ _PRESET = pathway_preset("transfer")
 _TRANSFER = {key: value for key, value in _PRESET.items() if key not in ALGORITHM_KEYS and key != "prior"}
 _KICKSTART = {key: _PRESET[key] for key in ("kickstart_coef", "kickstart_fraction")}
 
+
+def _preset_variant(
+    name: str,
+    label: str,
+    changes: dict[str, Any] | None = None,
+    *,
+    kickstart: bool = True,
+    algo: dict[str, Any] | None = None,
+    prior: bool = True,
+    random_trunks: bool = False,
+) -> Method:
+    """The shipped transfer preset with ``changes`` to its extractor options (and ``algo`` added to its
+    algorithm options; ``kickstart=False`` drops kickstarting, ``prior=False`` the score prior)."""
+    return Method(
+        name,
+        label,
+        "hub",
+        {**_TRANSFER, **(changes or {})},
+        exploit_coef=_PRESET["exploit_coef"],
+        algo_kwargs={**(_KICKSTART if kickstart else {}), **(algo or {})},
+        random_trunks=random_trunks,
+        prior=prior,
+    )
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -284,104 +309,33 @@ METHODS: dict[str, Method] = {
             {"k": 1, **_NO_AUX, "aggregation": "output"},
             algo_kwargs={"critic_warmup": 0.05},
         ),
-        Method(  # without a prior no teacher can be trusted by it: every teacher is trusted fully
-            "transfer",
-            "HP transfer",
-            "hub",
-            {**_TRANSFER, "teacher_trust": "uniform"},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-        ),
-        Method(
-            "transfer_prior",
-            "HP transfer + score prior",
-            "hub",
-            dict(_TRANSFER),
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
-        ),
-        Method(
+        # without a prior no teacher can be trusted by it: every teacher is trusted fully
+        _preset_variant("transfer", "HP transfer", {"teacher_trust": "uniform"}, prior=False),
+        _preset_variant("transfer_prior", "HP transfer + score prior"),
+        _preset_variant(  # random trunks have no pretrained policy to imitate
             "transfer_random",
             "HP transfer, random trunks",
-            "hub",
-            {**_TRANSFER, "teacher_trust": "uniform"},  # random trunks have no pretrained policy to imitate
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
+            {"teacher_trust": "uniform"},
+            prior=False,
             random_trunks=True,
         ),
         # Ablations of the shipped configuration (preset=transfer = transfer_prior): one part removed each;
         # "transfer" above is the one without the score prior.
-        Method(
-            "transfer_no_kickstart",
-            "preset transfer w/o kickstart",
-            "hub",
-            dict(_TRANSFER),
-            exploit_coef=_PRESET["exploit_coef"],
-            prior=True,
+        _preset_variant("transfer_no_kickstart", "preset transfer w/o kickstart", kickstart=False),
+        _preset_variant("transfer_no_base", "preset transfer w/o base expert", {"base_expert": False}),
+        _preset_variant("transfer_features", "preset transfer, feature aggregation", {"aggregation": "features"}),
+        # options the preset leaves off, added on top of it
+        _preset_variant(
+            "transfer_critic_warmup", "preset transfer + value-only warm-up (5%)", algo={"critic_warmup": 0.05}
         ),
-        Method(
-            "transfer_no_base",
-            "preset transfer w/o base expert",
-            "hub",
-            {**_TRANSFER, "base_expert": False},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
+        _preset_variant("transfer_base_prior", "preset transfer + base prior 0.5", {"base_prior": 0.5}),
+        # a stronger start from the same scores: the routes' lead over the other experts doubled
+        _preset_variant("transfer_strong_prior", "preset transfer, prior_scale 4", {"prior_scale": 4.0}),
+        _preset_variant(
+            "transfer_uniform_trust", "preset transfer, every teacher trusted fully", {"teacher_trust": "uniform"}
         ),
-        Method(
-            "transfer_features",
-            "preset transfer, feature aggregation",
-            "hub",
-            {**_TRANSFER, "aggregation": "features"},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
-        ),
-        Method(  # an option the preset leaves off, added on top of it
-            "transfer_critic_warmup",
-            "preset transfer + value-only warm-up (5%)",
-            "hub",
-            dict(_TRANSFER),
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs={**_KICKSTART, "critic_warmup": 0.05},
-            prior=True,
-        ),
-        Method(  # an option the preset leaves off, added on top of it
-            "transfer_base_prior",
-            "preset transfer + base prior 0.5",
-            "hub",
-            {**_TRANSFER, "base_prior": 0.5},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
-        ),
-        Method(  # a stronger start from the same scores: the routes' lead over the other experts doubled
-            "transfer_strong_prior",
-            "preset transfer, prior_scale 4",
-            "hub",
-            {**_TRANSFER, "prior_scale": 4.0},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
-        ),
-        Method(
-            "transfer_uniform_trust",
-            "preset transfer, every teacher trusted fully",
-            "hub",
-            {**_TRANSFER, "teacher_trust": "uniform"},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
-        ),
-        Method(
-            "transfer_noise",
-            "preset transfer, unbounded constant noise",
-            "hub",
-            {**_TRANSFER, "noise_cap": None, "noise_anneal": None},
-            exploit_coef=_PRESET["exploit_coef"],
-            algo_kwargs=dict(_KICKSTART),
-            prior=True,
+        _preset_variant(
+            "transfer_noise", "preset transfer, unbounded constant noise", {"noise_cap": None, "noise_anneal": None}
         ),
     )
 }
