@@ -329,8 +329,10 @@ METHODS: dict[str, Method] = {
             "transfer_critic_warmup", "preset transfer + value-only warm-up (5%)", algo={"critic_warmup": 0.05}
         ),
         _preset_variant("transfer_base_prior", "preset transfer + base prior 0.5", {"base_prior": 0.5}),
-        # a stronger start from the same scores: the routes' lead over the other experts doubled
+        # the prior's scale: 4 is the preset's since the fresh-seed check; 2 was its value before (every
+        # transfer_prior record older than that ran with 2); transfer_strong_prior keeps its diagnosis reproducible
         _preset_variant("transfer_strong_prior", "preset transfer, prior_scale 4", {"prior_scale": 4.0}),
+        _preset_variant("transfer_weak_prior", "preset transfer, prior_scale 2", {"prior_scale": 2.0}),
         _preset_variant(
             "transfer_uniform_trust", "preset transfer, every teacher trusted fully", {"teacher_trust": "uniform"}
         ),
@@ -865,6 +867,7 @@ _ROW_ORDER = (
     "transfer_critic_warmup",
     "transfer_base_prior",
     "transfer_strong_prior",
+    "transfer_weak_prior",
     "transfer_uniform_trust",
 )
 

@@ -169,6 +169,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_random",
         "transfer_strong_prior",
         "transfer_uniform_trust",
+        "transfer_weak_prior",
     ]
     prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
     assert set(prior["hub_kwargs"]["prior"]) == {"acrobot", "mountaincar"}
@@ -182,6 +183,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     strong = json.loads((out / "runs/control/cartpole/transfer_strong_prior/seed0.json").read_text())
     assert strong["hub_kwargs"]["prior_scale"] == 4.0 and strong["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     assert prior["hub_kwargs"]["prior_scale"] == bench.pathway_preset("transfer")["prior_scale"]  # the preset's
+    weak = json.loads((out / "runs/control/cartpole/transfer_weak_prior/seed0.json").read_text())
+    assert weak["hub_kwargs"]["prior_scale"] == 2.0 and weak["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
