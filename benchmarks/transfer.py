@@ -333,6 +333,9 @@ METHODS: dict[str, Method] = {
         # transfer_prior record older than that ran with 2); transfer_strong_prior keeps its diagnosis reproducible
         _preset_variant("transfer_strong_prior", "preset transfer, prior_scale 4", {"prior_scale": 4.0}),
         _preset_variant("transfer_weak_prior", "preset transfer, prior_scale 2", {"prior_scale": 2.0}),
+        # two routed experts beside the base: the mixture's weights between two relevant agents then get the
+        # policy loss's gradient, which a single routed expert's constant weight does not (the two-variant hub)
+        _preset_variant("transfer_k2", "preset transfer, k=2", {"k": 2}),
         _preset_variant(
             "transfer_uniform_trust", "preset transfer, every teacher trusted fully", {"teacher_trust": "uniform"}
         ),
@@ -868,6 +871,7 @@ _ROW_ORDER = (
     "transfer_base_prior",
     "transfer_strong_prior",
     "transfer_weak_prior",
+    "transfer_k2",
     "transfer_uniform_trust",
 )
 

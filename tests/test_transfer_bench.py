@@ -162,6 +162,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_base_prior",
         "transfer_critic_warmup",
         "transfer_features",
+        "transfer_k2",
         "transfer_no_base",
         "transfer_no_kickstart",
         "transfer_noise",
@@ -185,6 +186,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert prior["hub_kwargs"]["prior_scale"] == bench.pathway_preset("transfer")["prior_scale"]  # the preset's
     weak = json.loads((out / "runs/control/cartpole/transfer_weak_prior/seed0.json").read_text())
     assert weak["hub_kwargs"]["prior_scale"] == 2.0 and weak["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
+    two = json.loads((out / "runs/control/cartpole/transfer_k2/seed0.json").read_text())
+    assert two["k"] == 2 and prior["k"] == 1 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False
