@@ -188,6 +188,12 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert weak["hub_kwargs"]["prior_scale"] == 2.0 and weak["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     two = json.loads((out / "runs/control/cartpole/transfer_k2/seed0.json").read_text())
     assert two["k"] == 2 and prior["k"] == 1 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
+    # per rollout: with k=2 and the base, three experts routed per observation, whose mean weights sum to 1
+    assert two["route_share"] and len(two["route_weight"]) == len(two["route_share"])
+    for (steps, share), (weight_steps, weight) in zip(two["route_share"], two["route_weight"], strict=True):
+        assert steps == weight_steps and set(weight) == set(share) == {"acrobot", "mountaincar", "base"}
+        assert sum(share.values()) == pytest.approx(3.0, abs=1e-3) and sum(weight.values()) == pytest.approx(1.0, abs=1e-3)
+        assert all(0.0 <= weight[name] <= share[name] + 1e-4 for name in weight)
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
     assert record["steps"] >= 64 and record["k"] == 2 and record["hub_kwargs"]["freeze_experts"] is False

@@ -11,8 +11,11 @@ __all__ = ["episode_recorder", "forward_flops", "noise_free_evaluator"]
 
 
 def episode_recorder() -> Any:
-    """A fresh SB3 callback whose ``episodes`` collect ``(steps, return)`` of every finished training episode and
-    whose ``route_share`` collects ``(steps, {expert: share})`` per rollout (hub runs)."""
+    """A fresh SB3 callback whose ``episodes`` collect ``(steps, return)`` of every finished training episode, whose
+    ``route_share`` collects ``(steps, {expert: share})`` per rollout (hub runs: the share of acting observations
+    routed through each expert) and whose ``route_weight`` collects ``(steps, {expert: mean pathway weight})`` per
+    rollout (with k > 1 every relevant expert can be routed on every observation; the weights say which one
+    plays)."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     from hp_rl.rl.extractor import find_hub_extractors
@@ -25,7 +28,9 @@ def episode_recorder() -> Any:
             super().__init__()
             self.episodes: list[tuple[int, float]] = []
             self.route_share: list[tuple[int, dict[str, float]]] = []
+            self.route_weight: list[tuple[int, dict[str, float]]] = []
             self._routed: Any = None
+            self._weight: Any = None
             self._count = 0
             self._extractors: list[Any] = []
 
@@ -40,7 +45,9 @@ def episode_recorder() -> Any:
             routes = self._extractors[0].last_acting_routes if self._extractors else None
             if routes is not None:
                 routed = (routes.weights > 0).float().sum(0).detach().cpu().numpy()
+                weight = routes.weights.sum(0).detach().cpu().numpy()
                 self._routed = routed if self._routed is None else self._routed + routed
+                self._weight = weight if self._weight is None else self._weight + weight
                 self._count += int(routes.weights.shape[0])
             return True
 
@@ -49,7 +56,9 @@ def episode_recorder() -> Any:
                 names = self._extractors[0].expert_names
                 share = {n: round(float(v) / self._count, 4) for n, v in zip(names, self._routed, strict=True)}
                 self.route_share.append((int(self.num_timesteps), share))
-            self._routed, self._count = None, 0
+                weight = {n: round(float(v) / self._count, 4) for n, v in zip(names, self._weight, strict=True)}
+                self.route_weight.append((int(self.num_timesteps), weight))
+            self._routed, self._weight, self._count = None, None, 0
 
     return EpisodeRecorder()
 
