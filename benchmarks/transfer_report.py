@@ -13,7 +13,8 @@ that a run of the method has a higher AUC than a run of scratch (with interval),
 at which the mean learning curve first reaches scratch's mean final return (and that as a fraction of scratch's
 run length; ``null`` when never), the mean over seeds of the last noise-free deterministic evaluation's return
 (runs that recorded evaluations), and, for hub methods, the share of acting observations routed through each
-expert at the middle of training (mean over seeds).
+expert and each expert's mean pathway weight at the middle of training (mean over seeds; the weights only for
+runs that recorded them).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from hp_rl.bench.curves import final_return, learning_curve, steps_to  # noqa: E
 __all__ = ["summarise_runs", "markdown", "main"]
 
 
-def _mid_route_share(records: list[dict[str, Any]]) -> dict[str, float] | None:
+def _mid_route_share(records: list[dict[str, Any]], field: str = "route_share") -> dict[str, float] | None:
+    """Mean over seeds of the per-rollout ``field`` (``route_share`` or ``route_weight``) nearest mid-training."""
     shares = []
     for record in records:
-        rows = record.get("route_share") or []
+        rows = record.get(field) or []
         if not rows:
             continue
         middle = record["steps"] / 2
@@ -82,6 +84,7 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "final_mean": float(np.mean([final_return(r["episodes"], r["steps"]) for r in records])),
                 "cpu_ms_per_step": float(np.mean([r["cpu_ms_per_step"] for r in records])),
                 "route_share_mid": _mid_route_share(records),
+                "route_weight_mid": _mid_route_share(records, "route_weight"),
                 "noise_free_final": _noise_free_final(records),
             }
         if "scratch" in rows:
@@ -154,6 +157,13 @@ def markdown(summary: dict[str, Any]) -> str:
                 ]
                 for method, share in shares.items():
                     cells = ", ".join(f"{name} {value:.2f}" for name, value in share.items())
+                    lines.append(f"- {_label(method)}: {cells}")
+            # with more than one expert per observation, the weights (not the routes) say which expert plays
+            weights = {m: r["route_weight_mid"] for m, r in rows.items() if r.get("route_weight_mid")}
+            if weights:
+                lines += ["", "Mean pathway weight of each expert at mid-training (mean over seeds):", ""]
+                for method, weight in weights.items():
+                    cells = ", ".join(f"{name} {value:.2f}" for name, value in weight.items())
                     lines.append(f"- {_label(method)}: {cells}")
             lines.append("")
     return "\n".join(lines)

@@ -192,7 +192,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert two["route_share"] and len(two["route_weight"]) == len(two["route_share"])
     for (steps, share), (weight_steps, weight) in zip(two["route_share"], two["route_weight"], strict=True):
         assert steps == weight_steps and set(weight) == set(share) == {"acrobot", "mountaincar", "base"}
-        assert sum(share.values()) == pytest.approx(3.0, abs=1e-3) and sum(weight.values()) == pytest.approx(1.0, abs=1e-3)
+        assert sum(share.values()) == pytest.approx(3.0, abs=1e-3)
+        assert sum(weight.values()) == pytest.approx(1.0, abs=1e-3)
         assert all(0.0 <= weight[name] <= share[name] + 1e-4 for name in weight)
     record = json.loads((out / "runs/control/cartpole/hub_pathway/seed0.json").read_text())
     assert [steps for steps, _ in record["noise_free_evaluations"]] == [32, 64] and record["eval_episodes"] == 1
@@ -328,6 +329,7 @@ def test_rliable_report_gives_iqm_intervals_probability_of_improvement_and_steps
         # the transfer method starts high: it reaches scratch's final return at once
         better = _synthetic_run("transfer", seed, 3.0)
         better["route_share"] = [[500, {"variant": 0.9, "other": 0.1}], [1000, {"variant": 1.0, "other": 0.0}]]
+        better["route_weight"] = [[500, {"variant": 0.6 + seed / 100, "other": 0.4 - seed / 100}]]
         runs += [scratch, better]
     summary = report.summarise_runs(runs)
     rows = summary["minatar"]["breakout"]["methods"]
@@ -337,6 +339,9 @@ def test_rliable_report_gives_iqm_intervals_probability_of_improvement_and_steps
     assert transfer["iqm_auc_gain"] > 0 and transfer["probability_of_improvement"] > 0.8
     assert transfer["steps_to_scratch_final_ratio"] < 0.1
     assert transfer["route_share_mid"] == {"variant": 0.9, "other": 0.1}
+    assert transfer["route_weight_mid"] == {"variant": 0.62, "other": 0.38}  # the mean over seeds
+    assert rows["scratch"]["route_weight_mid"] is None  # no routes, no weights
+    assert "Mean pathway weight of each expert at mid-training" in report.markdown(summary)
     assert "probability_of_improvement" not in rows["scratch"]
     out = tmp_path / "summary.json"
     sweep = tmp_path / "sweep"
