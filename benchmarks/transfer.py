@@ -333,9 +333,9 @@ METHODS: dict[str, Method] = {
         # transfer_prior record older than that ran with 2); transfer_strong_prior keeps its diagnosis reproducible
         _preset_variant("transfer_strong_prior", "preset transfer, prior_scale 4", {"prior_scale": 4.0}),
         _preset_variant("transfer_weak_prior", "preset transfer, prior_scale 2", {"prior_scale": 2.0}),
-        # two routed experts beside the base: the mixture's weights between two relevant agents then get the
-        # policy loss's gradient, which a single routed expert's constant weight does not (the two-variant hub)
-        _preset_variant("transfer_k2", "preset transfer, k=2", {"k": 2}),
+        # two routed experts beside the base on every hub, whatever the prior says (the preset routes two only
+        # where two agents have evidence that they play the target: k_from_prior)
+        _preset_variant("transfer_k2", "preset transfer, k=2", {"k": 2, "k_from_prior": None}),
         _preset_variant(
             "transfer_uniform_trust", "preset transfer, every teacher trusted fully", {"teacher_trust": "uniform"}
         ),
@@ -652,6 +652,7 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     torch.set_num_threads(settings.threads)
     from hp_rl.hub import file_sha256
     from hp_rl.rl.envs import make_env
+    from hp_rl.rl.extractor import find_hub_extractors
     from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import build_model
     from hp_rl.run_folder import package_versions
@@ -709,7 +710,8 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
         "forward_flops_per_obs": flops,
         "parameters": sum(p.numel() for p in policy.parameters()),
         "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
-        "k": config.k if config.hub is not None else None,
+        # the routed experts per observation, as built (k_from_prior may route fewer than the k asked for)
+        "k": find_hub_extractors(model)[0].k if config.hub is not None else None,
         "hub_kwargs": config.hub_kwargs,
         "exploit_coef": config.hyperparams.get("exploit_coef"),
         "hub_experts": hub_experts,

@@ -315,6 +315,44 @@ def test_output_aggregation_trains_saves_and_loads(tmp_path: Path, breakout_agen
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
 
 
+def test_k_from_prior_routes_one_expert_per_agent_with_evidence_and_survives_save_and_load(tmp_path: Path) -> None:
+    from hp_rl.hub.options import PathwayOptionError
+    from hp_rl.rl.scoring import HEADLESS_PRIOR_CAP, routed_by_prior
+
+    names = ("a", "b", "c")
+    assert routed_by_prior({"a": 0.9, "b": 0.7, "c": 0.1}, names, k=2, threshold=0.5) == 2
+    assert routed_by_prior({"a": 0.9, "b": 0.7, "c": 0.6}, names, k=2, threshold=0.5) == 2  # at most k
+    assert routed_by_prior({"a": 0.9, "b": HEADLESS_PRIOR_CAP}, names, k=2, threshold=0.5) == 1
+    assert routed_by_prior({}, names, k=2, threshold=0.5) == 1  # no evidence: still one routed expert
+    assert routed_by_prior({"base": 1.0}, names, k=2, threshold=0.5) == 1  # only hub experts count
+    env = make_env(BREAKOUT, 2, 0)
+    options = {**pathway_preset("transfer"), "n_steps": 16, "batch_size": 16, "n_epochs": 1, "seed": 0}
+    assert options["k"] == 2 and options["k_from_prior"] == 0.5
+    hub = _random_experts(3, 4)
+    obs = torch.rand(64, 4, 10, 10).round()
+    for prior, expected in (({"r0": 0.9, "r1": 0.7, "r2": 0.1}, 2), ({"r0": 0.9, "r1": 0.2, "r2": 0.0}, 1)):
+        model = HubPPO("CnnPolicy", env, hub=hub, **{**options, "prior": prior})
+        extractor = find_hub_extractors(model)[0]
+        assert extractor.k == expected
+        extractor(obs)
+        assert extractor.last_output is not None
+        weights = extractor.last_output.routes.weights
+        assert bool(((weights > 0).sum(1) == expected + 1).all())  # + the base expert
+        torch.testing.assert_close(weights.sum(1), torch.ones(64))
+    model.learn(32)
+    model.save(tmp_path / "m.zip")
+    loaded = HubPPO.load(tmp_path / "m.zip", device="cpu")
+    assert find_hub_extractors(loaded)[0].k == 1
+    observation = env.reset()
+    np.testing.assert_array_equal(
+        model.predict(observation, deterministic=True)[0], loaded.predict(observation, deterministic=True)[0]
+    )
+    without_prior = {key: value for key, value in options.items() if key not in ("prior", "teacher_trust")}
+    assert find_hub_extractors(HubPPO("CnnPolicy", env, hub=hub, **without_prior))[0].k == 1
+    with pytest.raises(PathwayOptionError, match="k_from_prior"):
+        HubPathwayExtractor(env.observation_space, hub, k=2, k_from_prior=1.5)
+
+
 def test_kickstart_teacher_is_the_pretrained_policy_and_its_weight_decays(breakout_agent: Path) -> None:
     agent = PPO.load(breakout_agent, device="cpu")
     env = make_env(BREAKOUT, 2, 0)

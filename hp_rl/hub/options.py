@@ -35,6 +35,7 @@ def _prior(value: Any) -> bool:
 
 PATHWAY_OPTIONS: dict[str, Rule] = {
     "k": Int(1, MAX_EXPERTS),
+    "k_from_prior": Float(0.0, 1.0, low_open=True, optional=True),
     "features_dim": Int(1, MAX_FEATURES_DIM),
     "freeze_experts": Bool(),
     "expert_lr_scale": _SCALE,

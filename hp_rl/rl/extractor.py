@@ -20,7 +20,7 @@ from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
 from hp_rl.rl.baselines import base_trunk
-from hp_rl.rl.scoring import start_from_prior
+from hp_rl.rl.scoring import routed_by_prior, start_from_prior
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
@@ -107,7 +107,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         vectors ``(D,)``.
     :param hub: the experts: a YAML spec path, a comma-separated string or list of checkpoint paths,
         ``"random:N"``, or a mapping ``{"experts": [...]}``. Plain values only, so SB3 can save them.
-    :param k: experts per observation.
+    :param k: experts per observation (with ``k_from_prior``: at most this many).
+    :param k_from_prior: route as many experts as have a prior of at least this (evidence that they play the
+        target), at least 1 and at most ``k`` (:func:`~hp_rl.rl.scoring.routed_by_prior`); ``None``: ``k``.
     :param features_dim: common width d that every expert is adapted to.
     :param freeze_experts: freeze the trunks (adapters and generator still train); an expert's own
         ``frozen`` in the spec takes precedence.
@@ -165,6 +167,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         observation_space: spaces.Space,
         hub: str | Sequence[str] | Mapping[str, Any],
         k: int = 2,
+        k_from_prior: float | None = None,
         features_dim: int = 256,
         freeze_experts: bool = True,
         expert_lr_scale: float = 1.0,
@@ -264,6 +267,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             self.prior_values = start_from_prior(generator, tuple(experts), prior, prior_scale)
         if base_prior:  # beside the experts' prior: the fresh network is the reference an expert must beat
             start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
+        if k_from_prior is not None:
+            k = routed_by_prior(self.prior_values, spec.names, k, k_from_prior)
         router = NoisyTopKRouter(
             len(experts),
             k,

@@ -3,7 +3,8 @@
 - ``paper``: the method as the paper states it: feature-level aggregation of the top-2 experts, learned
   noisy gating without bound or schedule, exploration loss 0.01, exploitation loss 0.1.
 - ``transfer``: what uses a hub's whole agents: output-level aggregation with the experts' own policy and
-  value heads (a mixture of their policies), one routed expert beside an always-routed base expert (the
+  value heads (a mixture of their policies), one routed expert per agent that the prior says plays the target
+  (at least one, at most two) beside an always-routed base expert (the
   target's plain network, so the agent can always learn as scratch does), noise bounded by the spread of
   the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
   half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, each teacher
@@ -41,7 +42,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.0,
     },
     "transfer": {
-        "k": 1,
+        # one routed expert per agent with evidence that it plays the target (prior >= 0.5; head-less experts
+        # score at most 0.2), at most 2: both Breakout variants in one hub beat the better one alone only when
+        # both are routed (docs/BENCHMARKS.md "Two relevant agents"); with one such agent, or none, this is k=1,
+        # as the preset was before, since a second slot mixed a decoy into the needle's agent
+        "k": 2,
+        "k_from_prior": 0.5,
         "aggregation": "output",
         "output_mix": "probs",
         "base_expert": True,

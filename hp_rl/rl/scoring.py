@@ -24,7 +24,7 @@ tilts the routes little:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from hp_rl.routing import PathwayGenerator
 from hp_rl.yaml_files import read_yaml
 
 __all__ = [
+    "routed_by_prior",
     "logme",
     "score_hub",
     "prior_from_scores",
@@ -306,3 +307,17 @@ def start_from_prior(
         for column, name in enumerate(names):
             layer.bias[column] += scale * values.get(name, 0.0)
     return values
+
+
+def routed_by_prior(prior: Mapping[str, float], names: Sequence[str], k: int, threshold: float) -> int:
+    """How many experts to route per observation under ``k_from_prior``: those of ``names`` whose prior is at
+    least ``threshold``, at least 1 and at most ``k``.
+
+    A head-less expert's prior is at most :data:`HEADLESS_PRIOR_CAP`, so a threshold above it counts only agents
+    whose own policy keeps that share of its competence on the target zero-shot. Two such agents then share
+    each observation, and the policy loss reaches the weights between them (one routed slot has a constant
+    weight); a hub with one such agent, or none, keeps a single slot instead of mixing in an expert with no
+    evidence. Without a prior no expert has that evidence: 1.
+    """
+    relevant = sum(1 for name in names if prior.get(name, 0.0) >= threshold)
+    return max(1, min(k, relevant))
