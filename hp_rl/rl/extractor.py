@@ -270,14 +270,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         if k_from_prior is not None:
             k = routed_by_prior(self.prior_values, spec.names, k, k_from_prior)
         router = NoisyTopKRouter(
-            len(experts),
-            k,
-            noise=noise,
-            noise_std=noise_std,
-            balance=balance,
-            dense=dense,
-            num_forced=int(base_expert),
-            noise_cap=noise_cap,
+            len(experts), k, noise, noise_std, balance, dense, num_forced=int(base_expert), noise_cap=noise_cap
         )
         self.pathway = HubPathway(experts, generator, router, execution=execution)
         self.pathway.noise.seed = noise_seed
