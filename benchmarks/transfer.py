@@ -336,6 +336,8 @@ METHODS: dict[str, Method] = {
         # two routed experts beside the base on every hub, whatever the prior says (the preset routes two only
         # where two agents have evidence that they play the target: k_from_prior)
         _preset_variant("transfer_k2", "preset transfer, k=2", {"k": 2, "k_from_prior": None}),
+        # one routed expert beside the base on every hub: the preset before k_from_prior
+        _preset_variant("transfer_k1", "preset transfer, k=1", {"k": 1, "k_from_prior": None}),
         _preset_variant(
             "transfer_uniform_trust", "preset transfer, every teacher trusted fully", {"teacher_trust": "uniform"}
         ),
@@ -875,6 +877,7 @@ _ROW_ORDER = (
     "transfer_strong_prior",
     "transfer_weak_prior",
     "transfer_k2",
+    "transfer_k1",
     "transfer_uniform_trust",
 )
 

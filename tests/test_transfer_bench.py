@@ -162,6 +162,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_base_prior",
         "transfer_critic_warmup",
         "transfer_features",
+        "transfer_k1",
         "transfer_k2",
         "transfer_no_base",
         "transfer_no_kickstart",
@@ -188,6 +189,9 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert weak["hub_kwargs"]["prior_scale"] == 2.0 and weak["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     two = json.loads((out / "runs/control/cartpole/transfer_k2/seed0.json").read_text())
     assert two["k"] == 2 and prior["k"] == 1 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
+    one = json.loads((out / "runs/control/cartpole/transfer_k1/seed0.json").read_text())
+    assert one["k"] == 1 and one["hub_kwargs"]["k_from_prior"] is None  # the preset's k_from_prior: 0.5
+    assert prior["hub_kwargs"]["k_from_prior"] == bench.pathway_preset("transfer")["k_from_prior"]
     # per rollout: with k=2 and the base, three experts routed per observation, whose mean weights sum to 1
     assert two["route_share"] and len(two["route_weight"]) == len(two["route_share"])
     for (steps, share), (weight_steps, weight) in zip(two["route_share"], two["route_weight"], strict=True):
