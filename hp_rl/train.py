@@ -190,6 +190,14 @@ def build_or_close(config: Any, env: Any, verbose: int) -> Any:
         raise
 
 
+def _routed(model: Any, asked: int) -> int:
+    """Routed experts per observation as built (``k_from_prior`` may route fewer than the ``asked`` ``-k``)."""
+    from hp_rl.rl.extractor import find_hub_extractors
+
+    extractors = find_hub_extractors(model)
+    return extractors[0].k if extractors else asked
+
+
 def _print_outcome(outcome: Any, folder: Any) -> int:
     import signal
 
@@ -236,7 +244,8 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         with folder.locked():
             folder.write_start(config.to_yaml(), argv)
-            hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={config.k})"
+            routed = None if config.hub is None else _routed(model, config.k)
+            hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={routed})"
             print(
                 f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
                 f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}",
