@@ -117,6 +117,18 @@ def _ci(value: float, interval: Sequence[float], digits: int = 2) -> str:
     return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
+def _per_expert(rows: dict[str, Any], field: str, title: str) -> list[str]:
+    """A titled list, one line per method that has ``field`` (expert -> value), or nothing."""
+    values = {m: r[field] for m, r in rows.items() if r.get(field)}
+    if not values:
+        return []
+    lines = ["", f"{title} (mean over seeds):", ""]
+    for method, per_expert in values.items():
+        cells = ", ".join(f"{name} {value:.2f}" for name, value in per_expert.items())
+        lines.append(f"- {_label(method)}: {cells}")
+    return lines
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """One table per suite and target."""
     lines: list[str] = []
@@ -148,23 +160,11 @@ def markdown(summary: dict[str, Any]) -> str:
                     f"| {_label(method)} | {len(row['seeds'])} | {iqm_text} | {gain} | {prob} | "
                     f"{row['final_mean']:.2f} | {greedy} | {to} | {row['cpu_ms_per_step']:.3f} |"
                 )
-            shares = {m: r["route_share_mid"] for m, r in rows.items() if r.get("route_share_mid")}
-            if shares:
-                lines += [
-                    "",
-                    "Share of acting observations routed through each expert at mid-training (mean over seeds):",
-                    "",
-                ]
-                for method, share in shares.items():
-                    cells = ", ".join(f"{name} {value:.2f}" for name, value in share.items())
-                    lines.append(f"- {_label(method)}: {cells}")
+            lines += _per_expert(
+                rows, "route_share_mid", "Share of acting observations routed through each expert at mid-training"
+            )
             # with more than one expert per observation, the weights (not the routes) say which expert plays
-            weights = {m: r["route_weight_mid"] for m, r in rows.items() if r.get("route_weight_mid")}
-            if weights:
-                lines += ["", "Mean pathway weight of each expert at mid-training (mean over seeds):", ""]
-                for method, weight in weights.items():
-                    cells = ", ".join(f"{name} {value:.2f}" for name, value in weight.items())
-                    lines.append(f"- {_label(method)}: {cells}")
+            lines += _per_expert(rows, "route_weight_mid", "Mean pathway weight of each expert at mid-training")
             lines.append("")
     return "\n".join(lines)
 

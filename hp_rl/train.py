@@ -244,8 +244,9 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         with folder.locked():
             folder.write_start(config.to_yaml(), argv)
-            routed = None if config.hub is None else _routed(model, config.k)
-            hub_text = "none (plain SB3 policy)" if config.hub is None else f"{config.hub} (k={routed})"
+            hub_text = "none (plain SB3 policy)"
+            if config.hub is not None:
+                hub_text = f"{config.hub} (k={_routed(model, config.k)})"
             print(
                 f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
                 f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}",

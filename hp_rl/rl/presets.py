@@ -4,8 +4,8 @@
   noisy gating without bound or schedule, exploration loss 0.01, exploitation loss 0.1.
 - ``transfer``: what uses a hub's whole agents: output-level aggregation with the experts' own policy and
   value heads (a mixture of their policies), one routed expert per agent that the prior says plays the target
-  (at least one, at most two) beside an always-routed base expert (the
-  target's plain network, so the agent can always learn as scratch does), noise bounded by the spread of
+  (at least one, at most two) beside an always-routed base expert (the target's plain network, so the agent
+  can always learn as scratch does), noise bounded by the spread of
   the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
   half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, each teacher
   imitated in proportion to its prior (``teacher_trust="prior"``: other games' agents, with priors near 0, are
