@@ -237,7 +237,8 @@ class Method:
 
     :param name: method name (folder names, ``--methods``).
     :param label: name in tables and plots.
-    :param kind: ``scratch`` (plain PPO), ``single`` (one run per expert) or ``hub`` (all experts).
+    :param kind: ``scratch`` (plain PPO), ``single`` (one run per expert), ``hub`` (all experts) or ``cli``
+        (``hp_rl.train``'s command line with its defaults, the agents as bare SB3 zips).
     :param extractor: :class:`~hp_rl.rl.extractor.HubPathwayExtractor` arguments (``k=None``: the suite's).
     :param exploit_coef: weight of HubPPO's exploitation loss.
     :param algo_kwargs: further HubPPO arguments (kickstarting).
@@ -295,6 +296,8 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("scratch", "scratch", "scratch"),
+        # the user's path: hp_rl.train's command line with its defaults, the agents given as bare SB3 zips
+        Method("user_zips", "hp_rl.train defaults, agents as SB3 zips", "cli"),
         Method("single", "single expert", "single", {"k": 1, **_NO_AUX}),
         Method("dense", "dense mixture", "hub", {"dense": True, **_NO_AUX}),
         Method("hub_pathway", "Hub-Pathway", "hub", dict(_HUB_PATHWAY), exploit_coef=0.1),
@@ -565,6 +568,8 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
     from hp_rl.rl.runs import RunConfig
 
     env_id = target_env_id(suite, key.target)
+    if METHODS[key.base_method].kind == "cli":
+        return _cli_config(suite, key, settings, experts)
     family = preset_for(env_id).family
     params = apply_overrides(load_hyperparams("ppo", family), {**suite.overrides, **settings.overrides})
     params.pop("n_timesteps", None)
@@ -608,10 +613,43 @@ def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dic
     )
 
 
+def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:
+    """The run config ``python -m hp_rl.train`` builds from its command line (its own parser and checks) with
+    nothing but the target, the steps, the seed and the target's agents as SB3 zips: bare ones written from an
+    exported hub (``benchmarks/user_agents.py``: the same weights as the manifest, no task id, no file beside
+    them), or the sweep's own builds (hp_rl run folders). The path a user takes. Targets with ``gym.make``
+    arguments have no such command line and are refused."""
+    import importlib.util
+
+    from hp_rl.train import build_parser
+    from hp_rl.train_config import config_and_env
+
+    if suite.target_env_kwargs.get(key.target):
+        raise SystemExit(f"error: {suite.name}/{key.target} needs gym.make arguments, which hp_rl.train cannot take.")
+    module_spec = importlib.util.spec_from_file_location("user_agents", Path(__file__).with_name("user_agents.py"))
+    assert module_spec is not None and module_spec.loader is not None
+    user_agents = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(user_agents)
+    folder = (settings.out or REPO_ROOT / "bench_out") / "user_zips"
+    zips = []
+    for name, expert in target_hub(suite, experts, key.target).items():
+        if not isinstance(expert, dict):  # the sweep's own builds: hp_rl run folders, given by their model.zip
+            zips.append(expert)
+            continue
+        path = folder / f"{name}.zip"
+        zips.append(path if path.is_file() else user_agents.write_bare_zip(expert, path))
+    argv = ["--env", target_env_id(suite, key.target), "--hub", ",".join(str(z) for z in zips)]
+    argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
+    config, env = config_and_env(build_parser().parse_args(argv))
+    env.close()
+    return config
+
+
 def target_prior(suite: Suite, target: str, hub: dict[str, Any], env_id: str, out: Path | None) -> dict[str, float]:
     """The prior of ``target``'s hub: scored once (zero-shot returns, LogME), cached in ``<out>/scores``, as
     ``prior="auto"`` scores it (the same seed, which no training run uses)."""
-    from hp_rl.rl.scoring import AUTO_PRIOR_SEED, read_prior, score_hub, write_scores
+    from hp_rl.rl.prior import read_prior, write_scores
+    from hp_rl.rl.scoring import AUTO_PRIOR_SEED, score_hub
 
     path = (out or REPO_ROOT / "bench_out") / "scores" / f"{suite.name}_{target}.yml"
     if not path.is_file():
@@ -687,11 +725,12 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     flop_env.close()
     env.close()
     policy = model.policy
-    hub_experts = (
-        []
-        if config.hub is None
-        else [{**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in config.hub["experts"]]
+    entries = (
+        [{"name": Path(p).stem, "path": p} for p in config.hub.split(",")]
+        if isinstance(config.hub, str)
+        else (config.hub or {}).get("experts", [])
     )
+    hub_experts = [{**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in entries]
     record = {
         "suite": key.suite,
         "target": key.target,
@@ -714,6 +753,8 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
         "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         # the routed experts per observation, as built (k_from_prior may route fewer than the k asked for)
         "k": find_hub_extractors(model)[0].k if config.hub is not None else None,
+        # what prior="auto" measured before training (the preset's scoring), where the run scored its hub
+        "prior_scores": getattr(model, "prior_scores", None),
         "hub_kwargs": config.hub_kwargs,
         "exploit_coef": config.hyperparams.get("exploit_coef"),
         "hub_experts": hub_experts,
@@ -858,6 +899,7 @@ _SINGLE_METHODS = ("single", "single_agent")  # the candidates of the best / mea
 _SINGLE_ROWS = (*_SINGLE_METHODS, "single_agent_warmup")  # single-expert rows of the tables
 _ROW_ORDER = (
     "scratch",
+    "user_zips",
     "single_best",
     "single_mean",
     "dense",

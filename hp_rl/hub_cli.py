@@ -343,20 +343,20 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
 
 def cmd_score(spec_text: str, env_id: str, episodes: int, rollout_steps: int, seed: int, out: str | None) -> int:
     """Score every expert on the target (zero-shot return, LogME) and print / write the prior."""
-    from hp_rl.rl.scoring import score_hub, write_scores
+    from hp_rl.rl.presets import pathway_preset
+    from hp_rl.rl.prior import write_scores
+    from hp_rl.rl.prior_report import prior_table
+    from hp_rl.rl.scoring import score_hub
 
     if episodes < 1 or rollout_steps < 16:
         print("--episodes must be >= 1 and --rollout-steps >= 16.", file=sys.stderr)
         return 2
     scores = score_hub(_spec_argument(spec_text), env_id, episodes, rollout_steps, seed)
-    print(f"Target {env_id}: random policy {scores['random_return']:.2f} over {episodes} episodes")
-    print(f"{'expert':<24} {'head':<10} {'zero-shot':>10} {'retained':>9} {'LogME':>9} {'prior':>7}")
-    for name, entry in scores["experts"].items():
-        zero, kept = entry.get("zero_shot_return"), entry.get("retention")
-        print(
-            f"{name:<24} {entry['policy_head']:<10} {('-' if zero is None else f'{zero:.2f}'):>10} "
-            f"{('-' if kept is None else f'{kept:.2f}'):>9} {entry['logme']:>9.3f} {scores['prior'][name]:>7.3f}"
-        )
+    bar = float(pathway_preset("transfer")["k_from_prior"])
+    routed = tuple(name for name, value in scores["prior"].items() if value >= bar)
+    unrouted = {name: f"score {value:.2f} < {bar:g}" for name, value in scores["prior"].items() if value < bar}
+    print(f"Target {env_id}; 'routed' as preset=transfer would route (score >= {bar:g}):")
+    print(prior_table(scores, unrouted, routed))
     if out:
         print(f"Scores: {write_scores(scores, out)} (use it with --hub-set prior={out})")
     return 0

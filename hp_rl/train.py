@@ -198,6 +198,20 @@ def _routed(model: Any, asked: int) -> int:
     return extractors[0].k if extractors else asked
 
 
+def _report_prior(model: Any, folder: Path) -> None:
+    """What scoring the hub found (``prior="auto"``): one line per expert, and ``prior.yml`` in the run folder."""
+    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.rl.prior_report import prior_table, write_prior_file
+
+    scores = getattr(model, "prior_scores", None)
+    extractors = find_hub_extractors(model)
+    if not scores or not extractors:
+        return
+    extractor = extractors[0]
+    print(prior_table(scores, extractor.unrouted, extractor.expert_names), flush=True)
+    write_prior_file(folder, scores, extractor.unrouted, extractor.expert_names)
+
+
 def _print_outcome(outcome: Any, folder: Any) -> int:
     import signal
 
@@ -247,6 +261,7 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
             hub_text = "none (plain SB3 policy)"
             if config.hub is not None:
                 hub_text = f"{config.hub} (k={_routed(model, config.k)})"
+                _report_prior(model, folder.path)
             print(
                 f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "
                 f"{config.n_envs} env(s), hub {hub_text}. TensorBoard: tensorboard --logdir {root}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import logging
 import re
 import textwrap
 from collections.abc import Sequence
@@ -283,7 +284,7 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
             raise CliError(
                 f"DQN needs discrete actions, but {args.env} has {env.action_space}: use --algo ppo or --algo a2c."
             )
-        config = _hub_config(args, algo, family, params)
+        config = _hub_config(args, algo, family, params, env)
     except BaseException:
         env.close()
         raise
@@ -340,7 +341,23 @@ def _make_env(env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite
         raise CliError(f"{env_id} cannot be built: {error}") from error
 
 
-def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any]) -> Any:
+def _auto_preset(hub: str, algo: str, env: Any) -> str:
+    """The preset ``--hub-set preset=auto`` (the default) means for this hub on this target, said on the console."""
+    from hp_rl.hub import HubSpecError
+    from hp_rl.rl.agent_meanings import choose_preset
+
+    if algo == "dqn":
+        name, why = "paper", "DQN has no policy heads to aggregate"
+    else:
+        try:
+            name, why = choose_preset(hub, env)
+        except HubSpecError as error:
+            raise CliError(str(error)) from error
+    logging.getLogger("hp_rl.train").info("Configuration: preset=%s (%s).", name, why)
+    return name
+
+
+def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any], env: Any) -> Any:
     """The run config (step counts and seed filled in by the caller) with the hub resolved and checked."""
     from hp_rl.hub import HubSpecError, parse_hub
     from hp_rl.rl.checkpoints import DEFAULT_KEEP_CHECKPOINTS
@@ -351,11 +368,16 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
     hub_kwargs = _parse_sets(args.hub_set, "--hub-set")
     if args.explore_coef is not None:
         hub_kwargs["explore_coef"] = args.explore_coef
-    preset = hub_kwargs.pop("preset", None)
+    preset = hub_kwargs.pop("preset", "auto")
     if preset is not None and hub is not None:
-        k = _apply_preset(str(preset), algo, args, hub_kwargs, params, k)
+        if preset == "auto":
+            # the paper's configuration is the options' defaults: only a different choice is written out
+            preset = _auto_preset(hub, algo, env)
+            preset = None if preset == "paper" else preset
+        if preset is not None:
+            k = _apply_preset(str(preset), algo, args, hub_kwargs, params, k)
     if isinstance(hub_kwargs.get("prior"), str) and hub_kwargs["prior"] != "auto":  # keep values, not a path
-        from hp_rl.rl.scoring import read_prior
+        from hp_rl.rl.prior import read_prior
 
         try:
             hub_kwargs["prior"] = read_prior(hub_kwargs["prior"])
@@ -374,6 +396,8 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         except HubSpecError as error:
             raise CliError(str(error)) from error
         m = len(spec.experts)
+        if hub_kwargs.get("k_from_prior") is not None and args.k is None:
+            k = min(k, m)  # the preset's k is a most (k_from_prior): a hub of one agent routes at most that one
         if not hub_kwargs.get("dense") and not 1 <= k <= m:
             raise CliError(
                 f"-k {k} is out of range: the hub {spec.origin} has {m} expert(s) "

@@ -17,7 +17,7 @@ import yaml
 
 from hp_rl.overrides import ConfigError
 
-__all__ = ["StrictLoader", "check_keys", "load_yaml_text", "read_yaml", "read_yaml_mapping"]
+__all__ = ["StrictLoader", "check_keys", "load_yaml_text", "read_yaml", "read_yaml_mapping", "read_foreign_yaml"]
 
 
 class _RepeatedKey(yaml.YAMLError):
@@ -107,3 +107,38 @@ def check_keys(raw: Mapping[str, Any], allowed: Collection[str], where: str) -> 
             close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(sorted(map(str, allowed)))}.")
+
+
+class _ForeignLoader(yaml.SafeLoader):
+    """Safe YAML for files other programs wrote: rl-baselines3-zoo's ``OrderedDict`` tags read as mappings, any
+    other Python tag as ``None`` (never an object)."""
+
+
+def _ordered_dict(loader: _ForeignLoader, node: yaml.Node) -> dict[Any, Any]:
+    if not isinstance(node, yaml.SequenceNode):
+        return {}
+    args = loader.construct_sequence(node, deep=True)
+    pairs = args[0] if args and isinstance(args[0], list) else []
+    return {pair[0]: pair[1] for pair in pairs if isinstance(pair, list | tuple) and len(pair) == 2}
+
+
+def _python_tag(loader: _ForeignLoader, suffix: str, node: yaml.Node) -> None:
+    return None
+
+
+_ForeignLoader.add_constructor("tag:yaml.org,2002:python/object/apply:collections.OrderedDict", _ordered_dict)
+_ForeignLoader.add_multi_constructor("tag:yaml.org,2002:python/", _python_tag)
+
+
+def read_foreign_yaml(path: str | Path, max_bytes: int = 256 * 2**10) -> dict[str, Any] | None:
+    """A small YAML mapping written by another program (an rl-zoo ``config.yml``/``args.yml``), or ``None`` when it
+    is absent, over ``max_bytes``, unreadable or not a mapping: such files are evidence to use where present,
+    never a reason to stop."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > max_bytes:
+            return None
+        value = yaml.load(path.read_text(encoding="utf-8"), Loader=_ForeignLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else None

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hp_rl.errors import RoutingError
 from hp_rl.routing import (
     AdaptedExpert,
     GateStatistics,
@@ -242,3 +243,14 @@ def test_half_precision_experts_aggregate_in_float32() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = pathway(torch.randn(4, 6))
     assert out.features.shape == (4, 5)
+
+
+def test_a_router_with_forced_experts_alone_routes_every_sample_through_them() -> None:
+    # k=0 beside the base expert: no expert of the hub had the evidence to be routed
+    router = NoisyTopKRouter(1, 0, noise="learned", num_forced=1, noise_cap=1.0)
+    logits = torch.randn(6, 1, requires_grad=True)
+    routes = router(logits, torch.randn(6, 1), torch.randn(6, 1))
+    assert torch.equal(routes.weights, torch.ones(6, 1)) and routes.k == 1
+    assert float(routes.balance_loss) == 0.0 and not router.noise_active
+    with pytest.raises(RoutingError, match="route none"):
+        NoisyTopKRouter(2, 1, num_forced=2)

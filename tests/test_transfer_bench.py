@@ -172,6 +172,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_strong_prior",
         "transfer_uniform_trust",
         "transfer_weak_prior",
+        "user_zips",
     ]
     prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
     assert set(prior["hub_kwargs"]["prior"]) == {"acrobot", "mountaincar"}
@@ -188,7 +189,12 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     weak = json.loads((out / "runs/control/cartpole/transfer_weak_prior/seed0.json").read_text())
     assert weak["hub_kwargs"]["prior_scale"] == 2.0 and weak["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     two = json.loads((out / "runs/control/cartpole/transfer_k2/seed0.json").read_text())
-    assert two["k"] == 2 and prior["k"] == 1 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
+    # neither the Acrobot nor the MountainCar agent has CartPole's two actions: no evidence, the base acts alone
+    assert two["k"] == 2 and prior["k"] == 0 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
+    user = json.loads((out / "runs/control/cartpole/user_zips/seed0.json").read_text())
+    assert [Path(e["path"]).name for e in user["hub_experts"]] == ["model.zip", "model.zip"]  # the builds' own zips
+    # no agent's head reaches CartPole's actions: the command line's default is then the paper's configuration
+    assert user["k"] == 2 and user["prior_scores"] is None and user["hub_kwargs"] == {}
     one = json.loads((out / "runs/control/cartpole/transfer_k1/seed0.json").read_text())
     assert one["k"] == 1 and one["hub_kwargs"]["k_from_prior"] is None  # the preset's k_from_prior: 0.5
     assert prior["hub_kwargs"]["k_from_prior"] == bench.pathway_preset("transfer")["k_from_prior"]

@@ -274,7 +274,7 @@ def test_a_single_whole_agent_acts_as_the_agent_it_was_read_from(breakout_agent:
         batch_size=16,
     )
     extractor = find_hub_extractors(model)[0]
-    assert extractor.head_sources == {"breakout": "pretrained"} and extractor.features_dim == 4
+    assert extractor.head_sources == {"breakout": "mapped"} and extractor.features_dim == 4
     obs = torch.as_tensor(np.stack([env.reset() for _ in range(4)]).reshape(-1, 4, 10, 10))
     with torch.no_grad():
         ours = model.policy.get_distribution(obs).distribution.probs
@@ -317,7 +317,7 @@ def test_output_aggregation_trains_saves_and_loads(tmp_path: Path, breakout_agen
 
 def test_k_from_prior_routes_one_expert_per_agent_with_evidence_and_survives_save_and_load(tmp_path: Path) -> None:
     from hp_rl.hub.options import PathwayOptionError
-    from hp_rl.rl.scoring import HEADLESS_PRIOR_CAP, routed_by_prior
+    from hp_rl.rl.prior import HEADLESS_PRIOR_CAP, routed_by_prior
 
     names = ("a", "b", "c")
     assert routed_by_prior({"a": 0.9, "b": 0.7, "c": 0.1}, names, k=2, threshold=0.5) == 2
@@ -472,13 +472,15 @@ def test_hub_score_measures_zero_shot_returns_and_the_prior_tilts_the_generator(
         == 0
     )
     scores = yaml.safe_load(out.read_text())
-    assert scores["experts"]["breakout"]["policy_head"] == "pretrained"
+    assert scores["experts"]["breakout"]["policy_head"] == "mapped"
     assert "zero_shot_return" in scores["experts"]["breakout"] and "zero_shot_return" not in scores["experts"]["r0"]
     assert set(scores["prior"]) == {"breakout", "r0"}
     breakout = scores["experts"]["breakout"]
     kept = (breakout["zero_shot_return"] - scores["random_return"]) / 100.0
     assert breakout["retention"] == pytest.approx(kept, abs=1e-4)
-    assert scores["prior"]["breakout"] == pytest.approx(min(1.0, max(0.0, kept)), abs=1e-4)
+    # the measured evidence, lowered to the share of its competence the record says it keeps
+    assert scores["prior"]["breakout"] == breakout["score"] <= max(0.0, kept) + 1e-4
+    assert scores["cost"]["steps"] > 0 and "budget" in scores["cost"]
     assert scores["prior"]["r0"] == 0.0  # the only head-less expert: no spread of LogME, no evidence
     space = make_env(BREAKOUT, 1, 0).observation_space
     plain = HubPathwayExtractor(space, hub, k=1)
@@ -498,38 +500,41 @@ def test_scores_do_not_depend_on_the_caller_s_random_state(breakout_agent: Path)
     for caller_seed in (1, 2, 3):  # a training run seeds torch before it scores (prior="auto", the benchmark)
         torch.manual_seed(caller_seed)
         state = torch.get_rng_state()
-        scores.append(score_hub(hub, BREAKOUT, episodes=6, rollout_steps=64, seed=5))
+        scored = score_hub(hub, BREAKOUT, episodes=6, rollout_steps=64, seed=5)
+        scored.pop("cost")  # the time it took differs between calls; nothing else may
+        scores.append(scored)
         assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left as it was
     assert scores[0] == scores[1] == scores[2]
 
 
-def test_the_prior_is_absolute_evidence_not_a_ranking_of_weak_experts() -> None:
-    from hp_rl.rl.scoring import HEADLESS_PRIOR_CAP, prior_from_scores
+def test_the_prior_is_measured_evidence_that_an_expert_plays_the_target() -> None:
+    from hp_rl.rl.prior import HEADLESS_PRIOR_CAP, prior_from_scores
+    from hp_rl.rl.scoring import Play, effect_size, score_from_play
 
-    # A cross-game hub: the best zero-shot expert barely beats a random policy and keeps 10% of its competence.
-    weak = {
-        "seaquest": {"zero_shot_return": 0.7, "retention": 0.1, "logme": -0.8},
-        "space_invaders": {"zero_shot_return": 0.1, "retention": -0.02, "logme": -0.9},
-        "freeway": {"logme": -0.85},
-        "asterix": {"logme": -0.95},
+    random = Play((0.0, 1.0, 0.0, 1.0, 0.0, 1.0), 60, 0.0)
+    own_task = Play((5.0, 6.0, 4.0, 5.0, 6.0, 4.0), 300, 0.0)
+    like_random = Play((1.0, 0.0, 1.0, 0.0, 0.0, 1.0), 60, 0.0)
+    # an agent of the target's own task scores 1 with no record of where it came from; one that plays like
+    # random scores 0, whatever the other experts of the hub do (absolute evidence, not a ranking)
+    assert score_from_play(effect_size(own_task, random), None) == 1.0
+    assert score_from_play(effect_size(like_random, random), None) == 0.0
+    assert score_from_play(effect_size(random, own_task), None) == 0.0  # below random: no evidence, floored
+    # a recorded source return refines the measurement (lowers it to the share kept), never raises it
+    assert score_from_play(effect_size(own_task, random), 0.6) == 0.6
+    assert score_from_play(effect_size(like_random, random), 0.9) == 0.0
+    # returns that never vary (Acrobot's random policy: -500 every episode) still compare
+    stuck = Play((-500.0,) * 4, 2000, 0.0)
+    assert score_from_play(effect_size(Play((-90.0,) * 4, 360, 0.0), stuck), None) == 1.0
+    assert score_from_play(effect_size(stuck, stuck), None) == 0.0
+    experts = {
+        "relevant": {"score": 1.0},
+        "decoy": {"score": 0.0},
+        "encoder_a": {"logme": -0.8},
+        "encoder_b": {"logme": -0.9},
     }
-    prior = prior_from_scores(weak, random_return=0.2)
-    assert prior["seaquest"] == 0.1  # not 1.0 for being the best of weak candidates
-    assert prior["space_invaders"] == 0.0  # below a random policy: no evidence, floored
-    assert prior["freeway"] == HEADLESS_PRIOR_CAP and prior["asterix"] == 0.0
-    # A needle hub: the relevant variant plays the target; head-less experts stay well below it.
-    needle = {
-        "variant": {"zero_shot_return": 22.9, "retention": 0.64, "logme": -1.975},
-        "asterix": {"logme": -1.938},
-        "freeway": {"logme": -1.966},
-    }
-    prior = prior_from_scores(needle, random_return=4.3)
-    assert prior["variant"] == 0.64 and max(prior["asterix"], prior["freeway"]) <= HEADLESS_PRIOR_CAP < 0.64
-    # Without a record of the source return (a plain checkpoint), the hub's best expert is the reference.
-    unrecorded = {"a": {"zero_shot_return": 3.0, "logme": 0.0}, "b": {"zero_shot_return": 2.0, "logme": 0.0}}
-    assert prior_from_scores(unrecorded, random_return=1.0) == {"a": 1.0, "b": 0.5}
-    # more than its own competence is clipped to 1
-    assert prior_from_scores({"a": {"zero_shot_return": 9.0, "retention": 1.7, "logme": 0.0}}, 0.0) == {"a": 1.0}
+    prior = prior_from_scores(experts)
+    assert prior["relevant"] == 1.0 and prior["decoy"] == 0.0
+    assert prior["encoder_a"] == HEADLESS_PRIOR_CAP and prior["encoder_b"] == 0.0
 
 
 def test_needle_suites_hold_one_or_two_variants_of_the_target_among_other_games() -> None:

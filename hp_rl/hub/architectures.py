@@ -178,7 +178,8 @@ def _build_small_frame_cnn(info: TrunkInfo) -> nn.Module:
 
 
 def _build_mlp(info: TrunkInfo) -> nn.Module:
-    hidden = tuple(int(h) for h in info.option("hidden", str(info.features_dim)).split(","))
+    text = info.option("hidden", str(info.features_dim))
+    hidden = tuple(int(h) for h in text.split(",")) if text else ()  # "": no hidden layer (net_arch=[])
     return MLPTrunk(int(torch.Size(info.input_shape).numel()), hidden, info.option("activation", "tanh"))
 
 

@@ -99,7 +99,9 @@ def load_hub_trunks(
     assert shape is not None  # a hub spec holds at least one expert
     trunks = []
     for expert, trunk, frozen, scheduled in loaded:
-        adapter = build_input_adapter(shape, trunk.info, expert.name, targets, expert.channel_names)
+        # a spec's channel names first; else what the agent's own files say its task's channels mean
+        source_channels = expert.channel_names or getattr(trunk, "channel_names", None)
+        adapter = build_input_adapter(shape, trunk.info, expert.name, targets, source_channels)
         scale = expert.lr_scale * expert_lr_scale if (not frozen or scheduled) else None
         trunks.append(HubTrunk(expert, trunk, adapter, frozen, scheduled, scale))
     return trunks, shape

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from hp_rl.hub.architectures import ArchitectureError, MLPTrunk, TrunkInfo
 from hp_rl.routing.fused import lower, register_lowering
+
+if TYPE_CHECKING:
+    from hp_rl.hub.origin import AgentOrigin
 
 __all__ = ["ExpertHeads", "HubExpert", "Provenance", "file_sha256"]
 
@@ -97,19 +102,36 @@ class HubExpert(nn.Module):
     :param info: its input and output description.
     :param provenance: where its weights came from.
     :param heads: the agent's own policy and value heads (and critic network), when the source has them.
+    :param origin: what the agent's files say about its task (SB3 zips given by path), when known.
+    :param normalizer: the observation normalisation the agent was trained with (``VecNormalize``), applied
+        before the trunk (and before its critic network).
     """
 
     def __init__(
-        self, trunk: nn.Module, info: TrunkInfo, provenance: Provenance, heads: ExpertHeads | None = None
+        self,
+        trunk: nn.Module,
+        info: TrunkInfo,
+        provenance: Provenance,
+        heads: ExpertHeads | None = None,
+        origin: AgentOrigin | None = None,
+        normalizer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.trunk = trunk
         self.info = info
         self.provenance = provenance
         self.heads = heads
+        self.origin = origin
+        self.normalizer = normalizer
+        # What the channels and actions of the agent's own task mean, where its files name the task (filled in
+        # by whoever can build that task: hp_rl.rl.agent_meanings).
+        self.channel_names: tuple[str, ...] | None = None
+        self.action_meanings: tuple[str, ...] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """:param x: ``(B, *input_shape)``. :return: ``(B, features_dim)``."""
+        if self.normalizer is not None:
+            x = self.normalizer(x)
         out: Tensor = self.trunk(x)
         return out
 
@@ -133,7 +155,10 @@ class HubExpert(nn.Module):
                 f"The critic network reads {in_features} inputs but the trunk {math.prod(self.info.input_shape)}; "
                 "the checkpoint is inconsistent."
             )
-        return MLPTrunk.from_layers(layers, self.info.option("activation", "tanh"))
+        critic = MLPTrunk.from_layers(layers, self.info.option("activation", "tanh"))
+        if self.normalizer is None:
+            return critic
+        return nn.Sequential(copy.deepcopy(self.normalizer), critic)  # the critic saw normalised inputs too
 
 
 def file_sha256(path: str | Path) -> str:
@@ -145,4 +170,5 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-register_lowering(HubExpert, lambda m: lower(m.trunk))  # type: ignore[arg-type]
+# An expert with its own input normalisation runs on sparse dispatch (the fused operations do not normalise).
+register_lowering(HubExpert, lambda m: lower(m.trunk) if m.normalizer is None else None)

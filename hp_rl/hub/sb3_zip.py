@@ -149,9 +149,21 @@ def _linear_stack(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> list[t
     return layers
 
 
+def _observation_width(state: dict[str, Tensor], data: dict[str, Any]) -> int | None:
+    """The flattened observation width: from ``data``'s observation space, else from the first layer that reads it."""
+    space = data.get("observation_space", {})
+    shape = space.get("_shape") if isinstance(space, dict) else None
+    if isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape):
+        return int(math.prod(shape))
+    for key in ("action_net.weight", "q_net.q_net.0.weight", "value_net.weight"):
+        if key in state and state[key].dim() == 2:
+            return int(state[key].shape[1])
+    return None
+
+
 def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk, TrunkInfo]:
     module = str(data.get("policy_class", {}).get("__module__", ""))
-    if any(k.startswith("mlp_extractor.policy_net.") for k in state):
+    if any(k.startswith("mlp_extractor.") for k in state) or "action_net.weight" in state:
         layers = _linear_stack(state, ("mlp_extractor.shared_net.", "mlp_extractor.policy_net."))
         default_activation = "tanh"
     elif any(k.startswith("q_net.q_net.") for k in state):
@@ -168,26 +180,44 @@ def _mlp_trunk(state: dict[str, Tensor], data: dict[str, Any]) -> tuple[MLPTrunk
             "The checkpoint has neither a NatureCNN features extractor nor an MLP trunk "
             f"(policy module {module or 'unknown'}); supported: PPO, A2C, DQN, QR-DQN, SAC/TD3 Cnn/MlpPolicy."
         )
-    if not layers:
-        raise CheckpointError("The checkpoint's MLP trunk has no hidden layers (net_arch=[]), so nothing to transfer.")
     kwargs = json.dumps(data.get("policy_kwargs", {}))
     activation = "relu" if "ReLU" in kwargs else "tanh" if "Tanh" in kwargs else default_activation
     hidden = tuple(int(w.shape[0]) for w, _ in layers)
-    in_features = int(layers[0][0].shape[1])
-    trunk = MLPTrunk.from_layers(layers, activation)
+    if layers:
+        in_features = int(layers[0][0].shape[1])
+        trunk = MLPTrunk.from_layers(layers, activation)
+    else:  # net_arch=[]: the heads read the observation itself, which is then the trunk's output
+        width = _observation_width(state, data)
+        if width is None:
+            raise CheckpointError("The checkpoint has no hidden layers and does not say its observation width.")
+        in_features = width
+        trunk = MLPTrunk(width, (), activation)
     info = TrunkInfo(
         "mlp",
         "vector",
         (in_features,),
-        hidden[-1],
+        hidden[-1] if hidden else in_features,
         (("hidden", ",".join(map(str, hidden))), ("activation", activation)),
     )
     return trunk, info
 
 
+def _q_head(state: dict[str, Tensor], features_dim: int) -> ExpertHeads | None:
+    """A DQN agent's Q-value layer as a policy head (its Q-values read as logits: a Boltzmann policy); DQN
+    keeps no state-value layer, so the value head starts fresh."""
+    layers = _linear_stack(state, ("q_net.q_net.",))
+    if not layers or int(layers[-1][0].shape[1]) != features_dim:
+        return None
+    weight, bias = layers[-1]
+    return ExpertHeads(weight.float(), bias.float())
+
+
 def _heads(state: dict[str, Tensor], features_dim: int, cnn: bool) -> ExpertHeads | None:
     """The agent's action and value layers, where the action layer sits on the trunk's features (linear
-    heads); an MLP agent's value layer reads its separate critic network, which comes with it."""
+    heads); an MLP agent's value layer reads its separate critic network, which comes with it. A DQN agent's
+    Q-value layer is its policy head."""
+    if "action_net.weight" not in state and any(k.startswith("q_net.q_net.") for k in state):
+        return _q_head(state, features_dim)
     weight, bias = state.get("action_net.weight"), state.get("action_net.bias")
     if weight is None or bias is None or weight.dim() != 2 or int(weight.shape[1]) != features_dim:
         return None
@@ -203,13 +233,20 @@ def _heads(state: dict[str, Tensor], features_dim: int, cnn: bool) -> ExpertHead
             for w, b in _linear_stack(state, ("mlp_extractor.shared_net.", "mlp_extractor.value_net."))
         )
     value_in = int(critic[-1][0].shape[0]) if critic else features_dim
-    # A critic without hidden layers reads the raw observation, which no head of the trunk can.
+    # A critic without hidden layers reads the raw observation, which no head of the trunk can; a CNN agent
+    # with a critic extractor of its own (share_features_extractor=False) has a value layer on other features.
+    separate_cnn_critic = cnn and any(
+        k.startswith("vf_features_extractor.")
+        and not torch.equal(v, state.get("pi_features_extractor." + k.split(".", 1)[1], v))
+        for k, v in state.items()
+    )
     if (
         value_w is None
         or value_b is None
         or value_w.dim() != 2
         or int(value_w.shape[1]) != value_in
         or (mlp_agent and not critic)
+        or separate_cnn_critic
     ):
         value_w = value_b = None
         critic = ()

@@ -72,9 +72,19 @@ def verify_file(spec: ExpertSpec) -> Path:
 
 
 def _load_sb3(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
+    """A whole agent from an SB3 zip, with what the files beside it say (:mod:`hp_rl.hub.origin`): its task
+    and the observation statistics it was trained with."""
+    from hp_rl.hub.origin import read_agent_origin
+
     path = verify_file(spec)
     trunk, info, details, heads = read_sb3_expert(path)
-    return HubExpert(trunk, info, Provenance("sb3", str(path), file_sha256(path), details), heads)
+    origin = read_agent_origin(path)
+    details = {**details, **{k: str(v) for k, v in origin.provenance().items() if k != "told_by"}}
+    normalizer = None
+    if origin.normalization is not None and tuple(origin.normalization.mean.shape) == tuple(info.input_shape):
+        normalizer = origin.normalization.module()
+    provenance = Provenance("sb3", str(path), file_sha256(path), details)
+    return HubExpert(trunk, info, provenance, heads, origin=origin, normalizer=normalizer)
 
 
 def _info_from_metadata(

@@ -39,6 +39,8 @@ __all__ = [
     "ValueReadout",
 ]
 
+# The auxiliary losses' weights where neither the caller nor a preset gives them.
+_COEF_DEFAULTS = {"exploit_coef": 0.1, "kickstart_coef": 0.0, "kickstart_fraction": 0.5, "critic_warmup": 0.0}
 # Every option of the extractor (the one table, hp_rl.hub.options), split off HubPPO/HubA2C's keyword arguments.
 _EXTRACTOR_KEYS = tuple(PATHWAY_OPTIONS)
 
@@ -149,21 +151,27 @@ class _HubOnPolicyMixin:
     kickstart_fraction: float = 0.5
     critic_warmup: float = 0.0
     rollout_buffer: RolloutBuffer
+    # What prior="auto" measured before training (score_hub's result), for the user; not saved with the model.
+    prior_scores: dict[str, Any] | None = None
 
-    def _set_hub_coefs(
-        self, exploit_coef: float, kickstart_coef: float, kickstart_fraction: float, critic_warmup: float = 0.0
-    ) -> None:
-        values = {
-            "exploit_coef": exploit_coef,
-            "kickstart_coef": kickstart_coef,
-            "kickstart_fraction": kickstart_fraction,
-            "critic_warmup": critic_warmup,
-        }
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "prior_scores"]  # type: ignore[misc]
+
+    def _hub_arguments(
+        self, preset: str | None, hub: Any, env: Any, coefs: tuple[float | None, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The algorithm's own arguments, after taking the auxiliary losses' weights (``coefs``, in
+        :data:`~hp_rl.rl.presets.ALGORITHM_KEYS` order) and the extractor's options, the preset's under the given."""
+        from hp_rl.rl.presets import ALGORITHM_KEYS, resolve_preset
+
+        options = resolve_preset(preset, hub, env, {**dict(zip(ALGORITHM_KEYS, coefs, strict=True)), **kwargs})
+        given = {key: options.pop(key, None) for key in ALGORITHM_KEYS}
+        values = {key: _COEF_DEFAULTS[key] if value is None else value for key, value in given.items()}
         check_hyperparam_values(values, lambda key: f"{type(self).__name__} {key}", PathwayOptionError)
-        self.exploit_coef = float(exploit_coef)
-        self.kickstart_coef = float(kickstart_coef)
-        self.kickstart_fraction = float(kickstart_fraction)
-        self.critic_warmup = float(critic_warmup)
+        self.exploit_coef, self.kickstart_coef, self.kickstart_fraction, self.critic_warmup = (
+            float(values[key]) for key in ALGORITHM_KEYS
+        )
+        return self._split_hub_kwargs(options, hub, env)
 
     # --- value-only warm-up -------------------------------------------------------------------------
     @staticmethod
@@ -223,30 +231,16 @@ class _HubOnPolicyMixin:
                 extractor_kwargs.setdefault("action_meanings", list(actions))
         if self.kickstart_coef > 0:
             extractor_kwargs["teachers"] = True
-        if extractor_kwargs.get("prior") == "auto":
-            extractor_kwargs["prior"] = self._auto_prior(hub, env)
+        if extractor_kwargs.get("prior") == "auto":  # scored before training; kept for the user, not saved
+            from hp_rl.rl.scoring import score_target
+
+            self.prior_scores = score_target(hub, env)
+            extractor_kwargs["prior"] = dict(self.prior_scores["prior"])
         kwargs["policy_kwargs"] = _hub_policy_kwargs(kwargs.get("policy_kwargs"), hub, extractor_kwargs)
         if kwargs.get("rollout_buffer_class") not in (None, TrackingRolloutBuffer):
             raise PathwayOptionError("HubPPO/HubA2C need their own rollout buffer; rollout_buffer_class cannot be set.")
         kwargs["rollout_buffer_class"] = TrackingRolloutBuffer
         return kwargs
-
-    @staticmethod
-    def _auto_prior(hub: Any, env: Any) -> dict[str, float]:
-        """``prior="auto"``: score the hub on the target before training (:func:`hp_rl.rl.scoring.score_hub`).
-
-        The target is rebuilt from the environment's id with the project's presets (``gym.make`` arguments
-        of ``env`` are not known here; give a score file as ``prior`` for a variant).
-        """
-        from hp_rl.rl.scoring import AUTO_PRIOR_SEED, score_hub
-
-        specs = env.get_attr("spec", [0]) if hasattr(env, "get_attr") else [getattr(env, "spec", None)]
-        env_id = getattr(specs[0], "id", None)
-        if env_id is None:
-            raise PathwayOptionError(
-                "prior='auto' needs an environment made from a registered id; give a score file instead."
-            )
-        return dict(score_hub(hub, str(env_id), seed=AUTO_PRIOR_SEED)["prior"])
 
     # --- per-group learning rates -------------------------------------------------------------------
     def _hub_extractors(self) -> list[HubPathwayExtractor]:
@@ -416,6 +410,9 @@ class HubPPO(_HubOnPolicyMixin, PPO):
     :param critic_warmup: value-only warm-up: the updates of the first this fraction of training train only
         the critic (value layers, experts' value heads); policy, trunks and generator stay as loaded, so the
         critic fits the experts' policy before it changes. 0 turns it off.
+    :param preset: a named configuration (:mod:`hp_rl.rl.presets`: ``paper``, ``transfer``) under the arguments
+        given here, or ``"auto"``: ``transfer`` where an expert brings a policy head that reaches the target's
+        actions, ``paper`` where the hub holds only encoders. ``None``: the arguments alone.
     :param kwargs: PPO arguments and extractor arguments (``k``, ``features_dim``, ``freeze_experts``,
         ``expert_lr_scale``, ``noise``, ``noise_std``, ``explore_coef``, ``balance``, ``dense``, ``noise_seed``,
         and the transfer options of :class:`~hp_rl.rl.extractor.HubPathwayExtractor`). The target's
@@ -427,14 +424,15 @@ class HubPPO(_HubOnPolicyMixin, PPO):
         policy: str | type[ActorCriticPolicy],
         env: Any,
         hub: Any = None,
-        exploit_coef: float = 0.1,
-        kickstart_coef: float = 0.0,
-        kickstart_fraction: float = 0.5,
-        critic_warmup: float = 0.0,
+        exploit_coef: float | None = None,
+        kickstart_coef: float | None = None,
+        kickstart_fraction: float | None = None,
+        critic_warmup: float | None = None,
+        preset: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction, critic_warmup)
-        super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
+        coefs = (exploit_coef, kickstart_coef, kickstart_fraction, critic_warmup)
+        super().__init__(policy, env, **self._hub_arguments(preset, hub, env, coefs, kwargs))
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
         advantages = batch.advantages
@@ -462,7 +460,7 @@ class HubA2C(_HubOnPolicyMixin, A2C):
     """A2C with a Hub-Pathway features extractor and the exploitation loss.
 
     Takes every :class:`~stable_baselines3.A2C` argument, plus ``hub``, ``exploit_coef``, ``kickstart_coef``,
-    ``kickstart_fraction``, ``critic_warmup`` and the extractor arguments, as :class:`HubPPO`.
+    ``kickstart_fraction``, ``critic_warmup``, ``preset`` and the extractor arguments, as :class:`HubPPO`.
     """
 
     def __init__(
@@ -470,14 +468,15 @@ class HubA2C(_HubOnPolicyMixin, A2C):
         policy: str | type[ActorCriticPolicy],
         env: Any,
         hub: Any = None,
-        exploit_coef: float = 0.1,
-        kickstart_coef: float = 0.0,
-        kickstart_fraction: float = 0.5,
-        critic_warmup: float = 0.0,
+        exploit_coef: float | None = None,
+        kickstart_coef: float | None = None,
+        kickstart_fraction: float | None = None,
+        critic_warmup: float | None = None,
+        preset: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._set_hub_coefs(exploit_coef, kickstart_coef, kickstart_fraction, critic_warmup)
-        super().__init__(policy, env, **self._split_hub_kwargs(kwargs, hub, env))
+        coefs = (exploit_coef, kickstart_coef, kickstart_fraction, critic_warmup)
+        super().__init__(policy, env, **self._hub_arguments(preset, hub, env, coefs, kwargs))
 
     def _normalized_advantages(self, batch: RolloutBufferSamples) -> Tensor:
         advantages = batch.advantages

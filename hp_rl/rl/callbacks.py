@@ -243,6 +243,13 @@ class GateUsageCallback(BaseCallback):
                 "Rows and columns of the co-activation image, top/left first (the charts' order):\n\n"
                 f"| row/column | expert |\n|---|---|\n{rows}",
             )
+        scores = getattr(self.model, "prior_scores", None)
+        if scores and self._trackers:  # what prior="auto" found, as the console said it (indented: fixed width)
+            from hp_rl.rl.prior_report import prior_table
+
+            extractor = self._trackers[0].extractor
+            table = prior_table(scores, extractor.unrouted, extractor.expert_names)
+            writers[0].add_text("hub/prior", "\n".join("    " + line for line in table.splitlines()))
         writers[0].flush()
 
     def _on_step(self) -> bool:

@@ -6,6 +6,7 @@ import json
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -15,12 +16,12 @@ from torch import Tensor, nn
 
 from hp_rl.hub import HubExpert, HubSpec, load_expert, parse_hub
 from hp_rl.hub.builder import load_hub_trunks, trunk_parameter_groups
-from hp_rl.hub.meanings import action_index_map
 from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway_options
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
+from hp_rl.rl.agent_meanings import learn_task_meanings, map_policy_head
 from hp_rl.rl.baselines import base_trunk
-from hp_rl.rl.scoring import routed_by_prior, start_from_prior
+from hp_rl.rl.prior import read_hub_prior, routable_experts, routed_by_prior, start_from_prior
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
@@ -108,8 +109,9 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
     :param hub: the experts: a YAML spec path, a comma-separated string or list of checkpoint paths,
         ``"random:N"``, or a mapping ``{"experts": [...]}``. Plain values only, so SB3 can save them.
     :param k: experts per observation (with ``k_from_prior``: at most this many).
-    :param k_from_prior: route as many experts as have a prior of at least this (evidence that they play the
-        target), at least 1 and at most ``k`` (:func:`~hp_rl.rl.scoring.routed_by_prior`); ``None``: ``k``.
+    :param k_from_prior: the bar of evidence that an expert plays the target: only experts whose prior reaches it
+        are routed (at most ``k`` per observation; beside a base expert, none: the base acts alone; the others
+        are listed in ``unrouted``, :func:`~hp_rl.rl.prior.routable_experts`); ``None``: every expert, ``k``.
     :param features_dim: common width d that every expert is adapted to.
     :param freeze_experts: freeze the trunks (adapters and generator still train); an expert's own
         ``frozen`` in the spec takes precedence.
@@ -218,10 +220,11 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             raise PathwayOptionError(
                 f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert."
             )
-        if not 1 <= k <= len(spec.experts) and not dense:
+        m = len(spec.experts)
+        k = min(k, m) if k_from_prior is not None else k  # then k is a most: a hub of one agent routes at most it
+        if not 1 <= k <= m and not dense:
             raise PathwayOptionError(
-                f"k={k} is out of range for a hub of {len(spec.experts)} experts "
-                f"({', '.join(spec.names)}): choose 1 <= k <= {len(spec.experts)}."
+                f"k={k} is out of range for a hub of {m} experts ({', '.join(spec.names)}): choose 1 <= k <= {m}."
             )
         shape = tuple(int(s) for s in observation_space.shape)
         self.hub_spec = spec
@@ -234,10 +237,20 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         self.generator_lr_scale = generator_lr_scale
         self.lr_scales: dict[str, float] = {}
         self.scheduled_trunks: list[str] = []  # experts whose trunks unfreeze_at keeps frozen at first
-        self.head_sources: dict[str, str] = {}  # expert -> "pretrained" / "fresh" policy head (output mode)
+        self.head_sources: dict[str, str] = {}  # expert -> its policy head: mapped, one-to-one or fresh (output mode)
+        if teacher_trust == "prior" and prior is None:
+            raise PathwayOptionError("teacher_trust='prior' needs a prior (a score file, a mapping, or auto).")
+        if base_prior and not base_expert:  # the base expert's prior needs the base expert
+            raise PathwayOptionError(f"base_prior={base_prior} needs base_expert=True (there is no base expert).")
+        self.prior_values: dict[str, float] = {} if prior is None else read_hub_prior(prior, spec.names)
+        # one without evidence that it plays the target is not mixed into the policy at all
+        routed, self.unrouted = routable_experts(self.prior_values, spec.names, k_from_prior, base_expert)
+        if k_from_prior is not None:
+            k = routed_by_prior(self.prior_values, spec.names, k, k_from_prior, allow_none=base_expert)
         experts: dict[str, nn.Module] = {}
+        routed_spec = replace(spec, experts=tuple(e for e in spec.experts if e.name in routed))
         trunks, _ = load_hub_trunks(
-            spec, shape, freeze_experts, expert_lr_scale, unfreeze_at, channel_names, loader=self._load_trunk
+            routed_spec, shape, freeze_experts, expert_lr_scale, unfreeze_at, channel_names, loader=self._load_trunk
         )
         for item in trunks:
             if aggregation == "output":
@@ -257,18 +270,11 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         else:
             body, body_dim = mlp_body(int(torch.Size(shape).numel()))
         generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
-        if base_prior and not base_expert:
-            raise PathwayOptionError(f"base_prior={base_prior} needs base_expert=True (there is no base expert).")
-        if teacher_trust == "prior" and prior is None:
-            raise PathwayOptionError("teacher_trust='prior' needs a prior (a score file, a mapping, or auto).")
         self.teacher_trust: TeacherTrust = teacher_trust
-        self.prior_values: dict[str, float] = {}
-        if prior is not None:
-            self.prior_values = start_from_prior(generator, tuple(experts), prior, prior_scale)
+        routed_prior = {n: v for n, v in self.prior_values.items() if n in experts}
+        start_from_prior(generator, tuple(experts), routed_prior, prior_scale)
         if base_prior:  # beside the experts' prior: the fresh network is the reference an expert must beat
             start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
-        if k_from_prior is not None:
-            k = routed_by_prior(self.prior_values, spec.names, k, k_from_prior)
         router = NoisyTopKRouter(
             len(experts), k, noise, noise_std, balance, dense, num_forced=int(base_expert), noise_cap=noise_cap
         )
@@ -298,17 +304,13 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         teachers: bool,
     ) -> HeadedExpert:
         """An expert with its agent's heads, mapped onto the target's actions where their meanings allow."""
-        heads, action_init, value_init = trunk.heads, None, None
-        if heads is not None and meanings is not None and spec.action_meanings is not None:
-            index = action_index_map(meanings, spec.action_meanings)
-            if index is not None and heads.num_actions == len(spec.action_meanings):
-                rows = torch.tensor(index)
-                action_init = (heads.action_weight[rows], heads.action_bias[rows])
+        assert self.num_actions is not None
+        heads, value_init = trunk.heads, None
+        source_meanings = spec.action_meanings or trunk.action_meanings
+        self.head_sources[spec.name], action_init = map_policy_head(heads, meanings, source_meanings, self.num_actions)
         if heads is not None and heads.value_weight is not None and heads.value_bias is not None:
             value_init = (heads.value_weight, heads.value_bias)
         critic = trunk.critic_network() if value_init is not None else None
-        self.head_sources[spec.name] = "pretrained" if action_init is not None else "fresh"
-        assert self.num_actions is not None
         return HeadedExpert(
             trunk,
             trunk.info.features_dim,
@@ -366,12 +368,12 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
 
     @staticmethod
     def _load_trunk(spec: ExpertSpec, shape: tuple[int, ...] | None, frozen: bool) -> HubExpert:
-        if not frozen:
-            return load_expert(spec, shape)
+        if not frozen:  # (what its task's channels and actions mean is learnt where its files name the task)
+            return learn_task_meanings(load_expert(spec, shape))
         key = _frozen_key(spec, shape)
         trunk = _FROZEN_TRUNKS.get(key)
         if trunk is None:
-            trunk = load_expert(spec, shape)
+            trunk = learn_task_meanings(load_expert(spec, shape))
             _FROZEN_TRUNKS[key] = trunk
         return trunk
 

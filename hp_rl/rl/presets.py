@@ -3,8 +3,9 @@
 - ``paper``: the method as the paper states it: feature-level aggregation of the top-2 experts, learned
   noisy gating without bound or schedule, exploration loss 0.01, exploitation loss 0.1.
 - ``transfer``: what uses a hub's whole agents: output-level aggregation with the experts' own policy and
-  value heads (a mixture of their policies), one routed expert per agent that the prior says plays the target
-  (at least one, at most two) beside an always-routed base expert (the target's plain network, so the agent
+  value heads (a mixture of their policies), trunks fine-tuned, one routed expert per agent that the prior says
+  plays the target (at most two; an agent without that evidence is not routed at all, and with none the base
+  expert acts alone) beside an always-routed base expert (the target's plain network, so the agent
   can always learn as scratch does), noise bounded by the spread of
   the generator's logits and annealed to 0 by a quarter of training, the exploration loss decaying to 0 by
   half of it, kickstarting towards the routed experts' pretrained policies for the first fifth, each teacher
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "ALGORITHM_KEYS", "pathway_preset", "apply_preset"]
+__all__ = ["PRESETS", "ALGORITHM_KEYS", "pathway_preset", "apply_preset", "resolve_preset"]
 
-# Keys that belong to HubPPO/HubA2C rather than to the features extractor.
+# Keys that belong to HubPPO/HubA2C rather than to the features extractor (in their signatures' order).
 ALGORITHM_KEYS = ("exploit_coef", "kickstart_coef", "kickstart_fraction", "critic_warmup")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -48,6 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # as the preset was before, since a second slot mixed a decoy into the needle's agent
         "k": 2,
         "k_from_prior": 0.5,
+        # whole agents are reincarnated: their trunks train with their heads (the needle measured fine-tuning)
+        "freeze_experts": False,
         "aggregation": "output",
         "output_mix": "probs",
         "base_expert": True,
@@ -90,3 +93,25 @@ def apply_preset(options: dict[str, Any]) -> dict[str, Any]:
     if name is None:
         return options
     return {**pathway_preset(str(name)), **options}
+
+
+def resolve_preset(preset: str | None, hub: Any, env: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """HubPPO/HubA2C's arguments: ``given`` over the named preset's; ``"auto"`` chooses one for this hub and target
+    (:func:`hp_rl.rl.agent_meanings.choose_preset`). An algorithm weight given as ``None`` takes the preset's; any
+    other argument given wins as it is.
+
+    :raises PathwayOptionError: for an unknown name.
+    """
+    from hp_rl.hub.options import PathwayOptionError
+
+    if preset is None:
+        return dict(given)
+    if preset == "auto":
+        from hp_rl.rl.agent_meanings import choose_preset
+
+        preset = choose_preset(hub, env)[0]
+    try:
+        values = pathway_preset(preset)
+    except ValueError as error:
+        raise PathwayOptionError(str(error)) from None
+    return {**values, **{k: v for k, v in given.items() if not (k in ALGORITHM_KEYS and v is None)}}

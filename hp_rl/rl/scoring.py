@@ -1,59 +1,62 @@
 """Transferability scores: how promising each hub expert is for a target task, measured before training.
 
-Two pieces of evidence per expert (``python -m hp_rl.hub score SPEC --env ENV_ID``):
+Every expert whose policy head reaches the target's actions (mapped by meaning, or one to one where meanings are
+unknown: :mod:`hp_rl.rl.agent_meanings`) plays the target zero-shot, and a random policy plays the same seeded
+episodes; both within a budget of episodes and steps (``python -m hp_rl.hub score SPEC --env ENV_ID``, and
+``prior="auto"`` before training). An expert's **score** is the evidence that it plays the target: how far above
+the random policy its returns lie, in pooled standard deviations (Cohen's d), divided by :data:`EVIDENCE_EFFECT`
+and clipped to [0, 1], so that an agent of the target's own task scores about 1 and one of another task about 0
+with no record of where either came from. A recorded source return (``hp_rl.hub export`` writes them, the hub
+builder's ``source_eval.yml``) refines it: the score is lowered to the share of its own competence the agent keeps,
+``(zero-shot - random) / (source return - source random)``; it never replaces the measurement.
 
-- **zero-shot return**: where the expert's own policy head maps onto the target's actions (by meaning), the
-  mean return of that policy (trunk, input adapter and head as loaded, stochastic actions) on the target;
-- **LogME** (You et al. 2021): the log marginal evidence, per sample, of a Bayesian linear regression from the
-  expert's frozen features to the discounted returns of a short random-policy rollout on the target: how
-  well its features already explain value.
+Experts without such a head are scored by **LogME** (You et al. 2021): the log marginal evidence, per sample, of a
+Bayesian linear regression from their frozen features to the discounted returns of a random-policy rollout, min-max
+normalised among them and capped at :data:`~hp_rl.rl.prior.HEADLESS_PRIOR_CAP` (features that predict a random
+policy's returns are weaker evidence than a policy that plays the target).
 
-The *prior* combines them into one number in [0, 1] per expert that the pathway generator can start its
-biases from (``prior=FILE``). It is absolute evidence, not a ranking, so that a hub with nothing relevant in it
-tilts the routes little:
-
-- where the expert's policy head maps onto the target's actions: the share of its own competence it keeps on
-  the target, ``(zero-shot - random) / (source return - source random)``, from the source returns its
-  provenance records (``hp_rl.hub export`` writes them); without them, relative to the best expert of the hub;
-  clipped to [0, 1];
-- for experts without such a head: LogME min-max normalised within those experts, times
-  :data:`HEADLESS_PRIOR_CAP` (features that predict a random policy's returns are weaker evidence than a policy
-  that plays the target, and on MinAtar SpaceInvaders they ranked the relevant expert last).
+What a prior is, and how it acts on routing, is :mod:`hp_rl.rl.prior`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from hp_rl.hub import HubSpec, parse_hub
-from hp_rl.hub.options import PathwayOptionError
-from hp_rl.overrides import ConfigError
-from hp_rl.routing import PathwayGenerator
-from hp_rl.yaml_files import read_yaml
+from hp_rl.rl.agent_meanings import HEAD_FRESH
+from hp_rl.rl.prior import prior_from_scores
 
 __all__ = [
-    "routed_by_prior",
+    "score_target",
     "logme",
+    "Play",
+    "play_policy",
+    "effect_size",
+    "score_from_play",
     "score_hub",
-    "prior_from_scores",
-    "write_scores",
-    "read_prior",
-    "start_from_prior",
     "AUTO_PRIOR_SEED",
-    "HEADLESS_PRIOR_CAP",
+    "EVIDENCE_EFFECT",
+    "SCORE_MAX_STEPS",
 ]
 
 # Seed of the scoring environments for prior="auto" (and the benchmark's scores): no training run uses it.
 AUTO_PRIOR_SEED = 12_345
-# Largest prior of an expert without a policy head that maps onto the target (evidence from LogME only).
-HEADLESS_PRIOR_CAP = 0.2
+# The effect size (zero-shot mean above a random policy's, in pooled standard deviations of the returns) at which
+# an expert's evidence that it plays the target is full: 3 separates an agent that plays from chance with 10
+# episodes a side (a policy no better than random passes 1.5, the bar of 0.5, about once in 2,000 scorings).
+EVIDENCE_EFFECT = 3.0
+# Environment steps per policy at most when scoring (all copies together).
+SCORE_MAX_STEPS = 5_000
+
+logger = logging.getLogger(__name__)
 
 
 def logme(features: np.ndarray, targets: np.ndarray, iterations: int = 50) -> float:
@@ -125,6 +128,76 @@ def _single_expert_model(spec: HubSpec, name: str, env: Any) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Play:
+    """Returns of one policy on the target within a budget.
+
+    :param returns: one per episode: those that finished within the budget, and, where fewer than two finished,
+        the return so far of each unfinished one (a lower bound, the same for every policy under one budget).
+    :param steps: environment steps taken (all copies together).
+    :param seconds: wall time.
+    """
+
+    returns: tuple[float, ...]
+    steps: int
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        """Mean return."""
+        return float(np.mean(self.returns)) if self.returns else 0.0
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the returns."""
+        return float(np.std(self.returns)) if self.returns else 0.0
+
+
+def play_policy(act: Callable[[np.ndarray], np.ndarray], env: Any, episodes: int, max_steps: int) -> Play:
+    """Play ``act`` on the vectorised ``env`` (seeded by whoever built it) for ``episodes`` episodes or
+    ``max_steps`` environment steps, whichever comes first.
+
+    :param act: ``(n_envs, *obs) -> (n_envs,)`` actions.
+    """
+    started = time.perf_counter()
+    obs = env.reset()
+    running = np.zeros(env.num_envs)
+    finished: list[float] = []
+    steps = 0
+    while len(finished) < episodes and steps < max_steps:
+        obs, rewards, dones, infos = env.step(act(obs))
+        steps += env.num_envs
+        running += np.asarray(rewards, dtype=np.float64)
+        for index in np.flatnonzero(dones):
+            episode = infos[index].get("episode")
+            finished.append(float(episode["r"]) if isinstance(episode, dict) else float(running[index]))
+            running[index] = 0.0
+    returns = finished[:episodes]
+    if len(returns) < min(2, episodes):
+        returns += [float(r) for r in running]  # the budget ran out first: each unfinished episode so far
+    return Play(tuple(returns), steps, time.perf_counter() - started)
+
+
+def effect_size(expert: Play, random: Play) -> float:
+    """How far above a random policy the expert plays, in pooled standard deviations of the returns (Cohen's d;
+    ``inf`` when neither varies and the expert is above)."""
+    gain = expert.mean - random.mean
+    pooled = math.sqrt((expert.std**2 + random.std**2) / 2)
+    floor = 1e-9 * max(1.0, abs(expert.mean), abs(random.mean))
+    if pooled <= floor:
+        return math.inf if gain > floor else 0.0
+    return gain / pooled
+
+
+def score_from_play(effect: float, retention: float | None) -> float:
+    """An expert's score in [0, 1]: evidence that it plays the target (``effect / EVIDENCE_EFFECT``, clipped),
+    lowered to the share of its own competence it keeps where a recorded source return gives that share."""
+    evidence = min(1.0, max(0.0, effect / EVIDENCE_EFFECT)) if math.isfinite(effect) else 1.0
+    if retention is not None:
+        evidence = min(evidence, max(0.0, retention))
+    return round(evidence, 4)
+
+
 def score_hub(
     hub: Any,
     env_id: str,
@@ -133,22 +206,29 @@ def score_hub(
     seed: int = 0,
     gamma: float = 0.99,
     env_kwargs: dict[str, Any] | None = None,
+    max_steps: int = SCORE_MAX_STEPS,
+    env_preset: str | None = None,
 ) -> dict[str, Any]:
-    """Zero-shot return and LogME of every expert of ``hub`` on ``env_id``, and the prior they give.
+    """Zero-shot play of every expert whose policy head maps onto ``env_id``'s actions, a random policy on the
+    same seeded episodes, and LogME for the experts without such a head; the prior they give.
 
     :param hub: anything :func:`hp_rl.hub.parse_hub` accepts.
     :param env_id: the target task.
-    :param episodes: episodes per zero-shot evaluation (and of the random policy).
-    :param rollout_steps: environment steps of the random rollout that LogME reads.
+    :param episodes: episodes per policy (the expert's and the random one).
+    :param rollout_steps: environment steps of the random rollout that LogME reads (head-less experts only).
     :param seed: seed of the environments.
     :param gamma: discount of the returns LogME predicts.
-    :return: ``{"env_id", "random_return", "experts": {name: {...}}, "prior": {name: value}}``.
+    :param env_kwargs: ``gym.make`` arguments of the target.
+    :param max_steps: environment steps per policy at most (the budget; an episode cut by it counts as far as it got
+        where fewer than two finished).
+    :param env_preset: the target's environment preset.
+    :return: ``{"env_id", "random_return", "experts": {name: {...}}, "prior": {name: value}, "cost": {...}}``.
     """
     # The zero-shot returns sample actions with torch (and fresh heads draw torch weights): seeded here, so the
     # scores depend on ``seed`` alone, not on whatever the caller (a training run, a parallel job) did before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _score_hub(hub, env_id, episodes, rollout_steps, seed, gamma, env_kwargs)
+        return _score_hub(hub, env_id, episodes, rollout_steps, seed, gamma, env_kwargs, max_steps, env_preset)
 
 
 def _score_hub(
@@ -159,19 +239,132 @@ def _score_hub(
     seed: int,
     gamma: float,
     env_kwargs: dict[str, Any] | None,
+    max_steps: int,
+    env_preset: str | None,
 ) -> dict[str, Any]:
-    from stable_baselines3.common.evaluation import evaluate_policy
-
     from hp_rl.rl.envs import make_env
-    from hp_rl.rl.source_eval import RandomPolicy
     from hp_rl.routing import HeadedExpert
 
+    started = time.perf_counter()
     spec = parse_hub(hub)
-    env = make_env(env_id, 8, seed, env_kwargs=env_kwargs)
-    eval_env = make_env(env_id, 4, seed + 1, env_kwargs=env_kwargs)
-    random_result, _ = evaluate_policy(RandomPolicy(eval_env), eval_env, n_eval_episodes=episodes)
-    random_return = float(np.mean(random_result))
-    # One random rollout shared by every expert: observations and discounted returns-to-go.
+    n_envs = max(1, min(episodes, 4))
+
+    def target(offset: int = 1, evaluation: bool = True) -> Any:
+        # whole games with the unclipped score (Atari), the same seeds for every policy
+        return make_env(env_id, n_envs, seed + offset, env_preset, evaluation=evaluation, env_kwargs=env_kwargs)
+
+    budget = f"{episodes} episodes or {max_steps} steps per policy"
+    logger.info("Scoring %d expert(s) on %s: %s, against a random policy.", len(spec.experts), env_id, budget)
+    env = target()
+    rng = np.random.default_rng(seed)
+    space = env.action_space
+    random_play = play_policy(
+        lambda obs: np.array([rng.integers(space.n) if hasattr(space, "n") else space.sample() for _ in obs]),
+        env,
+        episodes,
+        max_steps,
+    )
+    env.close()
+    logger.info(
+        "  random policy: %.2f ± %.2f (%d episodes, %d steps, %.1f s)",
+        random_play.mean,
+        random_play.std,
+        len(random_play.returns),
+        random_play.steps,
+        random_play.seconds,
+    )
+    references = _source_references(spec)
+    experts: dict[str, dict[str, Any]] = {}
+    features_of: dict[str, Any] = {}
+    steps = random_play.steps
+    model_env = target(0, evaluation=False)
+    for position, name in enumerate(spec.names, 1):
+        model = _single_expert_model(spec, name, model_env)
+        extractor = model.policy.features_extractor
+        expert = extractor.pathway.experts[name]
+        assert isinstance(expert, HeadedExpert)
+        head = extractor.head_sources[name]
+        origin = getattr(expert.inner_trunk, "origin", None)
+        entry: dict[str, Any] = {"policy_head": head, "task": getattr(origin, "env_id", None) or "unknown"}
+        if head != HEAD_FRESH:
+            env = target()
+            torch.manual_seed(seed)  # every expert samples its actions from the same stream: equal agents score equal
+            play = play_policy(_sampled_actions(model), env, episodes, max_steps)
+            env.close()
+            steps += play.steps
+            effect = effect_size(play, random_play)
+            source, source_random = references.get(name, (math.nan, math.nan))
+            retention = None
+            if source > source_random:  # the share of its own competence the expert keeps on the target
+                retention = round((play.mean - random_play.mean) / (source - source_random), 4)
+                entry["retention"] = retention
+            entry.update(
+                {
+                    "zero_shot_return": round(play.mean, 4),
+                    "zero_shot_std": round(play.std, 4),
+                    "episodes": len(play.returns),
+                    "effect_size": round(effect, 3) if math.isfinite(effect) else "inf",
+                    "score": score_from_play(effect, retention),
+                }
+            )
+            logger.info(
+                "  [%d/%d] %s (%s head): %.2f ± %.2f, score %.2f (%d steps, %.1f s)",
+                position,
+                len(spec.names),
+                name,
+                head,
+                play.mean,
+                play.std,
+                entry["score"],
+                play.steps,
+                play.seconds,
+            )
+        else:
+            features_of[name] = expert
+            logger.info(
+                "  [%d/%d] %s: no head that acts for the target (LogME of its features)",
+                position,
+                len(spec.names),
+                name,
+            )
+        experts[name] = entry
+    model_env.close()
+    if features_of:  # head-less experts: how well their features explain a random policy's returns
+        steps += _add_logme(experts, features_of, target(0, evaluation=False), rollout_steps, seed, gamma)
+    seconds = time.perf_counter() - started
+    logger.info("Scored in %.1f s (%d environment steps).", seconds, steps)
+    return {
+        "env_id": env_id,
+        "episodes": episodes,
+        "max_steps": max_steps,
+        "rollout_steps": rollout_steps,
+        "random_return": round(random_play.mean, 4),
+        "random_std": round(random_play.std, 4),
+        "experts": experts,
+        "prior": prior_from_scores(experts, random_play.mean),
+        "cost": {"seconds": round(seconds, 1), "steps": steps, "budget": budget},
+    }
+
+
+def _sampled_actions(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's stochastic policy as a function of observations."""
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        actions, _ = model.predict(obs, deterministic=False)
+        return np.asarray(actions)
+
+    return act
+
+
+def _add_logme(
+    experts: dict[str, dict[str, Any]],
+    features_of: dict[str, Any],
+    env: Any,
+    rollout_steps: int,
+    seed: int,
+    gamma: float,
+) -> int:
+    """LogME of each head-less expert's features on one random rollout; returns the steps it took."""
     observations: list[np.ndarray] = []
     rewards, dones = [], []
     obs = env.reset()
@@ -181,38 +374,14 @@ def _score_hub(
         obs, reward, done, _ = env.step(np.array([env.action_space.sample() for _ in range(env.num_envs)]))
         rewards.append(reward)
         dones.append(done.astype(np.float64))
+    env.close()
     returns = _discounted_returns(np.array(rewards), np.array(dones), gamma).reshape(-1)
     frames = torch.as_tensor(np.concatenate(observations)).float()
-    references = _source_references(spec)
-    experts: dict[str, dict[str, Any]] = {}
-    for name in spec.names:
-        model = _single_expert_model(spec, name, env)
-        extractor = model.policy.features_extractor
-        expert = extractor.pathway.experts[name]
-        assert isinstance(expert, HeadedExpert)
+    for name, expert in features_of.items():
         with torch.no_grad():
             features = expert.forward_trunk(frames).numpy()
-        entry: dict[str, Any] = {
-            "policy_head": extractor.head_sources[name],
-            "logme": round(logme(features, returns), 4),
-        }
-        if extractor.head_sources[name] == "pretrained":
-            mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=False)
-            entry["zero_shot_return"] = round(float(np.mean(mean)), 4)
-            source, source_random = references.get(name, (math.nan, math.nan))
-            if source > source_random:  # the share of its own competence the expert keeps on the target
-                entry["retention"] = round((entry["zero_shot_return"] - random_return) / (source - source_random), 4)
-        experts[name] = entry
-    env.close()
-    eval_env.close()
-    return {
-        "env_id": env_id,
-        "episodes": episodes,
-        "rollout_steps": rollout_steps,
-        "random_return": round(random_return, 4),
-        "experts": experts,
-        "prior": prior_from_scores(experts, random_return),
-    }
+        experts[name]["logme"] = round(logme(features, returns), 4)
+    return len(observations) * env.num_envs
 
 
 def _source_references(spec: HubSpec) -> dict[str, tuple[float, float]]:
@@ -225,99 +394,20 @@ def _source_references(spec: HubSpec) -> dict[str, tuple[float, float]]:
     return references
 
 
-def prior_from_scores(experts: dict[str, dict[str, Any]], random_return: float) -> dict[str, float]:
-    """The prior of each scored expert (the rules of the module docstring)."""
-    zero_shot = {n: e["zero_shot_return"] for n, e in experts.items() if "zero_shot_return" in e}
-    prior: dict[str, float] = {}
-    if zero_shot:
-        best_gain = max(zero_shot.values()) - random_return
-        for name, value in zero_shot.items():
-            if "retention" in experts[name]:
-                share = float(experts[name]["retention"])
-            else:  # no record of what the expert achieves at home: the best expert of this hub is the reference
-                share = (value - random_return) / best_gain if best_gain > 0 else 0.0
-            # below a random policy is no evidence for the expert, not evidence against the others: floor at 0
-            prior[name] = round(min(1.0, max(0.0, share)), 4)
-    evidence = {n: e["logme"] for n, e in experts.items() if n not in prior}
-    if evidence:
-        low, high = min(evidence.values()), max(evidence.values())
-        for name, value in evidence.items():
-            prior[name] = round(HEADLESS_PRIOR_CAP * (value - low) / (high - low), 4) if high > low else 0.0
-    return prior
+def score_target(hub: Any, env: Any) -> dict[str, Any]:
+    """``prior="auto"``: :func:`score_hub` on the task ``env`` was made from, with :data:`AUTO_PRIOR_SEED`.
 
+    The target is rebuilt from the environment's id with the project's presets (``gym.make`` arguments of ``env``
+    are not known here; give a score file as ``prior`` for a variant).
 
-def write_scores(scores: dict[str, Any], path: str | Path) -> Path:
-    """Write a score file (YAML) that ``prior=FILE`` reads."""
-    from hp_rl.paths import written_by_rename
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with written_by_rename(path) as partial:  # a reader never sees half a file
-        partial.write_text(yaml.safe_dump(scores, sort_keys=False))
-    return path
-
-
-def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
-    """Expert name -> prior from a score file (or its ``prior`` mapping, or a plain name -> value mapping).
-
-    :raises PathwayOptionError: for a file without a ``prior`` mapping or with values that are not finite numbers.
+    :raises PathwayOptionError: for an environment not made from a registered id.
     """
-    raw: Any = prior
-    if isinstance(prior, str | Path):
-        path = Path(prior)
-        if not path.is_file():
-            raise PathwayOptionError(
-                f"prior={prior}: no such file; write one with python -m hp_rl.hub score SPEC --env ENV."
-            )
-        try:
-            raw = read_yaml(path, "score file")
-        except ConfigError as error:
-            raise PathwayOptionError(f"prior={prior}: {error}") from None
-    if isinstance(raw, dict) and isinstance(raw.get("prior"), dict):
-        raw = raw["prior"]
-    if not isinstance(raw, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw.values()
-    ):
-        raise PathwayOptionError(f"prior={prior!r}: expected a mapping of expert names to finite numbers.")
-    return {str(k): float(v) for k, v in raw.items()}
+    from hp_rl.hub.options import PathwayOptionError
 
-
-def start_from_prior(
-    generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float], scale: float
-) -> dict[str, float]:
-    """Add ``scale * prior`` to the generator's logit biases (column i is expert ``names[i]``; experts the prior
-    does not name: 0).
-
-    :param prior: a score file or a mapping expert name -> prior (``"auto"`` is resolved by HubPPO/HubA2C).
-    :return: the prior read (expert -> value).
-    :raises PathwayOptionError: for ``"auto"`` here, or a prior naming experts the hub does not hold.
-    """
-    if prior == "auto":
+    specs = env.get_attr("spec", [0]) if hasattr(env, "get_attr") else [getattr(env, "spec", None)]
+    env_id = getattr(specs[0], "id", None)
+    if env_id is None:
         raise PathwayOptionError(
-            "prior='auto' is resolved by HubPPO/HubA2C, which know the target environment; "
-            "with the extractor alone give a score file (python -m hp_rl.hub score)."
+            "prior='auto' needs an environment made from a registered id; give a score file instead."
         )
-    values = read_prior(dict(prior) if isinstance(prior, Mapping) else prior)
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise PathwayOptionError(f"prior names experts {unknown} that the hub does not hold ({', '.join(names)}).")
-    layer = generator.logits.module
-    assert isinstance(layer, torch.nn.Linear)
-    with torch.no_grad():
-        for column, name in enumerate(names):
-            layer.bias[column] += scale * values.get(name, 0.0)
-    return values
-
-
-def routed_by_prior(prior: Mapping[str, float], names: Sequence[str], k: int, threshold: float) -> int:
-    """How many experts to route per observation under ``k_from_prior``: those of ``names`` whose prior is at
-    least ``threshold``, at least 1 and at most ``k``.
-
-    A head-less expert's prior is at most :data:`HEADLESS_PRIOR_CAP`, so a threshold above it counts only agents
-    whose own policy keeps that share of its competence on the target zero-shot. Two such agents then share
-    each observation, and the policy loss reaches the weights between them (one routed slot has a constant
-    weight); a hub with one such agent, or none, keeps a single slot instead of mixing in an expert with no
-    evidence. Without a prior no expert has that evidence: 1.
-    """
-    relevant = sum(1 for name in names if prior.get(name, 0.0) >= threshold)
-    return max(1, min(k, relevant))
+    return score_hub(hub, str(env_id), seed=AUTO_PRIOR_SEED)

@@ -74,7 +74,8 @@ class NoisyTopKRouter(nn.Module):
     expert with softmax weights (a dense warm-up before top-k), and the noise cap bounds the std.
 
     :param num_experts: m, the number of experts (forced ones included).
-    :param k: routed experts per sample, ``1 <= k <= m - num_forced``.
+    :param k: routed experts per sample, ``1 <= k <= m - num_forced``; 0 when every expert is forced (the
+        forced experts alone, as when no expert of a hub has the evidence to be routed).
     :param noise: ``"learned"`` (std = softplus of a generator head), ``"fixed"`` (constant
         ``noise_std``) or ``"none"``.
     :param noise_std: the constant std for ``noise="fixed"``.
@@ -102,12 +103,17 @@ class NoisyTopKRouter(nn.Module):
         super().__init__()
         if num_experts < 1:
             raise RoutingError(f"A hub needs at least one expert, got {num_experts}.")
-        if not 0 <= num_forced < num_experts:
-            raise RoutingError(f"num_forced={num_forced} must leave at least one routable expert of {num_experts}.")
+        if not 0 <= num_forced <= num_experts or (num_forced == num_experts and k != 0):
+            raise RoutingError(
+                f"num_forced={num_forced} must leave at least one routable expert of {num_experts} "
+                "(or route none: k=0 beside forced experts alone)."
+            )
         routable = num_experts - num_forced
-        if dense:
+        if dense and routable:
             k = routable
-        if not 1 <= k <= routable:
+        if routable == 0:
+            dense = False  # forced experts alone: nothing to choose, nothing to mix densely
+        elif not 1 <= k <= routable:
             raise RoutingError(f"k={k} is out of range for a hub of {routable} experts: choose 1 <= k <= {routable}.")
         if noise not in ("learned", "fixed", "none"):
             raise RoutingError(f"noise must be 'learned', 'fixed' or 'none', got {noise!r}.")
@@ -131,7 +137,8 @@ class NoisyTopKRouter(nn.Module):
     @property
     def noise_active(self) -> bool:
         """Whether this router adds noise at its current schedule."""
-        return self.noise != "none" and self.noise_scale > 0 and not (self.dense or self.dense_active)
+        routable = self.num_experts > self.num_forced
+        return routable and self.noise != "none" and self.noise_scale > 0 and not (self.dense or self.dense_active)
 
     def forward(self, clean_logits: Tensor, noise_logits: Tensor | None, standard_normal: Tensor | None) -> Routes:
         """Route one batch.
@@ -142,6 +149,8 @@ class NoisyTopKRouter(nn.Module):
             routing, as in evaluation.
         """
         routable = self.num_experts - self.num_forced
+        if routable == 0:  # forced experts alone: softmax over them, no noise, no balance loss
+            return self._dense_routes(clean_logits, clean_logits)
         use_noise = standard_normal is not None and self.noise_active
         std = self._noise_std(clean_logits, noise_logits) if use_noise else None
         noisy = clean_logits if std is None else clean_logits + standard_normal * std  # type: ignore[operator]
@@ -201,14 +210,15 @@ class NoisyTopKRouter(nn.Module):
         return balance_loss(importance, None), (weights > 0).float().sum(0)
 
     def _dense_routes(self, clean_logits: Tensor, noisy: Tensor) -> Routes:
-        """Every expert on every sample, softmax weights (the dense mixture, or the warm-up before top-k)."""
+        """Every expert on every sample, softmax weights (the dense mixture, the warm-up before top-k, or forced
+        experts alone)."""
         weights = F.softmax(noisy, dim=1)
         batch = noisy.shape[0]
         indices = torch.arange(self.num_experts, device=noisy.device).expand(batch, -1)
         routable = self.num_experts - self.num_forced
 
         def balance_terms() -> tuple[Tensor, Tensor]:
-            loss = balance_loss(weights[:, :routable].sum(0), None)
+            loss = balance_loss(weights[:, :routable].sum(0), None) if routable else noisy.new_zeros(())
             return loss, noisy.new_full((self.num_experts,), float(batch))
 
         return Routes(
