@@ -247,6 +247,10 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     config, env = config_and_env(args)
     sb3_verbose = min(args.verbose, 2)
     model = build_or_close(config, env, sb3_verbose)
+    scores = getattr(model, "prior_scores", None)
+    if scores is not None and config.hub_kwargs.get("prior") == "auto":
+        # the run keeps what was measured: a resume or an evaluation rebuilds the same pathway without re-scoring
+        config.hub_kwargs["prior"] = dict(scores["prior"])
     dense = bool(config.hub_kwargs.get("dense"))
     root = Path(args.tensorboard_log or "runs")
     name = run_name(config.algo, config.env_id, config.hub, config.k, config.env_preset, dense)

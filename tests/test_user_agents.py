@@ -236,6 +236,11 @@ def test_the_cli_finds_routes_and_reports_the_agent_that_plays_the_target(
     assert "mountaincar" in out.out and "one-to-one" in out.out  # the table on the console
     run_config = yaml.safe_load((folder / "config.yml").read_text())
     assert run_config["hub_kwargs"]["k_from_prior"] == 0.5 and run_config["hub_kwargs"]["freeze_experts"] is False
+    # the run keeps the measured prior, so a resume rebuilds the same pathway without scoring again
+    assert run_config["hub_kwargs"]["prior"] == {name: row["score"] for name, row in rows.items()}
+    assert train_main(["--resume", str(folder), "-n", "512", "--no-progress"]) == 0
+    resumed = capsys.readouterr()
+    assert "Resuming" in resumed.out and "Scoring" not in resumed.out + resumed.err
 
 
 def test_with_no_agent_above_the_bar_the_base_acts_alone(agents: dict[str, Path]) -> None:
@@ -276,3 +281,35 @@ def test_a_lone_zip_of_the_target_s_own_task_is_found_and_routed(agents: dict[st
     (folder,) = tmp_path.iterdir()
     (row,) = yaml.safe_load((folder / "prior.yml").read_text())["experts"]
     assert row["expert"] == "cartpole" and row["head"] == "one-to-one" and row["score"] == 1.0 and row["routed"]
+
+
+def test_statistics_pickled_beside_the_old_gym_package_read_without_it(tmp_path: Path) -> None:
+    import sys
+    import types
+
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    # an old gym's Box, as a VecNormalize saved under gym 0.21 pickles its observation space; gym is not installed
+    box_module = types.ModuleType("gym.spaces.box")
+
+    class Box:
+        def __init__(self) -> None:
+            self.low, self.high, self.shape = np.full(4, -np.inf), np.full(4, np.inf), (4,)
+
+    Box.__module__, Box.__qualname__ = "gym.spaces.box", "Box"
+    box_module.Box = Box  # type: ignore[attr-defined]
+    for name in ("gym", "gym.spaces", "gym.spaces.box"):
+        sys.modules[name] = box_module if name == "gym.spaces.box" else types.ModuleType(name)
+    try:
+        rms = RunningMeanStd(shape=(4,))
+        rms.update(np.random.default_rng(1).normal(2.0, 3.0, size=(50, 4)))
+        saved = {"norm_obs": True, "obs_rms": rms, "observation_space": Box(), "clip_obs": 10.0, "epsilon": 1e-8}
+        (tmp_path / "vecnormalize.pkl").write_bytes(pickle.dumps(saved))
+    finally:
+        for name in ("gym", "gym.spaces", "gym.spaces.box"):
+            del sys.modules[name]
+    _linear_agent("CartPole-v1", CARTPOLE_ROWS, tmp_path / "agent.zip")
+    origin = read_agent_origin(tmp_path / "agent.zip")
+    assert origin.normalization is not None
+    np.testing.assert_allclose(origin.normalization.mean, rms.mean)
+    np.testing.assert_allclose(origin.normalization.var, rms.var)
