@@ -617,15 +617,13 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     """The run config ``python -m hp_rl.train`` builds from its command line (its own parser and checks) with
     nothing but the target, the steps, the seed and the target's agents as SB3 zips: bare ones written from an
     exported hub (``benchmarks/user_agents.py``: the same weights as the manifest, no task id, no file beside
-    them), or the sweep's own builds (hp_rl run folders). The path a user takes. Targets with ``gym.make``
-    arguments have no such command line and are refused."""
+    them), or the sweep's own builds (hp_rl run folders); a target's ``gym.make`` arguments as ``--env-kwargs``. The
+    path a user takes."""
     import importlib.util
 
     from hp_rl.train import build_parser
     from hp_rl.train_config import config_and_env
 
-    if suite.target_env_kwargs.get(key.target):
-        raise SystemExit(f"error: {suite.name}/{key.target} needs gym.make arguments, which hp_rl.train cannot take.")
     module_spec = importlib.util.spec_from_file_location("user_agents", Path(__file__).with_name("user_agents.py"))
     assert module_spec is not None and module_spec.loader is not None
     user_agents = importlib.util.module_from_spec(module_spec)
@@ -639,6 +637,8 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
         path = folder / f"{name}.zip"
         zips.append(path if path.is_file() else user_agents.write_bare_zip(expert, path))
     argv = ["--env", target_env_id(suite, key.target), "--hub", ",".join(str(z) for z in zips)]
+    for name, value in (suite.target_env_kwargs.get(key.target) or {}).items():  # a variant: as a user gives it
+        argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
     config, env = config_and_env(build_parser().parse_args(argv))
     env.close()

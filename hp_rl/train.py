@@ -46,6 +46,7 @@ _IGNORED_ON_RESUME = (
     "eval_episodes",
     "save_freq",
     "env_preset",
+    "env_kwargs",
     "set",
     "hub_set",
     "exploit_coef",
@@ -103,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-preset",
         metavar="PRESET",
         help="force an environment preset from envs/, e.g. control_pixels (default: match by id)",
+    )
+    parser.add_argument(
+        "--env-kwargs",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a gym.make argument of the environment, YAML value (difficulty=1, mode=4, "
+        "sticky_action_prob=0.0); repeatable",
     )
     parser.add_argument(
         "--set",

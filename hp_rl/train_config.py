@@ -278,7 +278,8 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     from hp_rl.rl.models import apply_threads
 
     apply_threads(args.threads or 0, args.device or "auto")  # before the first network or environment exists
-    env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error")
+    env_kwargs = _parse_sets(args.env_kwargs, "--env-kwargs")
+    env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error", env_kwargs)
     try:
         if algo == "dqn" and not isinstance(env.action_space, gym.spaces.Discrete):
             raise CliError(
@@ -289,6 +290,7 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
         env.close()
         raise
     config.n_timesteps, config.n_envs, config.seed = int(n_timesteps), n_envs, seed
+    config.env_kwargs = env_kwargs
     try:
         config.validate()
     except HpRlError:
@@ -332,13 +334,23 @@ def _check_log_root(root: Path) -> None:
             raise CliError(f"--tensorboard-log {root}: not a usable folder name ({error.strerror}).") from error
 
 
-def _make_env(env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite: str) -> Any:
+def _make_env(
+    env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite: str, env_kwargs: dict[str, Any]
+) -> Any:
     from hp_rl.rl.envs import make_env
 
     try:
-        return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite)
+        return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite, env_kwargs=env_kwargs)
     except gym.error.DependencyNotInstalled as error:
         raise CliError(f"{env_id} cannot be built: {error}") from error
+    except (TypeError, ValueError, gym.error.Error) as error:
+        if not env_kwargs:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+        raise CliError(
+            f"--env-kwargs {given}: {env_id} does not take them ({type(error).__name__}: {error}). "
+            "Give only arguments of the environment's constructor (gym.make)."
+        ) from error
 
 
 def _auto_preset(hub: str, algo: str, env: Any) -> str:

@@ -522,3 +522,13 @@ def test_route_picture_needs_a_hub_and_reads_every_observation_kind() -> None:
     minatar = np.zeros((10, 10, 10))
     minatar[3, 2, 5] = 1.0
     assert _as_image(minatar)[2, 5] == 4  # object channels: the channel index that is on
+
+
+def test_env_kwargs_make_a_variant_and_a_wrong_one_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--env", "MinAtar/Breakout-v1", "--hub", "none", "-n", "64", "--n-envs", "1", "--set", "n_steps=32"]
+    base += ["--tensorboard-log", str(tmp_path), "--no-progress", "--eval-freq", "0"]
+    assert train_cli.main([*base, "--env-kwargs", "sticky_action_prob=0.0"]) == 0
+    (folder,) = tmp_path.iterdir()
+    assert RunConfig.from_yaml(folder / "config.yml").env_kwargs == {"sticky_action_prob": 0.0}
+    assert train_cli.main([*base, "--env-kwargs", "sticky=0.0"]) == 2
+    assert "--env-kwargs sticky=0.0" in capsys.readouterr().err

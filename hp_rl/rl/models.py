@@ -96,10 +96,22 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
     policy_kwargs: dict[str, Any] = dict(params.pop("policy_kwargs", None) or {})
     cls = algo_class(config.algo, config.hub is not None)
     shape = env.observation_space.shape or ()
+    scores = None
     if config.hub is not None:
         from hp_rl.rl.extractor import HubPathwayExtractor
 
         extractor_kwargs = {"hub": config.hub, "k": config.k, **config.hub_kwargs}
+        if extractor_kwargs.get("prior") == "auto":  # scored on the run's own target, variant arguments included
+            from hp_rl.rl.scoring import AUTO_PRIOR_SEED, score_hub
+
+            scores = score_hub(
+                config.hub,
+                config.env_id,
+                seed=AUTO_PRIOR_SEED,
+                env_kwargs=config.env_kwargs,
+                env_preset=config.env_preset,
+            )
+            extractor_kwargs["prior"] = dict(scores["prior"])
         if cls is not ALGOS.get(config.algo):  # HubPPO / HubA2C take the hub directly
             params.update(extractor_kwargs)
         else:
@@ -113,7 +125,7 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
         policy_kwargs.setdefault("features_extractor_class", SmallFrameCNN)
         policy_kwargs.setdefault("net_arch", [])  # the MinAtar paper network: linear heads on the trunk
     try:
-        return cls(
+        model = cls(
             _policy_name(env),
             env,
             seed=config.seed,
@@ -123,6 +135,9 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
             policy_kwargs=policy_kwargs or None,
             **params,
         )
+        if scores is not None:  # what was measured, for the user (HubPPO/HubA2C keep it; any model can carry it)
+            model.prior_scores = scores  # type: ignore[attr-defined]
+        return model
     except (AssertionError, TypeError, ValueError, RuntimeError) as error:
         if isinstance(error, HpRlError) or not _raised_by_library(error):
             raise

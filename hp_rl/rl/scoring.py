@@ -254,7 +254,8 @@ def _score_hub(
         return make_env(env_id, n_envs, seed + offset, env_preset, evaluation=evaluation, env_kwargs=env_kwargs)
 
     budget = f"{episodes} episodes or {max_steps} steps per policy"
-    logger.info("Scoring %d expert(s) on %s: %s, against a random policy.", len(spec.experts), env_id, budget)
+    task = env_id + (f" {env_kwargs}" if env_kwargs else "")
+    logger.info("Scoring %d expert(s) on %s: %s, against a random policy.", len(spec.experts), task, budget)
     env = target()
     rng = np.random.default_rng(seed)
     space = env.action_space
