@@ -219,6 +219,19 @@ SUITES: dict[str, Suite] = {
         hubs={"breakout_hard": ("breakout", "spaceinvaders", "qbert", "seaquest", "roadrunner")},
         target_env_kwargs={"breakout_hard": {"difficulty": 1}},
     ),
+    # Atari reincarnation at the Atari-100k budget: a PPO Breakout agent (1M steps) and two other games' agents,
+    # targets the Breakout agent never saw: the v5 rules (sticky actions 0.25) and the smaller paddle (difficulty 1)
+    "atari_reincarnation": Suite(
+        "atari_reincarnation",
+        REPO_ROOT / "configs/hubs/atari_reincarnation.recipe.yml",
+        ("breakout_v5", "breakout_hard"),
+        extra_targets={"breakout_v5": "ALE/Breakout-v5", "breakout_hard": "BreakoutNoFrameskip-v4"},
+        steps=100_000,
+        k=2,
+        features_dim=512,
+        hubs={target: ("breakout", "pong", "spaceinvaders") for target in ("breakout_v5", "breakout_hard")},
+        target_env_kwargs={"breakout_hard": {"difficulty": 1}},
+    ),
     "atari": Suite(
         "atari",
         REPO_ROOT / "configs/hubs/atari_bundled.recipe.yml",
@@ -298,6 +311,8 @@ METHODS: dict[str, Method] = {
         Method("scratch", "scratch", "scratch"),
         # the user's path: hp_rl.train's command line with its defaults, the agents given as bare SB3 zips
         Method("user_zips", "hp_rl.train defaults, agents as SB3 zips", "cli"),
+        # the headline command as it is: hp_rl.train's defaults, --hub auto (the bundled hub of the family)
+        Method("cli_default", "hp_rl.train defaults (--hub auto)", "cli"),
         Method("single", "single expert", "single", {"k": 1, **_NO_AUX}),
         Method("dense", "dense mixture", "hub", {"dense": True, **_NO_AUX}),
         Method("hub_pathway", "Hub-Pathway", "hub", dict(_HUB_PATHWAY), exploit_coef=0.1),
@@ -630,13 +645,14 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     module_spec.loader.exec_module(user_agents)
     folder = (settings.out or REPO_ROOT / "bench_out") / "user_zips"
     zips = []
-    for name, expert in target_hub(suite, experts, key.target).items():
+    hub = {} if key.base_method == "cli_default" else target_hub(suite, experts, key.target)
+    for name, expert in hub.items():
         if not isinstance(expert, dict):  # the sweep's own builds: hp_rl run folders, given by their model.zip
             zips.append(expert)
             continue
         path = folder / f"{name}.zip"
         zips.append(path if path.is_file() else user_agents.write_bare_zip(expert, path))
-    argv = ["--env", target_env_id(suite, key.target), "--hub", ",".join(str(z) for z in zips)]
+    argv = ["--env", target_env_id(suite, key.target)] + (["--hub", ",".join(str(z) for z in zips)] if zips else [])
     for name, value in (suite.target_env_kwargs.get(key.target) or {}).items():  # a variant: as a user gives it
         argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
@@ -899,6 +915,7 @@ _SINGLE_METHODS = ("single", "single_agent")  # the candidates of the best / mea
 _SINGLE_ROWS = (*_SINGLE_METHODS, "single_agent_warmup")  # single-expert rows of the tables
 _ROW_ORDER = (
     "scratch",
+    "cli_default",
     "user_zips",
     "single_best",
     "single_mean",

@@ -46,3 +46,17 @@ def test_one_list_of_hub_pathway_options(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     for name, rule in PATHWAY_OPTIONS.items():
         assert f"\n  {name} = " in out and rule.describe() in out, name
+
+
+def test_ale_v5_ids_skip_frames_once_with_the_atari_preprocessing() -> None:
+    pytest.importorskip("ale_py")
+    from hp_rl.rl.envs import make_env
+
+    # AtariWrapper repeats each action 4 frames; a v5 id would repeat each of those 4 more (16 frames a step)
+    env = make_env("ALE/Breakout-v5", 1, 0)
+    assert env.get_attr("unwrapped")[0]._frameskip == 1
+    assert env.observation_space.shape == (84, 84, 4)
+    env.close()
+    explicit = make_env("ALE/Breakout-v5", 1, 0, env_kwargs={"frameskip": 2})
+    assert explicit.get_attr("unwrapped")[0]._frameskip == 2  # a run's own arguments still decide
+    explicit.close()

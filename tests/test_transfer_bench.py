@@ -146,6 +146,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert bench.main(argv) == 0
     runs = sorted(p.relative_to(out / "runs/control/cartpole").parts[0] for p in out.glob("runs/*/*/*/seed0.json"))
     assert runs == [
+        "cli_default",
         "dense",
         "hub_pathway",
         "no_exploit",
@@ -193,6 +194,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert two["k"] == 2 and prior["k"] == 0 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     user = json.loads((out / "runs/control/cartpole/user_zips/seed0.json").read_text())
     assert [Path(e["path"]).name for e in user["hub_experts"]] == ["model.zip", "model.zip"]  # the builds' own zips
+    default = json.loads((out / "runs/control/cartpole/cli_default/seed0.json").read_text())
+    assert default["hub_experts"] and default["env_id"] == "CartPole-v1"  # --hub auto: the bundled control hub
     # no agent's head reaches CartPole's actions: the command line's default is then the paper's configuration
     assert user["k"] == 2 and user["prior_scores"] is None and user["hub_kwargs"] == {}
     one = json.loads((out / "runs/control/cartpole/transfer_k1/seed0.json").read_text())

@@ -217,6 +217,9 @@ def make_env(
     if chosen.wrapper == "atari":
         from stable_baselines3.common.atari_wrappers import AtariWrapper
 
+        if env_id.startswith("ALE/"):  # v5 ids skip 4 frames themselves; AtariWrapper skips (and max-pools) 4 more
+            kwargs.setdefault("frameskip", 1)
+
         wrapper = _atari_evaluation if evaluation else AtariWrapper
         wrapper_kwargs = dict(chosen.eval_wrapper_kwargs) if evaluation else None
     elif chosen.wrapper == "pixels":
