@@ -54,6 +54,17 @@ _IGNORED_ON_RESUME = (
 )
 
 
+def _step_count(text: str) -> int:
+    """A whole number of steps, also written as rl-baselines3-zoo does (``1e5``, ``2.5e6``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps (100000, 1e5)") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hp_rl.train`` (defaults are ``None`` where a run config decides)."""
     parser = argparse.ArgumentParser(
@@ -73,11 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         "policy, the baseline). Default: auto",
     )
     parser.add_argument("-k", type=int, help="experts per observation (default: 2)")
-    parser.add_argument("-n", "--n-timesteps", type=int, help="total environment steps (default: configs/<algo>.yml)")
+    parser.add_argument(
+        "-n",
+        "--n-timesteps",
+        type=_step_count,
+        help="total environment steps, 100000 or 1e5 (default: configs/<algo>.yml)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--n-envs", type=int, help="parallel environments (default: configs/<algo>.yml)")
     parser.add_argument("--tensorboard-log", metavar="DIR", help="root folder of the run folders (default: runs)")
-    parser.add_argument("--eval-freq", type=int, help="evaluate every this many steps; 0: never (default: 25000)")
+    parser.add_argument(
+        "--eval-freq",
+        type=_step_count,
+        help="evaluate every this many steps; 0: never (default: 25000, or a tenth of a shorter run)",
+    )
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 5)")
     parser.add_argument(
         "--save-freq",
@@ -234,11 +254,29 @@ def _print_outcome(outcome: Any, folder: Any) -> int:
         return 128 + int(outcome.interrupted_by)
     rate = outcome.steps / max(outcome.seconds, 1e-9)
     print(
-        f"Done: {outcome.model.num_timesteps} steps ({rate:.0f} steps/s). Model: {outcome.final_model}\n"
-        f"Evaluate with: python -m hp_rl.evaluate {folder.path}",
+        f"Done: {outcome.model.num_timesteps} steps ({rate:.0f} steps/s).{_last_evaluation(folder.path)} "
+        f"Model: {outcome.final_model}\nEvaluate with: python -m hp_rl.evaluate {folder.path}",
         flush=True,
     )
     return 0
+
+
+def _last_evaluation(folder: Path) -> str:
+    """`` Last evaluation (step N): return R ± S.`` from the run's ``eval/evaluations.npz``, or ``""`` without one."""
+    import numpy as np
+
+    path = folder / "eval" / "evaluations.npz"
+    if not path.is_file():
+        return ""
+    try:
+        with np.load(path, allow_pickle=False) as saved:  # numbers only
+            steps, results = saved["timesteps"], saved["results"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    if not len(steps):
+        return ""
+    last = np.asarray(results[-1], dtype=float)
+    return f" Last evaluation (step {int(steps[-1])}): return {last.mean():.2f} ± {last.std():.2f}."
 
 
 def _progress(args: argparse.Namespace) -> tuple[bool, list[Any]]:

@@ -238,6 +238,13 @@ def _parse_sets(items: list[str], flag: str) -> dict[str, Any]:
 
 
 # --- the run config ----------------------------------------------------------------------------------------------
+def default_eval_freq(n_timesteps: int | None) -> int:
+    """Evaluate every 25,000 steps, or ten times in a shorter run (``None``: the family's long default)."""
+    if n_timesteps is None:
+        return 25_000
+    return max(1, min(25_000, int(n_timesteps) // 10))
+
+
 def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     """The run config of a new run, and its training environment (built before the hub is resolved, so an
     unknown environment id is reported as such)."""
@@ -436,7 +443,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         hub=hub,
         k=k,
         env_preset=args.env_preset,
-        eval_freq=args.eval_freq if args.eval_freq is not None else 25_000,
+        eval_freq=args.eval_freq if args.eval_freq is not None else default_eval_freq(args.n_timesteps),
         eval_episodes=args.eval_episodes if args.eval_episodes is not None else 5,
         save_freq=args.save_freq if args.save_freq is not None else 100_000,
         device=args.device or "auto",

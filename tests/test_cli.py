@@ -532,3 +532,26 @@ def test_env_kwargs_make_a_variant_and_a_wrong_one_is_named(tmp_path: Path, caps
     assert RunConfig.from_yaml(folder / "config.yml").env_kwargs == {"sticky_action_prob": 0.0}
     assert train_cli.main([*base, "--env-kwargs", "sticky=0.0"]) == 2
     assert "--env-kwargs sticky=0.0" in capsys.readouterr().err
+
+
+def test_returns_are_printed_and_a_short_run_evaluates_ten_times(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--env", "CartPole-v1", "--hub", "none", "-n", "5e2", "--n-envs", "1", "--set", "n_steps=50"]
+    assert train_cli.main([*argv, "--tensorboard-log", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("eval at step ")]
+    assert len(lines) == 10 and "return" in lines[0] and "best so far" in lines[0]  # every 50 of 500 steps
+    assert "Last evaluation (step 500): return" in out
+    (folder,) = tmp_path.iterdir()
+    assert RunConfig.from_yaml(folder / "config.yml").eval_freq == 50
+    assert train_cli.main([*argv, "-n", "1.5"]) == 2  # a step count is a whole number
+
+
+def test_a_device_the_machine_lacks_is_refused_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert train_cli.main(["--env", "CartPole-v1", "--hub", "none", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

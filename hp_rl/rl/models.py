@@ -36,11 +36,20 @@ def check_device(device: str, where: str) -> str:
     if device == "auto":
         return device
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as error:
         raise ConfigError(
             f"{where} {device!r} is not a torch device ({error}); use auto, cpu, cuda, cuda:N or mps."
         ) from error
+    # SB3 would fall back to the CPU without a word (and the thread rule would still count a GPU): refuse instead
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{where} {device}: this machine has no CUDA device torch can use; use --device cpu (or auto)."
+        )
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"{where} {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...).")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where} {device}: this machine has no MPS device; use --device cpu (or auto).")
     return device
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
@@ -143,9 +144,22 @@ class _NoiseFreeEval(EvalCallback):
         evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
         with routing_noise(self.model, enabled=False):
             keep_going = super()._on_step()
-        if evaluating and find_hub_extractors(self.model):
-            self._log_routes()
+        if evaluating:
+            self._say_return()
+            if find_hub_extractors(self.model):
+                self._log_routes()
         return keep_going
+
+    def _say_return(self) -> None:
+        """One line on the console per evaluation: the step, the mean return and the best so far."""
+        from tqdm import tqdm
+
+        returns = self.evaluations_results[-1] if self.evaluations_results else []
+        spread = float(np.std(returns)) if len(returns) else 0.0
+        tqdm.write(
+            f"eval at step {self.num_timesteps}: return {self.last_mean_reward:.2f} ± {spread:.2f} over "
+            f"{len(returns)} episodes (best so far {self.best_mean_reward:.2f})"
+        )
 
     def _log_routes(self) -> None:
         from stable_baselines3.common.logger import Image
