@@ -297,6 +297,13 @@ def evaluate_run(
 
     if episodes < 1:
         raise CliError(f"--episodes {episodes}: must be at least 1.")
+    if routes is not None:  # what drawing needs is checked before any episode is played
+        from hp_rl.rl.route_picture import RoutePictureError, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except RoutePictureError as error:
+            raise CliError(str(error)) from error
     folder = AgentRunFolder(Path(run))
     if not folder.config.is_file():
         raise CliError(

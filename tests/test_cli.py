@@ -555,3 +555,13 @@ def test_a_device_the_machine_lacks_is_refused_before_anything_runs(capsys: pyte
         pytest.skip("this machine has CUDA")
     assert train_cli.main(["--env", "CartPole-v1", "--hub", "none", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_evaluate_checks_what_route_pictures_need_before_playing(
+    hub_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    played: list[int] = []
+    monkeypatch.setattr("stable_baselines3.common.evaluation.evaluate_policy", lambda *a, **k: played.append(1))
+    assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--routes", str(hub_run / "r.png")]) == 2
+    assert "matplotlib" in capsys.readouterr().err and not played

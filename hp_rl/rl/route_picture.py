@@ -16,7 +16,7 @@ import numpy as np
 
 from hp_rl.errors import HpRlError
 
-__all__ = ["EpisodeRoutes", "RoutePictureError", "draw_routes", "record_routes", "routes_image"]
+__all__ = ["EpisodeRoutes", "RoutePictureError", "draw_routes", "record_routes", "require_matplotlib", "routes_image"]
 
 
 class RoutePictureError(HpRlError, ValueError):
@@ -85,6 +85,11 @@ def _as_image(observation: np.ndarray) -> np.ndarray:
     return array.reshape(array.shape[0], -1)
 
 
+def require_matplotlib() -> None:
+    """Raise :class:`RoutePictureError` (naming the install) where matplotlib is missing; nothing otherwise."""
+    _pyplot()
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
@@ -92,7 +97,10 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise RoutePictureError("--routes draws with matplotlib: pip install matplotlib (or hp_rl[dev]).") from error
+        raise RoutePictureError(
+            "route pictures are drawn with matplotlib, which hp_rl installs: pip install matplotlib "
+            "(or reinstall hp_rl)."
+        ) from error
     return plt
 
 
