@@ -565,3 +565,18 @@ def test_evaluate_checks_what_route_pictures_need_before_playing(
     monkeypatch.setattr("stable_baselines3.common.evaluation.evaluate_policy", lambda *a, **k: played.append(1))
     assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--routes", str(hub_run / "r.png")]) == 2
     assert "matplotlib" in capsys.readouterr().err and not played
+
+
+def test_the_progress_bar_counts_the_run_s_own_steps_after_a_resume_and_at_the_end() -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from hp_rl.rl.training import StepsBar
+
+    model = PPO("MlpPolicy", make_vec_env("CartPole-v1", 1), n_steps=64, batch_size=64, n_epochs=1, device="cpu")
+    first = StepsBar(100)
+    model.learn(100, callback=first)
+    assert first.bar.n == first.bar.total == 128  # whole rollouts: the bar grows to the steps taken
+    resumed = StepsBar(200)
+    model.learn(72, callback=resumed, reset_num_timesteps=False)
+    assert resumed.bar.initial == 128 and resumed.bar.n == 256 and resumed.bar.total == 256

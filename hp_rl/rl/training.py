@@ -174,6 +174,41 @@ class _NoiseFreeEval(EvalCallback):
         self.logger.dump(self.num_timesteps)
 
 
+class StepsBar(BaseCallback):
+    """A progress bar in the run's own steps: from the step a resumed run starts at, to the steps asked for.
+
+    SB3's bar counts from 0 to the steps still to do, so a resumed run shows 5,120/9,976,448; and the last
+    rollout may end past the steps asked for (whole rollouts), where the bar then grows to the steps taken.
+
+    :param total: the run's steps asked for (``n_timesteps``).
+    """
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        import warnings
+
+        from tqdm import TqdmExperimentalWarning
+        from tqdm.rich import tqdm
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)
+            self.bar = tqdm(total=max(self.total, self.num_timesteps), initial=self.num_timesteps, unit="steps")
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps > self.bar.total:
+            self.bar.total = self.num_timesteps
+        self.bar.update(self.num_timesteps - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.refresh()
+        self.bar.close()
+
+
 class _SanitizedCount(BaseCallback):
     """Logs ``env/nonfinite_observations``: NaN/inf values replaced by 0 so far (``nonfinite_obs=sanitize``)."""
 
@@ -284,7 +319,7 @@ def run_training(
     :param config: the run's configuration.
     :param folder: the run folder (already holding ``config.yml``).
     :param resume: continue from the newest checkpoint in the folder.
-    :param progress_bar: SB3's tqdm/rich progress bar.
+    :param progress_bar: a tqdm/rich progress bar in the run's steps (:class:`StepsBar`).
     :param tensorboard: write TensorBoard events into the folder.
     :param verbose: SB3 verbosity.
     :param model: a model already built by :func:`build_model` or, with ``resume``, loaded by
@@ -325,11 +360,10 @@ def run_training(
     stopper = StopOnSignal()
     started = time.time()
     with _signals_to(stopper):
-        every = CallbackList([*_callbacks(config, folder, stopper, with_hub), *(callbacks or [])])
+        bar = [StepsBar(config.n_timesteps)] if progress_bar else []
+        every = CallbackList([*_callbacks(config, folder, stopper, with_hub), *bar, *(callbacks or [])])
         try:
-            model.learn(
-                remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume, progress_bar=progress_bar
-            )
+            model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume, progress_bar=False)
         except StopTraining:
             stopper.restore(model)
         except NonFiniteObservationError as error:
