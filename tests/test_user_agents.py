@@ -250,7 +250,10 @@ def test_with_no_agent_above_the_bar_the_base_acts_alone(agents: dict[str, Path]
     assert extractor.expert_names == (BASE_EXPERT,) and extractor.k == 0
     assert set(extractor.unrouted) == {"acrobot"}
     assert model.prior_scores is not None and model.prior_scores["prior"]["acrobot"] <= 0.1
-    model.learn(64)  # it trains as the plain network would
+    calls: list[int] = []
+    extractor.pathway.generator.register_forward_hook(lambda *_: calls.append(1))
+    model.learn(64)  # it trains as the plain network would, and nothing is spent choosing routes
+    assert not calls
     assert extractor.last_output is not None and torch.all(extractor.last_output.routes.weights == 1.0)
     env.close()
 

@@ -186,12 +186,15 @@ class HubPathway(nn.Module):
 
     def route(self, x: Tensor) -> Routes:
         """Routing decision only. :param x: ``(B, ...)`` inputs."""
+        if getattr(self.router, "num_forced", 0) == len(self.experts):  # nothing to choose: no generator to run
+            routes: Routes = self.router(torch.zeros(x.shape[0], len(self.experts), device=x.device), None, None)
+            return routes
         logits = self.generator(x)
         if not bool(torch.isfinite(logits.clean).all()):
             raise RoutingError(_nonfinite_message(x))
         # No draw (and no content hash) when the router would not use it: noise off, annealed or dense.
         noise = self.noise.draw(x, len(self.experts)) if getattr(self.router, "noise_active", True) else None
-        routes: Routes = self.router(logits.clean, logits.noise, noise)
+        routes = self.router(logits.clean, logits.noise, noise)
         return routes
 
     def fused_groups(self, probe: Tensor) -> list[FusedGroup]:
