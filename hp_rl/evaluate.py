@@ -27,6 +27,7 @@ import numpy as np
 
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError
+from hp_rl.paths import append_text_by_rename
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
 
@@ -310,6 +311,7 @@ def evaluate_run(
             f"{run}: {folder.config} does not exist, so this is not a run folder. Give a folder made by "
             "python -m hp_rl.train (for example runs/ppo_CartPole-v1_nohub_1)."
         )
+    folder.refuse_links()
     try:
         config = RunConfig.from_yaml(folder.config)
     except HpRlError as error:
@@ -383,8 +385,7 @@ def evaluate_run(
     if video is not None:
         frames, video_return = record_video(model, config, Path(video), seed, deterministic)
         result["video"] = {"path": str(video), "frames": frames, "return": video_return}
-    with open(folder.evaluation, "a") as handle:
-        yaml.safe_dump([result], handle, sort_keys=False)
+    append_text_by_rename(folder.evaluation, yaml.safe_dump([result], sort_keys=False))
     return result
 
 

@@ -120,8 +120,23 @@ def written_by_rename(path: Path) -> Iterator[Path]:
     exist (another hub build in the same folder, ``--resume``) never reads a half-written one.
     """
     partial = path.with_name(path.name + ".partial")
+    if partial.is_symlink() or partial.exists():  # a name left behind (or planted as a link): start a new file
+        partial.unlink()
     yield partial
-    os.replace(partial, path)
+    os.replace(partial, path)  # replaces the directory entry: a link at ``path`` is replaced, never written through
+
+
+def write_text_by_rename(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`written_by_rename` (a new file, never through a link)."""
+    with written_by_rename(path) as partial:
+        partial.write_text(text)
+
+
+def append_text_by_rename(path: Path, text: str) -> None:
+    """Append ``text`` to the small record ``path`` by writing the whole new file and renaming it over; a link at
+    ``path`` is neither read nor written through (its place gets a regular file)."""
+    old = path.read_text() if path.is_file() and not path.is_symlink() else ""
+    write_text_by_rename(path, old + text)
 
 
 MAX_PATH_CHARS = 4096

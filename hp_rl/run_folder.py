@@ -27,10 +27,10 @@ import yaml
 
 from hp_rl.errors import HpRlError
 from hp_rl.overrides import ConfigError
-from hp_rl.paths import unique_run_dir
+from hp_rl.paths import append_text_by_rename, unique_run_dir, write_text_by_rename
 from hp_rl.yaml_files import read_yaml
 
-__all__ = ["RunFolder", "RunLockedError", "acquire_lock", "release_lock", "package_versions"]
+__all__ = ["RunFolder", "RunFolderLinkError", "RunLockedError", "acquire_lock", "release_lock", "package_versions"]
 
 _Folder = TypeVar("_Folder", bound="RunFolder")
 
@@ -111,6 +111,10 @@ def package_versions(packages: Sequence[str] = ()) -> dict[str, str]:
     return versions
 
 
+class RunFolderLinkError(HpRlError, ValueError):
+    """A run folder holds a symbolic link."""
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The files of one run; subclasses say which module trains it and how its checkpoints are named.
@@ -178,14 +182,14 @@ class RunFolder:
 
         :param module: the command's module (default: the folder kind's, :attr:`module`).
         """
-        with open(self.path / "command.txt", "a") as handle:
-            handle.write(shlex.join([Path(sys.executable).name, "-m", module or self.module, *argv]) + "\n")
+        line = shlex.join([Path(sys.executable).name, "-m", module or self.module, *argv]) + "\n"
+        append_text_by_rename(self.path / "command.txt", line)
 
     def write_start(self, config_yaml: str, argv: Sequence[str], module: str | None = None) -> None:
         """Record the resolved config (YAML text), the command line and the package versions of a new run."""
-        self.config.write_text(config_yaml)
+        write_text_by_rename(self.config, config_yaml)
         self.append_command(argv, module)
-        self.versions.write_text(yaml.safe_dump(package_versions(self.recorded_packages), sort_keys=False))
+        write_text_by_rename(self.versions, yaml.safe_dump(package_versions(self.recorded_packages), sort_keys=False))
 
     def write_resume(self, config_yaml: str, argv: Sequence[str], at: int) -> Path | None:
         """Record a resumed start: the (possibly extended) config, the command line, and the package
@@ -194,7 +198,7 @@ class RunFolder:
         :param at: the progress the run resumes from (steps, epochs), naming the versions file.
         :return: the file with the changed versions, or ``None`` when nothing changed.
         """
-        self.config.write_text(config_yaml)
+        write_text_by_rename(self.config, config_yaml)  # a failed write leaves the old config whole
         self.append_command(argv)
         current = package_versions(self.recorded_packages)
         try:
@@ -204,8 +208,21 @@ class RunFolder:
         if recorded == current:
             return None
         path = self.path / f"versions_resume_{at}.yml"
-        path.write_text(yaml.safe_dump(current, sort_keys=False))
+        write_text_by_rename(path, yaml.safe_dump(current, sort_keys=False))
         return path
+
+    def refuse_links(self) -> None:
+        """Refuse a folder that holds symbolic links: a run writes only regular files of its own, and a link
+        planted in a folder received from elsewhere would have them written through to its target.
+
+        :raises RunFolderLinkError: naming the first link found and the fix.
+        """
+        for entry in sorted(self.path.rglob("*")):
+            if entry.is_symlink():
+                raise RunFolderLinkError(
+                    f"{entry} is a symbolic link; a run folder holds only its own regular files, and writing this "
+                    "run would write through the link. Remove it (or copy the folder without links) and try again."
+                )
 
 
 def checkpoints_in(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:

@@ -349,6 +349,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     from hp_rl.rl.training import run_training
 
     folder = AgentRunFolder(Path(args.resume))
+    folder.refuse_links()
     if not folder.config.is_file():
         raise CliError(
             f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "

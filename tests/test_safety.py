@@ -474,3 +474,34 @@ def test_random_experts_fit_small_frames_and_an_early_interrupt_leaves_no_folder
     monkeypatch.setattr("hp_rl.rl.training.run_training", interrupted)
     assert train_cli.main([*argv, "--tensorboard-log", str(tmp_path / "cut")]) == 130
     assert not any((tmp_path / "cut").iterdir())  # the run folder made for it is gone
+
+
+@pytest.mark.parametrize("planted", ["model.zip.partial", "eval/best_model.zip", "timing.yml", "evaluation.yml"])
+def test_a_link_planted_in_a_run_folder_is_refused_and_its_target_untouched(
+    planted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _train(tmp_path, "-n", "32", "--hub", "none")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = run / planted
+    link.parent.mkdir(exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim)
+    assert train_cli.main(["--resume", str(run), "-n", "256", "--no-progress"]) == 2
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "keep me"
+
+
+def test_records_are_written_by_rename_never_through_a_link(tmp_path: Path) -> None:
+    from hp_rl.paths import append_text_by_rename, write_text_by_rename
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "config.yml.partial").symlink_to(victim)  # a partial name planted as a link
+    write_text_by_rename(tmp_path / "config.yml", "algo: ppo\n")
+    (tmp_path / "timing.yml").symlink_to(victim)
+    append_text_by_rename(tmp_path / "timing.yml", "- steps: 1\n")
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "config.yml").read_text() == "algo: ppo\n" and not (tmp_path / "config.yml").is_symlink()
+    assert (tmp_path / "timing.yml").read_text() == "- steps: 1\n" and not (tmp_path / "timing.yml").is_symlink()

@@ -21,6 +21,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 
+from hp_rl.paths import append_text_by_rename
 from hp_rl.rl.checkpoints import (
     CheckpointAfterUpdate,
     NoCheckpointError,
@@ -382,20 +383,14 @@ def run_training(
         final = save_atomically(model, folder.final_model) if interrupted is None else None
         # The last checkpoint of a finished run is model.zip itself (a hard link): resumable, no second copy.
         checkpoint = save_checkpoint(model, folder, config.algo, config.keep_checkpoints, same_as=final)
-    with open(folder.path / "timing.yml", "a") as handle:
-        yaml.safe_dump(
-            [
-                {
-                    "start_step": start_steps,
-                    "steps": steps,
-                    "seconds": round(elapsed, 1),
-                    "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
-                    "interrupted": interrupted is not None,
-                }
-            ],
-            handle,
-            sort_keys=False,
-        )
+    timing = {
+        "start_step": start_steps,
+        "steps": steps,
+        "seconds": round(elapsed, 1),
+        "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
+        "interrupted": interrupted is not None,
+    }
+    append_text_by_rename(folder.path / "timing.yml", yaml.safe_dump([timing], sort_keys=False))
     vec_env.close()
     return TrainOutcome(
         model, interrupted, checkpoint, None if interrupted is not None else folder.final_model, steps, elapsed
