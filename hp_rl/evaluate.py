@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,9 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
     fps = env.get_attr("metadata")[0].get("render_fps")
     writer.fps = float(fps) if isinstance(fps, int | float) and fps > 0 else 30.0
     if preset_for(config.env_id, config.env_preset).wrapper == "atari":
-        writer.fps /= 4  # one frame per agent step, and the Atari wrapper skips 4 emulator frames
+        # one frame per agent step: the Atari 2600 draws 60 frames a second and the wrapper skips 4 of them (ALE's
+        # render_fps metadata says 30, which would play the game at half speed)
+        writer.fps = 60.0 / 4
     path.parent.mkdir(parents=True, exist_ok=True)
     total = 0.0
     try:
@@ -251,7 +254,7 @@ class _EpisodeBar:
             if "episode" in info:  # the monitor's episode end (a lost life is not one)
                 self.bar.update(1)
                 self.steps = 0
-        if self.steps % 100 == 0:
+        if self.steps and self.steps % 100 == 0:  # the running episode's steps (none between episodes)
             self.bar.set_postfix(steps=self.steps, refresh=False)
 
     def close(self) -> None:
@@ -332,7 +335,9 @@ def evaluate_run(
     seed = config.seed + 20_000 if seed is None else seed
     env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
     try:
-        model = load_model(config, path, env, folder, verbose=0)
+        with warnings.catch_warnings():  # a one-env evaluation model is not trained: its buffer size is moot
+            warnings.filterwarnings("ignore", message=".*mini-batch size.*", category=UserWarning)
+            model = load_model(config, path, env, folder, verbose=0)
     except ArchiveError as error:
         env.close()
         raise CliError(

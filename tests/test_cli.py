@@ -580,3 +580,15 @@ def test_the_progress_bar_counts_the_run_s_own_steps_after_a_resume_and_at_the_e
     resumed = StepsBar(200)
     model.learn(72, callback=resumed, reset_num_timesteps=False)
     assert resumed.bar.initial == 128 and resumed.bar.n == 256 and resumed.bar.total == 256
+
+
+def test_evaluate_shows_no_sb3_warning_about_its_one_env_model(tmp_path: Path) -> None:
+    import warnings
+
+    argv = ["--env", "CartPole-v1", "--hub", "none", "-n", "64", "--n-envs", "2", "--set", "n_steps=32"]
+    assert train_cli.main([*argv, "--tensorboard-log", str(tmp_path), "--no-progress", "--eval-freq", "0"]) == 0
+    (run,) = tmp_path.iterdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
+    assert not [w for w in caught if "mini-batch" in str(w.message)]
