@@ -350,6 +350,9 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
 
     folder = AgentRunFolder(Path(args.resume))
     folder.refuse_links()
+    under_runs = Path("runs") / args.resume
+    if not folder.config.is_file() and (under_runs / "config.yml").is_file():
+        raise CliError(f"--resume {args.resume}: no such run folder here. Did you mean --resume {under_runs}?")
     if not folder.config.is_file():
         raise CliError(
             f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "

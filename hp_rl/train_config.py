@@ -92,6 +92,9 @@ def resolve_hub(hub: str, env_id: str, family: str) -> str | None:
         named = None
     if named is not None:  # a spec shipped with the package, by name
         return str(named)
+    for name in ("hub.yaml", "hub.yml"):  # a hub folder (an export): its spec
+        if "," not in text and (Path(text).expanduser() / name).is_file():
+            return _absolute_entry(str(Path(text) / name))
     if text.lower().endswith((".yml", ".yaml")) and "," not in text:
         return _absolute_entry(text)
     return ",".join(_absolute_entry(part.strip()) for part in text.split(",") if part.strip())
@@ -469,7 +472,12 @@ def _param_docs(cls: type) -> dict[str, str]:
             docs[current] += " " + line.strip()
         else:
             current = None
-    return {name: re.sub(r"``([^`]*)``", r"\1", text) for name, text in docs.items()}
+
+    def plain(text: str) -> str:  # ``code`` -> code; :func:`~hp_rl.rl.prior.routable_experts` -> routable_experts
+        text = re.sub(r":\w+:`~?([^`]*)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+        return re.sub(r"``([^`]*)``", r"\1", text)
+
+    return {name: plain(text) for name, text in docs.items()}
 
 
 def hub_options_table() -> str:

@@ -592,3 +592,25 @@ def test_evaluate_shows_no_sb3_warning_about_its_one_env_model(tmp_path: Path) -
         warnings.simplefilter("always")
         assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
     assert not [w for w in caught if "mini-batch" in str(w.message)]
+
+
+def test_small_traps_of_the_command_line_name_their_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hp_rl.hub import parse_hub
+    from hp_rl.paths import BUNDLED_HUB_DIR
+
+    # a hub folder (an export) stands for its hub.yaml, on the command line and in Python
+    folder = BUNDLED_HUB_DIR / "control"
+    assert train_cli.resolve_hub(str(folder), "CartPole-v1", "control") == str(folder / "hub.yaml")
+    assert parse_hub(str(folder)).names == parse_hub(str(folder / "hub.yaml")).names
+    # a run's name without runs/ in front: the message says where it is
+    monkeypatch.chdir(tmp_path)
+    argv = ["--env", "CartPole-v1", "--hub", "none", "-n", "32", "--n-envs", "1", "--set", "n_steps=32"]
+    assert train_cli.main([*argv, "--no-progress", "--eval-freq", "0"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert train_cli.main(["--resume", run.name]) == 2
+    assert f"Did you mean --resume runs/{run.name}?" in capsys.readouterr().err
+    # the option list reads as text, not as Sphinx markup
+    assert train_cli.main(["--hub-options"]) == 0
+    assert ":func:" not in capsys.readouterr().out

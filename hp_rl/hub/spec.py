@@ -288,6 +288,9 @@ def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: 
         return hub
     if isinstance(hub, str):
         text = hub.strip()
+        folder_spec = _spec_in_folder(text)
+        if folder_spec is not None:  # a hub folder (an export): its hub.yaml
+            text = str(folder_spec)
         if text.lower().endswith((".yml", ".yaml")) and "," not in text:
             _check_path_text(text, "hub spec")
             path = Path(text).expanduser().resolve()
@@ -320,6 +323,19 @@ def parse_hub(hub: str | Sequence[str] | Mapping[str, Any] | HubSpec, base_dir: 
         for i, e in enumerate(entries)
     ]
     return HubSpec(_unique_names(experts, "<list>", rename=True), "<list>")
+
+
+def _spec_in_folder(text: str) -> Path | None:
+    """``text/hub.yaml`` (or ``hub.yml``) where ``text`` names a folder holding one, else ``None``."""
+    if "," in text or not text or "\0" in text or len(text) > 4096:
+        return None
+    try:
+        folder = Path(text).expanduser()
+        if not folder.is_dir():
+            return None
+        return next((folder / name for name in ("hub.yaml", "hub.yml") if (folder / name).is_file()), None)
+    except (OSError, ValueError):
+        return None
 
 
 def _parse_mapping(raw: Any, origin: str, base_dir: Path | None) -> HubSpec:
