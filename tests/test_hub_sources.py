@@ -357,6 +357,24 @@ def test_hf_resolves_main_from_the_offline_cache(hf_cache: Path, cartpole_zip: P
     assert torch.equal(expert(x), reference(x))
 
 
+def test_a_zoo_repository_names_its_task_and_brings_its_statistics(hf_cache: Path) -> None:
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    expert = load_expert(parse_hub("hf:sb3/ppo-CartPole-v1").experts[0])
+    assert expert.origin is not None and expert.origin.env_id == "CartPole-v1" and expert.normalizer is None
+    # rl-zoo's load_from_hub fetches vec_normalize.pkl beside the zip: its statistics come with the agent
+    venv = VecNormalize(make_vec_env("CartPole-v1", 1, seed=0))
+    venv.reset()
+    for _ in range(20):
+        venv.step(np.array([venv.action_space.sample()]))
+    venv.save(str(hf_cache / "models--sb3--ppo-CartPole-v1" / "snapshots" / COMMIT / "vec_normalize.pkl"))
+    normalised = load_expert(parse_hub("hf:sb3/ppo-CartPole-v1").experts[0])
+    assert normalised.normalizer is not None
+    torch.testing.assert_close(normalised.normalizer.mean, torch.as_tensor(venv.obs_rms.mean, dtype=torch.float32))
+
+
 def test_hf_pinned_revision_and_sha(hf_cache: Path, cartpole_zip: Path, tmp_path: Path) -> None:
     # A second snapshot at another commit, reachable only by its hash.
     other_zip = tmp_path / "other.zip"

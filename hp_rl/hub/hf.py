@@ -20,10 +20,11 @@ import re
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hp_rl.hub.expert import HubExpert, Provenance, file_sha256
+from hp_rl.hub.origin import AgentOrigin, read_agent_origin
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
 
@@ -242,8 +243,10 @@ def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None =
             "that matches, or update the digest."
         )
     trunk, info, details, heads = read_sb3_expert(resolved.path)
+    origin = _zoo_repo_origin(spec.path, resolved)
     details = {
         **details,
+        **{k: str(v) for k, v in origin.provenance().items() if k != "told_by"},
         "repo_id": spec.path,
         "filename": resolved.filename,
         "revision": resolved.commit,
@@ -251,4 +254,23 @@ def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None =
         "file": str(resolved.path),
     }
     provenance = Provenance("hf", f"{spec.path}@{resolved.commit}", resolved.sha256, details)
-    return HubExpert(trunk, info, provenance, heads)
+    normalizer = None
+    if origin.normalization is not None and tuple(origin.normalization.mean.shape) == tuple(info.input_shape):
+        normalizer = origin.normalization.module()
+    return HubExpert(trunk, info, provenance, heads, origin=origin, normalizer=normalizer)
+
+
+# rl-baselines3-zoo's repositories are named <org>/<algo>-<env id>
+_ZOO_REPO = re.compile(r"^[^/]+/(a2c|ppo|dqn|qrdqn|sac|td3|tqc|ars|trpo|ddpg|crossq)-(.+)$")
+
+
+def _zoo_repo_origin(repo_id: str, resolved: ResolvedFile) -> AgentOrigin:
+    """What a zoo repository says of its agent: the files published beside the zip where the local snapshot holds
+    them (``args.yml``, ``env_kwargs.yml``, ``vec_normalize.pkl``, as rl-zoo's ``load_from_hub`` fetches them) and,
+    failing those, the task in the repository's name."""
+    origin = read_agent_origin(resolved.path)
+    match = _ZOO_REPO.match(repo_id)
+    if origin.env_id is None and match is not None:
+        said = (*origin.told_by, f"{repo_id} (repository name)")
+        origin = replace(origin, env_id=match.group(2), algo=match.group(1), told_by=said)
+    return origin
