@@ -6,7 +6,13 @@ shown with its traceback.
 
 from __future__ import annotations
 
-__all__ = ["HpRlError", "RoutingError"]
+import re
+
+__all__ = ["HpRlError", "RoutingError", "error_message", "MAX_MESSAGE_CHARS"]
+
+# A message names a value, where it came from and the fix: a paragraph, never megabytes of a hostile file.
+MAX_MESSAGE_CHARS = 2_000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class HpRlError(Exception):
@@ -15,3 +21,12 @@ class HpRlError(Exception):
 
 class RoutingError(HpRlError, ValueError):
     """A routing component (generator, router, expert wrapper, schedule) was given a bad setting or input."""
+
+
+def error_message(error: BaseException) -> str:
+    """``error:`` and the message as a command prints it: control characters (terminal escapes a hostile path may
+    hold) shown escaped, and at most :data:`MAX_MESSAGE_CHARS` characters."""
+    text = _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], str(error))
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 40] + f" ... ({len(text) - MAX_MESSAGE_CHARS + 40} more characters)"
+    return f"error: {text}"

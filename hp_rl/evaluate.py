@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 from hp_rl.paths import append_text_by_rename
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpRlError as error:
         if args.verbose:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2
     mode = "deterministic" if args.deterministic else "stochastic"
     print(

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 from hp_rl.hub.expert import HubExpert, file_sha256
 from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
 from hp_rl.hub.sources import SOURCES, load_expert
@@ -437,5 +437,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_score(args.spec, args.env, args.episodes, args.rollout_steps, args.seed, args.out)
         return cmd_export(args.source, args.out, args.workdir, args.dtype)
     except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 from hp_rl.train_config import CliError, config_and_env, hub_tag, resolve_hub, run_name
 
 __all__ = ["CliError", "build_parser", "build_or_close", "config_and_env", "hub_tag", "main", "resolve_hub", "run_name"]
@@ -466,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpRlError as error:
         if args.verbose >= 2:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("Interrupted before training started (or by a second signal): nothing was saved.", file=sys.stderr)

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 
 __all__ = ["Parameter", "SEARCH_SPACE", "TuneError", "trial_flags", "main"]
 
@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpRlError as error:
         if "-v" in args.train_args:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2
 
 

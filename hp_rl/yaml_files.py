@@ -24,8 +24,62 @@ class _RepeatedKey(yaml.YAMLError):
     """A key given twice in one mapping."""
 
 
-class StrictLoader(yaml.SafeLoader):
-    """:class:`yaml.SafeLoader` that refuses a key repeated within one mapping."""
+# What a configuration file needs, with room: a hub spec, recipe or run config uses few aliases and little nesting.
+# Past these a small file can still expand without bound ("billion laughs": nested aliases) or exhaust the stack.
+MAX_ALIASES = 100
+MAX_DEPTH = 100
+MAX_EXPANDED_NODES = 200_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes of ``node`` with every alias expanded (an alias is its anchor's node object: memoised by identity)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+class _BoundedComposer:
+    """Counts aliases and nesting while PyYAML composes the document, and its size with aliases expanded;
+    refuses past the limits."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()  # type: ignore[misc]
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise _TooLarge(
+                f"its aliases expand to more than {MAX_EXPANDED_NODES} values (a 'billion laughs' document); "
+                "a configuration file is far smaller"
+            )
+        return node
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        loader: Any = self
+        if loader.check_event(yaml.AliasEvent):
+            loader._aliases = getattr(loader, "_aliases", 0) + 1
+            if loader._aliases > MAX_ALIASES:
+                raise _TooLarge(f"more than {MAX_ALIASES} aliases (*name): a configuration file does not need them")
+        loader._depth = getattr(loader, "_depth", 0) + 1
+        try:
+            if loader._depth > MAX_DEPTH:
+                raise _TooLarge(f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            loader._depth -= 1
+
+
+class _TooLarge(yaml.YAMLError):
+    """A document past the alias or depth limit."""
+
+
+class StrictLoader(_BoundedComposer, yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` that refuses a key repeated within one mapping, and more than
+    :data:`MAX_ALIASES` aliases or :data:`MAX_DEPTH` levels of nesting."""
 
 
 def _mapping_without_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -60,7 +114,7 @@ def load_yaml_text(text: str, origin: str) -> Any:
     """
     try:
         return yaml.load(text, Loader=StrictLoader)  # a SafeLoader: builds no Python objects
-    except _RepeatedKey as error:
+    except (_RepeatedKey, _TooLarge) as error:
         raise ConfigError(f"{origin}: {error}.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{origin}: not valid YAML ({' '.join(str(error).split())}).") from None
@@ -109,7 +163,7 @@ def check_keys(raw: Mapping[str, Any], allowed: Collection[str], where: str) -> 
             raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(sorted(map(str, allowed)))}.")
 
 
-class _ForeignLoader(yaml.SafeLoader):
+class _ForeignLoader(_BoundedComposer, yaml.SafeLoader):
     """Safe YAML for files other programs wrote: rl-baselines3-zoo's ``OrderedDict`` tags read as mappings, any
     other Python tag as ``None`` (never an object)."""
 

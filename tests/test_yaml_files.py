@@ -107,3 +107,34 @@ def test_each_kind_of_file_refuses_repeated_and_unknown_keys(
 
             parse_hub(str(path))
     assert str(path) in str(caught.value)
+
+
+def test_a_small_file_cannot_expand_without_bound_or_nest_past_the_stack(tmp_path: Path) -> None:
+    import time
+
+    from hp_rl.errors import HpRlError
+    from hp_rl.hub import parse_hub
+
+    # "billion laughs": 9 levels of 9 aliases each, 9^9 values from a few hundred bytes
+    rows = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    rows += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "hub.yml"
+    bomb.write_text("\n".join(rows) + "\nexperts: *a8\n")
+    started = time.perf_counter()
+    with pytest.raises(HpRlError, match="billion laughs"):
+        parse_hub(str(bomb))
+    assert time.perf_counter() - started < 2.0
+    deep = tmp_path / "deep.yml"
+    deep.write_text("experts: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(HpRlError, match="nested"):
+        parse_hub(str(deep))
+    ordinary = tmp_path / "ok.yml"  # a few aliases, as people use them, still read
+    ordinary.write_text("description: &d shared\nexperts: [{source: random, name: a, options: {note: *d}}]\n")
+    assert parse_hub(str(ordinary)).names == ("a",)
+
+
+def test_messages_are_a_paragraph_without_terminal_escapes() -> None:
+    from hp_rl.errors import MAX_MESSAGE_CHARS, HpRlError, error_message
+
+    message = error_message(HpRlError("\x1b[31mred\x1b[0m " + "x" * 10**6))
+    assert "\x1b" not in message and "\\x1b[31mred" in message and len(message) <= MAX_MESSAGE_CHARS + 10

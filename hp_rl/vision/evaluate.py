@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 from hp_rl.vision.data import DataError, ImageDataset, load_data, make_loader
 from hp_rl.vision.engine import EvalResult, evaluate_model, resolve_amp
 from hp_rl.vision.report import save_confusion_png
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, report = evaluate_run(args.run, args.checkpoint, args.data, args.split, args.batch_size, args.device)
     except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import yaml
 from torch import Tensor, nn
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 from hp_rl.hub.architectures import NatureCNNTrunk
 from hp_rl.overrides import ConfigError
 from hp_rl.paths import expand_path_variables
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         built = build_vision_hub(args.recipe, args.out, args.force, args.only)
     except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2
     print(json.dumps({k: str(v) for k, v in built.items()}, indent=2))
     return 0

@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError
+from hp_rl.errors import HpRlError, error_message
 from hp_rl.paths import written_by_rename
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
 from hp_rl.run_folder import RunFolder
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[vision] final accuracy {final.accuracy:.4f} on {final.images} images; run folder {run.path}")
         return 0
     except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(error_message(error), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
