@@ -9,6 +9,7 @@ before an environment or a network exists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import inspect
 import logging
@@ -93,8 +94,9 @@ def resolve_hub(hub: str, env_id: str, family: str) -> str | None:
     if named is not None:  # a spec shipped with the package, by name
         return str(named)
     for name in ("hub.yaml", "hub.yml"):  # a hub folder (an export): its spec
-        if "," not in text and (Path(text).expanduser() / name).is_file():
-            return _absolute_entry(str(Path(text) / name))
+        with contextlib.suppress(OSError, ValueError):  # names no file system takes are reported below
+            if "," not in text and (Path(text).expanduser() / name).is_file():
+                return _absolute_entry(str(Path(text) / name))
     if text.lower().endswith((".yml", ".yaml")) and "," not in text:
         return _absolute_entry(text)
     return ",".join(_absolute_entry(part.strip()) for part in text.split(",") if part.strip())
