@@ -429,3 +429,25 @@ def test_hf_spec_errors(hf_cache: Path) -> None:
         load_expert(ExpertSpec(name="x", source="hf", path="sb3/ppo-CartPole-v1", options={"rev": "main"}))
     with pytest.raises(HubSpecError, match="repository id"):
         load_expert(ExpertSpec(name="x", source="hf"))
+
+
+def test_hf_a_silent_endpoint_is_given_up_on_within_the_limit(hf_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    # a loopback listener that accepts connections and never answers
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("HP_RL_HF_TIMEOUT", "2")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    started = time.perf_counter()
+    try:
+        with pytest.raises(HFUnavailableError, match="does not answer"):
+            load_expert(ExpertSpec(name="s", source="hf", path="sb3/ppo-SilentNoFrameskip-v4"))
+    finally:
+        server.close()
+    assert time.perf_counter() - started < 10

@@ -203,15 +203,44 @@ def resolve_hf_file(
         )
     from huggingface_hub import hf_hub_download
 
-    try:
-        local = Path(
-            str(hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), etag_timeout=etag_timeout))
+    limit = download_time_limit()
+    outcome: dict[str, object] = {}
+
+    def download() -> None:
+        try:
+            outcome["path"] = hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=str(cache), etag_timeout=etag_timeout
+            )
+        except Exception as error:  # network, auth, missing repo or file: huggingface_hub has many error types
+            outcome["error"] = error
+
+    # huggingface_hub retries a silent server without end: the download runs in a thread that is given up on
+    # (left as a daemon, which ends with the process) once the limit has passed
+    worker = threading.Thread(target=download, name=f"hf-download {repo_id}", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise HFUnavailableError(
+            f"Downloading {filename} of {at} took more than {limit:g} s (HP_RL_HF_TIMEOUT); the Hub or the "
+            f"endpoint ({os.environ.get('HF_ENDPOINT', 'huggingface.co')}) does not answer. {how}"
         )
-    except Exception as error:  # network, auth, missing repo or file: huggingface_hub has many error types
+    error = outcome.get("error")
+    if isinstance(error, BaseException):
         raise HFUnavailableError(
             f"Cannot download {filename} of {at} ({type(error).__name__}: {error}). {how}"
         ) from error
+    local = Path(str(outcome["path"]))
     return ResolvedFile(repo_id, filename, local, _commit_from_path(local), revision or "main", file_sha256(local))
+
+
+def download_time_limit() -> float:
+    """Seconds a download of one file may take in all: ``HP_RL_HF_TIMEOUT``, default 300 (a 14 MB Atari agent at
+    50 kB/s)."""
+    try:
+        value = float(os.environ.get("HP_RL_HF_TIMEOUT", "300"))
+    except ValueError:
+        return 300.0
+    return value if value > 0 else 300.0
 
 
 def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None = None) -> HubExpert:
