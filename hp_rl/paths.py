@@ -78,7 +78,7 @@ def expand_path_variables(text: str) -> str:
 
 def named_hub_spec(name: str) -> Path | None:
     """The hub spec shipped as ``configs/hubs/<name>.yml`` (``--hub control_finetune_example``), or ``None``."""
-    if not name or any(c in name for c in "/\\:,.") or name.startswith("~"):
+    if not name or any(c in name for c in "/\\:,.") or name.startswith("~") or len(name) > 200:
         return None
     for suffix in (".yml", ".yaml"):
         path = HUB_CONFIG_DIR / f"{name}{suffix}"

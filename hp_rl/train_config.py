@@ -284,8 +284,10 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
             raise CliError(f"{flag} {value}: must be at least 1.")
 
     seed = args.seed if args.seed is not None else 0
-    if not 0 <= seed < 2**32:
-        raise CliError(f"--seed {seed}: must be a whole number between 0 and {2**32 - 1}.")
+    from hp_rl.rl.runs import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:  # environment and evaluation seeds count up from it
+        raise CliError(f"--seed {seed}: must be a whole number between 0 and {MAX_SEED}.")
     check_run_flags(args)
     from hp_rl.rl.models import apply_threads
 
@@ -355,14 +357,21 @@ def _make_env(
         return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite, env_kwargs=env_kwargs)
     except gym.error.DependencyNotInstalled as error:
         raise CliError(f"{env_id} cannot be built: {error}") from error
-    except (TypeError, ValueError, gym.error.Error) as error:
-        if not env_kwargs:
-            raise
-        given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
-        raise CliError(
-            f"--env-kwargs {given}: {env_id} does not take them ({type(error).__name__}: {error}). "
-            "Give only arguments of the environment's constructor (gym.make)."
-        ) from error
+    except HpRlError:  # already says what is wrong (an unknown id names the closest ones)
+        raise
+    except (TypeError, ValueError, IndexError, gym.error.Error) as error:
+        if env_kwargs:
+            given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+            raise CliError(
+                f"--env-kwargs {given}: {env_id} does not take them ({type(error).__name__}: {error}). "
+                "Give only arguments of the environment's constructor (gym.make)."
+            ) from error
+        if preset is not None:
+            raise CliError(
+                f"--env-preset {preset} does not fit {env_id} ({type(error).__name__}: {error}); drop --env-preset "
+                "to use the preset that matches the id, or choose one made for this kind of environment."
+            ) from error
+        raise
 
 
 def _auto_preset(hub: str, algo: str, env: Any) -> str:

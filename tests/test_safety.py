@@ -505,3 +505,21 @@ def test_records_are_written_by_rename_never_through_a_link(tmp_path: Path) -> N
     assert victim.read_text() == "keep me"
     assert (tmp_path / "config.yml").read_text() == "algo: ppo\n" and not (tmp_path / "config.yml").is_symlink()
     assert (tmp_path / "timing.yml").read_text() == "- steps: 1\n" and not (tmp_path / "timing.yml").is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--env", "MinAtar/Breakout-v1", "--seed", "4294967295"], ["--seed 4294967295", "between 0 and"]),
+        (["--env", "CartPole-v1", "--env-preset", "minatar"], ["--env-preset minatar does not fit CartPole-v1"]),
+        (["--env", "CartPole-v1", "--hub", "y" * 300], ["y" * 50]),
+    ],
+)
+def test_more_bad_input_is_exit_2_not_a_traceback(
+    extra: list[str], words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--hub", "none", "-n", "64", "--tensorboard-log", str(tmp_path), "--no-progress", *extra]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+    assert not any(tmp_path.iterdir())

@@ -101,7 +101,7 @@ class RunConfig:
                 raise RunConfigError(f"{where(name)}: {getattr(self, name)!r} must be a string.")
         integer("k", 1)
         integer("n_timesteps", 1)
-        integer("seed", 0, 2**32 - 1)
+        integer("seed", 0, MAX_SEED)
         integer("n_envs", 1, 1024)
         integer("eval_freq", 0)
         integer("eval_episodes", 1)
@@ -138,6 +138,11 @@ class RunConfig:
                 f"{path}: unknown key(s) {unknown}, missing key(s) {missing}; known keys: {sorted(known)}."
             )
         return cls(**raw).validate(str(path))
+
+
+# The largest --seed: environments are seeded seed + copy index, evaluations seed + 10,000 and seed + 20,000, and
+# NumPy takes seeds below 2**32 only.
+MAX_SEED = 2**32 - 1 - 100_000
 
 
 class RunConfigError(HpRlError, ValueError):
