@@ -316,3 +316,21 @@ def test_statistics_pickled_beside_the_old_gym_package_read_without_it(tmp_path:
     assert origin.normalization is not None
     np.testing.assert_allclose(origin.normalization.mean, rms.mean)
     np.testing.assert_allclose(origin.normalization.var, rms.var)
+
+
+def test_an_agent_whose_files_name_another_variant_is_measured_at_home(agents: dict[str, Path], tmp_path: Path) -> None:
+    # an hp_rl run folder of a long-pole CartPole: its config names the variant, no record of its return
+    run = tmp_path / "ppo_CartPole-v1_nohub_1"
+    run.mkdir()
+    (run / "model.zip").write_bytes(agents["cartpole"].read_bytes())
+    config = {"algo": "ppo", "env_id": "CartPole-v1", "hub": None, "env_kwargs": {"physics": {"length": 1.0}}}
+    (run / "config.yml").write_text(yaml.safe_dump(config))
+    scores = score_hub(str(run / "model.zip"), "CartPole-v1", episodes=4, seed=3)
+    entry = scores["experts"]["ppo_CartPole-v1_nohub_1"]
+    assert entry["policy_head"] == "mapped" and entry["task"] == "CartPole-v1"
+    assert entry["source_return"] > entry["source_random_return"] + 100  # it plays its own variant
+    kept = (entry["zero_shot_return"] - scores["random_return"]) / (
+        entry["source_return"] - entry["source_random_return"]
+    )
+    assert entry["retention"] == pytest.approx(kept, abs=1e-3)
+    assert scores["prior"]["ppo_CartPole-v1_nohub_1"] == pytest.approx(min(1.0, max(0.0, kept)), abs=1e-3)

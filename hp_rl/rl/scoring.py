@@ -6,9 +6,12 @@ episodes; both within a budget of episodes and steps (``python -m hp_rl.hub scor
 ``prior="auto"`` before training). An expert's **score** is the evidence that it plays the target: how far above
 the random policy its returns lie, in pooled standard deviations (Cohen's d), divided by :data:`EVIDENCE_EFFECT`
 and clipped to [0, 1], so that an agent of the target's own task scores about 1 and one of another task about 0
-with no record of where either came from. A recorded source return (``hp_rl.hub export`` writes them, the hub
-builder's ``source_eval.yml``) refines it: the score is lowered to the share of its own competence the agent keeps,
-``(zero-shot - random) / (source return - source random)``; it never replaces the measurement.
+with no record of where either came from. Where the agent's return on its own task is known it refines the score,
+never replaces the measurement: the score is lowered to the share of its own competence the agent keeps,
+``(zero-shot - random) / (source return - source random)``. That return is recorded (``hp_rl.hub export``, the hub
+builder's ``source_eval.yml``) or, where the agent's files name a task other than the target, measured there with
+the same budget (an other game's agent that plays the target a little better than random keeps little of what it
+does at home).
 
 Experts without such a head are scored by **LogME** (You et al. 2021): the log marginal evidence, per sample, of a
 Bayesian linear regression from their frozen features to the discounted returns of a random-policy rollout, min-max
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from hp_rl.hub import HubSpec, parse_hub
-from hp_rl.rl.agent_meanings import HEAD_FRESH
+from hp_rl.rl.agent_meanings import HEAD_FRESH, HEAD_MAPPED
 from hp_rl.rl.prior import prior_from_scores
 
 __all__ = [
@@ -295,6 +298,12 @@ def _score_hub(
             steps += play.steps
             effect = effect_size(play, random_play)
             source, source_random = references.get(name, (math.nan, math.nan))
+            if name not in references and head == HEAD_MAPPED and _other_task(origin, env_id, env_kwargs):
+                # no record of what it does at home, but its files name its task: measure it there
+                at_home = _play_at_home(spec, name, origin, episodes, max_steps, seed)
+                source, source_random = at_home[0].mean, at_home[1].mean
+                steps += at_home[0].steps + at_home[1].steps
+                entry.update({"source_return": round(source, 4), "source_random_return": round(source_random, 4)})
             retention = None
             if source > source_random:  # the share of its own competence the expert keeps on the target
                 retention = round((play.mean - random_play.mean) / (source - source_random), 4)
@@ -345,6 +354,44 @@ def _score_hub(
         "prior": prior_from_scores(experts, random_play.mean),
         "cost": {"seconds": round(seconds, 1), "steps": steps, "budget": budget},
     }
+
+
+def _other_task(origin: Any, env_id: str, env_kwargs: dict[str, Any] | None) -> bool:
+    """Whether an agent's files name a task other than the target (its own task's agent needs no reference)."""
+    task = getattr(origin, "env_id", None)
+    if task is None:
+        return False
+    return bool(task != env_id or dict(getattr(origin, "env_kwargs", {}) or {}) != dict(env_kwargs or {}))
+
+
+def _play_at_home(spec: HubSpec, name: str, origin: Any, episodes: int, max_steps: int, seed: int) -> tuple[Play, Play]:
+    """The agent and a random policy on the agent's own task (as its files name it), same budget and seeds: how
+    well it plays where it was trained, the reference for the share of that it keeps on the target."""
+    from hp_rl.rl.envs import make_env
+
+    def home(offset: int, evaluation: bool) -> Any:
+        return make_env(
+            origin.env_id,
+            4,
+            seed + offset,
+            origin.env_preset,
+            evaluation=evaluation,
+            env_kwargs=dict(origin.env_kwargs),
+        )
+
+    model_env = home(0, False)
+    model = _single_expert_model(spec, name, model_env)
+    env = home(2, True)
+    torch.manual_seed(seed)
+    agent = play_policy(_sampled_actions(model), env, episodes, max_steps)
+    env.close()
+    env = home(2, True)
+    rng = np.random.default_rng(seed)
+    random = play_policy(lambda obs: rng.integers(env.action_space.n, size=len(obs)), env, episodes, max_steps)
+    env.close()
+    model_env.close()
+    logger.info("      at home on %s: %.2f against random %.2f", origin.env_id, agent.mean, random.mean)
+    return agent, random
 
 
 def _sampled_actions(model: Any) -> Callable[[np.ndarray], np.ndarray]:
