@@ -196,8 +196,9 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert [Path(e["path"]).name for e in user["hub_experts"]] == ["model.zip", "model.zip"]  # the builds' own zips
     default = json.loads((out / "runs/control/cartpole/cli_default/seed0.json").read_text())
     assert default["hub_experts"] and default["env_id"] == "CartPole-v1"  # --hub auto: the bundled control hub
-    # no agent's head reaches CartPole's actions: the command line's default is then the paper's configuration
-    assert user["k"] == 2 and user["prior_scores"] is None and user["hub_kwargs"] == {}
+    # whole agents whose heads do not reach CartPole's actions: transfer, scored, none routed, the base alone
+    assert user["k"] == 0 and set(user["prior_scores"]["experts"]) == {"acrobot", "mountaincar"}
+    assert user["hub_kwargs"]["k_from_prior"] == 0.5
     one = json.loads((out / "runs/control/cartpole/transfer_k1/seed0.json").read_text())
     assert one["k"] == 1 and one["hub_kwargs"]["k_from_prior"] is None  # the preset's k_from_prior: 0.5
     assert prior["hub_kwargs"]["k_from_prior"] == bench.pathway_preset("transfer")["k_from_prior"]

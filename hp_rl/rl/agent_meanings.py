@@ -106,9 +106,10 @@ def map_policy_head(
 
 
 def choose_preset(hub: Any, env: Any) -> tuple[str, str]:
-    """The configuration a hub calls for on a target (``preset="auto"``): ``transfer`` when at least one expert
-    brings a policy head that reaches the target's actions (by meaning, or one to one), ``paper`` when the hub
-    holds only encoders (image backbones, head-less exports) or the target's actions are not discrete.
+    """The configuration a hub calls for on a target (``preset="auto"``): ``transfer`` when at least one expert is a
+    whole agent (it brings policy heads: whether they reach the target's actions and play it, scoring decides, and
+    an agent without that evidence is not routed), ``paper`` when the hub holds only encoders (image backbones,
+    head-less exports) or the target's actions are not discrete.
 
     :param hub: anything :func:`hp_rl.hub.parse_hub` accepts.
     :param env: the target environment (vectorised or not).
@@ -125,12 +126,19 @@ def choose_preset(hub: Any, env: Any) -> tuple[str, str]:
     _, target_meanings = env_meanings(env)
     num_actions = int(env.action_space.n)
     shape = tuple(int(s) for s in env.observation_space.shape)
-    with_heads = []
+    reaching, whole = [], []
     for expert_spec in spec.experts:
         expert = learn_task_meanings(load_expert(expert_spec, shape))
         source = expert_spec.action_meanings or expert.action_meanings
+        if expert.heads is not None:
+            whole.append(expert_spec.name)
         if map_policy_head(expert.heads, target_meanings, source, num_actions)[0] != HEAD_FRESH:
-            with_heads.append(expert_spec.name)
-    if with_heads:
-        return "transfer", f"{', '.join(with_heads)} bring(s) a policy head that reaches the target's actions"
-    return "paper", "no expert brings a policy head for the target's actions (a hub of encoders)"
+            reaching.append(expert_spec.name)
+    if reaching:
+        return "transfer", f"{', '.join(reaching)} bring(s) a policy head that reaches the target's actions"
+    if whole:
+        return "transfer", (
+            f"{', '.join(whole)} are whole agents, though no head reaches the target's actions: none will be routed "
+            "unless it shows it plays the target"
+        )
+    return "paper", "no expert brings policy heads (a hub of encoders)"

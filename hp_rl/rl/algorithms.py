@@ -411,8 +411,8 @@ class HubPPO(_HubOnPolicyMixin, PPO):
         the critic (value layers, experts' value heads); policy, trunks and generator stay as loaded, so the
         critic fits the experts' policy before it changes. 0 turns it off.
     :param preset: a named configuration (:mod:`hp_rl.rl.presets`: ``paper``, ``transfer``) under the arguments
-        given here, or ``"auto"``: ``transfer`` where an expert brings a policy head that reaches the target's
-        actions, ``paper`` where the hub holds only encoders. ``None``: the arguments alone.
+        given here, or ``"auto"``: ``transfer`` where an expert brings policy heads (a whole agent; scoring decides
+        which are routed), ``paper`` where the hub holds only encoders. ``None``: the arguments alone.
     :param kwargs: PPO arguments and extractor arguments (``k``, ``features_dim``, ``freeze_experts``,
         ``expert_lr_scale``, ``noise``, ``noise_std``, ``explore_coef``, ``balance``, ``dense``, ``noise_seed``,
         and the transfer options of :class:`~hp_rl.rl.extractor.HubPathwayExtractor`). The target's
