@@ -234,6 +234,13 @@ def test_the_cli_finds_routes_and_reports_the_agent_that_plays_the_target(
     assert not rows["acrobot"]["routed"] and "score" in rows["acrobot"]["why_not"]
     assert rows["cartpole"]["head"] == "fresh" and not rows["cartpole"]["routed"]  # two actions, the target three
     assert "mountaincar" in out.out and "one-to-one" in out.out  # the table on the console
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {path.parent for path in folder.glob("**/events.out.tfevents.*")}
+    board = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    board.Reload()
+    (text,) = board.Tensors("hub/prior/text_summary")  # and the same table in TensorBoard's Text tab
+    assert b"mountaincar" in text.tensor_proto.string_val[0] and b"routed" in text.tensor_proto.string_val[0]
     run_config = yaml.safe_load((folder / "config.yml").read_text())
     assert run_config["hub_kwargs"]["k_from_prior"] == 0.5 and run_config["hub_kwargs"]["freeze_experts"] is False
     # the run keeps the measured prior, so a resume rebuilds the same pathway without scoring again
