@@ -35,8 +35,8 @@ def test_one_list_of_hub_pathway_options(capsys: pytest.CaptureFixture[str]) -> 
 
     from hp_rl import train as train_cli
     from hp_rl.hub.options import PATHWAY_OPTIONS
+    from hp_rl.option_help import _param_docs
     from hp_rl.rl.extractor import HubPathwayExtractor
-    from hp_rl.train_config import _param_docs
 
     parameters = set(inspect.signature(HubPathwayExtractor.__init__).parameters) - {"self", "observation_space", "hub"}
     assert parameters == set(PATHWAY_OPTIONS)
