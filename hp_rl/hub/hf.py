@@ -275,7 +275,7 @@ def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None =
     origin = _zoo_repo_origin(spec.path, resolved)
     details = {
         **details,
-        **{k: str(v) for k, v in origin.provenance().items() if k != "told_by"},
+        **origin.details(),
         "repo_id": spec.path,
         "filename": resolved.filename,
         "revision": resolved.commit,
@@ -283,9 +283,7 @@ def load_hf_expert(spec: ExpertSpec, observation_shape: tuple[int, ...] | None =
         "file": str(resolved.path),
     }
     provenance = Provenance("hf", f"{spec.path}@{resolved.commit}", resolved.sha256, details)
-    normalizer = None
-    if origin.normalization is not None and tuple(origin.normalization.mean.shape) == tuple(info.input_shape):
-        normalizer = origin.normalization.module()
+    normalizer = origin.input_normalizer(info.input_shape)
     return HubExpert(trunk, info, provenance, heads, origin=origin, normalizer=normalizer)
 
 

@@ -117,6 +117,16 @@ class AgentOrigin:
     random_return: float | None = None
     normalization: ObservationNormalization | None = None
 
+    def input_normalizer(self, input_shape: tuple[int, ...]) -> ObservationNormalizer | None:
+        """The agent's observation normalisation as a module, where its statistics fit ``input_shape``."""
+        if self.normalization is None or tuple(self.normalization.mean.shape) != tuple(input_shape):
+            return None
+        return self.normalization.module()
+
+    def details(self) -> dict[str, str]:
+        """The facts of :meth:`provenance` as the text details an expert's provenance records."""
+        return {k: str(v) for k, v in self.provenance().items() if k != "told_by"}
+
     def provenance(self) -> dict[str, Any]:
         """The facts as plain values (a hub spec's ``provenance``; what run manifests record)."""
         out: dict[str, Any] = {}

@@ -79,11 +79,8 @@ def _load_sb3(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> Hu
     path = verify_file(spec)
     trunk, info, details, heads = read_sb3_expert(path)
     origin = read_agent_origin(path)
-    details = {**details, **{k: str(v) for k, v in origin.provenance().items() if k != "told_by"}}
-    normalizer = None
-    if origin.normalization is not None and tuple(origin.normalization.mean.shape) == tuple(info.input_shape):
-        normalizer = origin.normalization.module()
-    provenance = Provenance("sb3", str(path), file_sha256(path), details)
+    provenance = Provenance("sb3", str(path), file_sha256(path), {**details, **origin.details()})
+    normalizer = origin.input_normalizer(info.input_shape)
     return HubExpert(trunk, info, provenance, heads, origin=origin, normalizer=normalizer)
 
 

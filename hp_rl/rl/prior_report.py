@@ -68,7 +68,7 @@ def prior_table(scores: dict[str, Any], unrouted: dict[str, str], routed: tuple[
 
 def write_prior_file(folder: Path, scores: dict[str, Any], unrouted: dict[str, str], routed: tuple[str, ...]) -> Path:
     """Write ``prior.yml`` (the rows, the random policy's return, the cost) into ``folder``."""
-    from hp_rl.paths import written_by_rename
+    from hp_rl.paths import write_text_by_rename
 
     record = {
         "env_id": scores.get("env_id"),
@@ -77,6 +77,5 @@ def write_prior_file(folder: Path, scores: dict[str, Any], unrouted: dict[str, s
         "cost": scores.get("cost"),
     }
     path = Path(folder) / PRIOR_FILE
-    with written_by_rename(path) as partial:
-        partial.write_text(yaml.safe_dump(record, sort_keys=False))
+    write_text_by_rename(path, yaml.safe_dump(record, sort_keys=False))
     return path

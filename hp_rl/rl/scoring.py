@@ -260,14 +260,7 @@ def _score_hub(
     task = env_id + (f" {env_kwargs}" if env_kwargs else "")
     logger.info("Scoring %d expert(s) on %s: %s, against a random policy.", len(spec.experts), task, budget)
     env = target()
-    rng = np.random.default_rng(seed)
-    space = env.action_space
-    random_play = play_policy(
-        lambda obs: np.array([rng.integers(space.n) if hasattr(space, "n") else space.sample() for _ in obs]),
-        env,
-        episodes,
-        max_steps,
-    )
+    random_play = play_policy(_random_actions(env.action_space, seed), env, episodes, max_steps)
     env.close()
     logger.info(
         "  random policy: %.2f ± %.2f (%d episodes, %d steps, %.1f s)",
@@ -386,12 +379,21 @@ def _play_at_home(spec: HubSpec, name: str, origin: Any, episodes: int, max_step
     agent = play_policy(_sampled_actions(model), env, episodes, max_steps)
     env.close()
     env = home(2, True)
-    rng = np.random.default_rng(seed)
-    random = play_policy(lambda obs: rng.integers(env.action_space.n, size=len(obs)), env, episodes, max_steps)
+    random = play_policy(_random_actions(env.action_space, seed), env, episodes, max_steps)
     env.close()
     model_env.close()
     logger.info("      at home on %s: %.2f against random %.2f", origin.env_id, agent.mean, random.mean)
     return agent, random
+
+
+def _random_actions(space: Any, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A uniformly random policy over ``space``, seeded: the same actions wherever it is played with one seed."""
+    rng = np.random.default_rng(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.array([rng.integers(space.n) if hasattr(space, "n") else space.sample() for _ in obs])
+
+    return act
 
 
 def _sampled_actions(model: Any) -> Callable[[np.ndarray], np.ndarray]:
