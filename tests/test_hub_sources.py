@@ -446,8 +446,30 @@ def test_hf_a_silent_endpoint_is_given_up_on_within_the_limit(hf_cache: Path, mo
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     started = time.perf_counter()
     try:
-        with pytest.raises(HFUnavailableError, match="does not answer"):
+        # whichever gives up first, huggingface_hub's own timeout (some versions) or the limit, the error is ours
+        with pytest.raises(HFUnavailableError, match=r"ppo-SilentNoFrameskip-v4\.zip"):
             load_expert(ExpertSpec(name="s", source="hf", path="sb3/ppo-SilentNoFrameskip-v4"))
     finally:
         server.close()
     assert time.perf_counter() - started < 10
+
+
+def test_hf_a_download_that_never_returns_is_given_up_on_at_the_limit(
+    hf_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import huggingface_hub
+
+    release = threading.Event()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HP_RL_HF_TIMEOUT", "1")
+    # the network edge: a download that retries a silent server without end
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *args, **kwargs: release.wait(30))
+    started = time.perf_counter()
+    try:
+        with pytest.raises(HFUnavailableError, match="does not answer"):
+            load_expert(ExpertSpec(name="s", source="hf", path="sb3/ppo-SilentNoFrameskip-v4"))
+    finally:
+        release.set()
+    assert time.perf_counter() - started < 5
