@@ -313,6 +313,8 @@ METHODS: dict[str, Method] = {
         Method("user_zips", "hp_rl.train defaults, agents as SB3 zips", "cli"),
         # the headline command as it is: hp_rl.train's defaults, --hub auto (the bundled hub of the family)
         Method("cli_default", "hp_rl.train defaults (--hub auto)", "cli"),
+        # the user's path with the paper's configuration: the same zips, --hub-set preset=paper
+        Method("cli_paper", "hp_rl.train, agents as SB3 zips, preset=paper", "cli"),
         Method("single", "single expert", "single", {"k": 1, **_NO_AUX}),
         Method("dense", "dense mixture", "hub", {"dense": True, **_NO_AUX}),
         Method("hub_pathway", "Hub-Pathway", "hub", dict(_HUB_PATHWAY), exploit_coef=0.1),
@@ -364,6 +366,12 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
+
+
+def method_uses_sources(name: str) -> bool:
+    """Whether runs of method ``name`` need the suite's pretrained source agents (scratch and the headline
+    command with its bundled hub do not)."""
+    return METHODS[name].kind != "scratch" and name != "cli_default"
 
 
 @dataclass(frozen=True)
@@ -655,6 +663,8 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     argv = ["--env", target_env_id(suite, key.target)] + (["--hub", ",".join(str(z) for z in zips)] if zips else [])
     for name, value in (suite.target_env_kwargs.get(key.target) or {}).items():  # a variant: as a user gives it
         argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
+    if key.base_method == "cli_paper":
+        argv += ["--hub-set", "preset=paper"]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
     config, env = config_and_env(build_parser().parse_args(argv))
     env.close()
@@ -917,6 +927,7 @@ _ROW_ORDER = (
     "scratch",
     "cli_default",
     "user_zips",
+    "cli_paper",
     "single_best",
     "single_mean",
     "dense",
@@ -1246,8 +1257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_env_id(suite, target)  # fail early on a wrong name
     workdir = args.hub_workdir or out / "hubs" / suite.name
     experts: dict[str, Expert]
+    uses_sources = any(method_uses_sources(name) for name in args.methods)
     if args.experts_from is not None:
         experts = exported_experts(args.experts_from)
+    elif not uses_sources:  # scratch and the headline command's own hub: nothing to pretrain
+        experts = {}
     else:
         experts = dict(
             prepare_hub(
@@ -1273,7 +1287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     needed = {name for target in targets for name in suite.hubs.get(target, source_tasks(suite)) if name != target}
-    missing = sorted(needed - set(experts))
+    missing = sorted(needed - set(experts)) if uses_sources else []
     if missing:  # a target's hub must hold every expert it names
         where = args.experts_from or workdir
         fix = "choose a hub that holds them" if args.experts_from else "run again without --no-build"

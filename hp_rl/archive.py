@@ -1,11 +1,13 @@
-"""Reading zip files (SB3 checkpoints) with size caps and without unpickling anything.
+"""Reading zip files (SB3 checkpoints), safetensors and ``.npz`` files with size caps and without unpickling.
 
 Stable-Baselines3 saves a model as a zip of ``data`` (JSON in which objects such as spaces and schedules
 are cloudpickled under ``:serialized:``), ``policy.pth``, ``policy.optimizer.pth``,
 ``pytorch_variables.pth`` and version files. Whoever wrote the file can make SB3's own loader run code
 through ``data``. Here only the JSON's plain values are read (nothing under ``:serialized:`` is decoded),
 tensors are read with ``torch.load(weights_only=True)``, and every member's decompressed size is checked
-against a cap before it is read, so a small file cannot inflate to gigabytes in memory.
+against a cap before it is read, so a small file cannot inflate to gigabytes in memory. Safetensors and
+``.npz`` files are checked the same way before a library reads them: every size a header declares must fit
+the file that declares it and the cap (:func:`check_safetensors_file`, :func:`check_npz_file`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "load_tensors",
     "SB3Archive",
     "read_sb3_archive",
+    "check_safetensors_file",
+    "check_npz_file",
 ]
 
 # Caps on decompressed member sizes. A CnnPolicy's ``data`` is well under 1 MiB; the largest hub
@@ -125,6 +129,8 @@ def _plain_json(raw: bytes, path: Path) -> tuple[dict[str, Any], tuple[str, ...]
         parsed = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ArchiveError(f"{path}: member 'data' is not JSON ({error}); the file is corrupt.") from error
+    except RecursionError:  # SB3 writes a flat object; thousands of nested brackets are not a checkpoint
+        raise ArchiveError(f"{path}: member 'data' is nested too deeply to be an SB3 checkpoint.") from None
     if not isinstance(parsed, dict):
         raise ArchiveError(f"{path}: member 'data' is not a JSON object; the file is corrupt.")
     plain: dict[str, Any] = {}
@@ -167,3 +173,120 @@ def read_sb3_archive(path: str | Path, tensors: bool = True) -> SB3Archive:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as error:
         raise ArchiveError(f"{path} is not a readable zip file ({error}): truncated or corrupt.") from error
     return result
+
+
+# --- declared sizes ------------------------------------------------------------------------------------------
+# The safetensors library's own cap on its JSON header.
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 2**20
+_SAFETENSORS_ITEM_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
+
+
+def _header_json(raw: bytes, path: Path) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ArchiveError(f"{path}: the safetensors header is not valid JSON ({type(error).__name__}).") from None
+
+
+def _tensor_bytes(path: Path, name: str, entry: Any, data_bytes: int) -> int:
+    """The bytes one safetensors header entry declares, checked against the data the file holds."""
+    bad = f"{path}: tensor {name[:80]!r} in the safetensors header"
+    if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_ITEM_BYTES:
+        raise ArchiveError(f"{bad} has no known dtype; the file is corrupt.")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape) or len(shape) > 32:
+        raise ArchiveError(f"{bad} has no valid shape; the file is corrupt.")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets):
+        raise ArchiveError(f"{bad} has no valid data_offsets; the file is corrupt.")
+    count = 1
+    for n in shape:
+        count *= n
+    declared = count * _SAFETENSORS_ITEM_BYTES[entry["dtype"]]
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_bytes or end - begin != declared:
+        raise ArchiveError(
+            f"{bad} declares {declared} bytes at offsets {begin}..{end}, but the file holds {data_bytes} bytes of "
+            "data: it is truncated or was not written by a safetensors writer."
+        )
+    return declared
+
+
+def check_safetensors_file(path: Path, limit: int = MAX_TENSOR_BYTES) -> dict[str, str]:
+    """Check every size a safetensors file declares before the library reads it; return its metadata.
+
+    :param path: the file.
+    :param limit: the cap on the tensors' total bytes.
+    :return: the header's ``__metadata__`` (string to string).
+    :raises ArchiveError: a header larger than the file or the cap, a tensor outside the file's data, a
+        total over ``limit``, malformed JSON.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ArchiveError(f"{path} is too short to be a safetensors file ({size} bytes).")
+        header_bytes = int.from_bytes(prefix, "little")
+        if header_bytes > min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+            raise ArchiveError(
+                f"{path}: the safetensors header declares {header_bytes} bytes, but the file has {size} bytes "
+                f"(limit {MAX_SAFETENSORS_HEADER_BYTES}): it is truncated or not a safetensors file."
+            )
+        header = _header_json(handle.read(header_bytes), path)
+    if not isinstance(header, dict):
+        raise ArchiveError(f"{path}: the safetensors header is not a JSON object; the file is corrupt.")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ArchiveError(f"{path}: the safetensors __metadata__ must map strings to strings.")
+    data_bytes = size - 8 - header_bytes
+    total = sum(_tensor_bytes(path, str(k), v, data_bytes) for k, v in header.items() if k != "__metadata__")
+    if total > limit:
+        raise ArchiveError(
+            f"{path} holds {total} bytes of tensors, over the cap of {limit}; set HP_RL_MAX_TENSOR_BYTES to "
+            "read a larger model."
+        )
+    return {str(k): v for k, v in metadata.items()}
+
+
+def check_npz_file(path: Path, limit: int = MAX_TENSOR_BYTES) -> None:
+    """Check every array of an ``.npz`` file before numpy reads it: each member's declared shape must fit the
+    bytes the member holds, no member may need pickle, and the total must be under ``limit``.
+
+    :raises ArchiveError: naming the member and what it declares.
+    """
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    path = Path(path)
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                total += info.file_size
+                if total > limit:
+                    raise ArchiveError(
+                        f"{path} inflates to more than {limit} bytes; set HP_RL_MAX_TENSOR_BYTES to read a larger file."
+                    )
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = npy_format.read_magic(member)
+                    read_header = (
+                        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(member)
+                if dtype.hasobject:
+                    raise ArchiveError(f"{path}: array {info.filename!r} holds Python objects, which are never read.")
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if declared > info.file_size:
+                    raise ArchiveError(
+                        f"{path}: array {info.filename!r} declares shape {tuple(shape)} ({declared} bytes) but holds "
+                        f"{info.file_size} bytes: the file is corrupt."
+                    )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as error:
+        if isinstance(error, ArchiveError):
+            raise
+        raise ArchiveError(f"{path} is not a readable .npz file ({error}).") from None

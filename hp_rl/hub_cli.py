@@ -1,8 +1,11 @@
-"""``python -m hp_rl.hub list | inspect SPEC | build RECIPE | export SOURCE``.
+"""``python -m hp_rl.hub list | inspect SPEC | trust FILE | build RECIPE | export SOURCE | score SPEC``.
 
 - ``list``: the registered sources, the bundled hubs and the example specs in ``configs/hubs/``.
 - ``inspect SPEC``: load a hub and describe each expert (source, architecture, parameters, input it expects,
-  feature size, sha256, provenance).
+  feature size, sha256, provenance). A TorchScript expert is a program: it is described from its file alone
+  (digest, whether it is trusted, the shapes it declares, its code files), never loaded or run.
+- ``trust FILE``: record a TorchScript file as trusted, so that run folders naming it may run it
+  (:mod:`hp_rl.hub.trusted_code`).
 - ``build RECIPE``: pretrain the recipe's source experts (resumable: :func:`hp_rl.rl.hub_builder.build_hub`),
   evaluate each finished one on its source task (whole games, unclipped score) beside a random policy, and
   write ``<workdir>/hub.yaml``, a hub spec of the trained checkpoints with their provenance.
@@ -28,6 +31,7 @@ from hp_rl.hub.expert import HubExpert, file_sha256
 from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
 from hp_rl.hub.sources import SOURCES, load_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
+from hp_rl.hub.trusted_code import CODE_SOURCES, describe_code_file, trust_code, trust_file
 from hp_rl.hub.vision_sources import vision_available
 from hp_rl.paths import BUILD_ROOT, BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, written_by_rename
 from hp_rl.yaml_files import read_yaml, read_yaml_mapping
@@ -127,10 +131,40 @@ def describe_expert(name: str, expert: HubExpert, spec: ExpertSpec | None = None
     }
 
 
+def describe_code_expert(spec: ExpertSpec) -> dict[str, Any]:
+    """What ``inspect`` says of a TorchScript expert, from its file alone: nothing in it is run."""
+    path = Path(str(spec.path)).expanduser()
+    if not path.is_file():
+        raise HubSpecError(f"Expert {spec.name!r}: {path} does not exist.")
+    found = describe_code_file(path)
+    facts = found["facts"]
+    trusted = "yes" if found["trusted"] else f"no (python -m hp_rl.hub trust {path})"
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "location": str(path),
+        "architecture": "program (TorchScript): runs its own code when loaded; inspect did not load it",
+        "arch_options": {},
+        "parameters": None,
+        "input_kind": None,
+        "input_shape": list(spec.input_shape or facts.get("input_shape") or []),
+        "features_dim": spec.features_dim or facts.get("features_dim"),
+        "sha256": found["sha256"],
+        "frozen": spec.frozen,
+        "lr_scale": spec.lr_scale,
+        "provenance": {"trusted": trusted, "code files": len(found["code_files"]), "bytes": found["bytes"]},
+    }
+
+
 def cmd_inspect(spec_text: str, observation_shape: tuple[int, ...] | None, as_json: bool) -> int:
-    """Load every expert of a hub and describe it."""
+    """Load every expert of a hub and describe it (TorchScript experts from their files, unloaded)."""
     hub = parse_hub(_spec_argument(spec_text))
-    described = [describe_expert(e.name, load_expert(e, observation_shape), e) for e in hub.experts]
+    described = [
+        describe_code_expert(e)
+        if e.source in CODE_SOURCES
+        else describe_expert(e.name, load_expert(e, observation_shape), e)
+        for e in hub.experts
+    ]
     if as_json:
         print(json.dumps({"origin": hub.origin, "experts": described}, indent=2, default=str))
         return 0
@@ -141,14 +175,25 @@ def cmd_inspect(spec_text: str, observation_shape: tuple[int, ...] | None, as_js
         rows = [
             ("source", f"{item['source']}  {item['location']}"),
             ("architecture", item["architecture"] + (f" ({options})" if options else "")),
-            ("parameters", f"{item['parameters']:,}"),
-            ("input", f"{tuple(item['input_shape'])} ({item['input_kind']})"),
+            ("parameters", "-" if item["parameters"] is None else f"{item['parameters']:,}"),
+            ("input", f"{tuple(item['input_shape'])}" + (f" ({item['input_kind']})" if item["input_kind"] else "")),
             ("features", item["features_dim"]),
             ("sha256", item["sha256"]),
             *item["provenance"].items(),
         ]
         for key, value in rows:
             print(f"  {key:<20} {value}")
+    return 0
+
+
+def cmd_trust(paths: Sequence[str]) -> int:
+    """Record TorchScript files as trusted (after looking at them with ``inspect``)."""
+    files = [Path(p).expanduser() for p in paths]
+    for path in files:
+        if not path.is_file():
+            raise HubSpecError(f"{path} does not exist; give the TorchScript file a run folder names.")
+    for path, digest in zip(files, trust_code(files), strict=True):
+        print(f"trusted {path} (sha256 {digest}); recorded in {trust_file()}")
     return 0
 
 
@@ -389,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="observation shape (e.g. 4,84,84) for sources that cannot tell their input",
     )
     inspect.add_argument("--json", action="store_true", help="print JSON")
+    trust = sub.add_parser("trust", help="let run folders run these TorchScript files (they are programs)")
+    trust.add_argument("files", nargs="+", help="TorchScript files (.pt) you have looked at and trust")
     build = sub.add_parser("build", help="pretrain a recipe's source experts (resumable), evaluate, write hub.yaml")
     build.add_argument("recipe", help="recipe YAML (configs/hubs/*.recipe.yml)")
     build.add_argument("--workdir", default=None, help=f"training folder (default {BUILD_ROOT}/<name>)")
@@ -424,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list()
         if args.command == "inspect":
             return cmd_inspect(args.spec, args.obs_shape, args.json)
+        if args.command == "trust":
+            return cmd_trust(args.files)
         if args.command == "build":
             only = [part.strip() for part in args.only.split(",") if part.strip()] if args.only else None
             from hp_rl.runner import Backend

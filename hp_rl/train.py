@@ -268,10 +268,13 @@ def _last_evaluation(folder: Path) -> str:
     path = folder / "eval" / "evaluations.npz"
     if not path.is_file():
         return ""
+    from hp_rl.archive import check_npz_file
+
     try:
+        check_npz_file(path)
         with np.load(path, allow_pickle=False) as saved:  # numbers only
             steps, results = saved["timesteps"], saved["results"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # ArchiveError is a ValueError
         return ""
     if not len(steps):
         return ""

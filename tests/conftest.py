@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# The user cache (hub specs of --hub auto, the record of trusted TorchScript files) of this test session only.
+os.environ["HP_RL_CACHE"] = tempfile.mkdtemp(prefix="hp_rl_test_cache_")
 
 import pytest
 import torch

@@ -186,7 +186,7 @@ def test_one_hub_for_separate_actor_and_critic_and_dqn_target() -> None:
 def test_frozen_batchnorm_stays_eval_under_set_training_mode(tmp_path: Path) -> None:
     trunk = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
     path = tmp_path / "bn.pt"
-    torch.jit.save(torch.jit.script(trunk), str(path))
+    torch.jit.save(torch.jit.script(trunk), str(path), _extra_files={"facts.json": '{"features_dim": 8}'})
     env = make_env("CartPole-v1", n_envs=1, seed=0)
     model = PPO("MlpPolicy", env, policy_kwargs=hub_kwargs(str(path), k=1))
     model.policy.set_training_mode(True)

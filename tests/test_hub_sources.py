@@ -99,7 +99,8 @@ def _random(tmp: Path, cartpole_zip: Path) -> ExpertSpec:
 
 def _torchscript(tmp: Path, cartpole_zip: Path) -> ExpertSpec:
     path = tmp / "trunk.pt"
-    torch.jit.save(torch.jit.script(MLPTrunk(4, (32,))), str(path))
+    # the file says its output width itself (hp_rl never runs a TorchScript file to measure it)
+    torch.jit.save(torch.jit.script(MLPTrunk(4, (32,))), str(path), _extra_files={"facts.json": '{"features_dim": 32}'})
     return ExpertSpec(name="ts", source="torchscript", path=str(path), input_shape=(4,))
 
 

@@ -153,7 +153,13 @@ def test_experts_from_hub_sources(tmp_path: Path) -> None:
     save_file(nature.state_dict(), str(tmp_path / "nature.safetensors"), metadata=metadata)
     hub = {
         "experts": [
-            {"name": "ts", "source": "torchscript", "path": str(tmp_path / "ts.pt"), "input_shape": [1, 16, 16]},
+            {
+                "name": "ts",
+                "source": "torchscript",
+                "path": str(tmp_path / "ts.pt"),
+                "input_shape": [1, 16, 16],
+                "features_dim": 10,
+            },
             {"name": "nature", "source": "safetensors", "path": str(tmp_path / "nature.safetensors")},
             {"name": "atari", "source": "random", "arch": "nature_cnn", "input_shape": [4, 84, 84], "features_dim": 32},
         ]
@@ -175,7 +181,7 @@ def test_expert_that_cannot_take_the_image_size(tmp_path: Path) -> None:
     torch.jit.save(fixed, str(tmp_path / "fixed.pt"))
     hub = {
         "experts": [
-            {"name": "fixed", "source": "torchscript", "path": str(tmp_path / "fixed.pt")},
+            {"name": "fixed", "source": "torchscript", "path": str(tmp_path / "fixed.pt"), "features_dim": 10},
             {"name": "other", "source": "random", "arch": "nature_cnn", "input_shape": [1, 36, 36]},
         ]
     }

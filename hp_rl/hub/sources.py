@@ -18,6 +18,7 @@ from hp_rl.hub.adapters import AdapterError
 from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
 from hp_rl.hub.expert import ExpertHeads, HubExpert, Provenance, file_sha256
 from hp_rl.hub.hf import load_hf_expert
+from hp_rl.hub.options import MAX_FEATURES_DIM
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
 from hp_rl.hub.vision_sources import load_timm_expert, load_torchvision_expert
@@ -104,14 +105,16 @@ def _info_from_metadata(
 
 
 def _load_safetensors(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
-    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from hp_rl.archive import ArchiveError, check_safetensors_file
 
     path = verify_file(spec)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
+        metadata = check_safetensors_file(path)  # every declared size fits the file before anything is allocated
         state = load_file(str(path))
+    except ArchiveError as error:
+        raise CheckpointError(f"Expert {spec.name!r}: {error}") from error
     except Exception as error:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"Expert {spec.name!r}: {path} is not a valid safetensors file ({error}).") from error
     info = _info_from_metadata(spec, metadata, observation_shape)
@@ -165,20 +168,44 @@ def _load_random(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) ->
 
 
 def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
+    """A TorchScript trunk. Its file is a program: it is never called to learn its shapes; they come from the spec
+    or the ``facts.json`` it carries (:mod:`hp_rl.hub.trusted_code`)."""
+    from hp_rl.hub.trusted_code import torchscript_facts
+
     path = verify_file(spec)
+    facts = torchscript_facts(path)
+    shape = spec.input_shape or _fact_shape(facts, path) or observation_shape
+    if shape is None:
+        raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' for a TorchScript expert.")
+    features = spec.features_dim or facts.get("features_dim")
+    if not isinstance(features, int | str) or not str(features).isdigit() or not 1 <= int(features) <= MAX_FEATURES_DIM:
+        raise HubSpecError(
+            f"Expert {spec.name!r}: add 'features_dim' (the width of its output) to the hub spec. A TorchScript "
+            "file is a program, so hp_rl does not run it to measure that; files saved with "
+            "_extra_files={'facts.json': json.dumps({'features_dim': N, 'input_shape': [...]})} say it themselves."
+        )
     try:
         module: nn.Module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # TorchScript raises RuntimeError subclasses with long messages
         raise CheckpointError(f"Expert {spec.name!r}: {path} is not a TorchScript file ({error}).") from error
-    shape = spec.input_shape or observation_shape
-    if shape is None:
-        raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' for a TorchScript expert.")
-    module.eval()  # probing with one sample must not trip training-mode BatchNorm
-    with torch.no_grad():
-        features = int(module(torch.zeros(1, *shape)).flatten(1).shape[1])
+    module.eval()  # a frozen trunk must not update BatchNorm statistics
     kind = "image" if len(shape) == 3 else "vector"
-    info = TrunkInfo("torchscript", kind, tuple(shape), features)  # type: ignore[arg-type]
+    info = TrunkInfo("torchscript", kind, tuple(shape), int(features))  # type: ignore[arg-type]
     return HubExpert(module, info, Provenance("torchscript", str(path), file_sha256(path)))
+
+
+def _fact_shape(facts: dict[str, object], path: Path) -> tuple[int, ...] | None:
+    shape = facts.get("input_shape")
+    if shape is None:
+        return None
+    if isinstance(shape, str):  # facts written as strings (the vision recipe's) hold JSON
+        try:
+            shape = json.loads(shape)
+        except json.JSONDecodeError:
+            shape = None
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and 0 < n < 2**16 for n in shape):
+        raise HubSpecError(f"{path}: facts.json 'input_shape' must be a list of positive integers, got {shape!r}.")
+    return tuple(shape)
 
 
 register_source(

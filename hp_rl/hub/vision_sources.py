@@ -158,6 +158,9 @@ def _read_state(spec: ExpertSpec) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            from hp_rl.archive import check_safetensors_file
+
+            check_safetensors_file(path)  # every declared size fits the file before anything is allocated
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt files or pickled objects that weights_only refuses

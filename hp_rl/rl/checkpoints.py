@@ -28,8 +28,9 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from hp_rl.archive import ArchiveError, SB3Archive, read_sb3_archive
+from hp_rl.archive import ArchiveError, SB3Archive, check_npz_file, read_sb3_archive
 from hp_rl.errors import HpRlError
+from hp_rl.hub.trusted_code import refuse_untrusted_hub
 from hp_rl.paths import written_by_rename
 from hp_rl.rl.models import build_model
 from hp_rl.rl.runs import AgentRunFolder, RunConfig, checkpoints_by_step
@@ -109,6 +110,7 @@ def load_replay_buffer(buffer: ReplayBuffer, path: Path) -> int:
                         f"{path}: array '{name}' is larger ({info.file_size} bytes) than the replay "
                         f"buffer can hold ({limit}); the file does not belong to this run."
                     )
+        check_npz_file(path)
         with np.load(path, allow_pickle=False) as stored:
             missing = sorted(set(expected) | {"pos", "full"} - set(stored.files))
             if missing:
@@ -266,6 +268,8 @@ def config_for_loading(config: RunConfig, folder: AgentRunFolder | None) -> RunC
     result = copy.deepcopy(config)
     if folder is not None and config.hub is not None and folder.hub_spec.is_file():
         result.hub = str(folder.hub_spec.resolve())
+    if folder is not None:  # a run folder names the hub: its TorchScript files run only if the user trusts them
+        refuse_untrusted_hub(result.hub, str(folder.hub_spec if folder.hub_spec.is_file() else folder.config))
     if result.hub_kwargs.get("prior") == "auto":
         result.hub_kwargs["prior"] = None
     return result

@@ -21,7 +21,8 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 
-from hp_rl.paths import append_text_by_rename
+from hp_rl.hub.trusted_code import trust_hub_code
+from hp_rl.paths import append_text_by_rename, write_text_by_rename
 from hp_rl.rl.checkpoints import (
     CheckpointAfterUpdate,
     NoCheckpointError,
@@ -296,7 +297,8 @@ def _write_hub_spec(model: BaseAlgorithm, folder: AgentRunFolder) -> None:
         text = f"# The hub spec this run trains with (from {spec.origin}).\n" + yaml.safe_dump(
             spec.as_dict(), sort_keys=False
         )
-        folder.hub_spec.write_text(text)
+        write_text_by_rename(folder.hub_spec, text)
+        trust_hub_code(spec.experts)  # the user started this run with them: its resume may run them
 
 
 def run_training(
@@ -352,7 +354,7 @@ def run_training(
         model.tensorboard_log = tb_log
         model.verbose = verbose
     if with_hub and not resume:
-        folder.hub_manifest.write_text(yaml.safe_dump(hub_manifest(model), sort_keys=False))
+        write_text_by_rename(folder.hub_manifest, yaml.safe_dump(hub_manifest(model), sort_keys=False))
         _write_hub_spec(model, folder)
     vec_env = model.get_env()
     assert vec_env is not None

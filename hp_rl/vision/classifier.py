@@ -338,10 +338,17 @@ class HubPathwayClassifier(nn.Module):
             except Exception as error:  # re-raised with the expert and shape named
                 trunk = expert.inner_trunk
                 expected = getattr(getattr(trunk, "info", None), "input_shape", None)
+                assumed = expected is None or tuple(expected) == shape  # the spec gave no input shape of its own
                 raise ExpertInputError(
-                    f"Expert {name!r} cannot take images of shape {shape}"
-                    + (f" (it expects {tuple(expected)})" if expected is not None else "")
+                    f"Expert {name!r} cannot take images of shape {'x'.join(str(s) for s in shape)}"
+                    + ("" if assumed else f" (it expects {tuple(expected or ())})")
                     + f": {type(error).__name__}: {_short(error)}"
+                    + (
+                        ". Give the expert's own 'input_shape' in the hub spec (images are then resized and "
+                        "channel-mapped to it)."
+                        if assumed
+                        else ""
+                    )
                 ) from error
             finally:
                 expert.train(was_training)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from hp_rl.archive import ArchiveError, check_npz_file
 from hp_rl.errors import HpRlError
 
 __all__ = [
@@ -252,6 +253,10 @@ def load_npz(path: str | Path) -> ImageData:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path} does not exist.")
+    try:
+        check_npz_file(path)  # declared shapes fit the file: a small file cannot ask for terabytes
+    except ArchiveError as error:
+        raise DataError(str(error)) from None
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         image_key = next((k for k in ("images", "x", "X") if k in keys), None)

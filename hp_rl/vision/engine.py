@@ -6,6 +6,7 @@ They take any ``nn.Module`` that maps ``(B, C, H, W)`` images either to a :class
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from hp_rl.overrides import ConfigError
 from hp_rl.routing import GateStatistics, GateSummary
 from hp_rl.vision.classifier import ClassifierOutput, HubPathwayClassifier
+from hp_rl.vision.config import TrainConfig
 
 __all__ = [
     "AmpMode",
@@ -30,6 +32,8 @@ __all__ = [
     "make_scaler",
     "resolve_amp",
     "train_one_epoch",
+    "build_optimizer",
+    "build_scheduler",
 ]
 
 AmpMode = Literal["auto", "off", "fp16", "bf16"]
@@ -225,3 +229,45 @@ def evaluate_model(
     accuracy = float(np.trace(confusion)) / max(seen, 1)
     summary = stats.summary() if stats is not None and seen else None
     return EvalResult(accuracy, loss_sum / max(seen, 1), confusion, seen, time.perf_counter() - started, summary)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the model's parameter groups (fine-tuned trunks at their scaled rate)."""
+    if isinstance(model, HubPathwayClassifier):
+        groups: list[dict[str, Any]] = model.parameter_groups(config.lr, config.weight_decay)
+    else:
+        groups = [
+            {
+                "params": [p for p in model.parameters() if p.requires_grad],
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+            }
+        ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule, in closed form of the epoch.
+
+    Closed form (rather than PyTorch's recursive ``CosineAnnealingLR``) so that a resumed run whose
+    ``--epochs`` grew follows the schedule of the new length from where it stopped.
+    """
+    epochs, step_size, gamma = config.epochs, config.step_size, config.gamma
+    if config.schedule == "cosine":
+
+        def factor(epoch: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+    elif config.schedule == "step":
+
+        def factor(epoch: int) -> float:
+            return float(gamma ** (epoch // step_size))
+
+    else:
+
+        def factor(epoch: int) -> float:
+            return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -77,7 +77,7 @@ def evaluate_run(
     if len(images) == 0:
         raise DataError(f"The {split!r} split of {config.data} is empty (val_fraction=0?): use --split train or all.")
     target = resolve_device(device or config.device)
-    model = build_classifier(config, len(classes), images.image_shape)
+    model = build_classifier(config, len(classes), images.image_shape, run.config)
     model.load_state_dict(state["model"])
     model.to(target)
     loader = make_loader(ImageDataset(images), batch_size, shuffle=False)

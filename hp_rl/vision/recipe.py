@@ -292,7 +292,10 @@ def _save(expert: ExpertRecipe, trunk: nn.Module, facts: dict[str, str], channel
         with warnings.catch_warnings():  # TorchScript is deprecated in recent torch, but still a hub source
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.script(trunk)
-            torch.jit.save(scripted, str(path), _extra_files={"facts.json": json.dumps(facts)})
+            # the shapes a loader needs without running the program (hp_rl.hub.trusted_code)
+            size = expert.input_size
+            shapes = {"input_shape": [channels, size, size], "features_dim": expert.features_dim}
+            torch.jit.save(scripted, str(path), _extra_files={"facts.json": json.dumps({**facts, **shapes})})
 
 
 def build_vision_hub(

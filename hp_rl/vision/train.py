@@ -27,11 +27,11 @@ from typing import Any, ClassVar
 
 import torch
 import yaml
-from torch import nn
 
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError, error_message
-from hp_rl.paths import written_by_rename
+from hp_rl.hub.trusted_code import refuse_untrusted_hub, trust_hub_code
+from hp_rl.paths import write_text_by_rename, written_by_rename
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
 from hp_rl.run_folder import RunFolder
 from hp_rl.vision.classifier import HubPathwayClassifier
@@ -45,7 +45,16 @@ from hp_rl.vision.data import (
     make_loader,
     stratified_split,
 )
-from hp_rl.vision.engine import EpochMetrics, EvalResult, evaluate_model, make_scaler, resolve_amp, train_one_epoch
+from hp_rl.vision.engine import (
+    EpochMetrics,
+    EvalResult,
+    build_optimizer,
+    build_scheduler,
+    evaluate_model,
+    make_scaler,
+    resolve_amp,
+    train_one_epoch,
+)
 from hp_rl.vision.recipe import ensure_hub_files
 from hp_rl.vision.report import log_confusion, log_gates, save_confusion_png
 
@@ -142,10 +151,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_classifier(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> HubPathwayClassifier:
-    """The classifier a config describes (hub files of a vision recipe are built when missing)."""
+def build_classifier(
+    config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int], read_from: Path | None = None
+) -> HubPathwayClassifier:
+    """The classifier a config describes (hub files of a vision recipe are built when missing).
+
+    :param read_from: the run folder's ``config.yml`` the config was read from: its hub's TorchScript files run
+        only if the user trusts them. ``None``: the user gave the config now, and its TorchScript files are
+        recorded as trusted (:mod:`hp_rl.hub.trusted_code`).
+    """
+    if read_from is not None:
+        refuse_untrusted_hub(config.hub, str(read_from))
     ensure_hub_files(config.hub)
-    return HubPathwayClassifier(
+    model = HubPathwayClassifier(
         config.hub,
         num_classes,
         k=config.k,
@@ -161,48 +179,9 @@ def build_classifier(config: TrainConfig, num_classes: int, image_shape: tuple[i
         dense=config.dense,
         generator_hidden=config.generator_hidden,
     )
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over the model's parameter groups (fine-tuned trunks at their scaled rate)."""
-    if isinstance(model, HubPathwayClassifier):
-        groups: list[dict[str, Any]] = model.parameter_groups(config.lr, config.weight_decay)
-    else:
-        groups = [
-            {
-                "params": [p for p in model.parameters() if p.requires_grad],
-                "lr": config.lr,
-                "weight_decay": config.weight_decay,
-            }
-        ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-epoch learning-rate schedule, in closed form of the epoch.
-
-    Closed form (rather than PyTorch's recursive ``CosineAnnealingLR``) so that a resumed run whose
-    ``--epochs`` grew follows the schedule of the new length from where it stopped.
-    """
-    epochs, step_size, gamma = config.epochs, config.step_size, config.gamma
-    if config.schedule == "cosine":
-
-        def factor(epoch: int) -> float:
-            return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
-
-    elif config.schedule == "step":
-
-        def factor(epoch: int) -> float:
-            return float(gamma ** (epoch // step_size))
-
-    else:
-
-        def factor(epoch: int) -> float:
-            return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if read_from is None and model.hub_spec is not None:
+        trust_hub_code(model.hub_spec.experts)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -249,7 +228,7 @@ def train(
     shape = prepared.train.image_shape
     device = resolve_device(config.device)
     amp_dtype = resolve_amp(config.amp, device)
-    model = build_classifier(config, len(prepared.classes), shape).to(device)
+    model = build_classifier(config, len(prepared.classes), shape, run.config if resume else None).to(device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = make_scaler(device, amp_dtype)
@@ -288,7 +267,7 @@ def train(
         start_epoch = int(state["epoch"])
         history = list(state.get("history", []))
     else:
-        (run.path / "hub_manifest.yml").write_text(yaml.safe_dump(model.hub_manifest(), sort_keys=False))
+        write_text_by_rename(run.path / "hub_manifest.yml", yaml.safe_dump(model.hub_manifest(), sort_keys=False))
     writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if resume else None)
     names = model.expert_names
     stats = GateStatistics(model.num_experts)

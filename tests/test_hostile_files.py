@@ -1,0 +1,159 @@
+"""Files from elsewhere, round two: declared sizes are checked before anything is allocated, a TorchScript file
+(a program) is never run to be looked at and runs from a run folder only when the user trusts it, and damaged
+checkpoints fall back to the one before."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hp_rl import evaluate as evaluate_cli
+from hp_rl import hub_cli
+from hp_rl import train as train_cli
+from hp_rl.archive import ArchiveError, check_npz_file, check_safetensors_file, read_sb3_archive
+from hp_rl.hub import CheckpointError, HubSpecError, load_hub
+from hp_rl.hub.trusted_code import trust_file, trusted_digests
+from hp_rl.rl.runs import checkpoints_by_step
+from hp_rl.vision.data import DataError, load_npz
+
+TINY = ["--algo", "a2c", "--env", "CartPole-v1", "--n-envs", "2", "--set", "n_steps=8", "--no-progress"]
+
+
+def _safetensors(path: Path, header: dict[str, object], data: bytes = b"") -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def test_safetensors_sizes_are_checked_before_reading(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.zeros(3, 4)}, str(good), metadata={"arch": "mlp"})
+    assert check_safetensors_file(good) == {"arch": "mlp"}
+    huge_header = tmp_path / "header.safetensors"
+    huge_header.write_bytes(struct.pack("<Q", 32 * 2**30) + b"{}")
+    with pytest.raises(ArchiveError, match="declares 34359738368 bytes"):
+        check_safetensors_file(huge_header)
+    beyond = _safetensors(
+        tmp_path / "tensor.safetensors", {"w": {"dtype": "F32", "shape": [2**20, 2**17], "data_offsets": [0, 2**39]}}
+    )
+    with pytest.raises(ArchiveError, match="holds 0 bytes of data"):
+        check_safetensors_file(beyond)
+    deep = _safetensors(tmp_path / "deep.safetensors", {})
+    raw = b"[" * 200_000 + b"]" * 200_000
+    deep.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(ArchiveError, match="not valid JSON"):
+        check_safetensors_file(deep)
+    spec = {"experts": [{"name": "x", "source": "safetensors", "path": str(beyond), "arch": "mlp", "input_shape": [4]}]}
+    with pytest.raises(CheckpointError, match=r"'x'.*declares"):
+        load_hub(spec)
+
+
+def _npz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    buffer = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images.npy", buffer.getvalue() + b"\0" * 64)
+        archive.writestr("labels.npy", buffer.getvalue())
+    return path
+
+
+def test_npz_arrays_declaring_terabytes_are_refused(tmp_path: Path) -> None:
+    bomb = _npz_declaring(tmp_path / "bomb.npz", (2**20, 2**20, 1))  # 8 TiB in a few hundred bytes
+    assert bomb.stat().st_size < 1024
+    with pytest.raises(ArchiveError, match=r"declares shape \(1048576, 1048576, 1\)"):
+        check_npz_file(bomb)
+    with pytest.raises(DataError, match="declares shape"):
+        load_npz(bomb)
+    fine = tmp_path / "fine.npz"
+    np.savez(fine, images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(4) % 2)
+    check_npz_file(fine)
+    assert len(load_npz(fine)) == 4
+
+
+def test_a_checkpoint_nested_too_deeply_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    assert train_cli.main([*TINY, "--eval-freq", "0", "--tensorboard-log", str(tmp_path), "--hub", "none", "-n", "64",
+                           "--save-freq", "16"]) == 0  # fmt: skip
+    (run,) = [p for p in tmp_path.iterdir() if (p / "config.yml").is_file()]
+    newest, _ = checkpoints_by_step(run / "checkpoints")[0]
+    with zipfile.ZipFile(newest) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["data"] = b"[" * 300_000 + b"]" * 300_000
+    with zipfile.ZipFile(newest, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    with pytest.raises(ArchiveError, match="nested too deeply"):
+        read_sb3_archive(newest)
+    (run / "model.zip").unlink()
+    assert train_cli.main(["--resume", str(run), "-n", "80", "--no-progress"]) == 0
+    assert read_sb3_archive(run / "model.zip", tensors=False).data["num_timesteps"] == 80
+
+
+class _Trunk(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.layer(x))
+
+
+def _torchscript(path: Path, facts: dict[str, object] | None = None) -> Path:
+    extra = {"facts.json": json.dumps(facts)} if facts is not None else {}
+    torch.jit.save(torch.jit.script(_Trunk()), str(path), _extra_files=extra)
+    return path
+
+
+def test_torchscript_shapes_come_from_the_file_or_the_spec_never_from_running_it(tmp_path: Path) -> None:
+    bare = _torchscript(tmp_path / "bare.pt")
+    with pytest.raises(HubSpecError, match=r"add 'features_dim'.*does not run it"):
+        load_hub(str(bare), observation_shape=(4,))
+    described = _torchscript(tmp_path / "described.pt", {"features_dim": 6, "input_shape": [4]})
+    expert = load_hub(str(described))["described"]
+    assert expert.info.features_dim == 6 and expert.info.input_shape == (4,)
+    spec = {"experts": [{"name": "b", "source": "torchscript", "path": str(bare), "features_dim": 6}]}
+    assert load_hub(spec, observation_shape=(4,))["b"].info.features_dim == 6
+
+
+def test_inspect_describes_a_torchscript_file_without_loading_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not loadable at all: a loader would fail on it, so a description proves nothing was loaded.
+    fake = tmp_path / "fake.pt"
+    with zipfile.ZipFile(fake, "w") as archive:
+        archive.writestr("fake/extra/facts.json", json.dumps({"features_dim": 6, "input_shape": [4]}))
+        archive.writestr("fake/code/__torch__/evil.py", "def forward(self): ...")
+        archive.writestr("fake/data.pkl", b"not a pickle")
+    assert hub_cli.main(["inspect", str(fake)]) == 0
+    out = capsys.readouterr().out
+    assert "program (TorchScript)" in out and "inspect did not load it" in out
+    assert "hp_rl.hub trust" in out and "(4,)" in out
+
+
+def test_a_run_folder_runs_torchscript_only_when_the_user_trusts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trunk = _torchscript(tmp_path / "trunk.pt", {"features_dim": 6, "input_shape": [4]})
+    runs = tmp_path / "runs"
+    args = [*TINY, "--eval-freq", "0", "--tensorboard-log", str(runs), "--hub", str(trunk), "-k", "1"]
+    assert train_cli.main([*args, "-n", "32", "--save-freq", "16"]) == 0
+    (run,) = [p for p in runs.iterdir() if (p / "config.yml").is_file()]
+    assert trusted_digests()  # given on the command line: recorded, so the user's own run resumes
+    assert train_cli.main(["--resume", str(run), "-n", "48", "--no-progress"]) == 0
+    trust_file().unlink()  # the same folder on a machine whose user never ran it
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(run), "-n", "64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "TorchScript" in err and f"python -m hp_rl.hub trust {trunk}" in err
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 2
+    assert hub_cli.main(["trust", str(trunk)]) == 0
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
