@@ -10,6 +10,8 @@ process never leaves a truncated file for ``--resume``. :class:`RunFolder` is th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import os
 import platform
@@ -42,53 +44,63 @@ class RunLockedError(HpRlError):
     """Another live process trains into the run folder."""
 
 
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+# run.lock path -> the open descriptor that holds its lock (the kernel drops the lock when the process dies).
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def _holder(fd: int) -> str:
+    """The process id a lock file names (for the message), or ``"another process"``."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"process {text}" if text.isdigit() and int(text) > 1 else "another process"
 
 
 def acquire_lock(path: Path) -> None:
-    """Create ``path`` holding this process's id, atomically; take it over from a dead process.
+    """Hold ``path`` with an exclusive ``flock`` and write this process's id into it.
+
+    The kernel's lock, not the id in the file, says who holds it: a lock file left by a dead process (or
+    planted with any id) is taken at once, two processes never both take it, and one that dies releases it.
+    The file is opened without following a link, so a planted link is never written through.
 
     :raises RunLockedError: naming the live process that holds it.
     """
-    for _ in range(3):
+    path = Path(path)
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                text = path.read_text().strip()
-            except OSError:
-                text = ""
-            pid = int(text) if text.isdigit() else -1
-            if pid != os.getpid() and _process_alive(pid):
-                raise RunLockedError(
-                    f"{path.parent} is being trained by process {pid} (it holds {path.name}). Wait for it to "
-                    f"finish or stop it (kill {pid}) before resuming; two processes would write the same "
-                    "checkpoints and TensorBoard steps."
-                ) from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            stop = f" (kill {holder.split()[1]})" if holder != "another process" else ""
+            raise RunLockedError(
+                f"{path.parent} is being trained by {holder} (it holds {path.name}). Wait for it to finish or stop "
+                f"it{stop} before resuming; two processes would write the same checkpoints and TensorBoard steps."
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # released and removed between our open and our lock: lock the file that is there now
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD_LOCKS[path] = fd
         return
-    raise RunLockedError(f"{path} keeps appearing: another process is taking the lock of {path.parent}; retry.")
+    raise RunLockedError(f"{path} keeps changing: another process is taking the lock of {path.parent}; retry.")
 
 
 def release_lock(path: Path) -> None:
-    """Remove ``path`` if this process holds it."""
-    try:
-        if path.read_text().strip() == str(os.getpid()):
-            path.unlink()
-    except OSError:
-        pass
+    """Remove ``path`` and drop its lock if this process holds it."""
+    fd = _HELD_LOCKS.pop(Path(path), None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):  # before the lock is dropped: a process after us finds a new file
+        os.unlink(path)
+    os.close(fd)
 
 
 def package_versions(packages: Sequence[str] = ()) -> dict[str, str]:
@@ -158,9 +170,9 @@ class RunFolder:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold ``run.lock`` (this process's id) while training into the folder.
+        """Hold ``run.lock`` (:func:`acquire_lock`) while training into the folder.
 
-        :raises RunLockedError: when a live process holds it; a lock left by a dead process is taken over.
+        :raises RunLockedError: when a live process holds it; a lock file no live process holds is taken.
         """
         acquire_lock(self.lock_file)
         try:
@@ -227,5 +239,9 @@ class RunFolder:
 
 def checkpoints_in(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
     """Files in ``folder`` whose names match ``pattern``, with the number its group 1 holds, newest first."""
-    found = [(int(m.group(1)), p) for p in folder.glob("*") if (m := pattern.fullmatch(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.glob("*")
+        if (m := pattern.fullmatch(p.name)) and p.is_file() and not p.is_symlink()  # regular files only
+    ]
     return [(path, progress) for progress, path in sorted(found, reverse=True)]

@@ -261,6 +261,16 @@ def _print_outcome(outcome: Any, folder: Any) -> int:
     return 0
 
 
+def _holds_steps(checkpoint: Path, steps: int) -> bool:
+    """Whether ``checkpoint`` reads and holds the step count of its name (a name alone proves nothing)."""
+    from hp_rl.archive import ArchiveError, read_sb3_archive
+
+    try:
+        return read_sb3_archive(checkpoint, tensors=False).data.get("num_timesteps") == steps
+    except ArchiveError:
+        return False
+
+
 def _last_evaluation(folder: Path) -> str:
     """`` Last evaluation (step N): return R ± S.`` from the run's ``eval/evaluations.npz``, or ``""`` without one."""
     import numpy as np
@@ -394,7 +404,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     if args.threads is not None:
         config.threads = args.threads
     apply_threads(config.threads, config.device)
-    if found[1] >= config.n_timesteps and folder.final_model.is_file():
+    if found[1] >= config.n_timesteps and folder.final_model.is_file() and _holds_steps(found[0], found[1]):
         print(
             f"{folder.path} is already trained for {found[1]} steps (n_timesteps={config.n_timesteps}): nothing to "
             "do. Give a larger -n to train it further."

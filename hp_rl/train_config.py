@@ -350,27 +350,39 @@ def _check_log_root(root: Path) -> None:
 def _make_env(
     env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite: str, env_kwargs: dict[str, Any]
 ) -> Any:
-    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.envs import BrokenEnvironmentError, make_env
 
     try:
         return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite, env_kwargs=env_kwargs)
-    except gym.error.DependencyNotInstalled as error:
-        raise CliError(f"{env_id} cannot be built: {error}") from error
+    except BrokenEnvironmentError as error:  # gym.make failed: say which of the user's flags caused it
+        cause = error.__cause__
+        if isinstance(cause, Exception):
+            raise _env_flag_error(cause, env_id, preset, env_kwargs) or error from error
+        raise
     except HpRlError:  # already says what is wrong (an unknown id names the closest ones)
         raise
-    except (TypeError, ValueError, IndexError, gym.error.Error) as error:
-        if env_kwargs:
-            given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
-            raise CliError(
-                f"--env-kwargs {given}: {env_id} does not take them ({type(error).__name__}: {error}). "
-                "Give only arguments of the environment's constructor (gym.make)."
-            ) from error
-        if preset is not None:
-            raise CliError(
-                f"--env-preset {preset} does not fit {env_id} ({type(error).__name__}: {error}); drop --env-preset "
-                "to use the preset that matches the id, or choose one made for this kind of environment."
-            ) from error
-        raise
+    except (TypeError, ValueError, IndexError, gym.error.Error) as error:  # a preset's wrappers after gym.make
+        raise _env_flag_error(error, env_id, preset, env_kwargs) or error from error
+
+
+def _env_flag_error(error: Exception, env_id: str, preset: str | None, env_kwargs: dict[str, Any]) -> CliError | None:
+    """The flag that made building ``env_id`` fail with ``error``, as a message; ``None`` where no flag did."""
+    if isinstance(error, gym.error.DependencyNotInstalled):
+        return CliError(f"{env_id} cannot be built: {error}")
+    if not isinstance(error, TypeError | ValueError | IndexError | gym.error.Error):
+        return None
+    if env_kwargs:
+        given = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+        return CliError(
+            f"--env-kwargs {given}: {env_id} does not take them ({type(error).__name__}: {error}). "
+            "Give only arguments of the environment's constructor (gym.make)."
+        )
+    if preset is not None:
+        return CliError(
+            f"--env-preset {preset} does not fit {env_id} ({type(error).__name__}: {error}); drop --env-preset "
+            "to use the preset that matches the id, or choose one made for this kind of environment."
+        )
+    return None
 
 
 def _auto_preset(hub: str, algo: str, env: Any) -> str:

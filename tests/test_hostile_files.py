@@ -157,3 +157,151 @@ def test_a_run_folder_runs_torchscript_only_when_the_user_trusts_it(
     assert evaluate_cli.main([str(run), "--episodes", "1"]) == 2
     assert hub_cli.main(["trust", str(trunk)]) == 0
     assert evaluate_cli.main([str(run), "--episodes", "1"]) == 0
+
+
+def _race_for_lock(path: str, start: float, queue: object) -> None:
+    import time
+
+    from hp_rl.run_folder import RunLockedError, acquire_lock
+
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        acquire_lock(Path(path))
+        queue.put("won")  # type: ignore[attr-defined]
+        time.sleep(0.3)  # hold it while the other tries
+    except RunLockedError:
+        queue.put("refused")  # type: ignore[attr-defined]
+
+
+def test_two_processes_never_both_take_a_stale_lock(tmp_path: Path) -> None:
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(8):
+        lock = tmp_path / f"run{trial}.lock"
+        lock.write_text("1")  # stale: names a process that does not hold it
+        queue = context.Queue()
+        start = time.time() + 0.2
+        racers = [context.Process(target=_race_for_lock, args=(str(lock), start, queue)) for _ in range(2)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(10)
+        assert sorted(queue.get(timeout=5) for _ in racers) == ["refused", "won"]
+
+
+def test_a_checkpoint_named_for_steps_it_does_not_hold_is_not_trusted(tmp_path: Path) -> None:
+    assert train_cli.main([*TINY, "--eval-freq", "0", "--tensorboard-log", str(tmp_path), "--hub", "none", "-n", "32",
+                           "--save-freq", "16"]) == 0  # fmt: skip
+    (run,) = [p for p in tmp_path.iterdir() if (p / "config.yml").is_file()]
+    newest, _ = checkpoints_by_step(run / "checkpoints")[0]
+    (run / "checkpoints" / "rl_model_999999_steps.zip").symlink_to(newest)  # a link: not a checkpoint at all
+    assert checkpoints_by_step(run / "checkpoints")[0][0] == newest
+    (run / "checkpoints" / "rl_model_999999_steps.zip").unlink()
+    (run / "checkpoints" / "rl_model_999999_steps.zip").write_bytes(newest.read_bytes())  # a copy under a false name
+    assert train_cli.main(["--resume", str(run), "-n", "48", "--no-progress"]) == 0  # not "already trained"
+    assert read_sb3_archive(run / "model.zip", tensors=False).data["num_timesteps"] == 48
+
+
+def test_a_replay_buffer_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--algo", "dqn", "--env", "CartPole-v1", "--hub", "none", "--no-progress", "-n", "64"]
+    runs = tmp_path / "runs"
+    # 10^11 rows of 4 floats: 3.2 TB, more than any machine has free
+    assert train_cli.main([*args, "--tensorboard-log", str(runs), "--set", "buffer_size=100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "replay buffer needs" in err and "--set buffer_size=" in err
+    assert not runs.exists() or not any(runs.iterdir())
+    fits = int(err.split("--set buffer_size=")[1].split()[0])
+    assert train_cli.main([*args, "--tensorboard-log", str(runs), "--set", f"buffer_size={min(fits, 1000)}"]) == 0
+
+
+class _Faulty(__import__("gymnasium").Env):  # type: ignore[misc]
+    """CartPole-sized environment that goes wrong after five steps in the way ``fault`` names."""
+
+    import gymnasium.spaces as _spaces
+
+    observation_space = _spaces.Box(-1, 1, (4,), np.float32)
+    action_space = _spaces.Discrete(2)
+
+    def __init__(self, fault: str = "none") -> None:
+        self.fault, self.t = fault, 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, object] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: int) -> tuple[object, float, bool, bool, dict]:
+        self.t += 1
+        obs: object = np.zeros(4, np.float32)
+        reward = 1.0
+        if self.t > 5:
+            if self.fault == "raise":
+                raise RuntimeError("the simulator crashed")
+            reward = float("nan") if self.fault == "nan_reward" else reward
+            obs = np.zeros(7, np.float32) if self.fault == "shape" else "text" if self.fault == "type" else obs
+        return obs, reward, self.t >= 20, False, {}
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("raise", "RuntimeError: the simulator crashed"),
+        ("nan_reward", "returned the reward(s) [nan"),
+        ("shape", "could not broadcast input array from shape (7,)"),
+        ("type", "could not convert string to float"),
+    ],
+)
+def test_an_environment_that_fails_stops_with_exit_2_and_keeps_a_checkpoint(
+    fault: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gymnasium as gym
+
+    gym.register(f"HpRlFaulty{fault}-v0", entry_point=_Faulty, kwargs={"fault": fault})
+    runs = tmp_path / "runs"
+    argv = ["--algo", "ppo", "--env", f"HpRlFaulty{fault}-v0", "--hub", "none", "-n", "256", "--set", "n_steps=16"]
+    assert train_cli.main([*argv, "--tensorboard-log", str(runs), "--no-progress", "--eval-freq", "0"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "environment's error" in err and "Checkpoint" in err
+    (run,) = [p for p in runs.iterdir() if (p / "config.yml").is_file()]
+    assert checkpoints_by_step(run / "checkpoints")  # what was learnt is kept for --resume
+
+
+def test_bad_env_kwargs_in_a_run_folder_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    assert train_cli.main([*TINY, "--eval-freq", "0", "--tensorboard-log", str(tmp_path), "--hub", "none", "-n", "32",
+                           "--save-freq", "16"]) == 0  # fmt: skip
+    (run,) = [p for p in tmp_path.iterdir() if (p / "config.yml").is_file()]
+    config = yaml.safe_load((run / "config.yml").read_text())
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "env_kwargs": {"gravity_of_jupiter": 1}}))
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(run), "-n", "48", "--no-progress"]) == 2
+    assert "gravity_of_jupiter" in capsys.readouterr().err
+    assert evaluate_cli.main([str(run), "--episodes", "1"]) == 2
+
+
+def test_hub_export_onto_a_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hp_rl.paths import BUNDLED_HUB_DIR
+
+    target = tmp_path / "a_file"
+    target.write_text("mine")
+    assert hub_cli.main(["export", str(BUNDLED_HUB_DIR / "control"), "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "mine"
+
+
+def test_an_image_claiming_a_billion_pixels_is_skipped_not_decoded(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from hp_rl.vision.data import load_image_folder
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    Image.new("1", (40_000, 40_000)).save(tmp_path / "a" / "bomb.png")  # ~200 KB on disk, 1.6 G pixels
+    data = load_image_folder(tmp_path, 8)
+    assert len(data) == 4 and len(data.skipped) == 1 and "bomb.png" in data.skipped[0]

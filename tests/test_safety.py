@@ -160,16 +160,22 @@ def test_a_second_resume_of_a_running_run_exits_2_and_a_stale_lock_is_taken_over
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = _train(tmp_path / "runs", "--hub", "none", "-n", "32", "--save-freq", "16")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = (  # a live process holding the lock as a training process does
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    sleeper = subprocess.Popen([sys.executable, "-c", holder, str(run / "run.lock")], stdout=subprocess.PIPE, text=True)
     try:
-        (run / "run.lock").write_text(str(sleeper.pid))
+        assert sleeper.stdout is not None and sleeper.stdout.readline().strip() == "held"
         capsys.readouterr()
         assert train_cli.main(["--resume", str(run), "-n", "64", "--no-progress"]) == 2
         assert str(sleeper.pid) in capsys.readouterr().err
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert train_cli.main(["--resume", str(run), "-n", "64", "--no-progress"]) == 0  # dead pid: taken over
+    (run / "run.lock").write_text("1")  # a lock file no live process holds, whatever id it names: taken
+    assert train_cli.main(["--resume", str(run), "-n", "64", "--no-progress"]) == 0
     assert not (run / "run.lock").exists()
 
 

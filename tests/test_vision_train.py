@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +251,22 @@ def test_a_refused_vision_run_leaves_no_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@contextlib.contextmanager
+def _lock_held(path: Path, pid: int) -> Iterator[None]:
+    """Hold ``path`` as a training process does (an exclusive flock), naming ``pid`` in it."""
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, str(pid).encode())
+        yield
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
 def test_vision_runs_share_the_run_folder_of_the_agents(workspace: dict[str, Path], tmp_path: Path) -> None:
     from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.run_folder import RunFolder, RunLockedError
@@ -260,11 +278,11 @@ def test_vision_runs_share_the_run_folder_of_the_agents(workspace: dict[str, Pat
         (run.checkpoints / f"epoch_{epoch:04d}.pt").write_bytes(b"")
     (run.checkpoints / "epoch_0009.pt.partial").write_bytes(b"")  # a save that died: never a checkpoint
     assert [progress for _, progress in run.checkpoints_by_progress()] == [3, 2, 1]
-    # Another live process (this test's parent) holds the lock: a resume is refused before touching anything.
+    # Another holder (named as this test's parent) has the lock: a resume is refused before touching anything.
     import os
 
-    run.lock_file.write_text(str(os.getppid()))
-    with pytest.raises(RunLockedError, match=f"process {os.getppid()}"), run.locked():
+    held = _lock_held(run.lock_file, os.getppid())
+    with held, pytest.raises(RunLockedError, match=f"process {os.getppid()}"), run.locked():
         pass
 
 
@@ -276,11 +294,10 @@ def test_a_locked_vision_run_refuses_a_second_trainer(
     assert train.main(_args(workspace, "--epochs", "1", "--name", "busy")) == 0
     run = workspace["root"] / "runs" / "busy_1"
     commands = (run / "command.txt").read_text()
-    (run / "run.lock").write_text(str(os.getppid()))
-    assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+    with _lock_held(run / "run.lock", os.getppid()):
+        assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
     assert "is being trained by process" in capsys.readouterr().err
     assert (run / "command.txt").read_text() == commands and not (run / "checkpoints" / "epoch_0002.pt").exists()
-    (run / "run.lock").unlink()
     assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
     assert not (run / "run.lock").exists()
     last_command = (run / "command.txt").read_text().splitlines()[-1]
@@ -333,3 +350,20 @@ def test_the_recipe_command_reports_a_bad_recipe_in_one_line(
     bad.write_text("kind: vision\nexprts: []\n")
     assert recipe.main([str(bad)]) == 2
     assert "unknown key 'exprts' (did you mean 'experts'?)" in capsys.readouterr().err
+
+
+def test_a_damaged_last_vision_checkpoint_falls_back_and_a_refused_resume_changes_nothing(
+    workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train.main(_args(workspace, "--epochs", "2", "--name", "fallback")) == 0
+    run = workspace["root"] / "runs" / "fallback_1"
+    (run / "checkpoints" / "epoch_0002.pt").write_bytes(b"PK\x03\x04 damaged")
+    assert train.main(["--resume", str(run), "--epochs", "3", "--no-progress"]) == 0  # from epoch 1
+    assert torch.load(run / "checkpoints" / "epoch_0003.pt", weights_only=True)["epoch"] == 3
+    for path in (run / "checkpoints").glob("*.pt"):
+        path.write_bytes(b"damaged")
+    records = {name: (run / name).read_bytes() for name in ("config.yml", "command.txt")}
+    capsys.readouterr()
+    assert train.main(["--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
+    assert "no checkpoint that can be resumed from" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in records} == records

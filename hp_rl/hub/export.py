@@ -156,6 +156,8 @@ def export_trunk(item: ExportItem, out_dir: str | Path, dtype: str = "float16") 
             f"{', '.join(sorted(ARCHITECTURES))}); keep it as its original source in the hub spec."
         )
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a folder (it is created) for the exported hub.")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{item.name}.safetensors"
     state: dict[str, Tensor] = {

@@ -355,6 +355,8 @@ def load_latest(
     for path, steps in checkpoints_by_step(folder.checkpoints):
         try:
             archive = read_sb3_archive(path)
+            if archive.data.get("num_timesteps") != steps:  # a file named for steps it does not hold
+                raise ArchiveError(f"it holds {archive.data.get('num_timesteps')!r} steps, not the {steps} of its name")
             if model is None:
                 model = build_model(config_for_loading(config, folder), env, tensorboard_log, verbose=verbose)
             restore_from_archive(model, archive)

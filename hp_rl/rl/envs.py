@@ -22,6 +22,8 @@ from hp_rl.yaml_files import check_keys, read_yaml_mapping
 __all__ = [
     "EnvPreset",
     "UnknownEnvError",
+    "BrokenEnvironmentError",
+    "GuardedEnv",
     "NonFiniteObservationError",
     "FiniteObservations",
     "FireAfterLifeLoss",
@@ -239,15 +241,22 @@ def make_env(
             return outer(env, **extra) if outer is not None else env
 
         wrapper, wrapper_kwargs = with_physics, outer_kwargs or None
-    env = make_vec_env(
-        env_id,
-        n_envs=n_envs,
-        seed=seed,
-        vec_env_cls=vec_cls,
-        wrapper_class=wrapper,
-        wrapper_kwargs=wrapper_kwargs,
-        env_kwargs=kwargs,
-    )
+    try:
+        env: VecEnv = make_vec_env(
+            env_id,
+            n_envs=n_envs,
+            seed=seed,
+            vec_env_cls=vec_cls,
+            wrapper_class=wrapper,
+            wrapper_kwargs=wrapper_kwargs,
+            env_kwargs=kwargs,
+        )
+    except Exception as error:  # the environment's own code (or its arguments) failed: the user's to fix
+        raise BrokenEnvironmentError(
+            f"gym.make({env_id!r}, **{kwargs!r}) failed: {type(error).__name__}: {error}. Check the environment's "
+            "arguments (--env-kwargs, or env_kwargs in the run's config.yml)."
+        ) from error
+    env = GuardedEnv(env, env_id)
     if nonfinite is not None and np.issubdtype(env.observation_space.dtype or np.uint8, np.floating):
         env = FiniteObservations(env, nonfinite, env_id)  # integer frames cannot hold NaN: nothing to check
     if chosen.frame_stack:
@@ -292,8 +301,53 @@ def _atari_evaluation(env: gym.Env, **kwargs: Any) -> gym.Env:
     return FireAfterLifeLoss(AtariWrapper(env, **kwargs))
 
 
-class NonFiniteObservationError(HpRlError, ValueError):
+class BrokenEnvironmentError(HpRlError, ValueError):
+    """The environment failed: it raised, or returned what its spaces do not allow (training keeps its last
+    checkpoint and stops with exit 2)."""
+
+
+class NonFiniteObservationError(BrokenEnvironmentError):
     """An environment returned an observation holding NaN or inf."""
+
+
+class GuardedEnv(VecEnvWrapper):
+    """Turns an environment's own failures into :class:`BrokenEnvironmentError`: an exception while it steps or resets,
+    an observation its space cannot hold, a NaN or infinite reward (which would make every loss NaN).
+
+    :param venv: the environments.
+    :param env_id: the environment's id, for the message.
+    """
+
+    def __init__(self, venv: VecEnv, env_id: str) -> None:
+        super().__init__(venv)
+        self.env_id = env_id
+        self.steps = 0
+
+    def _fault(self, what: str) -> BrokenEnvironmentError:
+        return BrokenEnvironmentError(
+            f"{self.env_id} {what} (step {self.steps} of each copy). This is the environment's error; fix it and "
+            "resume: the last checkpoint is kept."
+        )
+
+    def reset(self) -> Any:
+        """Reset every copy."""
+        try:
+            return self.venv.reset()
+        except Exception as error:  # any error of the environment's own code
+            raise self._fault(f"failed at reset: {type(error).__name__}: {error}") from error
+
+    def step_wait(self) -> Any:
+        """Step every copy; checks the rewards."""
+        self.steps += 1
+        try:
+            obs, rewards, dones, infos = self.venv.step_wait()
+        except Exception as error:  # any error of the environment's own code, or an observation that does not fit
+            raise self._fault(f"failed: {type(error).__name__}: {error}") from error
+        if not np.isfinite(rewards).all():
+            raise self._fault(
+                f"returned the reward(s) {rewards[~np.isfinite(rewards)].tolist()}, which no loss can use"
+            )
+        return obs, rewards, dones, infos
 
 
 class FiniteObservations(VecEnvWrapper):

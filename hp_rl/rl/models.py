@@ -4,8 +4,12 @@ runs, resumed runs and evaluation (a checkpoint only fills in the weights)."""
 from __future__ import annotations
 
 import difflib
+import inspect
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
@@ -95,6 +99,45 @@ def _policy_name(env: VecEnv) -> str:
     return "CnnPolicy" if len(env.observation_space.shape or ()) == 3 else "MlpPolicy"
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable``), or ``None`` where it cannot tell."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_replay_memory(cls: type[BaseAlgorithm], params: dict[str, Any], env: VecEnv) -> None:
+    """Refuse a replay buffer that cannot fit in memory before it is allocated: numpy reserves it lazily, so it
+    would otherwise fill until the machine runs out, hours into the run.
+
+    :raises ConfigError: naming the size, what is available and the ``--set`` values that fit.
+    """
+    default = inspect.signature(cls.__init__).parameters.get("buffer_size")
+    if default is None:
+        return  # on-policy: no replay buffer
+    size = int(params.get("buffer_size", default.default))
+    row = int(np.prod(env.observation_space.shape or (1,))) * np.dtype(env.observation_space.dtype).itemsize
+    copies = 1 if params.get("optimize_memory_usage") else 2  # observations and next observations
+    needed = size * row * copies
+    available = _available_memory()
+    if available is None or needed <= 0.8 * available:
+        return
+    fits = max(int(0.5 * available / (row * copies)), 1)
+    raise ConfigError(
+        f"The replay buffer needs {needed / 2**30:.1f} GiB ({size:,} observations of {row:,} bytes, {copies} copies), "
+        f"but {available / 2**30:.1f} GiB of memory is available. Give a smaller one: --set buffer_size={fits}"
+        + ("" if copies == 1 else " (or --set optimize_memory_usage=True handle_timeout_termination=False)")
+        + "."
+    )
+
+
 def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = None, verbose: int = 0) -> BaseAlgorithm:
     """A fresh model for ``config`` on ``env``.
 
@@ -133,6 +176,7 @@ def build_model(config: RunConfig, env: VecEnv, tensorboard_log: str | None = No
 
         policy_kwargs.setdefault("features_extractor_class", SmallFrameCNN)
         policy_kwargs.setdefault("net_arch", [])  # the MinAtar paper network: linear heads on the trunk
+    _check_replay_memory(cls, params, env)
     try:
         model = cls(
             _policy_name(env),

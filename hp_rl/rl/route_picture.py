@@ -152,7 +152,10 @@ def draw_routes(routes: EpisodeRoutes, path: Path, per_expert: int = 6) -> Path:
     """
     figure = _figure(routes, per_expert)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
+    from hp_rl.paths import written_by_rename
+
+    with written_by_rename(Path(path)) as partial:  # a new file: a link at ``path`` is replaced, not written through
+        figure.savefig(partial, dpi=90, format="png")
     _pyplot().close(figure)
     return path
 

@@ -118,7 +118,8 @@ def write_source_evaluation(model_path: Path, evaluation: dict[str, Any]) -> dic
     import yaml
 
     from hp_rl.hub.expert import file_sha256
+    from hp_rl.paths import write_text_by_rename
 
     record = {**evaluation, "model_sha256": file_sha256(Path(model_path))}
-    (Path(model_path).parent / SOURCE_EVAL_NAME).write_text(yaml.safe_dump(record, sort_keys=False))
+    write_text_by_rename(Path(model_path).parent / SOURCE_EVAL_NAME, yaml.safe_dump(record, sort_keys=False))
     return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import signal
@@ -30,7 +31,7 @@ from hp_rl.rl.checkpoints import (
     save_atomically,
     save_checkpoint,
 )
-from hp_rl.rl.envs import FiniteObservations, NonFiniteObservationError, make_env
+from hp_rl.rl.envs import BrokenEnvironmentError, FiniteObservations, make_env
 from hp_rl.rl.models import ALGOS, UnknownAlgoError, algo_class, build_model, hub_manifest
 from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
@@ -369,13 +370,14 @@ def run_training(
             model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume, progress_bar=False)
         except StopTraining:
             stopper.restore(model)
-        except NonFiniteObservationError as error:
+        except BrokenEnvironmentError as error:
             # Keep what was learnt: the weights are those of the last update, so count only its steps.
             if isinstance(model, OnPolicyAlgorithm):
                 model.num_timesteps = stopper.rollout_start_timesteps
             kept = save_checkpoint(model, folder, config.algo, config.keep_checkpoints)
-            vec_env.close()
-            raise NonFiniteObservationError(f"{error} Checkpoint {kept} holds the training so far.") from error
+            with contextlib.suppress(Exception):  # the environment is broken: closing it may fail too
+                vec_env.close()
+            raise type(error)(f"{error} Checkpoint {kept} holds the training so far.") from error
         stopper.stop_at_once = False
         elapsed = time.time() - started
         interrupted = stopper.received  # a signal during the saves below no longer counts as an interruption

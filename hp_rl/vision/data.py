@@ -109,10 +109,16 @@ def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """``(H, W, C)`` uint8 pixels (C = 1 for grey images, 3 otherwise), resized to ``size = (H, W)``."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()  # decodes fully: truncated or corrupt files fail here, not later in a worker
-        grey = image.mode in _GREY_MODES or (image.mode == "P" and _palette_is_grey(image))
-        converted = image.convert("L" if grey else "RGB")
+    with warnings.catch_warnings():
+        # an image of over ~89 million pixels is refused, not decoded: a few kilobytes of PNG can claim gigabytes
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes fully: truncated or corrupt files fail here, not later in a worker
+                grey = image.mode in _GREY_MODES or (image.mode == "P" and _palette_is_grey(image))
+                converted = image.convert("L" if grey else "RGB")
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise ValueError(str(error)) from None
     if size is not None and converted.size != (size[1], size[0]):
         converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(converted, dtype=np.uint8)

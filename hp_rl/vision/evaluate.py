@@ -21,6 +21,7 @@ import yaml
 
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError, error_message
+from hp_rl.paths import write_text_by_rename
 from hp_rl.vision.data import DataError, ImageDataset, load_data, make_loader
 from hp_rl.vision.engine import EvalResult, evaluate_model, resolve_amp
 from hp_rl.vision.report import save_confusion_png
@@ -54,6 +55,7 @@ def evaluate_run(
     :return: the result and a plain report (what ``evaluation.yml`` holds).
     """
     run = VisionRun(Path(run_path).expanduser())
+    run.refuse_links()
     if not run.config.is_file():
         raise ConfigError(f"{run.path} is not a vision run folder (no config.yml).")
     config = TrainConfig.from_yaml(run.config)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.yml").write_text(yaml.safe_dump(report, sort_keys=False))
+    write_text_by_rename(out / "evaluation.yml", yaml.safe_dump(report, sort_keys=False))
     classes = list(report["per_class_accuracy"])
     save_confusion_png(
         result.confusion, classes, out / "evaluation_confusion.png", f"Confusion matrix ({report['split']})"

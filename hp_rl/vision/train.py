@@ -116,6 +116,25 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return state
 
 
+def latest_readable_checkpoint(run: VisionRun) -> tuple[Path, int]:
+    """The newest epoch checkpoint that reads (a damaged one is reported and the one before is taken).
+
+    :raises ConfigError: when none reads.
+    """
+    problems = []
+    for path, epoch in run.checkpoints_by_progress():
+        try:
+            read_checkpoint(path)
+            return path, epoch
+        except ConfigError as error:
+            problems.append(str(error))
+            logger.warning(f"[vision] {error} Trying the checkpoint before it.")
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise ConfigError(
+        f"{run.checkpoints} holds no checkpoint that can be resumed from{detail}; start a new run instead."
+    )
+
+
 # ------------------------------------------------------------------------------------------------- building
 
 
@@ -224,7 +243,7 @@ def train(
     prepared = prepare_data(config, data)
     if prepared.skipped:
         logger.warning(f"[vision] skipped {len(prepared.skipped)} undecodable file(s); see {run.path / 'skipped.txt'}")
-        (run.path / "skipped.txt").write_text("\n".join(prepared.skipped) + "\n")
+        write_text_by_rename(run.path / "skipped.txt", "\n".join(prepared.skipped) + "\n")
     shape = prepared.train.image_shape
     device = resolve_device(config.device)
     amp_dtype = resolve_amp(config.amp, device)
@@ -253,10 +272,7 @@ def train(
     start_epoch = 0
     history: list[dict[str, float]] = []
     if resume:
-        found = run.latest_checkpoint()
-        if found is None:
-            raise ConfigError(f"{run.checkpoints} holds no checkpoint to resume from; start a new run instead.")
-        state = read_checkpoint(found[0], device)
+        state = read_checkpoint(latest_readable_checkpoint(run)[0], device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -327,7 +343,7 @@ def train(
                     },
                     partial,
                 )
-            (run.path / "metrics.yml").write_text(yaml.safe_dump(history, sort_keys=False))
+            write_text_by_rename(run.path / "metrics.yml", yaml.safe_dump(history, sort_keys=False))
             summary = f"epoch {epoch}/{config.epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
             if val is not None:
                 summary += f" val acc {val.accuracy:.3f}"
@@ -411,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
         if args.resume is not None:
             run = VisionRun(Path(args.resume).expanduser())
+            run.refuse_links()
             if not run.config.is_file():
                 raise ConfigError(f"{run.path} is not a vision run folder (no config.yml).")
             changed = [
@@ -435,9 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.device is not None:
                 config.device = args.device
             config.validate()
-            found = run.latest_checkpoint()
-            if found is None:
-                raise ConfigError(f"{run.checkpoints} holds no checkpoint to resume from; start a new run instead.")
+            found = latest_readable_checkpoint(run)  # before anything in the folder changes
             with run.locked():
                 run.write_resume(config.to_yaml(), argv, found[1])
                 train(config, run, resume=True, progress=not args.no_progress)
