@@ -261,6 +261,12 @@ class _EpisodeBar:
         self.bar.close()
 
 
+def _which_episode(replayed: bool) -> str:
+    """What a video or route picture shows: the evaluation's first episode played again (the same seed and greedy
+    actions give the same episode), or, with stochastic actions, an episode of its own."""
+    return "episode 1 of the evaluation" if replayed else "an episode of its own (stochastic actions)"
+
+
 def evaluate_run(
     run: str | Path,
     episodes: int = 10,
@@ -386,10 +392,17 @@ def evaluate_run(
             episode = record_routes(model, routes_env)
         finally:
             routes_env.close()
-        result["routes"] = {"path": str(draw_routes(episode, Path(routes))), "steps": len(episode.weights)}
+        steps_drawn = len(episode.weights)
+        result["routes"] = {
+            "path": str(draw_routes(episode, Path(routes))),
+            "steps": steps_drawn,
+            "episode": _which_episode(deterministic and steps_drawn == result["lengths"][0]),
+        }
     if video is not None:
         frames, video_return = record_video(model, config, Path(video), seed, deterministic)
+        same = deterministic and frames == result["lengths"][0] and abs(video_return - result["returns"][0]) < 1e-6
         result["video"] = {"path": str(video), "frames": frames, "return": video_return}
+        result["video"]["episode"] = _which_episode(same)
     append_text_by_rename(folder.evaluation, yaml.safe_dump([result], sort_keys=False))
     return result
 
@@ -428,12 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"length {result['mean_length']:.1f} ± {result['std_length']:.1f}"
     )
     if "video" in result:
-        print(
-            f"Video: {result['video']['path']} ({result['video']['frames']} frames, "
-            f"return {result['video']['return']:.2f})"
-        )
+        video = result["video"]
+        print(f"Video: {video['path']} ({video['episode']}: {video['frames']} frames, return {video['return']:.2f})")
     if "routes" in result:
-        print(f"Routes: {result['routes']['path']} ({result['routes']['steps']} steps)")
+        routes = result["routes"]
+        print(f"Routes: {routes['path']} ({routes['episode']}: {routes['steps']} steps)")
     print(f"Written to {Path(args.run) / 'evaluation.yml'}")
     return 0
 

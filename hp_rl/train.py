@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="torch device: auto, cpu, cuda, cuda:1 (default: auto)")
     parser.add_argument(
+        "--vec-env",
+        choices=("dummy", "subproc"),
+        help="step the --n-envs copies in turn in this process (dummy, the default) or one process each (subproc)",
+    )
+    parser.add_argument(
         "--threads", type=int, metavar="N", help="torch threads (default: 0 = one on CPU, torch's default on a GPU)"
     )
     parser.add_argument(
@@ -158,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue the run folder RUN from its latest checkpoint (its config.yml decides "
-        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --no-progress "
+        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --vec-env, --no-progress "
         "and -v)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -401,6 +406,8 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         config.keep_checkpoints = args.keep_checkpoints
     if args.nonfinite_obs is not None:
         config.nonfinite_obs = args.nonfinite_obs
+    if args.vec_env is not None:
+        config.vec_env = args.vec_env
     if args.threads is not None:
         config.threads = args.threads
     apply_threads(config.threads, config.device)
@@ -418,6 +425,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
             config.env_preset,
             env_kwargs=config.env_kwargs,
             nonfinite=config.nonfinite_obs,
+            subprocess=config.vec_env == "subproc",
         )
         try:
             model, path, steps = load_latest(config, folder, env, str(folder.path), verbose=min(args.verbose, 2))

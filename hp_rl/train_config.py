@@ -292,7 +292,7 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
 
     apply_threads(args.threads or 0, args.device or "auto")  # before the first network or environment exists
     env_kwargs = _parse_sets(args.env_kwargs, "--env-kwargs")
-    env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error", env_kwargs)
+    env = _make_env(args.env, n_envs, seed, args.env_preset, args.nonfinite_obs or "error", env_kwargs, args.vec_env)
     try:
         if algo == "dqn" and not isinstance(env.action_space, gym.spaces.Discrete):
             raise CliError(
@@ -348,12 +348,19 @@ def _check_log_root(root: Path) -> None:
 
 
 def _make_env(
-    env_id: str, n_envs: int, seed: int, preset: str | None, nonfinite: str, env_kwargs: dict[str, Any]
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    preset: str | None,
+    nonfinite: str,
+    env_kwargs: dict[str, Any],
+    vec_env: str | None = None,
 ) -> Any:
     from hp_rl.rl.envs import BrokenEnvironmentError, make_env
 
     try:
-        return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite, env_kwargs=env_kwargs)
+        subprocess = vec_env == "subproc"
+        return make_env(env_id, n_envs, seed, preset, nonfinite=nonfinite, env_kwargs=env_kwargs, subprocess=subprocess)
     except BrokenEnvironmentError as error:  # gym.make failed: say which of the user's flags caused it
         cause = error.__cause__
         if isinstance(cause, Exception):
@@ -477,4 +484,5 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else DEFAULT_KEEP_CHECKPOINTS,
         nonfinite_obs=args.nonfinite_obs or "error",
         threads=args.threads if args.threads is not None else 0,
+        vec_env=args.vec_env or "dummy",
     )

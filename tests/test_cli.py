@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from stable_baselines3 import A2C, DQN
 from stable_baselines3.common.callbacks import BaseCallback
 
 from hp_rl import evaluate as evaluate_cli
 from hp_rl import train as train_cli
+from hp_rl.archive import read_sb3_archive
 from hp_rl.rl.runs import AgentRunFolder, RunConfig, checkpoints_by_step
 from hp_rl.rl.training import StopOnSignal, run_training, save_atomically
 
@@ -166,6 +168,8 @@ def test_evaluate_records_a_video(hub_run: Path, tmp_path: Path) -> None:
     result = yaml.safe_load((hub_run / "evaluation.yml").read_text())[-1]
     assert video.stat().st_size > 0
     assert result["video"]["frames"] == result["lengths"][0]  # the reset frame plus one per non-final step
+    # the video is the evaluated episode played again, not an extra one
+    assert result["video"]["return"] == result["returns"][0] and result["video"]["episode"].startswith("episode 1")
 
 
 def test_evaluate_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -508,7 +512,7 @@ def test_evaluate_draws_the_routes_of_an_episode(hub_run: Path, tmp_path: Path) 
     assert evaluate_cli.main([str(hub_run), "--episodes", "1", "--routes", str(picture)]) == 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5_000
     result = yaml.safe_load((hub_run / "evaluation.yml").read_text())[-1]
-    assert result["routes"]["steps"] >= 1
+    assert result["routes"]["steps"] == result["lengths"][0] and result["routes"]["episode"].startswith("episode 1")
 
 
 def test_route_picture_needs_a_hub_and_reads_every_observation_kind() -> None:
@@ -614,3 +618,16 @@ def test_small_traps_of_the_command_line_name_their_fix(
     # the option list reads as text, not as Sphinx markup
     assert train_cli.main(["--hub-options"]) == 0
     assert ":func:" not in capsys.readouterr().out
+
+
+def test_vec_env_subproc_steps_the_same_episodes_in_processes(tmp_path: Path) -> None:
+    argv = ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "-n", "64", "--n-envs", "2", "--set", "n_steps=8"]
+    argv += ["--no-progress", "--eval-freq", "0"]
+    for kind in ("dummy", "subproc"):
+        assert train_cli.main([*argv, "--vec-env", kind, "--tensorboard-log", str(tmp_path / kind)]) == 0
+    (dummy,), (subproc,) = (list((tmp_path / kind).iterdir()) for kind in ("dummy", "subproc"))
+    assert RunConfig.from_yaml(subproc / "config.yml").vec_env == "subproc"
+    weights = [read_sb3_archive(run / "model.zip").state_dicts["policy"] for run in (dummy, subproc)]
+    for name, value in weights[0].items():  # the same seeds give the same transitions, so the same updates
+        assert torch.equal(value, weights[1][name]), name
+    assert train_cli.main(["--resume", str(subproc), "-n", "80", "--no-progress"]) == 0

@@ -50,6 +50,8 @@ class RunConfig:
         step) or ``sanitize`` (replace with 0, counted in TensorBoard as ``env/nonfinite_observations``).
     :param threads: torch threads of the training process; 0: one on CPU, torch's default on a GPU
         (:func:`hp_rl.rl.models.apply_threads`).
+    :param vec_env: ``dummy`` (the copies step in turn in this process) or ``subproc`` (one process per copy,
+        SB3's ``SubprocVecEnv``: faster where stepping the environment dominates, as on Atari).
     """
 
     algo: str
@@ -70,6 +72,7 @@ class RunConfig:
     keep_checkpoints: int = 5
     nonfinite_obs: str = "error"
     threads: int = 0
+    vec_env: str = "dummy"
 
     def to_yaml(self) -> str:
         """The config as YAML."""
@@ -93,7 +96,7 @@ class RunConfig:
                 limit = f"between {low} and {high}" if high is not None else f"at least {low}"
                 raise RunConfigError(f"{where(name)}: {value!r} must be a whole number {limit}.")
 
-        for name in ("algo", "env_id", "device", "nonfinite_obs"):
+        for name in ("algo", "env_id", "device", "nonfinite_obs", "vec_env"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise RunConfigError(f"{where(name)}: {getattr(self, name)!r} must be a non-empty string.")
         for name in ("hub", "env_preset"):
@@ -112,6 +115,8 @@ class RunConfig:
             raise RunConfigError(
                 f"{where('nonfinite_obs')}: {self.nonfinite_obs!r}; choose one of {', '.join(NONFINITE_MODES)}."
             )
+        if self.vec_env not in VEC_ENVS:
+            raise RunConfigError(f"{where('vec_env')}: {self.vec_env!r}; choose one of {', '.join(VEC_ENVS)}.")
         for name in ("hyperparams", "hub_kwargs", "env_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise RunConfigError(f"{where(name)}: must be a mapping, got {getattr(self, name)!r}.")
@@ -150,6 +155,7 @@ class RunConfigError(HpRlError, ValueError):
 
 
 NONFINITE_MODES = ("error", "sanitize")
+VEC_ENVS = ("dummy", "subproc")
 # RunConfig field -> the hp_rl.train flag that sets it, for messages about command-line values.
 _FLAGS = {
     "k": "-k",
@@ -162,6 +168,7 @@ _FLAGS = {
     "device": "--device",
     "keep_checkpoints": "--keep-checkpoints",
     "nonfinite_obs": "--nonfinite-obs",
+    "vec_env": "--vec-env",
     "threads": "--threads",
     "env_preset": "--env-preset",
     "hub": "--hub",

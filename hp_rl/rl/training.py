@@ -345,6 +345,7 @@ def run_training(
             config.env_preset,
             env_kwargs=config.env_kwargs,
             nonfinite=config.nonfinite_obs,
+            subprocess=config.vec_env == "subproc",
         )
         model = (
             load_latest(config, folder, env, tb_log, verbose)[0]
