@@ -6,6 +6,7 @@ Commands (each is also its own module; ``hp-rl COMMAND --help`` shows its option
 - ``evaluate``: evaluate a run folder (``python -m hp_rl.evaluate``);
 - ``hub``: list, inspect, build, export and score hubs (``python -m hp_rl.hub``);
 - ``tune``: hyperparameter search on Optuna (``python -m hp_rl.tune``);
+- ``distill``: a trained hub agent as one plain network, a standard SB3 zip (``python -m hp_rl.distill``);
 - ``vision``: the supervised companion: ``hp-rl vision train|evaluate|recipe ...``;
 - ``bench``: a benchmark script of the source checkout: ``hp-rl bench throughput|transfer|... ARGS``.
 """
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("hp_rl.evaluate", "evaluate a run folder (and record a video)"),
     "hub": ("hp_rl.hub_cli", "list, inspect, build, export and score hubs"),
     "tune": ("hp_rl.tune", "hyperparameter search on Optuna"),
+    "distill": ("hp_rl.distill", "a trained hub agent as one plain network (a standard SB3 zip)"),
     "vision": ("", "supervised transfer from image backbones: vision train|evaluate|recipe"),
     "bench": ("", "benchmarks of the source checkout: bench NAME [ARGS] (throughput, transfer, ...)"),
 }
