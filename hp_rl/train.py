@@ -410,6 +410,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         config.vec_env = args.vec_env
     if args.threads is not None:
         config.threads = args.threads
+    config.validate()  # the flags that change a resumed run are held to the same limits as a new run's
     apply_threads(config.threads, config.device)
     if found[1] >= config.n_timesteps and folder.final_model.is_file() and _holds_steps(found[0], found[1]):
         print(

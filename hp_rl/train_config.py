@@ -22,6 +22,7 @@ import gymnasium as gym
 
 from hp_rl.errors import HpRlError
 from hp_rl.paths import check_path_text, named_hub_spec
+from hp_rl.rl.runs import MAX_ENVS, MAX_SEED, MAX_THREADS
 
 __all__ = ["CliError", "config_and_env", "check_run_flags", "hub_tag", "resolve_hub", "run_name"]
 
@@ -281,10 +282,10 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     for flag, value in (("-n", n_timesteps), ("--n-envs", n_envs)):
         if int(value) < 1:
             raise CliError(f"{flag} {value}: must be at least 1.")
+    if n_envs > MAX_ENVS:  # each copy is built before the config is checked: bounded here
+        raise CliError(f"--n-envs {n_envs}: must be between 1 and {MAX_ENVS}.")
 
     seed = args.seed if args.seed is not None else 0
-    from hp_rl.rl.runs import MAX_SEED
-
     if not 0 <= seed <= MAX_SEED:  # environment and evaluation seeds count up from it
         raise CliError(f"--seed {seed}: must be a whole number between 0 and {MAX_SEED}.")
     check_run_flags(args)
@@ -318,15 +319,16 @@ def check_run_flags(args: argparse.Namespace) -> None:
 
     if args.device is not None:
         check_device(args.device, "--device")
-    for flag, value, low in (
-        ("--eval-freq", args.eval_freq, 0),
-        ("--save-freq", args.save_freq, 0),
-        ("--eval-episodes", args.eval_episodes, 1),
-        ("--keep-checkpoints", args.keep_checkpoints, 0),
-        ("--threads", args.threads, 0),
+    for flag, value, low, high in (
+        ("--eval-freq", args.eval_freq, 0, None),
+        ("--save-freq", args.save_freq, 0, None),
+        ("--eval-episodes", args.eval_episodes, 1, None),
+        ("--keep-checkpoints", args.keep_checkpoints, 0, None),
+        ("--threads", args.threads, 0, MAX_THREADS),  # set before the config is checked: bounded here
     ):
-        if value is not None and value < low:
-            raise CliError(f"{flag} {value}: must be at least {low}.")
+        if value is not None and (value < low or (high is not None and value > high)):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise CliError(f"{flag} {value}: must be {bound}.")
     if args.tensorboard_log is not None:
         _check_log_root(Path(args.tensorboard_log))
 

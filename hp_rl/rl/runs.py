@@ -105,12 +105,12 @@ class RunConfig:
         integer("k", 1)
         integer("n_timesteps", 1)
         integer("seed", 0, MAX_SEED)
-        integer("n_envs", 1, 1024)
+        integer("n_envs", 1, MAX_ENVS)
         integer("eval_freq", 0)
         integer("eval_episodes", 1)
         integer("save_freq", 0)
         integer("keep_checkpoints", 0)
-        integer("threads", 0, 1024)
+        integer("threads", 0, MAX_THREADS)
         if self.nonfinite_obs not in NONFINITE_MODES:
             raise RunConfigError(
                 f"{where('nonfinite_obs')}: {self.nonfinite_obs!r}; choose one of {', '.join(NONFINITE_MODES)}."
@@ -155,6 +155,8 @@ class RunConfigError(HpRlError, ValueError):
 
 
 NONFINITE_MODES = ("error", "sanitize")
+MAX_ENVS = 1024
+MAX_THREADS = 1024
 VEC_ENVS = ("dummy", "subproc")
 # RunConfig field -> the hp_rl.train flag that sets it, for messages about command-line values.
 _FLAGS = {
