@@ -254,3 +254,18 @@ def test_a_router_with_forced_experts_alone_routes_every_sample_through_them() -
     assert float(routes.balance_loss) == 0.0 and not router.noise_active
     with pytest.raises(RoutingError, match="route none"):
         NoisyTopKRouter(2, 1, num_forced=2)
+
+
+def test_the_coactivation_picture_names_its_rows_and_keeps_its_values() -> None:
+    import numpy as np
+
+    from hp_rl.routing import coactivation_picture
+
+    grid = np.array([[1.0, 0.25, 0.0], [0.25, 0.75, 0.5], [0.0, 0.5, 0.5]])
+    picture = coactivation_picture(grid, ["asterix", "breakout_nosticky", "seaquest"], cell_px=16)
+    height, width = picture.shape
+    top, left = height - 3 * 16, width - 3 * 16
+    assert left > 60 and top > 8  # room for the names and the column numbers
+    cells = picture[top:, left:].reshape(3, 16, 3, 16).mean(axis=(1, 3))
+    np.testing.assert_allclose(cells, grid, atol=1 / 255)
+    assert (picture[:top, :] < 0.2).any() and (picture[top:, : left - 2] < 0.2).any()  # black text in both margins

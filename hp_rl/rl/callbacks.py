@@ -7,9 +7,9 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
-from hp_rl.routing import GateStatistics, GateSummary, Routes
+from hp_rl.routing import GateStatistics, GateSummary, Routes, coactivation_picture
 
 __all__ = ["GateUsageCallback", "PathwayScheduleCallback", "concat_routes", "gate_layout", "chart_order"]
 
@@ -140,7 +140,10 @@ class GateUsageCallback(BaseCallback):
       the rollout is recorded, so like SB3's own ``train/`` values it describes the previous update.
     - ``P/coactivation``: image of the ``(m, m)`` share of observations routed to both experts (diagonal:
       usage), ``coactivation_cell_px`` pixels per pair, black 0 to white 1, experts in the charts' order
-      (by name); the text ``P/coactivation_legend`` names each row and column.
+      (by name), each row labelled with its expert (:func:`~hp_rl.routing.coactivation_picture`); the text
+      ``P/coactivation_legend`` names each row and column too.
+    - In ``<run>/experts/<expert>``, a TensorBoard run per expert: ``P/usage``, ``P/weight``, ``P/confidence``,
+      so one chart shows every expert in its own colour with its name in the legend.
     - ``P/weight_hist/<expert>``: histogram of the weights the expert received when routed (at most
       ``max_histogram_samples`` of them per window; left out for an expert that received none).
 
@@ -191,6 +194,7 @@ class GateUsageCallback(BaseCallback):
         self.per_expert_stdout = per_expert_stdout
         self.flush_on_training_end = flush_on_training_end
         self._trackers: list[_Tracker] = []
+        self._expert_writers: dict[str, Any] = {}  # expert name -> its TensorBoard writer (a run of its own)
 
     @property
     def extractors(self) -> dict[str, HubPathwayExtractor]:
@@ -285,6 +289,7 @@ class GateUsageCallback(BaseCallback):
             if flush:
                 self.logger.dump(self.num_timesteps)
         self._remove_hooks()
+        self._close_expert_runs()
 
     # Internals -------------------------------------------------------------------------------------------
 
@@ -346,20 +351,40 @@ class GateUsageCallback(BaseCallback):
         self.logger.record(f"{prefix}/num_samples", summary.num_samples)
         if tracker.window_loss_count:
             self.logger.record(f"{prefix}/explore_loss", tracker.window_loss_sum / tracker.window_loss_count)
-        order = chart_order(tracker.extractor.expert_names)
-        image = Image(self.coactivation_image(summary.coactivation[order][:, order]), "HW")
-        self.logger.record(f"{prefix}/coactivation", image, exclude=_TENSORBOARD_ONLY)
+        names = tracker.extractor.expert_names
+        order = chart_order(names)
+        picture = coactivation_picture(
+            summary.coactivation[order][:, order], [names[c] for c in order], self.coactivation_cell_px
+        )
+        self.logger.record(f"{prefix}/coactivation", Image(picture, "HW"), exclude=_TENSORBOARD_ONLY)
+        self._write_expert_runs(tracker, summary)
         tracker.recorded = True
 
-    def coactivation_image(self, coactivation: Tensor) -> np.ndarray:
-        """Grey image of a co-activation matrix, each expert pair a square of ``coactivation_cell_px``.
+    def _write_expert_runs(self, tracker: _Tracker, summary: GateSummary) -> None:
+        """Usage, weight and confidence of each expert as ``P/usage`` ... in a run of its own, ``<tb run>/experts/
+        <name>``: TensorBoard then draws each expert in its own colour with its name in the legend."""
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+        from torch.utils.tensorboard import SummaryWriter
 
-        :param coactivation: ``(m, m)`` shares in ``[0, 1]``.
-        :return: ``(m * px, m * px)`` float32 array in ``[0, 1]`` (TensorBoard scales floats by 255).
-        """
-        cell = self.coactivation_cell_px
-        grid = coactivation.detach().to("cpu", torch.float32).clamp(0.0, 1.0).numpy()
-        return np.ascontiguousarray(grid.repeat(cell, axis=0).repeat(cell, axis=1))
+        formats = [f for f in self.logger.output_formats if isinstance(f, TensorBoardOutputFormat)]
+        if not formats:
+            return
+        root = Path(formats[0].writer.log_dir) / "experts"
+        for column, name in enumerate(tracker.extractor.expert_names):
+            writer = self._expert_writers.get(name)
+            if writer is None:
+                writer = self._expert_writers[name] = SummaryWriter(str(root / re.sub(r"[^\w.-]", "_", name)))
+            values = {"usage": summary.usage[column], "weight": summary.mean_weight[column]}
+            values["confidence"] = summary.confidence[column]
+            for kind, value in values.items():
+                if not math.isnan(float(value)):
+                    writer.add_scalar(f"{tracker.prefix}/{kind}", float(value), self.num_timesteps)
+            writer.flush()
+
+    def _close_expert_runs(self) -> None:
+        for writer in self._expert_writers.values():
+            writer.close()
+        self._expert_writers = {}
 
 
 class PathwayScheduleCallback(BaseCallback):

@@ -7,6 +7,7 @@ from hp_rl.routing.init import KeepInit
 from hp_rl.routing.losses import balance_loss, cv_squared, smooth_load, switch_balance_loss
 from hp_rl.routing.noise import content_keyed_normal
 from hp_rl.routing.pathway import ExpertBatch, HubPathway, NoiseSource, PathwayOutput
+from hp_rl.routing.picture import coactivation_picture
 from hp_rl.routing.router import BalanceMode, NoiseMode, NoisyTopKRouter, Routes
 from hp_rl.routing.schedule import PathwaySchedule, linear_decay
 from hp_rl.routing.stats import GateStatistics, GateSummary
@@ -36,6 +37,7 @@ __all__ = [
     "TrunkExpert",
     "balance_loss",
     "content_keyed_normal",
+    "coactivation_picture",
     "conv_body",
     "cv_squared",
     "linear_decay",

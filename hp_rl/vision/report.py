@@ -42,9 +42,10 @@ def log_gates(writer: Any, summary: GateSummary, names: Sequence[str], step: int
         weights = summary.routed_weights[i]
         if weights.numel():
             writer.add_histogram(f"{prefix}/routed_weight/{name}", weights, step)
-    coactivation = summary.coactivation.numpy()
-    peak = float(coactivation.max()) or 1.0
-    writer.add_image(f"{prefix}/coactivation", coactivation / peak, step, dataformats="HW")
+    from hp_rl.routing import coactivation_picture
+
+    picture = coactivation_picture(summary.coactivation, names)  # labelled, black 0 to white 1 as in the RL runs
+    writer.add_image(f"{prefix}/coactivation", picture, step, dataformats="HW")
 
 
 def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix") -> Any:
