@@ -1,4 +1,4 @@
-"""Fuzz ``python -m hp_rl.train``'s command line (:mod:`hp_rl.bench.cli_fuzz`) and write the report::
+"""Fuzz ``python -m hp_rl.train``'s command line (:mod:`hp_rl.cli_fuzz`) and write the report::
 
     nice python benchmarks/cli_fuzz.py --lines 1000 --seed 0 --out docs/results/cli_fuzz.json
 
@@ -18,7 +18,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hp_rl.bench.cli_fuzz import fuzz  # noqa: E402  (after the checkout is on the path)
+from hp_rl.cli_fuzz import fuzz  # noqa: E402  (after the checkout is on the path)
 
 
 def main(argv: list[str] | None = None) -> int:

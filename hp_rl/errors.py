@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HpRlError", "RoutingError", "error_message", "MAX_MESSAGE_CHARS"]
+__all__ = ["HpRlError", "RoutingError", "error_message", "printable", "MAX_MESSAGE_CHARS"]
 
 # A message names a value, where it came from and the fix: a paragraph, never megabytes of a hostile file.
 MAX_MESSAGE_CHARS = 2_000
@@ -23,10 +23,15 @@ class RoutingError(HpRlError, ValueError):
     """A routing component (generator, router, expert wrapper, schedule) was given a bad setting or input."""
 
 
+def printable(text: str) -> str:
+    """``text`` with its control characters (terminal escapes a hostile path may hold) shown escaped."""
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
 def error_message(error: BaseException) -> str:
     """``error:`` and the message as a command prints it: control characters (terminal escapes a hostile path may
     hold) shown escaped, and at most :data:`MAX_MESSAGE_CHARS` characters."""
-    text = _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], str(error))
+    text = printable(str(error))
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 40] + f" ... ({len(text) - MAX_MESSAGE_CHARS + 40} more characters)"
     return f"error: {text}"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
+from hp_rl.errors import HpRlError, error_message, printable
 from hp_rl.train_config import CliError, config_and_env, hub_tag, resolve_hub, run_name
 
 __all__ = ["CliError", "build_parser", "build_or_close", "config_and_env", "hub_tag", "main", "resolve_hub", "run_name"]
@@ -329,7 +329,7 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
             folder.write_start(config.to_yaml(), argv)
             hub_text = "none (plain SB3 policy)"
             if config.hub is not None:
-                hub_text = f"{config.hub} (k={_routed(model, config.k)})"
+                hub_text = f"{printable(config.hub)} (k={_routed(model, config.k)})"  # a user's path, as text
                 _report_prior(model, folder.path)
             print(
                 f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "

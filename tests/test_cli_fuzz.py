@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hp_rl.bench.cli_fuzz import FLAG_VALUES, fuzz, fuzz_lines, run_line
+from hp_rl.cli_fuzz import FLAG_VALUES, fuzz, fuzz_lines, run_line
 
 
 def test_fuzz_lines_are_reproducible_and_cover_every_flag() -> None:

@@ -70,3 +70,19 @@ def test_readme_command_is_accepted_by_its_parser(line: str) -> None:
     parse = getattr(module_obj, "parse_args", None) or getattr(module_obj, "_parse_args", None)
     if parse is not None:
         parse(words[2:])
+
+
+def test_every_relative_link_of_the_docs_resolves() -> None:
+    """README, the guide, the benchmark index and every results page link only to files that exist."""
+    root = README.parent
+    pages = [README, *sorted((root / "docs").glob("*.md")), *sorted((root / "docs" / "results").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://", "mailto:", "#")):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert not broken, broken

@@ -529,3 +529,30 @@ def test_more_bad_input_is_exit_2_not_a_traceback(
     err = capsys.readouterr().err
     assert all(word in err for word in words), err
     assert not any(tmp_path.iterdir())
+
+
+def test_checkpoints_leave_out_frozen_hub_trunks_and_load_them_back_exactly(tmp_path: Path) -> None:
+    from hp_rl.archive import ArchiveError
+    from hp_rl.paths import BUNDLED_HUB_DIR
+    from hp_rl.rl.checkpoints import FROZEN_FROM_HUB, load_model, restore_from_archive
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.runs import RunConfig
+
+    hub = str(BUNDLED_HUB_DIR / "control" / "hub.yaml")  # safetensors trunks, frozen under the paper's preset
+    run = _train(tmp_path / "runs", "--hub", hub, "--hub-set", "preset=paper", "-n", "64", "--save-freq", "32")
+    trimmed = read_sb3_archive(run / "checkpoints" / "rl_model_32_steps.zip")
+    final = read_sb3_archive(run / "model.zip")
+    left_out = trimmed.data[FROZEN_FROM_HUB]
+    assert left_out and all(len(digest) == 64 for digest in left_out.values())
+    assert not any(k.startswith(tuple(left_out)) for k in trimmed.state_dicts["policy"])
+    assert (run / "checkpoints" / "rl_model_32_steps.zip").stat().st_size < (run / "model.zip").stat().st_size
+    config = RunConfig.from_yaml(run / "config.yml")
+    env = make_env(config.env_id, config.n_envs, config.seed)
+    model = load_model(config, run / "checkpoints" / "rl_model_32_steps.zip", env, AgentRunFolder(run))
+    for key, value in model.policy.state_dict().items():  # the trained part from the checkpoint, the rest the files'
+        expected = trimmed.state_dicts["policy"].get(key, final.state_dicts["policy"][key])
+        assert torch.equal(value.cpu(), expected.cpu()), key
+    trimmed.data[FROZEN_FROM_HUB] = {prefix: "0" * 64 for prefix in left_out}  # another file than the run's
+    with pytest.raises(ArchiveError, match="Restore that file"):
+        restore_from_archive(model, trimmed)
+    assert train_cli.main(["--resume", str(run), "-n", "96", "--no-progress"]) == 0

@@ -60,17 +60,79 @@ _FLOAT_COUNTERS = ("_current_progress_remaining", "exploration_rate")
 _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
+# The key of a checkpoint's data that lists the frozen trunks it was saved without (prefix -> file sha256).
+FROZEN_FROM_HUB = "hp_rl_frozen_from_hub"
+
+
 class NoCheckpointError(HpRlError, FileNotFoundError):
     """A run folder has no checkpoint that can be loaded, so it cannot be resumed."""
 
 
 # --- writing -----------------------------------------------------------------------------------------------------
-def save_atomically(model: BaseAlgorithm, path: Path) -> Path:
+def save_atomically(model: BaseAlgorithm, path: Path, without_frozen_trunks: bool = False) -> Path:
     """``model.save(path)`` through a temporary file renamed into place when complete
-    (:func:`~hp_rl.paths.written_by_rename`)."""
+    (:func:`~hp_rl.paths.written_by_rename`).
+
+    :param without_frozen_trunks: leave out the weights of frozen expert trunks loaded from hub files (they
+        are the files' weights; :func:`restore_from_archive` takes them from the rebuilt model after checking
+        each file's sha256). A checkpoint of a hub of frozen NatureCNN experts then holds what trains.
+    """
+    frozen = frozen_hub_trunks(model) if without_frozen_trunks else {}
     with written_by_rename(path) as partial:
-        model.save(partial)
+        if not frozen:
+            model.save(partial)
+            return path
+        full = model.get_parameters
+
+        def trimmed() -> dict[str, dict]:
+            params = full()
+            params["policy"] = {k: v for k, v in params["policy"].items() if not k.startswith(tuple(frozen))}
+            return params
+
+        model.get_parameters = trimmed  # type: ignore[method-assign]  # this save only
+        setattr(model, FROZEN_FROM_HUB, frozen)  # plain JSON in the zip's data: prefix -> sha256
+        try:
+            model.save(partial, exclude=["get_parameters"])
+        finally:
+            del model.get_parameters
+            delattr(model, FROZEN_FROM_HUB)
     return path
+
+
+def frozen_hub_trunks(model: BaseAlgorithm) -> dict[str, str]:
+    """Policy state-dict key prefix of every frozen expert trunk loaded from a hub file -> that file's sha256."""
+    from hp_rl.hub.expert import HubExpert
+    from hp_rl.routing.experts import TrunkExpert
+
+    found = {}
+    # every name of a shared module (SB3's features_extractor is also pi_ and vf_features_extractor)
+    for name, module in model.policy.named_modules(remove_duplicate=False):
+        if not isinstance(module, TrunkExpert) or not module.frozen:
+            continue
+        inner = module.inner_trunk
+        if (
+            isinstance(inner, HubExpert)
+            and inner.provenance.sha256
+            and not any(p.requires_grad for p in module.trunk.parameters())
+        ):
+            found[f"{name}.trunk."] = inner.provenance.sha256
+    return found
+
+
+def _with_frozen_trunks(model: BaseAlgorithm, policy: dict[str, Any], saved: Any, path: Path) -> dict[str, Any]:
+    """``policy`` with the frozen trunks a trimmed checkpoint left out, from the freshly built ``model``."""
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items()):
+        raise ArchiveError(f"{path}: its '{FROZEN_FROM_HUB}' record is not a mapping of names to digests.")
+    built = frozen_hub_trunks(model)
+    for prefix, digest in saved.items():
+        if built.get(prefix) != digest:
+            now = built.get(prefix, "not a frozen trunk of this hub")
+            raise ArchiveError(
+                f"{path} was saved without the frozen trunk {prefix.rstrip('.')} of the hub file with sha256 {digest}; "
+                f"the run's hub now gives {now}. Restore that file (the run's hub.yml names it)."
+            )
+    state = model.policy.state_dict()
+    return {**{k: v for k, v in state.items() if k.startswith(tuple(saved))}, **policy}
 
 
 def replay_buffer_path(folder: AgentRunFolder, steps: int) -> Path:
@@ -208,7 +270,7 @@ def save_checkpoint(
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
     target = folder.checkpoints / f"rl_model_{model.num_timesteps}_steps.zip"
     if same_as is None:
-        path = save_atomically(model, target)
+        path = save_atomically(model, target, without_frozen_trunks=True)
     else:
         partial = target.with_name(target.name + ".partial")
         partial.unlink(missing_ok=True)
@@ -295,6 +357,8 @@ def restore_from_archive(model: BaseAlgorithm, archive: SB3Archive) -> None:
         what = f"the state(s) {missing}" if missing else "the step counter num_timesteps"
         raise ArchiveError(f"{archive.path} lacks {what}; it is not a checkpoint of a {type(model).__name__} model.")
     params = {name: archive.state_dicts[name] for name in state_names}
+    if FROZEN_FROM_HUB in archive.data:  # a checkpoint saved without the frozen trunks of its hub files
+        params["policy"] = _with_frozen_trunks(model, params["policy"], archive.data[FROZEN_FROM_HUB], archive.path)
     try:
         model.set_parameters(params, exact_match=True, device=model.device)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:

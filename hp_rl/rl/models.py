@@ -63,7 +63,7 @@ def apply_threads(threads: int, device: str) -> int:
     ``threads`` 0 means automatic: one thread for CPU training, torch's own default where the network runs
     on a GPU. The networks of these agents are small, so a CPU thread pool mostly waits: measured on a busy
     2-core machine, plain PPO on MinAtar ran at 240 steps/s with torch's default threads and at 2,710 with
-    one (docs/BENCHMARKS.md, "Threads, sweeps on Ray, stopping"). Several runs side by side then share the
+    one (docs/results/throughput.md, "Threads, sweeps on Ray, stopping"). Several runs side by side then share the
     cores instead of fighting for them.
 
     :param threads: threads to use, or 0 for the automatic choice.

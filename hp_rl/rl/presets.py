@@ -43,13 +43,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.0,
     },
     "transfer": {
-        # one routed expert per agent with evidence that it plays the target (prior >= 0.5; head-less experts
-        # score at most 0.2), at most 2: both Breakout variants in one hub beat the better one alone only when
-        # both are routed (docs/BENCHMARKS.md "Two relevant agents"); with one such agent, or none, this is k=1,
-        # as the preset was before, since a second slot mixed a decoy into the needle's agent
+        # one routed expert per agent with evidence that it plays the target, at most two
+        # (docs/results/whole_agents.md, "Two relevant agents")
         "k": 2,
         "k_from_prior": 0.5,
-        # whole agents are reincarnated: their trunks train with their heads (the needle measured fine-tuning)
+        # whole agents are reincarnated: their trunks train with their heads
         "freeze_experts": False,
         "aggregation": "output",
         "output_mix": "probs",
@@ -64,13 +62,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.5,
         "kickstart_fraction": 0.2,
         "prior": "auto",
-        # kickstarting towards a teacher with no evidence that it plays the target slowed cross-game Breakout by
-        # 13% (docs/BENCHMARKS.md "Do no harm"); trusting teachers by their prior removed that
+        # a teacher is imitated as far as it is known to play the target (whole_agents.md, "Do no harm")
         "teacher_trust": "prior",
-        # the prior is absolute evidence (a relevant agent keeps ~0.7-0.9 of its competence zero-shot, head-less
-        # experts get at most 0.2). 2 gave the relevant agent a lead of only ~1.2 logits where its 10-episode score
-        # came out low, and the bounded noise and the exploration loss split the routes before it could win them;
-        # 4 kept them (docs/BENCHMARKS.md "prior_scale 4 on fresh seeds")
+        # the relevant agent's lead must outlast the noise and the exploration loss (whole_agents.md, "prior_scale 4")
         "prior_scale": 4.0,
     },
 }
