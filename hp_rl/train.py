@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and -v)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="one run per seed, each its own folder")
+    parser.add_argument("--jobs", type=int, default=1, help="with --seeds: runs at a time, in processes (default 1)")
     parser.add_argument(
         "-v",
         "--verbose",
@@ -175,41 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="-v: SB3 training logs; -vv: also tracebacks with error messages",
     )
     return parser
-
-
-# --- progress without a terminal ---------------------------------------------------------------------------------
-def _duration(seconds: float) -> str:
-    """``H:MM:SS``, with days in front past 24 hours."""
-    days, rest = divmod(int(seconds), 86_400)
-    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}d {text}" if days else text
-
-
-def _plain_progress(every_s: float = 60.0) -> Any:
-    """A callback printing ``step X/N (p%), steps/s, ETA`` lines every ``every_s`` seconds (for log files)."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class PlainProgress(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.start_steps = self.num_timesteps
-            self.total = int(self.locals["total_timesteps"])
-            self.started = self.last = time.time()
-
-        def _on_step(self) -> bool:
-            now = time.time()
-            if now - self.last >= every_s:
-                self.last = now
-                done = self.num_timesteps - self.start_steps
-                rate = done / max(now - self.started, 1e-9)
-                eta = (self.total - self.num_timesteps) / max(rate, 1e-9)
-                print(
-                    f"step {self.num_timesteps}/{self.total} ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
-                    f"{rate:.0f} steps/s, ETA {_duration(eta)}",
-                    flush=True,
-                )
-            return True
-
-    return PlainProgress()
 
 
 # --- commands -----------------------------------------------------------------------------------------------------
@@ -302,7 +268,9 @@ def _progress(args: argparse.Namespace) -> tuple[bool, list[Any]]:
         return False, []
     if sys.stdout.isatty():
         return True, []
-    return False, [_plain_progress()]
+    from hp_rl.rl.callbacks import PlainProgress
+
+    return False, [PlainProgress()]
 
 
 def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
@@ -482,6 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(hub_options_table())
         return 0
     try:
+        if args.seeds:
+            if args.resume is not None or args.seed is not None or args.jobs < 1:
+                raise CliError("--seeds trains new runs, one per seed: drop --seed and --resume; --jobs is at least 1.")
+            from hp_rl.train_seeds import train_seeds
+
+            return train_seeds(argv, args.seeds, args.jobs)
         if args.resume is not None:
             return _resume(args, argv, _given(argv, parser))
         return _train_new(args, argv)

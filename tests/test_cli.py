@@ -300,7 +300,9 @@ def test_run_names() -> None:
 
 
 def test_duration() -> None:
-    assert train_cli._duration(59) == "0:00:59" and train_cli._duration(2 * 86_400 + 3_723) == "2d 1:02:03"
+    from hp_rl.rl.callbacks import duration_text
+
+    assert duration_text(59) == "0:00:59" and duration_text(2 * 86_400 + 3_723) == "2d 1:02:03"
 
 
 def test_second_signal_aborts() -> None:
@@ -631,3 +633,14 @@ def test_vec_env_subproc_steps_the_same_episodes_in_processes(tmp_path: Path) ->
     for name, value in weights[0].items():  # the same seeds give the same transitions, so the same updates
         assert torch.equal(value, weights[1][name]), name
     assert train_cli.main(["--resume", str(subproc), "-n", "80", "--no-progress"]) == 0
+
+
+def test_seeds_train_one_run_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--algo", "a2c", "--env", "CartPole-v1", "--hub", "none", "-n", "32", "--set", "n_steps=8"]
+    argv += ["--eval-freq", "0", "--no-progress", "--tensorboard-log", str(tmp_path)]
+    assert train_cli.main([*argv, "--seeds", "3", "4"]) == 0
+    seeds = sorted(RunConfig.from_yaml(run / "config.yml").seed for run in tmp_path.iterdir())
+    assert seeds == [3, 4] and "Seeds: 3 exit 0, 4 exit 0" in capsys.readouterr().out
+    assert train_cli.main([*argv, "--seeds", "5", "--seed", "1"]) == 2
+    assert train_cli.main([*argv, "--seeds", "6", "7", "--jobs", "2"]) == 0  # in two processes
+    assert len(list(tmp_path.iterdir())) == 4

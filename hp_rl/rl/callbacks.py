@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,15 @@ from torch.utils.hooks import RemovableHandle
 from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
 from hp_rl.routing import GateStatistics, GateSummary, Routes, coactivation_picture
 
-__all__ = ["GateUsageCallback", "PathwayScheduleCallback", "concat_routes", "gate_layout", "chart_order"]
+__all__ = [
+    "GateUsageCallback",
+    "PathwayScheduleCallback",
+    "PlainProgress",
+    "concat_routes",
+    "gate_layout",
+    "chart_order",
+    "duration_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -412,4 +421,42 @@ class PathwayScheduleCallback(BaseCallback):
         self._apply()
 
     def _on_step(self) -> bool:
+        return True
+
+
+def duration_text(seconds: float) -> str:
+    """``H:MM:SS``, with days in front past 24 hours."""
+    days, rest = divmod(int(seconds), 86_400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
+class PlainProgress(BaseCallback):
+    """Prints ``step X/N (p%), steps/s, ETA`` lines every ``every_s`` seconds: progress for log files, where a
+    progress bar would write control characters.
+
+    :param every_s: seconds between lines.
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+
+    def _on_training_start(self) -> None:
+        self.start_steps = self.num_timesteps
+        self.total = int(self.locals["total_timesteps"])
+        self.started = self.last = time.time()
+
+    def _on_step(self) -> bool:
+        now = time.time()
+        if now - self.last >= self.every_s:
+            self.last = now
+            done = self.num_timesteps - self.start_steps
+            rate = done / max(now - self.started, 1e-9)
+            eta = (self.total - self.num_timesteps) / max(rate, 1e-9)
+            print(
+                f"step {self.num_timesteps}/{self.total} ({100 * self.num_timesteps / max(self.total, 1):.0f}%), "
+                f"{rate:.0f} steps/s, ETA {duration_text(eta)}",
+                flush=True,
+            )
         return True
