@@ -6,13 +6,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from hp_rl.errors import HpRlError
+from hp_rl.errors import ConfigError
+from hp_rl.yaml_files import load_yaml_text
 
 __all__ = ["ConfigError", "parse_overrides"]
-
-
-class ConfigError(HpRlError, ValueError):
-    """A malformed configuration file or override."""
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -20,8 +17,6 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
     Dotted keys address nested mappings: ``policy_kwargs.net_arch=[64,64]``.
     """
-    from hp_rl.yaml_files import load_yaml_text  # imported here: that module builds on this one's error
-
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")

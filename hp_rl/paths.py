@@ -9,6 +9,7 @@ from an installed wheel, never into the installation; in a checkout, hub builds 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 from hp_rl.errors import HpRlError
 
 __all__ = [
+    "file_sha256",
     "PROJECT_ROOT",
     "ENV_PRESET_DIR",
     "CONFIG_DIR",
@@ -159,3 +161,12 @@ def check_path_text(path: Any, where: str) -> str:
             "characters, or not text)."
         )
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

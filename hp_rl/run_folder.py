@@ -27,8 +27,7 @@ from typing import ClassVar, TypeVar
 
 import yaml
 
-from hp_rl.errors import HpRlError
-from hp_rl.overrides import ConfigError
+from hp_rl.errors import ConfigError, HpRlError
 from hp_rl.paths import append_text_by_rename, unique_run_dir, write_text_by_rename
 from hp_rl.yaml_files import read_yaml
 

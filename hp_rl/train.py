@@ -455,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CliError("--seeds trains new runs, one per seed: drop --seed and --resume; --jobs is at least 1.")
             from hp_rl.train_seeds import train_seeds
 
-            return train_seeds(argv, args.seeds, args.jobs)
+            return train_seeds(argv, args.seeds, args.jobs, main)
         if args.resume is not None:
             return _resume(args, argv, _given(argv, parser))
         return _train_new(args, argv)

@@ -4,7 +4,7 @@ run a few seeds of one configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hp_rl.runner import Backend, run_jobs
 
@@ -30,18 +30,14 @@ def seed_commands(argv: Sequence[str], seeds: Sequence[int], parallel: bool) -> 
     return [[*rest, *extra, "--seed", str(seed)] for seed in seeds]
 
 
-def _train_one(argv: list[str]) -> int:
-    from hp_rl.train import main
-
-    return main(argv)
-
-
-def train_seeds(argv: Sequence[str], seeds: Sequence[int], jobs: int) -> int:
+def train_seeds(argv: Sequence[str], seeds: Sequence[int], jobs: int, train: Callable[[list[str]], int]) -> int:
     """Train the command ``argv`` once per seed; returns 0 when every run finished, else the first failure's status.
 
     :param argv: the command line as given (with ``--seeds`` and ``--jobs``).
     :param seeds: the seeds, each run's ``--seed``.
     :param jobs: runs at a time (1: one after another in this process; more: spawned processes).
+    :param train: trains one command line and returns its exit status (a module-level function: the processes
+        backend pickles it).
     """
     commands = seed_commands(argv, seeds, parallel=jobs > 1)
     statuses: dict[int, int] = {}
@@ -51,6 +47,6 @@ def train_seeds(argv: Sequence[str], seeds: Sequence[int], jobs: int) -> int:
         statuses[index] = 1
 
     backend = Backend("serial" if jobs <= 1 else "processes", jobs=jobs)
-    run_jobs(_train_one, [(command,) for command in commands], backend, statuses.__setitem__, failed)
+    run_jobs(train, [(command,) for command in commands], backend, statuses.__setitem__, failed)
     print("Seeds: " + ", ".join(f"{seed} exit {statuses.get(i, 1)}" for i, seed in enumerate(seeds)), flush=True)
     return next((statuses.get(i, 1) for i in range(len(seeds)) if statuses.get(i, 1) != 0), 0)

@@ -29,9 +29,10 @@ from hp_rl.hub import (
     read_sb3_trunk,
 )
 from hp_rl.hub.architectures import MLPTrunk, TrunkInfo
-from hp_rl.hub.expert import Provenance, file_sha256
+from hp_rl.hub.expert import Provenance
 from hp_rl.hub.export import ExportItem, export_trunk
 from hp_rl.hub.vision_sources import vision_available
+from hp_rl.paths import file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"

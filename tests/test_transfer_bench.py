@@ -450,7 +450,7 @@ def test_built_experts_carry_their_source_returns_into_the_hub(
     # The score prior needs what each expert achieves at home; a hub build records it beside the model.
     import shutil
 
-    from hp_rl.hub.expert import file_sha256
+    from hp_rl.paths import file_sha256
 
     bench = _bench()
     model = tmp_path / "space_invaders" / "model.zip"
@@ -469,7 +469,7 @@ def test_built_experts_carry_their_source_returns_into_the_hub(
 
 def test_a_source_evaluation_of_another_episode_count_is_not_reused(tmp_path: Path) -> None:
     # hub build re-evaluates when asked for more episodes; the benchmark takes whatever count was recorded
-    from hp_rl.hub.expert import file_sha256
+    from hp_rl.paths import file_sha256
     from hp_rl.rl.source_eval import read_source_evaluation, write_source_evaluation
 
     model = tmp_path / "model.zip"

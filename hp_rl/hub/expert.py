@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
@@ -17,7 +15,7 @@ from hp_rl.routing.fused import lower, register_lowering
 if TYPE_CHECKING:
     from hp_rl.hub.origin import AgentOrigin
 
-__all__ = ["ExpertHeads", "HubExpert", "Provenance", "file_sha256"]
+__all__ = ["ExpertHeads", "HubExpert", "Provenance"]
 
 
 @dataclass(frozen=True)
@@ -159,15 +157,6 @@ class HubExpert(nn.Module):
         if self.normalizer is None:
             return critic
         return nn.Sequential(copy.deepcopy(self.normalizer), critic)  # the critic saw normalised inputs too
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # An expert with its own input normalisation runs on sparse dispatch (the fused operations do not normalise).

@@ -207,7 +207,7 @@ def _hp_rl_folder(path: Path) -> tuple[dict[str, Any], list[str]]:
     told = [f"{folder / 'config.yml'} (hp_rl run folder)"]
     record = _side_yaml(path.parent / "source_eval.yml")
     if record is not None:
-        from hp_rl.hub.expert import file_sha256
+        from hp_rl.paths import file_sha256
 
         source, random = _finite(record.get("return_mean")), _finite(record.get("random_return_mean"))
         if source is not None and random is not None and record.get("model_sha256") == file_sha256(path):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,60 +14,17 @@ from torch import nn
 
 from hp_rl.hub.adapters import AdapterError
 from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
-from hp_rl.hub.expert import ExpertHeads, HubExpert, Provenance, file_sha256
+from hp_rl.hub.expert import ExpertHeads, HubExpert, Provenance
+from hp_rl.hub.files import verify_file
 from hp_rl.hub.hf import load_hf_expert
 from hp_rl.hub.options import MAX_FEATURES_DIM
+from hp_rl.hub.registry import SOURCES, SourceConfig, register_source
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
 from hp_rl.hub.vision_sources import load_timm_expert, load_torchvision_expert
+from hp_rl.paths import file_sha256
 
 __all__ = ["SourceConfig", "SOURCES", "register_source", "load_expert", "verify_file", "random_expert_seed"]
-
-Loader = Callable[[ExpertSpec, "tuple[int, ...] | None"], HubExpert]
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """A registered source.
-
-    :param name: key used in hub specs (``source: <name>``).
-    :param description: one line for ``hp_rl.hub list``.
-    :param needs_path: whether ``path`` is required.
-    :param loader: builds the expert from its spec and the observation shape (``None`` if unknown).
-    :param extra: pip extra that provides the source's dependencies, if any.
-    """
-
-    name: str
-    description: str
-    needs_path: bool
-    loader: Loader
-    extra: str | None = None
-
-
-SOURCES: dict[str, SourceConfig] = {}
-
-
-def register_source(config: SourceConfig) -> SourceConfig:
-    """Add a source to the registry (a later registration with the same name replaces it)."""
-    SOURCES[config.name] = config
-    return config
-
-
-def verify_file(spec: ExpertSpec) -> Path:
-    """The spec's weight file, checked to exist and to match ``spec.sha256`` when given."""
-    if spec.path is None:
-        raise HubSpecError(f"Expert {spec.name!r}: source '{spec.source}' needs a 'path'.")
-    path = Path(spec.path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"Expert {spec.name!r}: weight file {path} does not exist. Check 'path' in the hub spec.")
-    if spec.sha256 is not None:
-        actual = file_sha256(path)
-        if actual != spec.sha256.lower():
-            raise CheckpointError(
-                f"Expert {spec.name!r}: {path} has sha256 {actual}, but the spec pins {spec.sha256}. "
-                "The file changed or is corrupt; fetch it again or update the pinned digest."
-            )
-    return path
 
 
 def _load_sb3(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hp_rl.errors import HpRlError
+from hp_rl.errors import ConfigError, HpRlError
 from hp_rl.hub.options import MAX_EXPERTS, MAX_FEATURES_DIM
-from hp_rl.overrides import ConfigError
+from hp_rl.hub.registry import SOURCES
 from hp_rl.paths import PathTextError, check_path_text, expand_path_variables, named_hub_spec
 from hp_rl.yaml_files import read_yaml
 
@@ -123,8 +123,6 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
             f"{where}: key 'name': {raw['name']!r} is not a usable expert name; use up to 64 letters, "
             "digits, '_', '-' or '+' (names become module keys and TensorBoard tags)."
         )
-    from hp_rl.hub.sources import SOURCES  # the registry imports this module: import on use
-
     if raw["source"] not in SOURCES:
         known = ", ".join(sorted(SOURCES))
         raise HubSpecError(f"{where}: key 'source': unknown source {raw['source']!r}; known: {known}.")

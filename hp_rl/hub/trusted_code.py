@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from hp_rl.hub.expert import file_sha256
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
+from hp_rl.paths import file_sha256
 
 __all__ = [
     "CODE_SOURCES",

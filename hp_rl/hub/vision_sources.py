@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hp_rl.hub.architectures import TrunkInfo
-from hp_rl.hub.expert import HubExpert, Provenance, file_sha256
+from hp_rl.hub.expert import HubExpert, Provenance
+from hp_rl.hub.files import verify_file
 from hp_rl.hub.sb3_zip import CheckpointError
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
+from hp_rl.paths import file_sha256
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -151,8 +153,6 @@ def _import(package: str, spec: ExpertSpec) -> Any:
 
 
 def _read_state(spec: ExpertSpec) -> dict[str, Tensor]:
-    from hp_rl.hub.sources import verify_file
-
     path = verify_file(spec)
     try:
         if path.suffix == ".safetensors":

@@ -6,8 +6,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from hp_rl.errors import HpRlError
-from hp_rl.overrides import ConfigError, parse_overrides
+from hp_rl.errors import ConfigError, HpRlError
+from hp_rl.overrides import parse_overrides
 from hp_rl.paths import CONFIG_DIR, require_dir
 from hp_rl.validation import AnyValue, Bool, Float, Int, Rule, Schedule, check_values
 from hp_rl.yaml_files import read_yaml_mapping

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hp_rl.errors import HpRlError
-from hp_rl.overrides import ConfigError
+from hp_rl.errors import ConfigError, HpRlError
 from hp_rl.rl.config import apply_overrides, load_hyperparams
 from hp_rl.rl.envs import preset_for
 from hp_rl.rl.runs import AgentRunFolder, RunConfig

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import yaml
 
+from hp_rl.errors import ConfigError
 from hp_rl.hub.options import PathwayOptionError
-from hp_rl.overrides import ConfigError
 from hp_rl.routing import PathwayGenerator
 from hp_rl.yaml_files import read_yaml
 

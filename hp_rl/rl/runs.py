@@ -9,8 +9,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from hp_rl.errors import HpRlError
-from hp_rl.overrides import ConfigError
+from hp_rl.errors import ConfigError, HpRlError
 from hp_rl.run_folder import RunFolder, checkpoints_in
 from hp_rl.yaml_files import read_yaml
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hp_rl.errors import ConfigError
 from hp_rl.hub import (
     AdapterError,
     CheckpointError,
@@ -30,7 +31,6 @@ from hp_rl.hub import (
 from hp_rl.hub import load_expert as _load_expert
 from hp_rl.hub.builder import load_hub_trunks, manifest_entry, trunk_parameter_groups
 from hp_rl.hub.options import PathwayOptionError, check_pathway_options
-from hp_rl.overrides import ConfigError
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,

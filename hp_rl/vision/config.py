@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from hp_rl.errors import ConfigError
 from hp_rl.hub.options import check_pathway_options
-from hp_rl.overrides import ConfigError
 from hp_rl.overrides import parse_overrides as parse_key_values
 from hp_rl.paths import HUB_CONFIG_DIR
 from hp_rl.validation import AnyValue, Choice, Float, Int, Rule, check_values
