@@ -105,6 +105,10 @@ class TrainCase:
     :param algo: ``ppo`` (SB3's PPO with the extractor) or ``hubppo`` (HubPPO: the exploitation loss too).
     :param gate_callback: train with :class:`~hp_rl.rl.callbacks.GateUsageCallback` attached.
     :param execution: the extractor's ``execution`` (``auto``, ``fused``, ``sparse``).
+    :param user_agents: MinAtar only: agents of the bundled MinAtar hub given as bare SB3 zips to
+        ``hp_rl.train``'s command line, the model built as that command builds it (its default configuration:
+        ``preset=transfer``, the hub scored, what has evidence routed beside the base network).
+    :param hub_set: ``--hub-set`` values for ``user_agents`` rows (``freeze_experts=true``).
     """
 
     name: str
@@ -116,6 +120,8 @@ class TrainCase:
     algo: str = "ppo"
     gate_callback: bool = False
     execution: str = "auto"
+    user_agents: tuple[str, ...] = ()
+    hub_set: tuple[str, ...] = ()
 
 
 @dataclass
@@ -258,6 +264,12 @@ def train_cases(game: str, quick: bool) -> list[TrainCase]:
         TrainCase("hub m=4 k=2 frozen + GateUsageCallback", 4, 2, gate_callback=True),
         TrainCase("HubPPO m=4 k=2 frozen (exploitation loss)", 4, 2, algo="hubppo"),
     ]
+    if game == "minatar":  # what users run: the needle's agents as zips, hp_rl.train's defaults
+        needle = ("breakout_nosticky", "asterix", "freeway", "seaquest")
+        cases.append(TrainCase("hp_rl.train defaults, 4 agents as zips (needle)", 4, user_agents=needle))
+        cases.append(
+            TrainCase("hp_rl.train defaults, 4 agents, frozen", 4, user_agents=needle, hub_set=("freeze_experts=true",))
+        )
     if game == "minatar" and not quick:
         cases.append(TrainCase("hub m=4 k=2 frozen (NatureCNN 36x36 experts)", 4, 2, expert_size=36))
         cases.append(TrainCase("hub m=4 k=2 frozen (NatureCNN 84x84 experts)", 4, 2, expert_size=84))
@@ -301,6 +313,30 @@ class _RolloutTimer:
         self.callback = _Callback()
 
 
+def _user_agents_model(env_id: str, n_envs: int, case: TrainCase, args: argparse.Namespace) -> Any:
+    """The model ``python -m hp_rl.train --env ENV --hub a.zip,b.zip,...`` builds (its parser, checks and defaults;
+    the prior scored before any step is timed), the agents written as bare SB3 zips from the bundled MinAtar hub."""
+    import importlib.util
+    import tempfile
+
+    from hp_rl.paths import BUNDLED_HUB_DIR
+    from hp_rl.rl.training import build_model
+    from hp_rl.train import build_parser
+    from hp_rl.train_config import config_and_env
+
+    spec = importlib.util.spec_from_file_location("user_agents", Path(__file__).with_name("user_agents.py"))
+    assert spec is not None and spec.loader is not None
+    user_agents = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user_agents)
+    folder = Path(tempfile.mkdtemp(prefix="throughput_zips_"))
+    written = user_agents.write_bare_zips(BUNDLED_HUB_DIR / "minatar" / "hub.yaml", folder, case.user_agents)
+    zips = [str(written[name]) for name in case.user_agents]
+    argv = ["--env", env_id, "--hub", ",".join(zips), "-n", str(args.steps or 4096), "--seed", str(args.seed)]
+    argv += ["--n-envs", str(n_envs), "--device", args.device, *[a for v in case.hub_set for a in ("--hub-set", v)]]
+    config, env = config_and_env(build_parser().parse_args(argv))
+    return build_model(config, env)
+
+
 def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> Any:
     """The model of one case. Plain PPO and HubPPO are built by :func:`hp_rl.rl.training.build_model` from a
     :class:`~hp_rl.rl.runs.RunConfig`, the construction path of ``python -m hp_rl.train`` (``--hub none`` and a
@@ -316,6 +352,8 @@ def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> 
 
     env_id = args.atari_game if game == "breakout" else args.minatar_game
     n_envs, params = _ppo_params("atari" if game == "breakout" else "minatar", args.quick)
+    if case.user_agents:
+        return _user_agents_model(env_id, n_envs, case, args)
     env = make_env(env_id, n_envs, seed=args.seed)
     hub: Any = None
     if case.experts:
