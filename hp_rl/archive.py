@@ -33,6 +33,7 @@ __all__ = [
     "read_sb3_archive",
     "check_safetensors_file",
     "check_npz_file",
+    "load_json_bytes",
 ]
 
 # Caps on decompressed member sizes. A CnnPolicy's ``data`` is well under 1 MiB; the largest hub
@@ -124,13 +125,23 @@ class SB3Archive:
     pytorch_variables: dict[str, Any] = field(default_factory=dict)
 
 
-def _plain_json(raw: bytes, path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+def load_json_bytes(raw: bytes, what: str) -> Any:
+    """The JSON value in ``raw`` (read from a file of unknown origin, already size-capped by the caller).
+
+    :param what: the file and member, for the message.
+    :raises ArchiveError: for bytes that are not UTF-8 JSON, or JSON nested too deeply to parse (a hostile
+        file's thousands of brackets would otherwise end in a ``RecursionError``).
+    """
     try:
-        parsed = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArchiveError(f"{path}: member 'data' is not JSON ({error}); the file is corrupt.") from error
-    except RecursionError:  # SB3 writes a flat object; thousands of nested brackets are not a checkpoint
-        raise ArchiveError(f"{path}: member 'data' is nested too deeply to be an SB3 checkpoint.") from None
+        raise ArchiveError(f"{what} is not JSON ({error}); the file is corrupt.") from None
+    except RecursionError:
+        raise ArchiveError(f"{what} is nested too deeply to be a file this package wrote or reads.") from None
+
+
+def _plain_json(raw: bytes, path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    parsed = load_json_bytes(raw, f"{path}: member 'data'")
     if not isinstance(parsed, dict):
         raise ArchiveError(f"{path}: member 'data' is not a JSON object; the file is corrupt.")
     plain: dict[str, Any] = {}
@@ -185,10 +196,7 @@ _SAFETENSORS_ITEM_BYTES = {
 
 
 def _header_json(raw: bytes, path: Path) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ArchiveError(f"{path}: the safetensors header is not valid JSON ({type(error).__name__}).") from None
+    return load_json_bytes(raw, f"{path}: the safetensors header")
 
 
 def _tensor_bytes(path: Path, name: str, entry: Any, data_bytes: int) -> int:

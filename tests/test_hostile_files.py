@@ -50,7 +50,7 @@ def test_safetensors_sizes_are_checked_before_reading(tmp_path: Path) -> None:
     deep = _safetensors(tmp_path / "deep.safetensors", {})
     raw = b"[" * 200_000 + b"]" * 200_000
     deep.write_bytes(struct.pack("<Q", len(raw)) + raw)
-    with pytest.raises(ArchiveError, match="not valid JSON"):
+    with pytest.raises(ArchiveError, match="nested too deeply"):
         check_safetensors_file(deep)
     spec = {"experts": [{"name": "x", "source": "safetensors", "path": str(beyond), "arch": "mlp", "input_shape": [4]}]}
     with pytest.raises(CheckpointError, match=r"'x'.*declares"):
@@ -305,3 +305,16 @@ def test_an_image_claiming_a_billion_pixels_is_skipped_not_decoded(tmp_path: Pat
     Image.new("1", (40_000, 40_000)).save(tmp_path / "a" / "bomb.png")  # ~200 KB on disk, 1.6 G pixels
     data = load_image_folder(tmp_path, 8)
     assert len(data) == 4 and len(data.skipped) == 1 and "bomb.png" in data.skipped[0]
+
+
+def test_malformed_safetensors_metadata_names_the_key(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from hp_rl.hub.architectures import MLPTrunk
+
+    trunk = MLPTrunk(4, (8,))
+    for key, value in (("input_shape", "[[["), ("input_shape", '["a"]'), ("options", "[1, 2]"), ("features_dim", "x")):
+        path = tmp_path / f"{key}.safetensors"
+        save_file(trunk.state_dict(), str(path), metadata={"arch": "mlp", "input_shape": "[4]", key: value})
+        with pytest.raises(CheckpointError, match=f"metadata '{key}'"):
+            load_hub({"experts": [{"name": "x", "source": "safetensors", "path": str(path)}]})

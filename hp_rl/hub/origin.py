@@ -21,7 +21,6 @@ payloads.
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hp_rl.archive import ArchiveError, load_json_bytes
 from hp_rl.hub.pickle_numbers import PickleReadError, Record, read_pickle_numbers
 from hp_rl.yaml_files import read_foreign_yaml
 
@@ -158,8 +158,8 @@ def _zip_data(path: Path) -> dict[str, Any]:
             if info.file_size > _MAX_DATA_BYTES:
                 return {}
             raw = archive.read("data")
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        data = load_json_bytes(raw, f"{path}: member 'data'")
+    except (OSError, KeyError, zipfile.BadZipFile, ArchiveError):
         return {}
     return data if isinstance(data, dict) else {}
 

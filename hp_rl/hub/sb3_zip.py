@@ -41,7 +41,7 @@ class CheckpointError(HpRlError, ValueError):
 
 def _load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The policy weights and the plain values of ``data`` (size-capped; nothing is unpickled)."""
-    from hp_rl.archive import MAX_DATA_BYTES, MAX_TENSOR_BYTES, ArchiveError, load_tensors, read_member
+    from hp_rl.archive import MAX_DATA_BYTES, MAX_TENSOR_BYTES, ArchiveError, load_json_bytes, load_tensors, read_member
 
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path in the hub spec.")
@@ -63,8 +63,8 @@ def _load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: policy.pth is not a mapping of weights; the file is corrupt.")
     try:
-        data = json.loads(raw_data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = load_json_bytes(raw_data, f"{path}: member 'data'")
+    except ArchiveError:  # the weights are what an expert needs; its plain data only adds facts
         data = {}
     return state, data if isinstance(data, dict) else {}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,14 +50,48 @@ def _info_from_metadata(
             f"Expert {spec.name!r}: {spec.path} does not name its architecture; add 'arch' "
             f"({', '.join(sorted(ARCHITECTURES))}) to the hub spec."
         )
-    shape = spec.input_shape or (tuple(json.loads(metadata["input_shape"])) if "input_shape" in metadata else None)
-    shape = shape or observation_shape
+    shape = spec.input_shape or _metadata_shape(metadata, spec) or observation_shape
     if shape is None:
         raise HubSpecError(f"Expert {spec.name!r}: add 'input_shape' to the hub spec; the file does not say.")
-    features = spec.features_dim or int(metadata.get("features_dim", 512 if arch == "nature_cnn" else 64))
-    options = tuple(sorted(json.loads(metadata.get("options", "{}")).items()))
+    features = spec.features_dim or _metadata_int(metadata, "features_dim", 512 if arch == "nature_cnn" else 64, spec)
+    options_value = _metadata_json(metadata, "options", spec) or {}
+    if not isinstance(options_value, dict) or not all(
+        isinstance(v, str | int | float | bool) for v in options_value.values()
+    ):
+        raise CheckpointError(f"Expert {spec.name!r}: {spec.path}: metadata 'options' must map names to plain values.")
+    options = tuple(sorted((str(k), v) for k, v in options_value.items()))
     kind = "image" if len(shape) == 3 else "vector"  # nature_cnn, small_frame_cnn: (C, H, W)
     return TrunkInfo(arch, kind, tuple(int(s) for s in shape), features, options)  # type: ignore[arg-type]
+
+
+def _metadata_json(metadata: dict[str, str], key: str, spec: ExpertSpec) -> Any:
+    """A JSON value of a safetensors file's metadata (``None`` where absent)."""
+    from hp_rl.archive import ArchiveError, load_json_bytes
+
+    if key not in metadata:
+        return None
+    try:
+        return load_json_bytes(metadata[key].encode("utf-8"), f"{spec.path}: metadata '{key}'")
+    except ArchiveError as error:
+        raise CheckpointError(f"Expert {spec.name!r}: {error}") from None
+
+
+def _metadata_shape(metadata: dict[str, str], spec: ExpertSpec) -> tuple[int, ...] | None:
+    shape = _metadata_json(metadata, "input_shape", spec)
+    if shape is None:
+        return None
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and 0 < n < 2**16 for n in shape):
+        raise CheckpointError(f"Expert {spec.name!r}: {spec.path}: metadata 'input_shape' must list positive sizes.")
+    return tuple(shape)
+
+
+def _metadata_int(metadata: dict[str, str], key: str, default: int, spec: ExpertSpec) -> int:
+    text = metadata.get(key, str(default))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_FEATURES_DIM:
+        raise CheckpointError(
+            f"Expert {spec.name!r}: {spec.path}: metadata '{key}' is not a usable width ({text[:40]!r})."
+        )
+    return int(text)
 
 
 def _load_safetensors(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:

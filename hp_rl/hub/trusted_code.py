@@ -14,7 +14,6 @@ loading one runs whatever its author wrote. hp_rl therefore:
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from collections.abc import Iterable
@@ -120,7 +119,7 @@ def torchscript_facts(path: str | Path) -> dict[str, Any]:
 
     :raises HubSpecError: a facts member that is oversized or not a JSON object.
     """
-    from hp_rl.archive import ArchiveError, read_member
+    from hp_rl.archive import ArchiveError, load_json_bytes, read_member
 
     path = Path(path)
     try:
@@ -132,9 +131,9 @@ def torchscript_facts(path: str | Path) -> dict[str, Any]:
     except (zipfile.BadZipFile, OSError, ArchiveError) as error:
         raise HubSpecError(f"{path} is not a readable TorchScript file ({error}).") from None
     try:
-        facts = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise HubSpecError(f"{path}: its facts.json is not valid JSON.") from None
+        facts = load_json_bytes(raw, f"{path}: its facts.json")
+    except ArchiveError as error:
+        raise HubSpecError(str(error)) from None
     if not isinstance(facts, dict):
         raise HubSpecError(f"{path}: its facts.json is not a JSON object.")
     return facts

@@ -28,7 +28,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from hp_rl.archive import ArchiveError, SB3Archive, check_npz_file, read_sb3_archive
+from hp_rl.archive import ArchiveError, SB3Archive, check_npz_file, load_json_bytes, read_sb3_archive
 from hp_rl.errors import HpRlError
 from hp_rl.hub.trusted_code import refuse_untrusted_hub
 from hp_rl.paths import written_by_rename
@@ -231,11 +231,11 @@ def restore_episode_stats(model: BaseAlgorithm, checkpoint: Path) -> None:
     if not path.is_file() or path.stat().st_size > _MAX_EPISODES_BYTES:
         return
     try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
+        stats = load_json_bytes(path.read_bytes(), str(path))
         window = int(getattr(model, "_stats_window_size", 100))
         infos = [{str(k): float(v) for k, v in item.items()} for item in stats["ep_info_buffer"]]
         successes = [float(item) for item in stats["ep_success_buffer"]]
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, AttributeError):  # ArchiveError is a ValueError
         logger.warning(f"{path} is not a valid episode record; episode means restart after the resume.")
         return
     model.ep_info_buffer = deque(infos[-window:], maxlen=window)
