@@ -315,6 +315,9 @@ METHODS: dict[str, Method] = {
         Method("cli_default", "hp_rl.train defaults (--hub auto)", "cli"),
         # the user's path with the paper's configuration: the same zips, --hub-set preset=paper
         Method("cli_paper", "hp_rl.train, agents as SB3 zips, preset=paper", "cli"),
+        # the headline command with the transfer preset on its bundled hub (--hub auto --hub-set preset=transfer):
+        # encoders are scored, and without evidence the base network acts alone
+        Method("cli_default_transfer", "hp_rl.train --hub auto, preset=transfer", "cli"),
         Method("single", "single expert", "single", {"k": 1, **_NO_AUX}),
         Method("dense", "dense mixture", "hub", {"dense": True, **_NO_AUX}),
         Method("hub_pathway", "Hub-Pathway", "hub", dict(_HUB_PATHWAY), exploit_coef=0.1),
@@ -371,7 +374,7 @@ METHODS: dict[str, Method] = {
 def method_uses_sources(name: str) -> bool:
     """Whether runs of method ``name`` need the suite's pretrained source agents (scratch and the headline
     command with its bundled hub do not)."""
-    return METHODS[name].kind != "scratch" and name != "cli_default"
+    return METHODS[name].kind != "scratch" and not name.startswith("cli_default")
 
 
 @dataclass(frozen=True)
@@ -653,7 +656,7 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     module_spec.loader.exec_module(user_agents)
     folder = (settings.out or REPO_ROOT / "bench_out") / "user_zips"
     zips = []
-    hub = {} if key.base_method == "cli_default" else target_hub(suite, experts, key.target)
+    hub = {} if key.base_method.startswith("cli_default") else target_hub(suite, experts, key.target)
     for name, expert in hub.items():
         if not isinstance(expert, dict):  # the sweep's own builds: hp_rl run folders, given by their model.zip
             zips.append(expert)
@@ -663,8 +666,8 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     argv = ["--env", target_env_id(suite, key.target)] + (["--hub", ",".join(str(z) for z in zips)] if zips else [])
     for name, value in (suite.target_env_kwargs.get(key.target) or {}).items():  # a variant: as a user gives it
         argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
-    if key.base_method == "cli_paper":
-        argv += ["--hub-set", "preset=paper"]
+    if key.base_method in ("cli_paper", "cli_default_transfer"):
+        argv += ["--hub-set", f"preset={'paper' if key.base_method == 'cli_paper' else 'transfer'}"]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
     config, env = config_and_env(build_parser().parse_args(argv))
     env.close()
@@ -926,6 +929,7 @@ _SINGLE_ROWS = (*_SINGLE_METHODS, "single_agent_warmup")  # single-expert rows o
 _ROW_ORDER = (
     "scratch",
     "cli_default",
+    "cli_default_transfer",
     "user_zips",
     "cli_paper",
     "single_best",
