@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=int, default=120, help="seconds one line may take before it is a hang")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds one line may take before it is a hang")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs/results/cli_fuzz.json")
     args = parser.parse_args(argv)
     report = fuzz(args.lines, args.seed, args.timeout)

@@ -4,7 +4,7 @@ that names the problem), never a traceback or a hang.
 Lines are drawn from a fixed seed: each takes a few flags with values at and past their edges (zero, negative,
 huge, not a number, not text a file system takes, YAML tags and aliases, escape codes), now and then a stray token,
 and always a private ``--tensorboard-log`` folder and a small step budget where the line gives none, so a line that
-is valid trains for a second. Each runs in this process (``hp_rl.train.main``) under a wall-clock alarm::
+is valid trains for a second. Each runs in this process (``hp_rl.train.main``) under a wall-clock alarm (300 s: a loaded machine is slow)::
 
     python benchmarks/cli_fuzz.py --lines 1000 --seed 0      # the report: docs/results/cli_fuzz.json
 """
@@ -120,7 +120,7 @@ def _problem_in_output(text: str) -> str:
     return ""
 
 
-def run_line(argv: list[str], folder: Path, timeout_s: int = 120) -> FuzzResult:
+def run_line(argv: list[str], folder: Path, timeout_s: int = 300) -> FuzzResult:
     """Run ``hp_rl.train.main(argv)`` in this process with its output captured and a wall-clock alarm."""
     import torch
 
@@ -157,7 +157,7 @@ def run_line(argv: list[str], folder: Path, timeout_s: int = 120) -> FuzzResult:
     return FuzzResult(argv, status, round(seconds, 2), problem, detail)
 
 
-def fuzz(count: int, seed: int, timeout_s: int = 120) -> dict[str, Any]:
+def fuzz(count: int, seed: int, timeout_s: int = 300) -> dict[str, Any]:
     """Run ``count`` lines from ``seed``; return a summary (counts by status and problem) and every problem."""
     import torch
 

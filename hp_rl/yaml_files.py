@@ -31,16 +31,22 @@ MAX_DEPTH = 100
 MAX_EXPANDED_NODES = 200_000
 
 
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """Nodes of ``node`` with every alias expanded (an alias is its anchor's node object: memoised by identity)."""
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: frozenset[int] = frozenset()) -> int:
+    """Nodes of ``node`` with every alias expanded (an alias is its anchor's node object: memoised by identity).
+
+    :raises _TooLarge: for a node that contains itself through an alias (``&a [*a]``): it would expand forever.
+    """
     known = sizes.get(id(node))
     if known is not None:
         return known
+    if id(node) in open_nodes:
+        raise _TooLarge("an alias refers to the collection that holds it (&a [*a]): it expands without end")
+    inside = open_nodes | {id(node)}
     size = 1
     if isinstance(node, yaml.SequenceNode):
-        size += sum(_expanded_size(child, sizes) for child in node.value)
+        size += sum(_expanded_size(child, sizes, inside) for child in node.value)
     elif isinstance(node, yaml.MappingNode):
-        size += sum(_expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value)
+        size += sum(_expanded_size(k, sizes, inside) + _expanded_size(v, sizes, inside) for k, v in node.value)
     sizes[id(node)] = size
     return size
 

@@ -318,3 +318,18 @@ def test_malformed_safetensors_metadata_names_the_key(tmp_path: Path) -> None:
         save_file(trunk.state_dict(), str(path), metadata={"arch": "mlp", "input_shape": "[4]", key: value})
         with pytest.raises(CheckpointError, match=f"metadata '{key}'"):
             load_hub({"experts": [{"name": "x", "source": "safetensors", "path": str(path)}]})
+
+
+def test_a_yaml_value_that_holds_itself_and_an_absurd_budget_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hp_rl.errors import ConfigError
+    from hp_rl.yaml_files import load_yaml_text
+
+    with pytest.raises(ConfigError, match="refers to the collection that holds it"):
+        load_yaml_text("&a [*a, *a]", "a test value")
+    assert load_yaml_text("[&a 1, *a, *a]", "a test value") == [1, 1, 1]  # plain aliases still read
+    base = ["--env", "CartPole-v1", "--tensorboard-log", str(tmp_path), "--no-progress"]
+    assert train_cli.main([*base, "--env-kwargs", "x=&a [*a, *a]", "-n", "48"]) == 2
+    assert train_cli.main([*base, "-n", "99999999999999999999999"]) == 2  # 1e23 steps: a typo, not a plan
+    assert "between 1 and 1000000000000" in capsys.readouterr().err

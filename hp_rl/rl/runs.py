@@ -102,7 +102,7 @@ class RunConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise RunConfigError(f"{where(name)}: {getattr(self, name)!r} must be a string.")
         integer("k", 1)
-        integer("n_timesteps", 1)
+        integer("n_timesteps", 1, MAX_TIMESTEPS)
         integer("seed", 0, MAX_SEED)
         integer("n_envs", 1, MAX_ENVS)
         integer("eval_freq", 0)
@@ -155,6 +155,7 @@ class RunConfigError(HpRlError, ValueError):
 
 NONFINITE_MODES = ("error", "sanitize")
 MAX_ENVS = 1024
+MAX_TIMESTEPS = 10**12  # ~30 years at 1,000 steps/s: a larger -n is a typo, not a plan
 MAX_THREADS = 1024
 VEC_ENVS = ("dummy", "subproc")
 # RunConfig field -> the hp_rl.train flag that sets it, for messages about command-line values.
