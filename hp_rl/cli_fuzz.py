@@ -4,7 +4,8 @@ that names the problem), never a traceback or a hang.
 Lines are drawn from a fixed seed: each takes a few flags with values at and past their edges (zero, negative,
 huge, not a number, not text a file system takes, YAML tags and aliases, escape codes), now and then a stray token,
 and always a private ``--tensorboard-log`` folder and a small step budget where the line gives none, so a line that
-is valid trains for a second. Each runs in this process (``hp_rl.train.main``) under a wall-clock alarm (300 s: a loaded machine is slow)::
+is valid trains for a second. Each runs in this process (``hp_rl.train.main``) under a wall-clock alarm (300 s:
+a loaded machine is slow)::
 
     python benchmarks/cli_fuzz.py --lines 1000 --seed 0      # the report: docs/results/cli_fuzz.json
 """
