@@ -333,3 +333,12 @@ def test_a_yaml_value_that_holds_itself_and_an_absurd_budget_are_exit_2(
     assert train_cli.main([*base, "--env-kwargs", "x=&a [*a, *a]", "-n", "48"]) == 2
     assert train_cli.main([*base, "-n", "99999999999999999999999"]) == 2  # 1e23 steps: a typo, not a plan
     assert "between 1 and 1000000000000" in capsys.readouterr().err
+
+
+def test_encoders_are_scored_on_frames_as_training_sees_them() -> None:
+    """LogME reads an image target's frames channels first and scaled, as SB3 gives them to the extractor."""
+    from hp_rl.rl.scoring import score_hub
+
+    hub = {"experts": [{"name": "cnn", "source": "random", "arch": "nature_cnn", "input_shape": [4, 84, 84]}]}
+    scores = score_hub(hub, "CartPole-v1", episodes=1, rollout_steps=32, seed=0, env_preset="control_pixels")
+    assert np.isfinite(scores["experts"]["cnn"]["logme"]) and 0.0 <= scores["prior"]["cnn"] <= 0.2

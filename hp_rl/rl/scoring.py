@@ -414,7 +414,16 @@ def _add_logme(
     seed: int,
     gamma: float,
 ) -> int:
-    """LogME of each head-less expert's features on one random rollout; returns the steps it took."""
+    """LogME of each head-less expert's features on one random rollout; returns the steps it took.
+
+    The frames reach the experts as they reach them in training: SB3's preprocessing (image frames channels first,
+    scaled to [0, 1]).
+    """
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first, preprocess_obs
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    if is_image_space(env.observation_space) and not is_image_space_channels_first(env.observation_space):
+        env = VecTransposeImage(env)  # as SB3 wraps the training environment
     observations: list[np.ndarray] = []
     rewards, dones = [], []
     obs = env.reset()
@@ -426,7 +435,9 @@ def _add_logme(
         dones.append(done.astype(np.float64))
     env.close()
     returns = _discounted_returns(np.array(rewards), np.array(dones), gamma).reshape(-1)
-    frames = torch.as_tensor(np.concatenate(observations)).float()
+    frames = preprocess_obs(torch.as_tensor(np.concatenate(observations)), env.observation_space)
+    assert isinstance(frames, torch.Tensor)  # a Box space: one tensor
+    frames = frames.float()
     for name, expert in features_of.items():
         with torch.no_grad():
             features = expert.forward_trunk(frames).numpy()
