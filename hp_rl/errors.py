@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HpRlError", "ConfigError", "RoutingError", "error_message", "printable", "MAX_MESSAGE_CHARS"]
+__all__ = ["HpRlError", "CliError", "ConfigError", "RoutingError", "error_message", "printable", "MAX_MESSAGE_CHARS"]
 
 # A message names a value, where it came from and the fix: a paragraph, never megabytes of a hostile file.
 MAX_MESSAGE_CHARS = 2_000
@@ -17,6 +17,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 class HpRlError(Exception):
     """A problem with the user's input or files; the message names the value, where it came from and the fix."""
+
+
+class CliError(HpRlError):
+    """A problem with a command line or its inputs: reported in one paragraph, exit code 2."""
 
 
 class ConfigError(HpRlError, ValueError):

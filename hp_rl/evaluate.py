@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
+from hp_rl.errors import CliError, HpRlError, error_message
 from hp_rl.paths import append_text_by_rename
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
@@ -35,10 +35,6 @@ __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", 
 VIDEO_FORMATS = (".mp4", ".avi", ".gif")
 _GIF_MAX_FRAMES = 3000  # a gif keeps every frame in memory; mp4/avi stream to disk
 _MAX_FRAMES = 30_000
-
-
-class CliError(HpRlError):
-    """A problem with the command line or its inputs: reported in one paragraph, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

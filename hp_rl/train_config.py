@@ -20,7 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from hp_rl.errors import HpRlError
+from hp_rl.errors import CliError, HpRlError
 from hp_rl.paths import check_path_text, named_hub_spec
 from hp_rl.rl.runs import MAX_ENVS, MAX_SEED, MAX_THREADS
 
@@ -39,10 +39,6 @@ _RESERVED_SET = {
     "normalize": "observation normalisation is not supported by this command",
     "_init_setup_model": "internal to SB3",
 }
-
-
-class CliError(HpRlError):
-    """A problem with the command line or its inputs: reported in one paragraph, exit code 2."""
 
 
 # --- hub ---------------------------------------------------------------------------------------------------------
