@@ -2,11 +2,12 @@
 
 Examples::
 
-    python -m hp_rl.train --algo ppo --env BreakoutNoFrameskip-v4 --hub configs/hubs/atari.yml -k 2
+    python -m hp_rl.train --algo ppo --env BreakoutNoFrameskip-v4 --hub hp_rl/hub/bundled/atari -k 2
     python -m hp_rl.train --algo a2c --env CartPole-v1 --hub none -n 100000          # plain SB3 baseline
     python -m hp_rl.train --algo ppo --env CartPole-v1 --env-preset control_pixels --hub random:4 -k 1
     python -m hp_rl.train --algo ppo --env CartPole-v1 --set n_steps=64 --set policy_kwargs.net_arch=[64]
     python -m hp_rl.train --resume runs/ppo_CartPole-v1_random4-k1_1          # continue after Ctrl-C
+    python -m hp_rl.train --algo ppo --env CartPole-v1 --seeds 0 1 2 --jobs 2    # one run per seed
 
 Each run gets a folder ``<tensorboard-log>/<algo>_<env>_<hub tag>_<N>`` with ``config.yml`` (the resolved
 hyperparameters), ``command.txt``, ``versions.yml``, ``hub_manifest.yml`` (hub runs), ``checkpoints/``,
