@@ -1,7 +1,7 @@
 """Transfer benchmark: Hub-Pathway against scratch, single-expert fine-tuning and a dense mixture.
 
 Leave-one-task-out: for each target task, the hub holds experts pretrained on the *other* tasks of a suite
-by the project's hub builder (:func:`hp_rl.rl.hub_builder.build_hub`, pretrained once, cached in
+by the project's hub builder (:func:`hp_rl.rl.pretraining.build_hub`, pretrained once, cached in
 ``<out>/hubs/<suite>`` and reused by every method and seed). Every method trains PPO for the same number
 of environment steps on the target, over several seeds::
 
@@ -407,7 +407,7 @@ class RunKey:
 # --------------------------------------------------------------------------------------------------
 def target_env_id(suite: Suite, target: str) -> str:
     """The environment id of a target (a recipe task or one of the suite's extra targets)."""
-    from hp_rl.rl.hub_builder import load_recipe
+    from hp_rl.rl.pretraining import load_recipe
 
     if target in suite.extra_targets:
         return suite.extra_targets[target]
@@ -419,7 +419,7 @@ def target_env_id(suite: Suite, target: str) -> str:
 
 def source_tasks(suite: Suite) -> tuple[str, ...]:
     """The suite's source task names, in recipe order."""
-    from hp_rl.rl.hub_builder import load_recipe
+    from hp_rl.rl.pretraining import load_recipe
 
     return tuple(task.name for task in load_recipe(suite.recipe).tasks)
 
@@ -433,7 +433,7 @@ def prepare_hub(suite: Suite, workdir: Path, build: bool = True, accept_checkpoi
     :param accept_checkpoints: for an unfinished expert, use its newest checkpoint (a time-boxed build).
     :return: task name -> final ``model.zip`` (or checkpoint).
     """
-    from hp_rl.rl.hub_builder import build_hub
+    from hp_rl.rl.pretraining import build_hub
     from hp_rl.rl.runs import AgentRunFolder
 
     found = build_hub(suite.recipe, workdir) if build else {}
@@ -487,7 +487,7 @@ def target_hub(suite: Suite, experts: dict[str, Expert], target: str) -> dict[st
 def _hub_mapping(suite: Suite, experts: dict[str, Expert], random_trunks: bool = False) -> dict[str, Any]:
     """The hub spec of ``experts``, with what each source task's channels and actions mean."""
     from hp_rl.hub import read_sb3_trunk
-    from hp_rl.rl.hub_builder import load_recipe, task_meanings
+    from hp_rl.rl.pretraining import load_recipe, task_meanings
 
     tasks = {task.name: task for task in load_recipe(suite.recipe).tasks}
     entries: list[dict[str, Any]] = []
@@ -590,7 +590,7 @@ class RunSettings:
 def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:
     from hp_rl.rl.config import apply_overrides, load_hyperparams
     from hp_rl.rl.envs import preset_for
-    from hp_rl.rl.hub_builder import load_recipe
+    from hp_rl.rl.pretraining import load_recipe
     from hp_rl.rl.runs import RunConfig
 
     env_id = target_env_id(suite, key.target)

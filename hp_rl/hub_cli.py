@@ -6,7 +6,7 @@
   (digest, whether it is trusted, the shapes it declares, its code files), never loaded or run.
 - ``trust FILE``: record a TorchScript file as trusted, so that run folders naming it may run it
   (:mod:`hp_rl.hub.trusted_code`).
-- ``build RECIPE``: pretrain the recipe's source experts (resumable: :func:`hp_rl.rl.hub_builder.build_hub`),
+- ``build RECIPE``: pretrain the recipe's source experts (resumable: :func:`hp_rl.rl.pretraining.build_hub`),
   evaluate each finished one on its source task (whole games, unclipped score) beside a random policy, and
   write ``<workdir>/hub.yaml``, a hub spec of the trained checkpoints with their provenance.
 - ``export SOURCE``: trunks to fp16 safetensors plus a ``hub.yaml`` manifest, the bundled hubs' format.
@@ -237,7 +237,7 @@ def cmd_build(
 ) -> int:
     """Train (or resume) the recipe's experts, evaluate the finished ones, write ``<workdir>/hub.yaml``."""
     from hp_rl.hub.sb3_zip import read_sb3_trunk
-    from hp_rl.rl.hub_builder import build_hub, load_recipe, task_meanings
+    from hp_rl.rl.pretraining import build_hub, load_recipe, task_meanings
 
     recipe_path = Path(recipe_text)
     if not recipe_path.is_file():

@@ -10,10 +10,10 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from hp_rl.hub.builder import manifest_entry
 from hp_rl.hub.export import ExportItem, export_trunk
 from hp_rl.hub.sources import load_expert
 from hp_rl.hub.spec import ExpertSpec
+from hp_rl.hub.trunks import manifest_entry
 from hp_rl.rl.algorithms import HubPPO
 from hp_rl.rl.envs import env_meanings, make_env
 from hp_rl.rl.extractor import find_hub_extractors

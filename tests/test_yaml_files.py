@@ -91,7 +91,7 @@ def test_each_kind_of_file_refuses_repeated_and_unknown_keys(
     path.write_text(text)
     with pytest.raises(HpRlError, match=message) as caught:
         if reader == "recipe":
-            from hp_rl.rl.hub_builder import load_recipe
+            from hp_rl.rl.pretraining import load_recipe
 
             load_recipe(path)
         elif reader == "run_config":

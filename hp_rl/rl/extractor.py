@@ -15,10 +15,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from hp_rl.hub import HubExpert, HubSpec, load_expert, parse_hub
-from hp_rl.hub.builder import load_hub_trunks, trunk_parameter_groups
 from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway_options
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
+from hp_rl.hub.trunks import load_hub_trunks, trunk_parameter_groups
 from hp_rl.rl.agent_meanings import learn_task_meanings, map_policy_head
 from hp_rl.rl.baselines import base_trunk
 from hp_rl.rl.prior import read_hub_prior, routable_experts, routed_by_prior, start_from_prior

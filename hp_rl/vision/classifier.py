@@ -29,8 +29,8 @@ from hp_rl.hub import (
     parse_hub,
 )
 from hp_rl.hub import load_expert as _load_expert
-from hp_rl.hub.builder import load_hub_trunks, manifest_entry, trunk_parameter_groups
 from hp_rl.hub.options import PathwayOptionError, check_pathway_options
+from hp_rl.hub.trunks import load_hub_trunks, manifest_entry, trunk_parameter_groups
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,

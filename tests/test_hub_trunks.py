@@ -7,7 +7,7 @@ import pytest
 from gymnasium import spaces
 
 from hp_rl.hub import parse_hub
-from hp_rl.hub.builder import load_hub_trunks, manifest_entry
+from hp_rl.hub.trunks import load_hub_trunks, manifest_entry
 from hp_rl.rl.extractor import HubPathwayExtractor
 from hp_rl.vision.classifier import HubPathwayClassifier
 

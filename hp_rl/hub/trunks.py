@@ -1,5 +1,5 @@
-"""The one pathway builder: a hub spec's experts loaded as trunks with input adapters, training modes and
-learning-rate scales; the optimizer's parameter groups of their trunks; the manifest of what was loaded.
+"""A hub's trunks, loaded (the one pathway builder): a hub spec's experts as trunks with input adapters, training
+modes and learning-rate scales; the optimizer's parameter groups of their trunks; the manifest of what was loaded.
 
 Used by both consumers of the routing core, the RL features extractor
 (:class:`hp_rl.rl.extractor.HubPathwayExtractor`) and the image classifier

@@ -1,4 +1,4 @@
-"""``hp_rl.hub build``: pretrain source experts from a recipe with the project's own training."""
+"""``hp_rl.hub build``: pretraining the agents of a hub recipe with the project's own training (resumable)."""
 
 from __future__ import annotations
 
