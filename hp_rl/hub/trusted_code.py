@@ -75,7 +75,8 @@ def trust_code(paths: Iterable[str | Path]) -> list[str]:
     from hp_rl.paths import append_text_by_rename
 
     digests = [file_sha256(path) for path in paths]
-    new = [d for d in dict.fromkeys(digests) if d not in trusted_digests()]
+    trusted = trusted_digests()
+    new = [d for d in dict.fromkeys(digests) if d not in trusted]
     if new:
         trust_file().parent.mkdir(parents=True, exist_ok=True)
         append_text_by_rename(trust_file(), "".join(f"{d}\n" for d in new))

@@ -129,12 +129,12 @@ def distill_policy(
                     actions = np.where(chosen, teacher_actions, actions)
                 obs, _, _, _ = env.step(actions)
                 steps += env.num_envs
-            batch_obs = np.concatenate(gathered)
-            stored.append(_label_batch(teacher, batch_obs))
-            stored_bytes += batch_obs.nbytes
+            labelled = _label_batch(teacher, np.concatenate(gathered))
+            stored.append(labelled)
+            stored_bytes += labelled[0].nbytes
             while stored_bytes > settings.buffer_bytes and len(stored) > 1:
                 stored_bytes -= stored.pop(0)[0].nbytes
-            kl_before = _mean_kl(teacher, student, batch_obs)
+            kl_before = _mean_kl(student, *labelled[:2])
             _train(student, optimizer, stored, settings, device, rng)
             entry = {"round": float(round_index + 1), "steps": float(steps), "teacher_share": teacher_share}
             entry["kl_before"] = kl_before
@@ -149,9 +149,11 @@ def _label_batch(teacher: BaseAlgorithm, obs: np.ndarray) -> tuple[np.ndarray, n
     with torch.no_grad():
         tensor = _as_tensor(teacher, obs)
         distribution, values = _labels(teacher.policy, tensor)
-        params = distribution.distribution.logits if hasattr(distribution.distribution, "logits") else None
-        if params is None:  # a Gaussian: its means; the student's log std is learnt through the KL
-            params = torch.cat([distribution.distribution.loc, distribution.distribution.scale.log()], dim=-1)
+        torch_distribution = distribution.distribution
+        if isinstance(torch_distribution, Categorical):
+            params = torch_distribution.logits
+        else:  # a Gaussian: its means and log stds (the student's log std is learnt through the KL)
+            params = torch.cat([torch_distribution.loc, torch_distribution.scale.log()], dim=-1)
     return obs, params.cpu().numpy(), values.cpu().numpy()
 
 
@@ -163,12 +165,16 @@ def _stored_distribution(params: torch.Tensor, discrete: bool) -> Distribution:
     return Normal(params[:, :half], params[:, half:].exp())
 
 
-def _mean_kl(teacher: BaseAlgorithm, student: BaseAlgorithm, obs: np.ndarray) -> float:
+def _mean_kl(student: BaseAlgorithm, obs: np.ndarray, params: np.ndarray) -> float:
+    """Mean KL(teacher || student) on ``obs``, the teacher's distribution from the labels already computed."""
     with torch.no_grad():
-        tensor = _as_tensor(student, obs)
-        teacher_distribution = _labels(teacher.policy, tensor)[0].distribution
-        student_distribution = _labels(student.policy, tensor)[0].distribution
-        return float(_kl(teacher_distribution, student_distribution).mean())
+        teacher = _stored_distribution(torch.as_tensor(params, device=student.device), _discrete(student))
+        student_distribution = _labels(student.policy, _as_tensor(student, obs))[0].distribution
+        return float(_kl(teacher, student_distribution).mean())
+
+
+def _discrete(model: BaseAlgorithm) -> bool:
+    return isinstance(model.action_space, spaces.Discrete)
 
 
 def _train(
@@ -182,7 +188,7 @@ def _train(
     obs = np.concatenate([s[0] for s in stored])
     params = torch.as_tensor(np.concatenate([s[1] for s in stored]), device=device)
     values = torch.as_tensor(np.concatenate([s[2] for s in stored]), device=device)
-    discrete = isinstance(student.action_space, spaces.Discrete)
+    discrete = _discrete(student)
     student.policy.set_training_mode(True)
     for _ in range(settings.epochs):
         order = rng.permutation(len(obs))
