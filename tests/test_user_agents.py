@@ -343,12 +343,16 @@ def test_an_agent_whose_files_name_another_variant_is_measured_at_home(agents: d
     assert scores["prior"]["ppo_CartPole-v1_nohub_1"] == pytest.approx(min(1.0, max(0.0, kept)), abs=1e-3)
 
 
-def test_whole_agents_call_for_transfer_and_encoders_for_the_paper_s_configuration(agents: dict[str, Path]) -> None:
+def test_discrete_targets_call_for_transfer_whatever_the_hub_holds(agents: dict[str, Path]) -> None:
     from hp_rl.rl.agent_meanings import choose_preset
 
     env = make_env("Acrobot-v1", 1, 0)
     assert choose_preset(str(agents["acrobot"]), env)[0] == "transfer"  # its head reaches Acrobot's actions
     name, why = choose_preset(str(agents["cartpole"]), env)  # a whole agent whose head does not: scored, not routed
     assert name == "transfer" and "no head reaches" in why
-    assert choose_preset("random:2", env)[0] == "paper"  # encoders only
+    name, why = choose_preset("random:2", env)  # encoders only: scored, routed only on evidence
+    assert name == "transfer" and "a hub of encoders" in why
     env.close()
+    continuous = make_env("Pendulum-v1", 1, 0)
+    assert choose_preset("random:2", continuous)[0] == "paper"  # no policy head maps onto continuous actions
+    continuous.close()

@@ -106,10 +106,15 @@ def map_policy_head(
 
 
 def choose_preset(hub: Any, env: Any) -> tuple[str, str]:
-    """The configuration a hub calls for on a target (``preset="auto"``): ``transfer`` when at least one expert is a
-    whole agent (it brings policy heads: whether they reach the target's actions and play it, scoring decides, and
-    an agent without that evidence is not routed), ``paper`` when the hub holds only encoders (image backbones,
-    head-less exports) or the target's actions are not discrete.
+    """The configuration a hub calls for on a target (``preset="auto"``): ``transfer`` whenever the target's actions
+    are discrete, ``paper`` when they are not (no policy head can map onto them).
+
+    Under ``transfer`` every expert is scored on the target before training and routed only on evidence that it
+    helps, beside a base network that learns as scratch does: whole agents whose heads play the target are
+    reused, and a hub of encoders (image backbones, head-less exports, random trunks) costs little and harms
+    nothing. The paper's configuration routes encoders without evidence, and on a hub of other tasks' encoders it
+    trained worse than scratch (docs/results/atari100k.md, docs/results/leave_one_out.md); it stays one flag
+    away (``--hub-set preset=paper``).
 
     :param hub: anything :func:`hp_rl.hub.parse_hub` accepts.
     :param env: the target environment (vectorised or not).
@@ -141,4 +146,7 @@ def choose_preset(hub: Any, env: Any) -> tuple[str, str]:
             f"{', '.join(whole)} are whole agents, though no head reaches the target's actions: none will be routed "
             "unless it shows it plays the target"
         )
-    return "paper", "no expert brings policy heads (a hub of encoders)"
+    return "transfer", (
+        "no expert brings a policy head (a hub of encoders): each is scored on the target and routed only where "
+        "the score says it helps; otherwise the base network learns alone"
+    )
