@@ -318,6 +318,8 @@ METHODS: dict[str, Method] = {
         # the headline command with the transfer preset on its bundled hub (--hub auto --hub-set preset=transfer):
         # encoders are scored, and without evidence the base network acts alone
         Method("cli_default_transfer", "hp_rl.train --hub auto, preset=transfer", "cli"),
+        # the headline command with the paper's configuration on its bundled hub (--hub auto --hub-set preset=paper)
+        Method("cli_default_paper", "hp_rl.train --hub auto, preset=paper", "cli"),
         Method("single", "single expert", "single", {"k": 1, **_NO_AUX}),
         Method("dense", "dense mixture", "hub", {"dense": True, **_NO_AUX}),
         Method("hub_pathway", "Hub-Pathway", "hub", dict(_HUB_PATHWAY), exploit_coef=0.1),
@@ -666,8 +668,9 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     argv = ["--env", target_env_id(suite, key.target)] + (["--hub", ",".join(str(z) for z in zips)] if zips else [])
     for name, value in (suite.target_env_kwargs.get(key.target) or {}).items():  # a variant: as a user gives it
         argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
-    if key.base_method in ("cli_paper", "cli_default_transfer"):
-        argv += ["--hub-set", f"preset={'paper' if key.base_method == 'cli_paper' else 'transfer'}"]
+    preset = {"cli_paper": "paper", "cli_default_paper": "paper", "cli_default_transfer": "transfer"}
+    if key.base_method in preset:
+        argv += ["--hub-set", f"preset={preset[key.base_method]}"]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
     config, env = config_and_env(build_parser().parse_args(argv))
     env.close()
@@ -930,6 +933,7 @@ _ROW_ORDER = (
     "scratch",
     "cli_default",
     "cli_default_transfer",
+    "cli_default_paper",
     "user_zips",
     "cli_paper",
     "single_best",
