@@ -348,6 +348,7 @@ def evaluate_run(
     except BaseException:
         env.close()
         raise
+    env.seed(seed)  # SB3's load seeds the env with the training seed; the evaluation (and its replay) use this one
     started = time.time()
     bar = _EpisodeBar(episodes, enabled=progress)
     try:

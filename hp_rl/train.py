@@ -163,10 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue the run folder RUN from its latest checkpoint (its config.yml decides "
-        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --vec-env, --no-progress "
-        "and -v)",
+        "everything except -n, --device, --keep-checkpoints, --nonfinite-obs, --vec-env, --no-progress, "
+        "--track and -v)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tracking = parser.add_argument_group('experiment tracking (pip install "hp_rl[track]")')
+    tracking.add_argument(
+        "--track", action="store_true", help="record the run with Weights & Biases: its TensorBoard charts and config"
+    )
+    tracking.add_argument("--wandb-project-name", default="hp_rl", help="W&B project (default: hp_rl)")
+    tracking.add_argument("--wandb-entity", help="W&B team or user (default: your own)")
+    tracking.add_argument("--wandb-tags", nargs="+", default=[], metavar="TAG", help="W&B tags of the run")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="one run per seed, each its own folder")
     parser.add_argument("--jobs", type=int, default=1, help="with --seeds: runs at a time, in processes (default 1)")
     parser.add_argument(
@@ -274,10 +281,20 @@ def _progress(args: argparse.Namespace) -> tuple[bool, list[Any]]:
     return False, [PlainProgress()]
 
 
+def _tracking(args: argparse.Namespace) -> Any:
+    from hp_rl.tracking import options_from
+
+    return options_from(args.track, args.wandb_project_name, args.wandb_entity, args.wandb_tags)
+
+
 def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
+    from dataclasses import asdict
+
     from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import run_training
+    from hp_rl.tracking import tracked
 
+    tracking = _tracking(args)  # W&B missing is refused before anything is built
     config, env = config_and_env(args)
     sb3_verbose = min(args.verbose, 2)
     model = build_or_close(config, env, sb3_verbose)
@@ -306,9 +323,10 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
                 flush=True,
             )
             progress_bar, callbacks = _progress(args)
-            outcome = run_training(
-                config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model, callbacks=callbacks
-            )
+            with tracked(tracking, folder, asdict(config)):
+                outcome = run_training(
+                    config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model, callbacks=callbacks
+                )
     except KeyboardInterrupt:
         _remove_if_empty(folder.path)
         raise
@@ -329,12 +347,16 @@ def _remove_if_empty(path: Path) -> None:
 
 
 def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
+    from dataclasses import asdict
+
     from hp_rl.rl.checkpoints import load_latest
     from hp_rl.rl.envs import make_env
     from hp_rl.rl.models import apply_threads, check_device
     from hp_rl.rl.runs import AgentRunFolder, RunConfig
     from hp_rl.rl.training import run_training
+    from hp_rl.tracking import tracked
 
+    tracking = _tracking(args)
     folder = AgentRunFolder(Path(args.resume))
     folder.refuse_links()
     under_runs = Path("runs") / args.resume
@@ -410,15 +432,16 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
             )
         print(f"Resuming {folder.path} from {path.name} (step {steps}) up to {config.n_timesteps}.", flush=True)
         progress_bar, callbacks = _progress(args)
-        outcome = run_training(
-            config,
-            folder,
-            resume=True,
-            progress_bar=progress_bar,
-            verbose=min(args.verbose, 2),
-            model=model,
-            callbacks=callbacks,
-        )
+        with tracked(tracking, folder, asdict(config)):
+            outcome = run_training(
+                config,
+                folder,
+                resume=True,
+                progress_bar=progress_bar,
+                verbose=min(args.verbose, 2),
+                model=model,
+                callbacks=callbacks,
+            )
     return _print_outcome(outcome, folder)
 
 

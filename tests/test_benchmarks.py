@@ -175,7 +175,7 @@ def test_the_benchmark_measures_the_models_hp_rl_train_builds(tmp_path: Path) ->
     spec.write_text(yaml.safe_dump(bench.minatar_hub(4, 4, None)))
     for case, flags in (
         (bench.TrainCase("plain"), ["--hub", "none"]),
-        (bench.TrainCase("hubppo", 4, 2, algo="hubppo"), ["--hub", str(spec), "-k", "2"]),
+        (bench.TrainCase("hubppo", 4, 2, algo="hubppo"), ["--hub", str(spec), "-k", "2", "--hub-set", "preset=paper"]),
     ):
         measured = bench._build_train_model("minatar", case, args)
         command = "--env MinAtar/Breakout-v1 --n-envs 2 --device cpu --set n_steps=16 --set batch_size=32"

@@ -108,6 +108,8 @@ def hub_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         *TINY,
         "--hub",
         "random:2",
+        "--hub-set",
+        "preset=paper",  # random trunks are routed only under the paper's configuration
         "-k",
         "1",
         "-n",
@@ -132,7 +134,8 @@ def test_hub_run_writes_manifest_with_every_expert(hub_run: Path) -> None:
     assert [e["name"] for e in manifest["experts"]] == ["random0", "random1"]
     assert all(e["source"] == "random" and e["parameters"] > 0 for e in manifest["experts"])
     config = RunConfig.from_yaml(hub_run / "config.yml")
-    assert config.hub == "random:2" and config.k == 1 and config.hub_kwargs == {"explore_coef": 0.05}
+    assert config.hub == "random:2" and config.k == 1 and config.hub_kwargs["explore_coef"] == 0.05
+    assert config.hub_kwargs["aggregation"] == "features"  # the preset given is written out, so a resume keeps it
     assert (hub_run / "eval" / "evaluations.npz").is_file() and (hub_run / "eval" / "best_model.zip").is_file()
 
 

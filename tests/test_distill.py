@@ -37,7 +37,8 @@ def _load_without_hp_rl(zip_path: Path, observations: np.ndarray) -> np.ndarray:
 
 
 def test_the_student_learns_the_teachers_policy_and_loads_in_plain_sb3(tmp_path: Path) -> None:
-    run = _run(tmp_path / "runs", "--env", "CartPole-v1", "--hub", "random:2", "-k", "1", "-n", "4096")
+    hub = ["--hub", "random:2", "--hub-set", "preset=paper", "-k", "1"]  # a hub agent that routes its experts
+    run = _run(tmp_path / "runs", "--env", "CartPole-v1", *hub, "-n", "4096")
     args = [str(run), "--steps", "3000", "--rounds", "6", "--episodes", "3"]
     assert distill_cli.main(args) == 0
     record = yaml.safe_load((run / "distill.yml").read_text())

@@ -5,7 +5,10 @@ checkpoints fall back to the one before."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from hp_rl import hub_cli
 from hp_rl import train as train_cli
 from hp_rl.archive import ArchiveError, check_npz_file, check_safetensors_file, read_sb3_archive
 from hp_rl.hub import CheckpointError, HubSpecError, load_hub
-from hp_rl.hub.trusted_code import trust_file, trusted_digests
+from hp_rl.hub.trusted_code import CODE_TIMEOUT_ENV, TimeBoundedCode, code_timeout_s, trust_file, trusted_digests
 from hp_rl.rl.runs import checkpoints_by_step
 from hp_rl.vision.data import DataError, load_npz
 
@@ -137,6 +140,54 @@ def test_inspect_describes_a_torchscript_file_without_loading_it(
     out = capsys.readouterr().out
     assert "program (TorchScript)" in out and "inspect did not load it" in out
     assert "hp_rl.hub trust" in out and "(4,)" in out
+
+
+class _HangsLater(nn.Module):
+    """Plays for ``fine_calls`` forwards, then never returns (TorchScript releases the GIL meanwhile)."""
+
+    def __init__(self, fine_calls: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 6)
+        self.register_buffer("calls", torch.zeros(()))
+        self.fine_calls = fine_calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        spins = 0
+        while bool(self.calls > self.fine_calls) and spins >= 0:
+            spins += 1
+        return torch.relu(self.layer(x))
+
+
+def test_a_torchscript_forward_that_never_returns_stops_the_run_keeping_its_checkpoints(tmp_path: Path) -> None:
+    trunk = tmp_path / "later.pt"
+    torch.jit.save(torch.jit.script(_HangsLater(200)), str(trunk), _extra_files={"facts.json": '{"features_dim": 6}'})
+    runs = tmp_path / "runs"
+    env = {**os.environ, CODE_TIMEOUT_ENV: "2", "HP_RL_CACHE": str(tmp_path / "cache")}
+    args = [*TINY, "--eval-freq", "0", "--tensorboard-log", str(runs), "--hub", str(trunk), "-k", "1"]
+    args += ["--hub-set", "preset=paper"]  # no scoring before training: the hang comes after a few checkpoints
+    command = [sys.executable, "-m", "hp_rl.train", *args, "-n", "4096", "--save-freq", "8"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "expert 'later' (TorchScript) has run for more than 2 s" in done.stderr and "--resume" in done.stderr
+    (run,) = [p for p in runs.iterdir() if (p / "config.yml").is_file()]
+    assert checkpoints_by_step(run / "checkpoints")  # what was trained before the hang is kept
+
+
+def test_the_time_bound_leaves_a_torchscript_trunk_s_weights_and_outputs_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code = torch.jit.script(_Trunk())
+    bounded = TimeBoundedCode(code, "t")
+    assert list(bounded.state_dict()) == list(code.state_dict()) == ["layer.weight", "layer.bias"]
+    state = {key: torch.full_like(value, 0.5) for key, value in code.state_dict().items()}
+    bounded.load_state_dict(state)
+    assert torch.equal(code.layer.weight, torch.full((6, 4), 0.5))
+    x = torch.randn(3, 4)
+    assert torch.equal(bounded(x), code(x))
+    monkeypatch.setenv(CODE_TIMEOUT_ENV, "soon")
+    with pytest.raises(HubSpecError, match=f"{CODE_TIMEOUT_ENV}='soon' is not a number of seconds"):
+        code_timeout_s()
 
 
 def test_a_run_folder_runs_torchscript_only_when_the_user_trusts_it(

@@ -147,6 +147,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     runs = sorted(p.relative_to(out / "runs/control/cartpole").parts[0] for p in out.glob("runs/*/*/*/seed0.json"))
     assert runs == [
         "cli_default",
+        "cli_default_paper",
         "cli_default_transfer",
         "cli_paper",
         "dense",

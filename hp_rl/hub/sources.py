@@ -160,7 +160,7 @@ def _load_random(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) ->
 def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
     """A TorchScript trunk. Its file is a program: it is never called to learn its shapes; they come from the spec
     or the ``facts.json`` it carries (:mod:`hp_rl.hub.trusted_code`)."""
-    from hp_rl.hub.trusted_code import torchscript_facts
+    from hp_rl.hub.trusted_code import TimeBoundedCode, load_bounded, torchscript_facts
 
     path = verify_file(spec)
     facts = torchscript_facts(path)
@@ -175,13 +175,15 @@ def _load_torchscript(spec: ExpertSpec, observation_shape: tuple[int, ...] | Non
             "_extra_files={'facts.json': json.dumps({'features_dim': N, 'input_shape': [...]})} say it themselves."
         )
     try:
-        module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+        module: nn.Module = load_bounded(
+            lambda: torch.jit.load(str(path), map_location="cpu"), f"loading expert {spec.name!r} (TorchScript)"
+        )
     except Exception as error:  # TorchScript raises RuntimeError subclasses with long messages
         raise CheckpointError(f"Expert {spec.name!r}: {path} is not a TorchScript file ({error}).") from error
     module.eval()  # a frozen trunk must not update BatchNorm statistics
     kind = "image" if len(shape) == 3 else "vector"
     info = TrunkInfo("torchscript", kind, tuple(shape), int(features))  # type: ignore[arg-type]
-    return HubExpert(module, info, Provenance("torchscript", str(path), file_sha256(path)))
+    return HubExpert(TimeBoundedCode(module, spec.name), info, Provenance("torchscript", str(path), file_sha256(path)))
 
 
 def _fact_shape(facts: dict[str, object], path: Path) -> tuple[int, ...] | None:
