@@ -1,11 +1,14 @@
-"""Screenshot of TensorBoard's Custom Scalars tab on a run folder: the gates at a glance, for the docs.
+"""Screenshot of a run's gates in TensorBoard, for the docs.
 
 Starts a real TensorBoard server on the run folder, waits until it serves the run's custom-scalars layout,
-and has a headless Chromium load the tab and write a PNG::
+and has a headless Chromium load one view and write a PNG::
 
     python -m hp_rl.train --algo ppo --env MinAtar/Breakout-v1 -n 30000 --tensorboard-log /tmp/shot
-    python benchmarks/tensorboard_screenshot.py /tmp/shot/ppo_MinAtar-Breakout-v1_minatar-k2_1 \\
-        --out docs/img/tensorboard_gates.png
+    python benchmarks/tensorboard_screenshot.py /tmp/shot --view experts --out docs/img/tensorboard_experts.png
+
+Views (:data:`VIEWS`): ``experts``, the Scalars tab's ``gates/usage`` and ``gates/weight`` charts, where each expert
+is a run of its own (its colour, its name in the legend); ``coactivation``, the labelled co-activation image;
+``custom_scalars``, the Custom Scalars tab (every expert a line of one chart per quantity).
 
 Needs TensorBoard (a dependency) and Chromium (Debian: ``apt-get install chromium``; ``--chromium PATH``).
 """
@@ -39,6 +42,14 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--hide-scrollbars",
 )
+
+
+# view -> the page's fragment (the classic dashboards read a tag filter and the smoothing from it)
+VIEWS = {
+    "experts": "#scalars&tagFilter=%5Egates%2F(usage%7Cweight)%24&_smoothingWeight=0",
+    "coactivation": "#images&tagFilter=coactivation",
+    "custom_scalars": "#custom_scalars",
+}
 
 
 def free_port() -> int:
@@ -112,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start TensorBoard on the run, take the screenshot, stop TensorBoard."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a run folder (or a folder of runs) with TensorBoard events")
-    parser.add_argument("--out", type=Path, default=Path("docs/img/tensorboard_gates.png"))
+    parser.add_argument("--view", choices=sorted(VIEWS), default="experts", help="which page (default: experts)")
+    parser.add_argument("--out", type=Path, default=Path("docs/img/tensorboard_experts.png"))
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1100)
@@ -122,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no Chromium at {args.chromium}; install it (apt-get install chromium) or give --chromium")
         return 2
     with tensorboard_server(args.run) as port:
-        url = f"http://127.0.0.1:{port}/?darkMode=false#custom_scalars"
+        url = f"http://127.0.0.1:{port}/?darkMode=false{VIEWS[args.view]}"
         path = screenshot(url, args.out, args.chromium, args.width, args.height, args.wait_ms)
     print(f"{path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0

@@ -298,7 +298,8 @@ def test_a_real_tensorboard_server_serves_the_gate_layout_and_every_expert_line(
         assert len(points) >= 1 and all(0.0 <= value <= 1.0 for _, _, value in points)
 
 
-def test_a_headless_chromium_screenshots_the_gate_charts(ppo_run: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("view", ["experts", "coactivation"])
+def test_a_headless_chromium_screenshots_the_gate_charts(ppo_run: dict[str, Any], tmp_path: Path, view: str) -> None:
     import shutil
 
     chromium = shutil.which("chromium")
@@ -306,7 +307,8 @@ def test_a_headless_chromium_screenshots_the_gate_charts(ppo_run: dict[str, Any]
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     script = _screenshot_script()
     out = tmp_path / "gates.png"
-    assert script.main([str(ppo_run["folder"]), "--out", str(out), "--width", "900", "--height", "700"]) == 0
+    size = ["--width", "900", "--height", "700"]
+    assert script.main([str(ppo_run["folder"]), "--view", view, "--out", str(out), *size]) == 0
     from PIL import Image
 
     with Image.open(out) as picture:
