@@ -315,7 +315,10 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
             folder.write_start(config.to_yaml(), argv)
             hub_text = "none (plain SB3 policy)"
             if config.hub is not None:
-                hub_text = f"{printable(config.hub)} (k={_routed(model, config.k)})"  # a user's path, as text
+                routed = _routed(model, config.k)
+                hub_text = f"{printable(config.hub)} (k={routed})"  # a user's path, as text
+                if routed == 0:
+                    hub_text += ": no expert routed, the base network learns alone"
                 _report_prior(model, folder.path)
             print(
                 f"Run folder: {folder.path}\n{config.algo} on {config.env_id} for {config.n_timesteps} steps, "

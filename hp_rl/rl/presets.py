@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "transfer": {
         # one routed expert per agent with evidence that it plays the target, at most two
-        # (docs/results/whole_agents.md, "Two relevant agents")
+        # (docs/results/whole_agents.md; the choice: docs/history/whole_agents_notebook.md, "Two relevant agents")
         "k": 2,
         "k_from_prior": 0.5,
         # whole agents are reincarnated: their trunks train with their heads
@@ -62,9 +62,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kickstart_coef": 0.5,
         "kickstart_fraction": 0.2,
         "prior": "auto",
-        # a teacher is imitated as far as it is known to play the target (whole_agents.md, "Do no harm")
+        # a teacher is imitated as far as it is known to play the target (whole_agents.md, "Ablations")
         "teacher_trust": "prior",
-        # the relevant agent's lead must outlast the noise and the exploration loss (whole_agents.md, "prior_scale 4")
+        # the relevant agent's lead must outlast the noise and the exploration loss (notebook, "prior_scale 4")
         "prior_scale": 4.0,
     },
 }
