@@ -269,3 +269,20 @@ def test_the_coactivation_picture_names_its_rows_and_keeps_its_values() -> None:
     cells = picture[top:, left:].reshape(3, 16, 3, 16).mean(axis=(1, 3))
     np.testing.assert_allclose(cells, grid, atol=1 / 255)
     assert (picture[:top, :] < 0.2).any() and (picture[top:, : left - 2] < 0.2).any()  # black text in both margins
+
+
+def test_build_pathway_routes_forced_experts_keys_noise_and_adds_preferences_in_turn() -> None:
+    from hp_rl.routing import GateConfig, build_pathway
+
+    experts = {name: nn.Linear(6, 4) for name in ("a", "b", "c", "base")}
+    gate = GateConfig(k=1, noise="none", num_forced=1, keyed_noise=False, noise_seed=7)
+    pathway = build_pathway(experts, (6,), gate, [{"b": 1.0}, {"b": 0.5, "base": 2.0}], preference_scale=4.0)
+    bias = pathway.generator.logits.module.bias
+    torch.testing.assert_close(bias, torch.tensor([0.0, 6.0, 0.0, 8.0]))  # 4 x (1 + 0.5) for b, 4 x 2 for base
+    routes = pathway.route(torch.randn(5, 6))
+    assert routes.weights[:, 3].gt(0).all()  # the forced expert, on every sample
+    assert (routes.weights[:, :3] > 0).sum(dim=1).eq(1).all()  # and k=1 of the others
+    assert routes.indices[:, 0].eq(1).all()  # the preferred one
+    assert not pathway.noise.keyed and pathway.noise.seed == 7 and not pathway.noise.enabled
+    image = build_pathway({"x": nn.Conv2d(3, 2, 3)}, (3, 10, 10), GateConfig(k=1))
+    assert image.noise.keyed and image.noise.enabled  # a CNN generator body for image inputs

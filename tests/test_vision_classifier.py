@@ -131,6 +131,18 @@ def test_noise_only_in_training_mode() -> None:
     assert model(images).routes.noise_std.gt(0).all()
 
 
+def test_the_noise_cap_bounds_vision_routing_noise_as_it_bounds_the_rl_extractor_s() -> None:
+    images = torch.rand(32, *SHAPE)
+    free = tiny(k=1, noise="fixed", noise_std=50.0).train()(images).routes
+    capped = tiny(k=1, noise="fixed", noise_std=50.0, noise_cap=0.25).train()(images).routes
+    assert torch.allclose(free.noise_std, torch.full_like(free.noise_std, 50.0))
+    # at most a quarter of each image's spread of clean logits: the rule of the one pathway builder
+    spread = capped.clean_logits.std(dim=1, keepdim=True, unbiased=False)
+    assert torch.all(capped.noise_std <= 0.25 * spread + 1e-6) and capped.noise_std.max() < 1.0
+    with pytest.raises(ValueError, match="noise_cap"):
+        tiny(noise_cap=-1.0)
+
+
 def test_bf16_autocast_forward_and_backward() -> None:
     model = tiny().train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

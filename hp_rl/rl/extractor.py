@@ -21,23 +21,21 @@ from hp_rl.hub.spec import ExpertSpec
 from hp_rl.hub.trunks import load_hub_trunks, trunk_parameter_groups
 from hp_rl.rl.agent_meanings import learn_task_meanings, map_policy_head
 from hp_rl.rl.baselines import base_trunk
-from hp_rl.rl.prior import read_hub_prior, routable_experts, routed_by_prior, start_from_prior
+from hp_rl.rl.prior import read_hub_prior, routable_experts, routed_by_prior
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
     Execution,
+    GateConfig,
     HeadedExpert,
-    HubPathway,
     NoiseMode,
     NoisyTopKRouter,
     OutputMix,
-    PathwayGenerator,
     PathwayOutput,
     PathwaySchedule,
     Routes,
     TrunkExpert,
-    conv_body,
-    mlp_body,
+    build_pathway,
 )
 
 __all__ = [
@@ -265,22 +263,22 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 self.scheduled_trunks.append(item.name)
         if base_expert:
             experts[BASE_EXPERT] = self._base(shape, features_dim)
-        if len(shape) == 3:
-            body, body_dim = conv_body(shape[0], shape[1], shape[2])
-        else:
-            body, body_dim = mlp_body(int(torch.Size(shape).numel()))
-        generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
         self.teacher_trust: TeacherTrust = teacher_trust
         routed_prior = {n: v for n, v in self.prior_values.items() if n in experts}
-        start_from_prior(generator, tuple(experts), routed_prior, prior_scale)
-        if base_prior:  # beside the experts' prior: the fresh network is the reference an expert must beat
-            start_from_prior(generator, tuple(experts), {BASE_EXPERT: base_prior}, prior_scale)
-        router = NoisyTopKRouter(
-            len(experts), k, noise, noise_std, balance, dense, num_forced=int(base_expert), noise_cap=noise_cap
+        # beside the experts' prior, base_prior: the fresh network is the reference an expert must beat
+        preferences = [routed_prior] + ([{BASE_EXPERT: base_prior}] if base_prior else [])
+        gate = GateConfig(
+            k,
+            noise,
+            noise_std,
+            noise_cap,
+            balance,
+            dense,
+            num_forced=int(base_expert),
+            execution=execution,
+            noise_seed=noise_seed,
         )
-        self.pathway = HubPathway(experts, generator, router, execution=execution)
-        self.pathway.noise.seed = noise_seed
-        self.pathway.noise.enabled = noise != "none"
+        self.pathway = build_pathway(experts, shape, gate, preferences, prior_scale)
         self._noise_requested = noise != "none"
         self.explore_scale = 1.0
         self.kickstart_active = False

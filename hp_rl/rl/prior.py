@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from hp_rl.errors import ConfigError
 from hp_rl.hub.options import PathwayOptionError
-from hp_rl.routing import PathwayGenerator
+from hp_rl.routing import PathwayGenerator, add_starting_preference
 from hp_rl.yaml_files import read_yaml
 
 __all__ = [
@@ -95,11 +94,7 @@ def start_from_prior(
     :raises PathwayOptionError: for ``"auto"`` here, or a prior naming experts the hub does not hold.
     """
     values = read_hub_prior(prior, names)
-    layer = generator.logits.module
-    assert isinstance(layer, torch.nn.Linear)
-    with torch.no_grad():
-        for column, name in enumerate(names):
-            layer.bias[column] += scale * values.get(name, 0.0)
+    add_starting_preference(generator, names, values, scale)
     return values
 
 

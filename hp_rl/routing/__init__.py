@@ -1,5 +1,6 @@
 """The routing core of Hub-Pathway, in plain PyTorch (no RL or vision dependencies)."""
 
+from hp_rl.routing.build import GateConfig, add_starting_preference, build_pathway
 from hp_rl.routing.experts import ActorCriticTrunk, AdaptedExpert, HeadedExpert, OutputMix, TrunkExpert, readout_logits
 from hp_rl.routing.fused import FUSED_MAX_FLOPS, Execution, FusedGroup, register_lowering
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
@@ -19,6 +20,7 @@ __all__ = [
     "ExpertBatch",
     "FUSED_MAX_FLOPS",
     "FusedGroup",
+    "GateConfig",
     "GateStatistics",
     "HeadedExpert",
     "ActorCriticTrunk",
@@ -35,7 +37,9 @@ __all__ = [
     "PathwayOutput",
     "Routes",
     "TrunkExpert",
+    "add_starting_preference",
     "balance_loss",
+    "build_pathway",
     "content_keyed_normal",
     "coactivation_picture",
     "conv_body",

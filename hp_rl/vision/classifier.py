@@ -34,13 +34,11 @@ from hp_rl.hub.trunks import load_hub_trunks, manifest_entry, trunk_parameter_gr
 from hp_rl.routing import (
     AdaptedExpert,
     BalanceMode,
-    HubPathway,
+    GateConfig,
     NoiseMode,
-    NoisyTopKRouter,
-    PathwayGenerator,
     PathwayOutput,
     Routes,
-    conv_body,
+    build_pathway,
 )
 
 __all__ = ["ClassifierLosses", "ClassifierOutput", "ExpertInputError", "ExpertLogits", "HubPathwayClassifier"]
@@ -167,6 +165,8 @@ class HubPathwayClassifier(nn.Module):
     :param balance: ``"cv2"`` (importance + load) or ``"switch"``.
     :param dense: route every image through all experts with softmax weights (the dense-mixture baseline).
     :param generator_hidden: width of the pathway generator's body.
+    :param noise_cap: bound on the routing noise's std relative to the spread of each image's logits (``None``:
+        unbounded), as in the RL extractor.
     :raises ExpertInputError: an expert that cannot take images of ``image_shape``.
     """
 
@@ -186,6 +186,7 @@ class HubPathwayClassifier(nn.Module):
         balance: BalanceMode = "cv2",
         dense: bool = False,
         generator_hidden: int = 64,
+        noise_cap: float | None = None,
     ) -> None:
         super().__init__()
         check_pathway_options(  # the table the RL extractor checks its options against
@@ -199,6 +200,7 @@ class HubPathwayClassifier(nn.Module):
                 "explore_coef": explore_coef,
                 "balance": balance,
                 "dense": dense,
+                "noise_cap": noise_cap,
             },
             lambda key: f"HubPathwayClassifier option {key}",
         )
@@ -221,11 +223,11 @@ class HubPathwayClassifier(nn.Module):
         for name, (trunk, trunk_dim, adapter) in trunks.items():
             experts[name] = _Float32Expert(trunk, trunk_dim, features_dim, adapter, frozen_flags[name])
         self._check_experts(experts, shape)
-        body, body_dim = conv_body(*shape, hidden=generator_hidden)
-        generator = PathwayGenerator(body, body_dim, len(experts), learned_noise=noise == "learned")
-        router = NoisyTopKRouter(len(experts), k, noise=noise, noise_std=noise_std, balance=balance, dense=dense)
-        self.pathway = HubPathway(experts, generator, router)
-        self.pathway.noise.keyed = False  # supervised batches are never replayed: plain random noise
+        # supervised batches are never replayed: plain random noise rather than noise keyed to each image
+        gate = GateConfig(
+            k, noise, noise_std, noise_cap, balance, dense, keyed_noise=False, generator_hidden=generator_hidden
+        )
+        self.pathway = build_pathway(experts, shape, gate)
         self.heads = nn.ModuleDict({name: nn.Linear(features_dim, num_classes, bias=False) for name in experts})
         self.head_bias = nn.Parameter(torch.zeros(num_classes))
 

@@ -88,6 +88,8 @@ class TrainConfig:
     :param balance: ``cv2`` or ``switch``.
     :param dense: run all experts on every image (the dense-mixture baseline).
     :param generator_hidden: width of the pathway generator.
+    :param noise_cap: bound on the routing noise's std relative to the spread of each image's logits (``None``:
+        unbounded).
     """
 
     data: str
@@ -122,6 +124,7 @@ class TrainConfig:
     balance: str = "cv2"
     dense: bool = False
     generator_hidden: int = 64
+    noise_cap: float | None = None
 
     def validate(self) -> TrainConfig:
         """Check choices and ranges; returns ``self``. :raises ConfigError: naming the key."""

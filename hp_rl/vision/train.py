@@ -197,6 +197,7 @@ def build_classifier(
         balance=typing.cast(BalanceMode, config.balance),
         dense=config.dense,
         generator_hidden=config.generator_hidden,
+        noise_cap=config.noise_cap,
     )
     if read_from is None and model.hub_spec is not None:
         trust_hub_code(model.hub_spec.experts)
