@@ -99,9 +99,8 @@ def test_one_command_lists_and_dispatches_everything(capsys: pytest.CaptureFixtu
     assert main(["bench"]) == 0 and "throughput" in capsys.readouterr().out
 
 
-# Import cycles left, each to be removed (none may be added): scoring plays single experts through HubPPO, which
-# scores its own hub when prior="auto".
-KNOWN_CYCLES = {frozenset({"hp_rl.rl.algorithms", "hp_rl.rl.scoring"})}
+# Import cycles left, each to be removed (none may be added).
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _module_graph() -> dict[str, set[str]]:

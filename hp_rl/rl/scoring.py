@@ -35,6 +35,7 @@ import torch
 
 from hp_rl.hub import HubSpec, parse_hub
 from hp_rl.rl.agent_meanings import HEAD_FRESH, HEAD_MAPPED
+from hp_rl.rl.logme import discounted_returns, logme
 from hp_rl.rl.prior import prior_from_scores
 
 __all__ = [
@@ -62,73 +63,58 @@ SCORE_MAX_STEPS = 5_000
 logger = logging.getLogger(__name__)
 
 
-def logme(features: np.ndarray, targets: np.ndarray, iterations: int = 50) -> float:
-    """LogME evidence per sample of a linear Gaussian model ``targets ~ features`` (You et al. 2021).
+class _SingleExpert:
+    """One expert of a hub acting alone through its own heads: the pathway HubPPO builds for a hub of that one
+    expert (k=1, output aggregation, no noise), fed observations as SB3 feeds its policy, without an algorithm
+    around it (scoring runs while HubPPO itself is being built).
 
-    :param features: ``(N, D)``.
-    :param targets: ``(N,)``.
-    :return: the maximised log evidence divided by N (higher: the features explain the targets better).
+    :param spec: the hub.
+    :param name: the expert.
+    :param env: a vectorised copy of the environment it plays (its spaces and meanings).
     """
-    f = np.asarray(features, dtype=np.float64)
-    y = np.asarray(targets, dtype=np.float64)
-    n, d = f.shape
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
-    sigma = s**2
-    z2 = (u.T @ y) ** 2
-    residual = max(float(y @ y - z2.sum()), 0.0)
-    alpha, beta = 1.0, 1.0
-    for _ in range(iterations):
-        t = alpha / beta
-        gamma = float((sigma / (sigma + t)).sum())
-        m2 = float((sigma * z2 / (t + sigma) ** 2).sum())
-        res2 = float((z2 / (1 + sigma / t) ** 2).sum()) + residual
-        new_alpha, new_beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
-        converged = abs(new_alpha / new_beta - t) / t < 1e-3
-        alpha, beta = new_alpha, new_beta
-        if converged:
-            break
-    t = alpha / beta
-    m2 = float((sigma * z2 / (t + sigma) ** 2).sum())
-    res2 = float((z2 / (1 + sigma / t) ** 2).sum()) + residual
-    evidence = (
-        d / 2 * math.log(alpha)
-        + n / 2 * math.log(beta)
-        - 0.5 * float(np.log(alpha + beta * sigma).sum())
-        - beta / 2 * res2
-        - alpha / 2 * m2
-        - n / 2 * math.log(2 * math.pi)
-    )
-    return evidence / n
 
+    def __init__(self, spec: HubSpec, name: str, env: Any) -> None:
+        from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+        from stable_baselines3.common.vec_env import VecTransposeImage
 
-def _discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> np.ndarray:
-    """``(T, E)`` returns-to-go within episodes (cut at the end of the rollout)."""
-    out = np.zeros_like(rewards, dtype=np.float64)
-    running = np.zeros(rewards.shape[1])
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running * (1.0 - dones[t])
-        out[t] = running
-    return out
+        from hp_rl.rl.envs import env_meanings
+        from hp_rl.rl.extractor import HubPathwayExtractor
 
+        space = env.observation_space
+        self.transpose = is_image_space(space) and not is_image_space_channels_first(space)
+        if self.transpose:  # as SB3 wraps a training environment of channels-last frames
+            space = VecTransposeImage.transpose_space(space)
+        self.observation_space = space
+        channels, actions = env_meanings(env)
+        self.extractor = HubPathwayExtractor(
+            space,
+            hub={"experts": [e.as_dict() for e in spec.experts if e.name == name]},
+            k=1,
+            aggregation="output",
+            noise="none",
+            explore_coef=0.0,
+            num_actions=int(env.action_space.n),
+            channel_names=None if channels is None else list(channels),
+            action_meanings=None if actions is None else list(actions),
+        ).eval()
 
-def _single_expert_model(spec: HubSpec, name: str, env: Any) -> Any:
-    from hp_rl.rl.algorithms import HubPPO
+    def _frames(self, obs: np.ndarray) -> torch.Tensor:
+        from stable_baselines3.common.preprocessing import preprocess_obs
 
-    policy = "CnnPolicy" if len(env.observation_space.shape) == 3 else "MlpPolicy"
-    single = {"experts": [e.as_dict() for e in spec.experts if e.name == name]}
-    return HubPPO(
-        policy,
-        env,
-        hub=single,
-        k=1,
-        aggregation="output",
-        noise="none",
-        explore_coef=0.0,
-        exploit_coef=0.0,
-        n_steps=8,
-        batch_size=8,
-        device="cpu",
-    )
+        array = np.transpose(obs, (0, 3, 1, 2)) if self.transpose else obs
+        frames = preprocess_obs(torch.as_tensor(np.asarray(array)), self.observation_space)
+        assert isinstance(frames, torch.Tensor)  # a Box space: one tensor
+        return frames.float()
+
+    def sample(self, obs: np.ndarray) -> np.ndarray:
+        """Actions drawn from the expert's policy on a ``(B, ...)`` batch of observations."""
+        from hp_rl.routing import readout_logits
+
+        with torch.no_grad():
+            aggregate = self.extractor(self._frames(obs))
+            assert self.extractor.num_actions is not None
+            logits = readout_logits(aggregate, self.extractor.num_actions, self.extractor.output_mix)
+            return torch.distributions.Categorical(logits=logits).sample().numpy()
 
 
 @dataclass(frozen=True)
@@ -276,8 +262,8 @@ def _score_hub(
     steps = random_play.steps
     model_env = target(0, evaluation=False)
     for position, name in enumerate(spec.names, 1):
-        model = _single_expert_model(spec, name, model_env)
-        extractor = model.policy.features_extractor
+        model = _SingleExpert(spec, name, model_env)
+        extractor = model.extractor
         expert = extractor.pathway.experts[name]
         assert isinstance(expert, HeadedExpert)
         head = extractor.head_sources[name]
@@ -373,7 +359,7 @@ def _play_at_home(spec: HubSpec, name: str, origin: Any, episodes: int, max_step
         )
 
     model_env = home(0, False)
-    model = _single_expert_model(spec, name, model_env)
+    model = _SingleExpert(spec, name, model_env)
     env = home(2, True)
     torch.manual_seed(seed)
     agent = play_policy(_sampled_actions(model), env, episodes, max_steps)
@@ -396,14 +382,9 @@ def _random_actions(space: Any, seed: int) -> Callable[[np.ndarray], np.ndarray]
     return act
 
 
-def _sampled_actions(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's stochastic policy as a function of observations."""
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        actions, _ = model.predict(obs, deterministic=False)
-        return np.asarray(actions)
-
-    return act
+def _sampled_actions(model: _SingleExpert) -> Callable[[np.ndarray], np.ndarray]:
+    """The expert's stochastic policy as a function of observations."""
+    return model.sample
 
 
 def _add_logme(
@@ -434,7 +415,7 @@ def _add_logme(
         rewards.append(reward)
         dones.append(done.astype(np.float64))
     env.close()
-    returns = _discounted_returns(np.array(rewards), np.array(dones), gamma).reshape(-1)
+    returns = discounted_returns(np.array(rewards), np.array(dones), gamma).reshape(-1)
     frames = preprocess_obs(torch.as_tensor(np.concatenate(observations)), env.observation_space)
     assert isinstance(frames, torch.Tensor)  # a Box space: one tensor
     frames = frames.float()
