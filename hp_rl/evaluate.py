@@ -194,7 +194,6 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
     :return: frames written and the episode's return.
     """
     from hp_rl.rl.envs import make_env, preset_for
-    from hp_rl.rl.extractor import routing_noise
 
     writer = _FrameWriter(path, fps=30.0)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off screen; no window, no display warning
@@ -213,10 +212,20 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
         # render_fps metadata says 30, which would play the game at half speed)
         writer.fps = 60.0 / 4
     path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # gymnasium's checks of an environment's rendering speak to its authors (MinAtar declares no fps and draws
+        # float frames); the writer converts frames itself
+        warnings.filterwarnings("ignore", message=".*(render fps|RGB-array rendering).*", category=UserWarning)
+        return _play_and_write(model, env, writer, deterministic)
+
+
+def _play_and_write(model: Any, env: Any, writer: _FrameWriter, deterministic: bool) -> tuple[int, float]:
+    from hp_rl.rl.extractor import routing_noise
+
     total = 0.0
     try:
         observation = env.reset()
-        writer.write(env.render())  # type: ignore[arg-type]
+        writer.write(env.render())
         with routing_noise(model, enabled=False):
             for _ in range(_MAX_FRAMES):
                 action, _ = model.predict(observation, deterministic=deterministic)
@@ -227,7 +236,7 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
                     if episode is not None:
                         total = float(episode["r"])
                     break
-                writer.write(env.render())  # type: ignore[arg-type]
+                writer.write(env.render())
     finally:
         writer.close()
         env.close()

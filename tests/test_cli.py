@@ -647,3 +647,30 @@ def test_seeds_train_one_run_per_seed(tmp_path: Path, capsys: pytest.CaptureFixt
     assert train_cli.main([*argv, "--seeds", "5", "--seed", "1"]) == 2
     assert train_cli.main([*argv, "--seeds", "6", "7", "--jobs", "2"]) == 0  # in two processes
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_a_resumed_run_evaluates_at_the_run_s_own_multiples_of_the_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    plain = [*TINY, "--hub", "none", "--tensorboard-log", str(runs), "--eval-freq", "32", "--eval-episodes", "1"]
+    assert train_cli.main([*plain, "-n", "48", "--save-freq", "16"]) == 0  # a run stopped between two evaluations
+    (run,) = [p for p in runs.iterdir() if (p / "config.yml").is_file()]
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(run), "-n", "112", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [int(line.split()[3].rstrip(":")) for line in lines if line.startswith("eval at step")]
+    assert steps == [64, 96]  # 32-step multiples of the run, not 80 and 112 counted from the resume at 48
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_a_minatar_video_is_written_without_gymnasium_s_rendering_warnings(tmp_path: Path) -> None:
+    pytest.importorskip("minatar")
+    pytest.importorskip("cv2")
+    runs = tmp_path / "runs"
+    args = ["--algo", "a2c", "--env", "MinAtar/Breakout-v1", "--n-envs", "2", "--set", "n_steps=8", "--no-progress"]
+    assert train_cli.main([*args, "--hub", "none", "--tensorboard-log", str(runs), "-n", "32", "--eval-freq", "0"]) == 0
+    (run,) = [p for p in runs.iterdir() if (p / "config.yml").is_file()]
+    video = tmp_path / "episode.mp4"
+    assert evaluate_cli.main([str(run), "--episodes", "1", "--video", str(video)]) == 0
+    assert video.stat().st_size > 0

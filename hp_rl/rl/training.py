@@ -141,6 +141,12 @@ class _NoiseFreeEval(EvalCallback):
     """EvalCallback that evaluates with deterministic (noise-free) routing and, for hub runs, logs a route
     picture of one more noise-free episode (``routes/episode``) after each evaluation."""
 
+    def _on_training_start(self) -> None:
+        # A resumed run evaluates at its own multiples of the evaluation interval (20,000, 30,000, ... steps), not
+        # at intervals counted from where it resumed: the calls so far are those of the steps already taken.
+        self.n_calls = self.model.num_timesteps // self.model.n_envs
+        super()._on_training_start()
+
     def _on_step(self) -> bool:
         from hp_rl.rl.extractor import find_hub_extractors, routing_noise
 
