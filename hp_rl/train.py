@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub",
         metavar="HUB",
         help="the experts: a hub spec YAML path, comma-separated checkpoint paths (.zip/.safetensors/.pt, "
-        "hf:org/repo), random:N, auto (the bundled hub for the environment's family) or none (plain SB3 "
-        "policy, the baseline). Default: auto",
+        "hf:org/repo), random:N, auto (the bundled hub of the environment's family, without the target's own "
+        "agents) or none (plain SB3 policy, the baseline). Default: auto",
     )
     parser.add_argument("-k", type=int, help="experts per observation (default: 2)")
     parser.add_argument(
