@@ -37,9 +37,8 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import VecEnv
 
-from hp_rl import GateUsageCallback, HubPathwayExtractor
+from hp_rl import GateUsageCallback, HubPathwayExtractor, routing_noise
 from hp_rl.rl.envs import make_env
-from hp_rl.rl.extractor import routing_noise
 
 
 def parse_args() -> argparse.Namespace:

@@ -37,8 +37,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack
 
-from hp_rl import GateUsageCallback, HubPathwayExtractor
-from hp_rl.rl.extractor import routing_noise
+from hp_rl import GateUsageCallback, HubPathwayExtractor, routing_noise
 
 
 def parse_args() -> argparse.Namespace:

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from stable_baselines3 import SAC
 
-from hp_rl import GateUsageCallback, HubPathwayExtractor
-from hp_rl.rl.extractor import find_hub_extractors, routing_noise
+from hp_rl import GateUsageCallback, HubPathwayExtractor, find_hub_extractors, routing_noise
 
 
 def parse_args() -> argparse.Namespace:

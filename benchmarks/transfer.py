@@ -724,7 +724,7 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     torch.set_num_threads(settings.threads)
     from hp_rl.hub import file_sha256
     from hp_rl.rl.envs import make_env
-    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.rl.pathway_control import find_hub_extractors
     from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import build_model
     from hp_rl.run_folder import package_versions

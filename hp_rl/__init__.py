@@ -13,6 +13,8 @@ __all__ = [
     "HubPPO",
     "HubA2C",
     "pathway_preset",
+    "routing_noise",
+    "find_hub_extractors",
     "__version__",
 ]
 
@@ -23,6 +25,8 @@ _LAZY = {
     "HubPPO": "hp_rl.rl.algorithms",
     "HubA2C": "hp_rl.rl.algorithms",
     "pathway_preset": "hp_rl.rl.presets",
+    "routing_noise": "hp_rl.rl.pathway_control",
+    "find_hub_extractors": "hp_rl.rl.pathway_control",
 }
 
 

@@ -220,7 +220,7 @@ def record_video(model: Any, config: Any, path: Path, seed: int, deterministic: 
 
 
 def _play_and_write(model: Any, env: Any, writer: _FrameWriter, deterministic: bool) -> tuple[int, float]:
-    from hp_rl.rl.extractor import routing_noise
+    from hp_rl.rl.pathway_control import routing_noise
 
     total = 0.0
     try:
@@ -306,8 +306,8 @@ def evaluate_run(
     from hp_rl.archive import ArchiveError
     from hp_rl.rl.checkpoints import load_model
     from hp_rl.rl.envs import make_env, preset_for
-    from hp_rl.rl.extractor import routing_noise
     from hp_rl.rl.models import check_device
+    from hp_rl.rl.pathway_control import routing_noise
     from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
     if episodes < 1:

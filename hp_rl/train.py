@@ -200,7 +200,7 @@ def build_or_close(config: Any, env: Any, verbose: int) -> Any:
 
 def _routed(model: Any, asked: int) -> int:
     """Routed experts per observation as built (``k_from_prior`` may route fewer than the ``asked`` ``-k``)."""
-    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.rl.pathway_control import find_hub_extractors
 
     extractors = find_hub_extractors(model)
     return extractors[0].k if extractors else asked
@@ -208,7 +208,7 @@ def _routed(model: Any, asked: int) -> int:
 
 def _report_prior(model: Any, folder: Path) -> None:
     """What scoring the hub found (``prior="auto"``): one line per expert, and ``prior.yml`` in the run folder."""
-    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.rl.pathway_control import find_hub_extractors
     from hp_rl.rl.prior_report import prior_table, write_prior_file
 
     scores = getattr(model, "prior_scores", None)

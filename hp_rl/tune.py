@@ -239,7 +239,7 @@ class _ReportingEval:
         """Noise-free evaluation of ``model``; sets ``last_mean``."""
         from stable_baselines3.common.evaluation import evaluate_policy
 
-        from hp_rl.rl.extractor import routing_noise
+        from hp_rl.rl.pathway_control import routing_noise
 
         with routing_noise(model, enabled=False):
             mean, _ = evaluate_policy(model, self.eval_env, n_eval_episodes=self.eval_episodes, deterministic=True)

@@ -11,7 +11,8 @@ from stable_baselines3 import A2C, PPO
 
 from hp_rl import HubA2C, HubPPO
 from hp_rl.rl.envs import make_env
-from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
+from hp_rl.rl.extractor import HubPathwayExtractor
+from hp_rl.rl.pathway_control import find_hub_extractors
 
 
 @pytest.mark.parametrize(

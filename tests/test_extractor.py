@@ -11,7 +11,8 @@ from stable_baselines3 import A2C, DQN, PPO
 
 from hp_rl.hub import AdapterError, CheckpointError, HubSpecError, read_sb3_trunk
 from hp_rl.rl.envs import make_env
-from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors, routing_noise
+from hp_rl.rl.extractor import HubPathwayExtractor
+from hp_rl.rl.pathway_control import find_hub_extractors, routing_noise
 from hp_rl.routing import AdaptedExpert
 
 

@@ -16,7 +16,7 @@ from hp_rl.hub.spec import ExpertSpec
 from hp_rl.hub.trunks import manifest_entry
 from hp_rl.rl.algorithms import HubPPO
 from hp_rl.rl.envs import env_meanings, make_env
-from hp_rl.rl.extractor import find_hub_extractors
+from hp_rl.rl.pathway_control import find_hub_extractors
 from hp_rl.routing import ActorCriticTrunk, HeadedExpert
 from hp_rl.routing.fused import lower
 

@@ -23,7 +23,8 @@ from hp_rl.hub.sb3_zip import read_sb3_expert
 from hp_rl.rl.agent_meanings import learn_task_meanings
 from hp_rl.rl.algorithms import HubPPO
 from hp_rl.rl.envs import make_env
-from hp_rl.rl.extractor import BASE_EXPERT, find_hub_extractors
+from hp_rl.rl.extractor import BASE_EXPERT
+from hp_rl.rl.pathway_control import find_hub_extractors
 from hp_rl.rl.scoring import score_hub
 from hp_rl.routing import HeadedExpert
 from hp_rl.train import main as train_main

@@ -18,7 +18,7 @@ def episode_recorder() -> Any:
     plays)."""
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.rl.pathway_control import find_hub_extractors
 
     class EpisodeRecorder(BaseCallback):
         """Records (environment steps, return) of every finished training episode, and per rollout the share
@@ -100,7 +100,7 @@ def noise_free_evaluator(env: Any, every: int, episodes: int) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from hp_rl.rl.extractor import routing_noise
+    from hp_rl.rl.pathway_control import routing_noise
 
     class NoiseFreeEvaluator(BaseCallback):
         def __init__(self) -> None:

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError
 from hp_rl.rl.config import check_hyperparam_values
-from hp_rl.rl.extractor import HubPathwayExtractor, attach_loss, set_training_progress
-from hp_rl.routing import OutputMix, PathwayOutput, linear_decay, readout_logits
+from hp_rl.rl.extractor import HubPathwayExtractor
+from hp_rl.rl.pathway_control import set_training_progress
+from hp_rl.routing import OutputMix, PathwayOutput, attach_loss, linear_decay, readout_logits
 
 __all__ = [
     "HubPPO",

@@ -17,7 +17,8 @@ from stable_baselines3.common.logger import Image
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from hp_rl.rl.extractor import HubPathwayExtractor, find_hub_extractors
+from hp_rl.rl.extractor import HubPathwayExtractor
+from hp_rl.rl.pathway_control import find_hub_extractors
 from hp_rl.routing import GateStatistics, GateSummary, Routes, coactivation_picture
 
 __all__ = [
@@ -409,7 +410,7 @@ class PathwayScheduleCallback(BaseCallback):
     """
 
     def _apply(self) -> None:
-        from hp_rl.rl.extractor import set_training_progress
+        from hp_rl.rl.pathway_control import set_training_progress
 
         remaining = float(getattr(self.model, "_current_progress_remaining", 1.0))
         set_training_progress(self.model, min(max(1.0 - remaining, 0.0), 1.0))

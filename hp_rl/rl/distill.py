@@ -100,7 +100,7 @@ def distill_policy(
     :param settings: the budget and the optimisation.
     :param report: called after every round with its history entry.
     """
-    from hp_rl.rl.extractor import routing_noise
+    from hp_rl.rl.pathway_control import routing_noise
 
     started = time.time()
     rng = np.random.default_rng(settings.seed)
@@ -214,7 +214,7 @@ def evaluate_both(
     :param make: builds a fresh evaluation environment (the same seed each call).
     :return: ``{"teacher": {...}, "student": {...}}`` with ``returns``, ``mean``, ``std``, ``steps_per_second``.
     """
-    from hp_rl.rl.extractor import routing_noise
+    from hp_rl.rl.pathway_control import routing_noise
 
     result = {}
     for name, model in (("teacher", teacher), ("student", student)):

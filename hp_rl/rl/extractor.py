@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from hp_rl.routing import (
     PathwaySchedule,
     Routes,
     TrunkExpert,
+    attach_loss,
     build_pathway,
 )
 
@@ -42,9 +42,6 @@ __all__ = [
     "HubPathwayExtractor",
     "BASE_EXPERT",
     "Aggregation",
-    "find_hub_extractors",
-    "routing_noise",
-    "set_training_progress",
 ]
 
 BASE_EXPERT = "base"
@@ -56,33 +53,17 @@ TeacherTrust = Literal["uniform", "prior"]
 _FROZEN_TRUNKS: weakref.WeakValueDictionary[str, HubExpert] = weakref.WeakValueDictionary()
 
 
-class _AttachLoss(torch.autograd.Function):
-    """Identity on ``features`` whose backward also sends gradient 1 into ``loss``.
+def _output_width(num_actions: int | None) -> int:
+    """The aggregate's width under output aggregation: the mixed policy over the target's actions and one value.
 
-    SB3's ``train()`` has no hook for extra loss terms. Whatever loss the algorithm backpropagates through
-    the features then behaves as if ``loss`` had been added to it.
+    :raises PathwayOptionError: without the target's actions.
     """
-
-    @staticmethod
-    def forward(ctx: Any, features: Tensor, loss: Tensor) -> Tensor:
-        ctx.loss_shape = loss.shape
-        return features.view_as(features)
-
-    @staticmethod
-    def backward(ctx: Any, grad_features: Tensor) -> tuple[Tensor, Tensor]:
-        return grad_features, grad_features.new_ones(ctx.loss_shape)
-
-
-def attach_loss(features: Tensor, loss: Tensor) -> Tensor:
-    """``features`` unchanged; backpropagating any loss through them also backpropagates ``loss``.
-
-    :param features: ``(B, d)`` tensor that the algorithm's loss depends on.
-    :param loss: scalar auxiliary loss (already scaled by its coefficient).
-    """
-    if not (torch.is_grad_enabled() and loss.requires_grad):
-        return features
-    out: Tensor = _AttachLoss.apply(features, loss)
-    return out
+    if num_actions is None or num_actions < 1:
+        raise PathwayOptionError(
+            "aggregation='output' needs the target's actions: give action_meanings (HubPPO/HubA2C fill it from the "
+            "env) or num_actions."
+        )
+    return num_actions + 1
 
 
 def _frozen_key(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> str:
@@ -201,19 +182,49 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 f"HubPathwayExtractor needs a Box observation space (images or vectors), got {observation_space}. "
                 "Flatten dict or discrete observations with a gymnasium wrapper first."
             )
-        options = {name: value for name, value in locals().items() if name in PATHWAY_OPTIONS}
-        check_pathway_options(options)
+        check_pathway_options({name: value for name, value in locals().items() if name in PATHWAY_OPTIONS})
         meanings = tuple(action_meanings) if action_meanings is not None else None
-        n_actions = len(meanings) if meanings is not None else num_actions
-        if aggregation == "output":
-            if n_actions is None or n_actions < 1:
-                raise PathwayOptionError(
-                    "aggregation='output' needs the target's actions: give action_meanings (HubPPO/HubA2C "
-                    "fill it from the env) or num_actions."
-                )
-            features_dim = n_actions + 1
+        self.num_actions = len(meanings) if meanings is not None else num_actions
+        if aggregation == "output":  # the aggregate is the mixed policy and value: one column per action, one value
+            features_dim = _output_width(self.num_actions)
         super().__init__(observation_space, features_dim)
-        spec: HubSpec = parse_hub(hub)
+        self.hub_spec: HubSpec = parse_hub(hub)
+        shape = tuple(int(s) for s in observation_space.shape)
+        self.explore_coef = explore_coef
+        self.aggregation: Aggregation = aggregation
+        self.output_mix: OutputMix = output_mix
+        self.schedule = PathwaySchedule(noise_anneal, dense_warmup, explore_decay)
+        self.unfreeze_at = unfreeze_at
+        self.generator_lr_scale = generator_lr_scale
+        self.teacher_trust: TeacherTrust = teacher_trust
+        k, routed = self._plan_routes(k, k_from_prior, dense, base_expert, prior, base_prior)
+        experts = self._build_experts(
+            routed, shape, features_dim, freeze_experts, expert_lr_scale, channel_names, meanings, teachers
+        )
+        if base_expert:
+            experts[BASE_EXPERT] = self._base(shape, features_dim)
+        routed_prior = {n: v for n, v in self.prior_values.items() if n in experts}
+        # beside the experts' prior, base_prior: the fresh network is the reference an expert must beat
+        preferences = [routed_prior] + ([{BASE_EXPERT: base_prior}] if base_prior else [])
+        gate = GateConfig(
+            k, noise, noise_std, noise_cap, balance, dense, int(base_expert), execution, noise_seed=noise_seed
+        )
+        self.pathway = build_pathway(experts, shape, gate, preferences, prior_scale)
+        self._noise_requested = noise != "none"
+        self._start_runtime_state()
+
+    def _plan_routes(
+        self,
+        k: int,
+        k_from_prior: float | None,
+        dense: bool,
+        base_expert: bool,
+        prior: str | Mapping[str, float] | None,
+        base_prior: float,
+    ) -> tuple[int, tuple[str, ...]]:
+        """Experts routed per observation and the experts routed at all, after checking what the options ask of the
+        hub; keeps the prior read (``prior_values``) and why each expert left out is (``unrouted``)."""
+        spec = self.hub_spec
         if base_expert and BASE_EXPERT in spec.names:
             raise PathwayOptionError(
                 f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert."
@@ -224,19 +235,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
             raise PathwayOptionError(
                 f"k={k} is out of range for a hub of {m} experts ({', '.join(spec.names)}): choose 1 <= k <= {m}."
             )
-        shape = tuple(int(s) for s in observation_space.shape)
-        self.hub_spec = spec
-        self.explore_coef = explore_coef
-        self.aggregation: Aggregation = aggregation
-        self.output_mix: OutputMix = output_mix
-        self.num_actions = n_actions
-        self.schedule = PathwaySchedule(noise_anneal, dense_warmup, explore_decay)
-        self.unfreeze_at = unfreeze_at
-        self.generator_lr_scale = generator_lr_scale
-        self.lr_scales: dict[str, float] = {}
-        self.scheduled_trunks: list[str] = []  # experts whose trunks unfreeze_at keeps frozen at first
-        self.head_sources: dict[str, str] = {}  # expert -> its policy head: mapped, one-to-one or fresh (output mode)
-        if teacher_trust == "prior" and prior is None:
+        if self.teacher_trust == "prior" and prior is None:
             raise PathwayOptionError("teacher_trust='prior' needs a prior (a score file, a mapping, or auto).")
         if base_prior and not base_expert:  # the base expert's prior needs the base expert
             raise PathwayOptionError(f"base_prior={base_prior} needs base_expert=True (there is no base expert).")
@@ -245,13 +244,37 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         routed, self.unrouted = routable_experts(self.prior_values, spec.names, k_from_prior, base_expert)
         if k_from_prior is not None:
             k = routed_by_prior(self.prior_values, spec.names, k, k_from_prior, allow_none=base_expert)
-        experts: dict[str, nn.Module] = {}
-        routed_spec = replace(spec, experts=tuple(e for e in spec.experts if e.name in routed))
+        return k, routed
+
+    def _build_experts(
+        self,
+        routed: tuple[str, ...],
+        shape: tuple[int, ...],
+        features_dim: int,
+        freeze_experts: bool,
+        expert_lr_scale: float,
+        channel_names: Sequence[str] | None,
+        meanings: tuple[str, ...] | None,
+        teachers: bool,
+    ) -> dict[str, nn.Module]:
+        """The routed experts' modules, in hub order: trunks behind their input adapters, with their agents' heads
+        under output aggregation; records each one's learning-rate scale, schedule and head."""
+        self.lr_scales: dict[str, float] = {}
+        self.scheduled_trunks: list[str] = []  # experts whose trunks unfreeze_at keeps frozen at first
+        self.head_sources: dict[str, str] = {}  # expert -> its policy head: mapped, one-to-one or fresh (output mode)
+        routed_spec = replace(self.hub_spec, experts=tuple(e for e in self.hub_spec.experts if e.name in routed))
         trunks, _ = load_hub_trunks(
-            routed_spec, shape, freeze_experts, expert_lr_scale, unfreeze_at, channel_names, loader=self._load_trunk
+            routed_spec,
+            shape,
+            freeze_experts,
+            expert_lr_scale,
+            self.unfreeze_at,
+            channel_names,
+            loader=self._load_trunk,
         )
+        experts: dict[str, nn.Module] = {}
         for item in trunks:
-            if aggregation == "output":
+            if self.aggregation == "output":
                 experts[item.name] = self._headed(item.spec, item.trunk, item.adapter, item.frozen, meanings, teachers)
             else:
                 experts[item.name] = AdaptedExpert(
@@ -261,25 +284,10 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 self.lr_scales[item.name] = item.lr_scale
             if item.scheduled:
                 self.scheduled_trunks.append(item.name)
-        if base_expert:
-            experts[BASE_EXPERT] = self._base(shape, features_dim)
-        self.teacher_trust: TeacherTrust = teacher_trust
-        routed_prior = {n: v for n, v in self.prior_values.items() if n in experts}
-        # beside the experts' prior, base_prior: the fresh network is the reference an expert must beat
-        preferences = [routed_prior] + ([{BASE_EXPERT: base_prior}] if base_prior else [])
-        gate = GateConfig(
-            k,
-            noise,
-            noise_std,
-            noise_cap,
-            balance,
-            dense,
-            num_forced=int(base_expert),
-            execution=execution,
-            noise_seed=noise_seed,
-        )
-        self.pathway = build_pathway(experts, shape, gate, preferences, prior_scale)
-        self._noise_requested = noise != "none"
+        return experts
+
+    def _start_runtime_state(self) -> None:
+        """What the extractor tracks while it runs: the schedules' scales, the latest outputs and acting routes."""
         self.explore_scale = 1.0
         self.kickstart_active = False
         self.last_output: PathwayOutput | None = None
@@ -453,45 +461,3 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         if self.generator_lr_scale != 1.0:
             groups.setdefault(self.generator_lr_scale, []).extend(self.pathway.generator.parameters())
         return groups
-
-
-def set_training_progress(model: Any, progress: float) -> None:
-    """Apply the pathway schedules of every hub extractor of ``model`` at ``progress`` in [0, 1]."""
-    for extractor in find_hub_extractors(model):
-        extractor.set_progress(progress)
-
-
-def find_hub_extractors(model_or_module: Any) -> list[HubPathwayExtractor]:
-    """Every distinct :class:`HubPathwayExtractor` that sees observations in an SB3 model or module.
-
-    Target networks (DQN's ``q_net_target``, SAC's ``critic_target``) are left out: they re-encode
-    observations the online network already counted.
-    """
-    root = getattr(model_or_module, "policy", model_or_module)
-    if not isinstance(root, nn.Module):
-        return []
-    found: list[HubPathwayExtractor] = []
-    seen: set[int] = set()
-    for name, module in root.named_modules():
-        if "target" in name.split(".")[0]:
-            continue
-        if isinstance(module, HubPathwayExtractor) and id(module) not in seen:
-            seen.add(id(module))
-            found.append(module)
-    return found
-
-
-@contextmanager
-def routing_noise(model_or_module: Any, enabled: bool) -> Iterator[None]:
-    """Turn routing noise on or off for every hub extractor of a model (off for deterministic evaluation)."""
-    root = getattr(model_or_module, "policy", model_or_module)
-    modules = root.modules() if isinstance(root, nn.Module) else []
-    extractors = [m for m in modules if isinstance(m, HubPathwayExtractor)]
-    previous = [e.pathway.noise.enabled for e in extractors]
-    for extractor in extractors:
-        extractor.pathway.noise.enabled = enabled and extractor._noise_requested
-    try:
-        yield
-    finally:
-        for extractor, state in zip(extractors, previous, strict=True):
-            extractor.pathway.noise.enabled = state

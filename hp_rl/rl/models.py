@@ -217,7 +217,8 @@ def _raised_by_library(error: BaseException) -> bool:
 def hub_manifest(model: BaseAlgorithm) -> dict[str, Any]:
     """Every expert of the model's hub: source, file digest, architecture, size, training mode."""
     from hp_rl.hub.trunks import manifest_entry
-    from hp_rl.rl.extractor import BASE_EXPERT, find_hub_extractors
+    from hp_rl.rl.extractor import BASE_EXPERT
+    from hp_rl.rl.pathway_control import find_hub_extractors
 
     for extractor in find_hub_extractors(model)[:1]:
         experts = []

@@ -46,7 +46,7 @@ def record_routes(model: Any, env: Any, max_steps: int = 2_000) -> EpisodeRoutes
     :param env: a vectorised environment with one copy (the evaluation environment).
     :param max_steps: stop after this many steps if the episode has not ended.
     """
-    from hp_rl.rl.extractor import find_hub_extractors, routing_noise
+    from hp_rl.rl.pathway_control import find_hub_extractors, routing_noise
 
     extractors = find_hub_extractors(model)
     if not extractors:

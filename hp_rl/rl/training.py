@@ -148,7 +148,7 @@ class _NoiseFreeEval(EvalCallback):
         super()._on_training_start()
 
     def _on_step(self) -> bool:
-        from hp_rl.rl.extractor import find_hub_extractors, routing_noise
+        from hp_rl.rl.pathway_control import find_hub_extractors, routing_noise
 
         evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
         with routing_noise(self.model, enabled=False):
@@ -296,7 +296,7 @@ class TrainOutcome:
 def _write_hub_spec(model: BaseAlgorithm, folder: AgentRunFolder) -> None:
     """The run's own copy of the hub spec it trains with (absolute paths), which resume and evaluate read,
     so the run does not depend on a spec file elsewhere (``--hub auto`` writes one into the user cache)."""
-    from hp_rl.rl.extractor import find_hub_extractors
+    from hp_rl.rl.pathway_control import find_hub_extractors
 
     extractors = find_hub_extractors(model)
     if extractors:

@@ -5,7 +5,7 @@ from hp_rl.routing.experts import ActorCriticTrunk, AdaptedExpert, HeadedExpert,
 from hp_rl.routing.fused import FUSED_MAX_FLOPS, Execution, FusedGroup, register_lowering
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.init import KeepInit
-from hp_rl.routing.losses import balance_loss, cv_squared, smooth_load, switch_balance_loss
+from hp_rl.routing.losses import attach_loss, balance_loss, cv_squared, smooth_load, switch_balance_loss
 from hp_rl.routing.noise import content_keyed_normal
 from hp_rl.routing.pathway import ExpertBatch, HubPathway, NoiseSource, PathwayOutput
 from hp_rl.routing.picture import coactivation_picture
@@ -38,6 +38,7 @@ __all__ = [
     "Routes",
     "TrunkExpert",
     "add_starting_preference",
+    "attach_loss",
     "balance_loss",
     "build_pathway",
     "content_keyed_normal",

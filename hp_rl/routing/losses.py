@@ -1,13 +1,15 @@
-"""Exploration losses that keep pathways from collapsing onto a few experts."""
+"""Exploration losses that keep pathways from collapsing onto a few experts, and how an auxiliary loss joins the
+loss an algorithm backpropagates (:func:`attach_loss`)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["cv_squared", "smooth_load", "balance_loss", "switch_balance_loss"]
+__all__ = ["cv_squared", "smooth_load", "balance_loss", "switch_balance_loss", "attach_loss"]
 
 
 def cv_squared(values: Tensor, eps: float = 1e-10) -> Tensor:
@@ -67,3 +69,32 @@ def switch_balance_loss(routed_fraction: Tensor, mean_probability: Tensor) -> Te
     """
     num_experts = routed_fraction.shape[0]
     return num_experts * (routed_fraction.detach() * mean_probability).sum()
+
+
+class _AttachLoss(torch.autograd.Function):
+    """Identity on ``features`` whose backward also sends gradient 1 into ``loss``.
+
+    SB3's ``train()`` has no hook for extra loss terms. Whatever loss the algorithm backpropagates through
+    the features then behaves as if ``loss`` had been added to it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, loss: Tensor) -> Tensor:
+        ctx.loss_shape = loss.shape
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, grad_features: Tensor) -> tuple[Tensor, Tensor]:
+        return grad_features, grad_features.new_ones(ctx.loss_shape)
+
+
+def attach_loss(features: Tensor, loss: Tensor) -> Tensor:
+    """``features`` unchanged; backpropagating any loss through them also backpropagates ``loss``.
+
+    :param features: ``(B, d)`` tensor that the algorithm's loss depends on.
+    :param loss: scalar auxiliary loss (already scaled by its coefficient).
+    """
+    if not (torch.is_grad_enabled() and loss.requires_grad):
+        return features
+    out: Tensor = _AttachLoss.apply(features, loss)
+    return out
