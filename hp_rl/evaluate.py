@@ -301,13 +301,44 @@ def evaluate_run(
     :raises CliError: for a folder, checkpoint or video path that does not work, naming the fix.
     """
     import yaml
-    from stable_baselines3.common.evaluation import evaluate_policy
 
-    from hp_rl.archive import ArchiveError
-    from hp_rl.rl.checkpoints import load_model
-    from hp_rl.rl.envs import make_env, preset_for
+    folder, config = _checked_run(run, episodes, device, max_frames, video, routes)
+    path = choose_checkpoint(folder, checkpoint)
+    seed = config.seed + 20_000 if seed is None else seed
+    model, env = _load_for_evaluation(config, folder, path, seed)
+    played = _play_episodes(model, env, episodes, deterministic, progress)
+    result: dict[str, Any] = {"checkpoint": str(path), "num_timesteps": int(model.num_timesteps)}
+    result.update(episodes=episodes, deterministic=deterministic, seed=seed, **played)
+    if routes is not None:
+        from hp_rl.rl.envs import make_env
+        from hp_rl.rl.route_picture import draw_routes, record_routes
+
+        routes_env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
+        try:
+            episode = record_routes(model, routes_env)
+        finally:
+            routes_env.close()
+        steps_drawn = len(episode.weights)
+        result["routes"] = {
+            "path": str(draw_routes(episode, Path(routes))),
+            "steps": steps_drawn,
+            "episode": _which_episode(deterministic and steps_drawn == result["lengths"][0]),
+        }
+    if video is not None:
+        frames, video_return = record_video(model, config, Path(video), seed, deterministic)
+        same = deterministic and frames == result["lengths"][0] and abs(video_return - result["returns"][0]) < 1e-6
+        result["video"] = {"path": str(video), "frames": frames, "return": video_return}
+        result["video"]["episode"] = _which_episode(same)
+    append_text_by_rename(folder.evaluation, yaml.safe_dump([result], sort_keys=False))
+    return result
+
+
+def _checked_run(
+    run: str | Path, episodes: int, device: str, max_frames: int | None, video: str | Path | None, routes: Any
+) -> tuple[Any, Any]:
+    """The run folder and its config, after checking everything the evaluation will need before it plays."""
+    from hp_rl.rl.envs import preset_for
     from hp_rl.rl.models import check_device
-    from hp_rl.rl.pathway_control import routing_noise
     from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
     if episodes < 1:
@@ -342,8 +373,15 @@ def evaluate_run(
         config.env_kwargs = {**config.env_kwargs, "max_num_frames_per_episode": max_frames}
     if video is not None:
         _FrameWriter(Path(video), 30.0)  # fail on a bad format or a missing package before the evaluation
-    path = choose_checkpoint(folder, checkpoint)
-    seed = config.seed + 20_000 if seed is None else seed
+    return folder, config
+
+
+def _load_for_evaluation(config: Any, folder: Any, path: Path, seed: int) -> tuple[Any, Any]:
+    """The model of ``path`` on a one-copy evaluation environment seeded with ``seed``."""
+    from hp_rl.archive import ArchiveError
+    from hp_rl.rl.checkpoints import load_model
+    from hp_rl.rl.envs import make_env
+
     env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
     try:
         with warnings.catch_warnings():  # a one-env evaluation model is not trained: its buffer size is moot
@@ -358,6 +396,15 @@ def evaluate_run(
         env.close()
         raise
     env.seed(seed)  # SB3's load seeds the env with the training seed; the evaluation (and its replay) use this one
+    return model, env
+
+
+def _play_episodes(model: Any, env: Any, episodes: int, deterministic: bool, progress: bool) -> dict[str, Any]:
+    """Play ``episodes`` noise-free episodes (closing ``env``): their returns and lengths, summarised."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from hp_rl.rl.pathway_control import routing_noise
+
     started = time.time()
     bar = _EpisodeBar(episodes, enabled=progress)
     try:
@@ -375,12 +422,7 @@ def evaluate_run(
         env.close()
     rewards = np.asarray(returns, dtype=np.float64)
     steps = np.asarray(lengths, dtype=np.float64)
-    result: dict[str, Any] = {
-        "checkpoint": str(path),
-        "num_timesteps": int(model.num_timesteps),
-        "episodes": episodes,
-        "deterministic": deterministic,
-        "seed": seed,
+    return {
         "mean_return": float(rewards.mean()),
         "std_return": float(rewards.std()),
         "mean_length": float(steps.mean()),
@@ -390,27 +432,6 @@ def evaluate_run(
         "seconds": round(time.time() - started, 2),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if routes is not None:
-        from hp_rl.rl.route_picture import draw_routes, record_routes
-
-        routes_env = make_env(config.env_id, 1, seed, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs)
-        try:
-            episode = record_routes(model, routes_env)
-        finally:
-            routes_env.close()
-        steps_drawn = len(episode.weights)
-        result["routes"] = {
-            "path": str(draw_routes(episode, Path(routes))),
-            "steps": steps_drawn,
-            "episode": _which_episode(deterministic and steps_drawn == result["lengths"][0]),
-        }
-    if video is not None:
-        frames, video_return = record_video(model, config, Path(video), seed, deterministic)
-        same = deterministic and frames == result["lengths"][0] and abs(video_return - result["returns"][0]) < 1e-6
-        result["video"] = {"path": str(video), "frames": frames, "return": video_return}
-        result["video"]["episode"] = _which_episode(same)
-    append_text_by_rename(folder.evaluation, yaml.safe_dump([result], sort_keys=False))
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -257,6 +257,7 @@ def _score_hub(
         random_play.seconds,
     )
     references = _source_references(spec)
+    where = _Target(env_id, env_kwargs, episodes, max_steps, seed, target)
     experts: dict[str, dict[str, Any]] = {}
     features_of: dict[str, Any] = {}
     steps = random_play.steps
@@ -270,43 +271,19 @@ def _score_hub(
         origin = getattr(expert.inner_trunk, "origin", None)
         entry: dict[str, Any] = {"policy_head": head, "task": getattr(origin, "env_id", None) or "unknown"}
         if head != HEAD_FRESH:
-            env = target()
-            torch.manual_seed(seed)  # every expert samples its actions from the same stream: equal agents score equal
-            play = play_policy(_sampled_actions(model), env, episodes, max_steps)
-            env.close()
-            steps += play.steps
-            effect = effect_size(play, random_play)
-            source, source_random = references.get(name, (math.nan, math.nan))
-            if name not in references and head == HEAD_MAPPED and _other_task(origin, env_id, env_kwargs):
-                # no record of what it does at home, but its files name its task: measure it there
-                at_home = _play_at_home(spec, name, origin, episodes, max_steps, seed)
-                source, source_random = at_home[0].mean, at_home[1].mean
-                steps += at_home[0].steps + at_home[1].steps
-                entry.update({"source_return": round(source, 4), "source_random_return": round(source_random, 4)})
-            retention = None
-            if source > source_random:  # the share of its own competence the expert keeps on the target
-                retention = round((play.mean - random_play.mean) / (source - source_random), 4)
-                entry["retention"] = retention
-            entry.update(
-                {
-                    "zero_shot_return": round(play.mean, 4),
-                    "zero_shot_std": round(play.std, 4),
-                    "episodes": len(play.returns),
-                    "effect_size": round(effect, 3) if math.isfinite(effect) else "inf",
-                    "score": score_from_play(effect, retention),
-                }
-            )
+            found, play_steps = _zero_shot(spec, name, model, origin, head, random_play, references.get(name), where)
+            entry.update(found)
+            steps += play_steps
             logger.info(
-                "  [%d/%d] %s (%s head): %.2f ± %.2f, score %.2f (%d steps, %.1f s)",
+                "  [%d/%d] %s (%s head): %.2f ± %.2f, score %.2f (%d steps)",
                 position,
                 len(spec.names),
                 name,
                 head,
-                play.mean,
-                play.std,
+                entry["zero_shot_return"],
+                entry["zero_shot_std"],
                 entry["score"],
-                play.steps,
-                play.seconds,
+                play_steps,
             )
         else:
             features_of[name] = expert
@@ -333,6 +310,62 @@ def _score_hub(
         "prior": prior_from_scores(experts, random_play.mean),
         "cost": {"seconds": round(seconds, 1), "steps": steps, "budget": budget},
     }
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where and how long an expert is played: the target task, the budget per policy, the seed, and a factory of
+    seeded copies of the target (``offset`` shifts the seed; ``evaluation`` plays whole games)."""
+
+    env_id: str
+    env_kwargs: dict[str, Any] | None
+    episodes: int
+    max_steps: int
+    seed: int
+    make: Callable[..., Any]
+
+
+def _zero_shot(
+    spec: HubSpec,
+    name: str,
+    model: _SingleExpert,
+    origin: Any,
+    head: str,
+    random_play: Play,
+    reference: tuple[float, float] | None,
+    where: _Target,
+) -> tuple[dict[str, Any], int]:
+    """Play an expert whose head acts for the target, beside the random policy's play; its score entry and the
+    environment steps it took (measuring it at home too where its files name another task and nothing records it).
+    """
+    env = where.make()
+    torch.manual_seed(where.seed)  # every expert samples its actions from the same stream: equal agents score equal
+    play = play_policy(_sampled_actions(model), env, where.episodes, where.max_steps)
+    env.close()
+    steps = play.steps
+    effect = effect_size(play, random_play)
+    entry: dict[str, Any] = {}
+    source, source_random = reference if reference is not None else (math.nan, math.nan)
+    if reference is None and head == HEAD_MAPPED and _other_task(origin, where.env_id, where.env_kwargs):
+        # no record of what it does at home, but its files name its task: measure it there
+        at_home = _play_at_home(spec, name, origin, where.episodes, where.max_steps, where.seed)
+        source, source_random = at_home[0].mean, at_home[1].mean
+        steps += at_home[0].steps + at_home[1].steps
+        entry.update({"source_return": round(source, 4), "source_random_return": round(source_random, 4)})
+    retention = None
+    if source > source_random:  # the share of its own competence the expert keeps on the target
+        retention = round((play.mean - random_play.mean) / (source - source_random), 4)
+        entry["retention"] = retention
+    entry.update(
+        {
+            "zero_shot_return": round(play.mean, 4),
+            "zero_shot_std": round(play.std, 4),
+            "episodes": len(play.returns),
+            "effect_size": round(effect, 3) if math.isfinite(effect) else "inf",
+            "score": score_from_play(effect, retention),
+        }
+    )
+    return entry, steps
 
 
 def _other_task(origin: Any, env_id: str, env_kwargs: dict[str, Any] | None) -> bool:
