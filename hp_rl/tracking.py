@@ -10,9 +10,10 @@ links, and a run folder holds only its own regular files. ``WANDB_MODE=offline``
 
 from __future__ import annotations
 
+import argparse
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from hp_rl.errors import CliError
 from hp_rl.paths import write_text_by_rename
 from hp_rl.run_folder import RunFolder
 
-__all__ = ["TrackingOptions", "check_tracking", "tracking_id", "tracked"]
+__all__ = ["TrackingOptions", "add_tracking_arguments", "tracking_from", "check_tracking", "tracking_id", "tracked"]
 
 TRACKING_ID_FILE = "tracking_id.txt"
 _ID = re.compile(r"[a-z0-9]{8,64}")
@@ -115,9 +116,20 @@ def tracked(options: TrackingOptions | None, folder: RunFolder, config: dict[str
         wandb_tensorboard.unpatch()
 
 
-def options_from(track: bool, project: str, entity: str | None, tags: Sequence[str] | None) -> TrackingOptions | None:
-    """The tracking options of a command line (``None`` without ``--track``), W&B's presence checked."""
-    if not track:
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--track`` and the W&B flags rl-baselines3-zoo users know (``--wandb-project-name``, ...)."""
+    group = parser.add_argument_group('experiment tracking (pip install "hp_rl[track]")')
+    group.add_argument(
+        "--track", action="store_true", help="record the run with Weights & Biases: its TensorBoard charts and config"
+    )
+    group.add_argument("--wandb-project-name", default="hp_rl", help="W&B project (default: hp_rl)")
+    group.add_argument("--wandb-entity", help="W&B team or user (default: your own)")
+    group.add_argument("--wandb-tags", nargs="+", default=[], metavar="TAG", help="W&B tags of the run")
+
+
+def tracking_from(args: argparse.Namespace) -> TrackingOptions | None:
+    """The tracking options of a parsed command line (``None`` without ``--track``), W&B's presence checked."""
+    if not args.track:
         return None
     check_tracking()
-    return TrackingOptions(project, entity, tuple(tags or ()))
+    return TrackingOptions(args.wandb_project_name, args.wandb_entity, tuple(args.wandb_tags or ()))

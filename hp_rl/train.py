@@ -29,6 +29,7 @@ from typing import Any
 
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError, error_message, printable
+from hp_rl.tracking import add_tracking_arguments, tracked, tracking_from
 from hp_rl.train_config import CliError, config_and_env, hub_tag, resolve_hub, run_name
 
 __all__ = ["CliError", "build_parser", "build_or_close", "config_and_env", "hub_tag", "main", "resolve_hub", "run_name"]
@@ -167,13 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--track and -v)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    tracking = parser.add_argument_group('experiment tracking (pip install "hp_rl[track]")')
-    tracking.add_argument(
-        "--track", action="store_true", help="record the run with Weights & Biases: its TensorBoard charts and config"
-    )
-    tracking.add_argument("--wandb-project-name", default="hp_rl", help="W&B project (default: hp_rl)")
-    tracking.add_argument("--wandb-entity", help="W&B team or user (default: your own)")
-    tracking.add_argument("--wandb-tags", nargs="+", default=[], metavar="TAG", help="W&B tags of the run")
+    add_tracking_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="one run per seed, each its own folder")
     parser.add_argument("--jobs", type=int, default=1, help="with --seeds: runs at a time, in processes (default 1)")
     parser.add_argument(
@@ -281,20 +276,13 @@ def _progress(args: argparse.Namespace) -> tuple[bool, list[Any]]:
     return False, [PlainProgress()]
 
 
-def _tracking(args: argparse.Namespace) -> Any:
-    from hp_rl.tracking import options_from
-
-    return options_from(args.track, args.wandb_project_name, args.wandb_entity, args.wandb_tags)
-
-
 def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     from dataclasses import asdict
 
     from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import run_training
-    from hp_rl.tracking import tracked
 
-    tracking = _tracking(args)  # W&B missing is refused before anything is built
+    tracking = tracking_from(args)  # W&B missing is refused before anything is built
     config, env = config_and_env(args)
     sb3_verbose = min(args.verbose, 2)
     model = build_or_close(config, env, sb3_verbose)
@@ -349,38 +337,10 @@ def _remove_if_empty(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
-    from dataclasses import asdict
+def _apply_resume_flags(config: Any, args: argparse.Namespace, given: set[str]) -> None:
+    """Apply to the run's config the flags a resume may change (the others given are noted as ignored)."""
+    from hp_rl.rl.models import check_device
 
-    from hp_rl.rl.checkpoints import load_latest
-    from hp_rl.rl.envs import make_env
-    from hp_rl.rl.models import apply_threads, check_device
-    from hp_rl.rl.runs import AgentRunFolder, RunConfig
-    from hp_rl.rl.training import run_training
-    from hp_rl.tracking import tracked
-
-    tracking = _tracking(args)
-    folder = AgentRunFolder(Path(args.resume))
-    folder.refuse_links()
-    under_runs = Path("runs") / args.resume
-    if not folder.config.is_file() and (under_runs / "config.yml").is_file():
-        raise CliError(f"--resume {args.resume}: no such run folder here. Did you mean --resume {under_runs}?")
-    if not folder.config.is_file():
-        raise CliError(
-            f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "
-            "Give a folder made by python -m hp_rl.train (such as runs/ppo_CartPole-v1_nohub_1)."
-        )
-    try:
-        config = RunConfig.from_yaml(folder.config)
-    except HpRlError as error:
-        raise CliError(f"--resume {args.resume}: cannot read its config: {error}") from error
-    found = folder.latest_checkpoint()
-    if found is None:
-        raise CliError(
-            f"--resume {args.resume}: {folder.checkpoints} holds no checkpoint "
-            "(rl_model_<steps>_steps.zip), so there is nothing to continue. Start a new run with "
-            "--algo/--env instead."
-        )
     ignored = sorted(given & set(_IGNORED_ON_RESUME))
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") if len(name) > 1 else "-" + name for name in ignored)
@@ -404,6 +364,40 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         config.vec_env = args.vec_env
     if args.threads is not None:
         config.threads = args.threads
+
+
+def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
+    from dataclasses import asdict
+
+    from hp_rl.rl.checkpoints import load_latest
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.models import apply_threads
+    from hp_rl.rl.runs import AgentRunFolder, RunConfig
+    from hp_rl.rl.training import run_training
+
+    tracking = tracking_from(args)
+    folder = AgentRunFolder(Path(args.resume))
+    folder.refuse_links()
+    under_runs = Path("runs") / args.resume
+    if not folder.config.is_file() and (under_runs / "config.yml").is_file():
+        raise CliError(f"--resume {args.resume}: no such run folder here. Did you mean --resume {under_runs}?")
+    if not folder.config.is_file():
+        raise CliError(
+            f"--resume {args.resume}: {folder.config} does not exist, so this is not a run folder. "
+            "Give a folder made by python -m hp_rl.train (such as runs/ppo_CartPole-v1_nohub_1)."
+        )
+    try:
+        config = RunConfig.from_yaml(folder.config)
+    except HpRlError as error:
+        raise CliError(f"--resume {args.resume}: cannot read its config: {error}") from error
+    found = folder.latest_checkpoint()
+    if found is None:
+        raise CliError(
+            f"--resume {args.resume}: {folder.checkpoints} holds no checkpoint "
+            "(rl_model_<steps>_steps.zip), so there is nothing to continue. Start a new run with "
+            "--algo/--env instead."
+        )
+    _apply_resume_flags(config, args, given)
     config.validate()  # the flags that change a resumed run are held to the same limits as a new run's
     apply_threads(config.threads, config.device)
     if found[1] >= config.n_timesteps and folder.final_model.is_file() and _holds_steps(found[0], found[1]):

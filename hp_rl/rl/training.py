@@ -308,6 +308,46 @@ def _write_hub_spec(model: BaseAlgorithm, folder: AgentRunFolder) -> None:
         trust_hub_code(spec.experts)  # the user started this run with them: its resume may run them
 
 
+def _model_to_train(
+    config: RunConfig,
+    folder: AgentRunFolder,
+    resume: bool,
+    tb_log: str | None,
+    verbose: int,
+    model: BaseAlgorithm | None,
+) -> BaseAlgorithm:
+    """``model`` set to log into the run, or, when ``None``, one built (or with ``resume`` loaded) on a new
+    environment."""
+    if model is not None:
+        model.tensorboard_log = tb_log
+        model.verbose = verbose
+        return model
+    env = make_env(
+        config.env_id,
+        config.n_envs,
+        config.seed,
+        config.env_preset,
+        env_kwargs=config.env_kwargs,
+        nonfinite=config.nonfinite_obs,
+        subprocess=config.vec_env == "subproc",
+    )
+    if resume:
+        return load_latest(config, folder, env, tb_log, verbose)[0]
+    return build_model(config, env, tb_log, verbose=verbose)
+
+
+def _record_timing(folder: AgentRunFolder, start_steps: int, steps: int, elapsed: float, interrupted: bool) -> None:
+    """Append this start's steps and speed to the run's ``timing.yml``."""
+    timing = {
+        "start_step": start_steps,
+        "steps": steps,
+        "seconds": round(elapsed, 1),
+        "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
+        "interrupted": interrupted,
+    }
+    append_text_by_rename(folder.path / "timing.yml", yaml.safe_dump([timing], sort_keys=False))
+
+
 def run_training(
     config: RunConfig,
     folder: AgentRunFolder,
@@ -343,24 +383,7 @@ def run_training(
     apply_threads(config.threads, config.device)  # config.yml records the request
     tb_log = str(folder.path) if tensorboard else None
     with_hub = config.hub is not None
-    if model is None:
-        env = make_env(
-            config.env_id,
-            config.n_envs,
-            config.seed,
-            config.env_preset,
-            env_kwargs=config.env_kwargs,
-            nonfinite=config.nonfinite_obs,
-            subprocess=config.vec_env == "subproc",
-        )
-        model = (
-            load_latest(config, folder, env, tb_log, verbose)[0]
-            if resume
-            else build_model(config, env, tb_log, verbose=verbose)
-        )
-    else:
-        model.tensorboard_log = tb_log
-        model.verbose = verbose
+    model = _model_to_train(config, folder, resume, tb_log, verbose, model)
     if with_hub and not resume:
         write_text_by_rename(folder.hub_manifest, yaml.safe_dump(hub_manifest(model), sort_keys=False))
         _write_hub_spec(model, folder)
@@ -394,14 +417,7 @@ def run_training(
         final = save_atomically(model, folder.final_model) if interrupted is None else None
         # The last checkpoint of a finished run is model.zip itself (a hard link): resumable, no second copy.
         checkpoint = save_checkpoint(model, folder, config.algo, config.keep_checkpoints, same_as=final)
-    timing = {
-        "start_step": start_steps,
-        "steps": steps,
-        "seconds": round(elapsed, 1),
-        "steps_per_second": round(steps / max(elapsed, 1e-9), 1),
-        "interrupted": interrupted is not None,
-    }
-    append_text_by_rename(folder.path / "timing.yml", yaml.safe_dump([timing], sort_keys=False))
+    _record_timing(folder, start_steps, steps, elapsed, interrupted is not None)
     vec_env.close()
     return TrainOutcome(
         model, interrupted, checkpoint, None if interrupted is not None else folder.final_model, steps, elapsed
