@@ -370,10 +370,9 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
     from dataclasses import asdict
 
     from hp_rl.rl.checkpoints import load_latest
-    from hp_rl.rl.envs import make_env
     from hp_rl.rl.models import apply_threads
     from hp_rl.rl.runs import AgentRunFolder, RunConfig
-    from hp_rl.rl.training import run_training
+    from hp_rl.rl.training import run_training, training_env
 
     tracking = tracking_from(args)
     folder = AgentRunFolder(Path(args.resume))
@@ -407,15 +406,7 @@ def _resume(args: argparse.Namespace, argv: list[str], given: set[str]) -> int:
         )
         return 0
     with folder.locked():  # nothing in the folder changes before a checkpoint has loaded
-        env = make_env(
-            config.env_id,
-            config.n_envs,
-            config.seed,
-            config.env_preset,
-            env_kwargs=config.env_kwargs,
-            nonfinite=config.nonfinite_obs,
-            subprocess=config.vec_env == "subproc",
-        )
+        env = training_env(config)
         try:
             model, path, steps = load_latest(config, folder, env, str(folder.path), verbose=min(args.verbose, 2))
         except BaseException:

@@ -44,6 +44,7 @@ __all__ = [
     "build_model",
     "train",
     "run_training",
+    "training_env",
     "load_latest",
     "hub_manifest",
     "StopOnSignal",
@@ -308,6 +309,20 @@ def _write_hub_spec(model: BaseAlgorithm, folder: AgentRunFolder) -> None:
         trust_hub_code(spec.experts)  # the user started this run with them: its resume may run them
 
 
+def training_env(config: RunConfig) -> Any:
+    """The vectorised environment a run trains on: ``n_envs`` seeded copies, its preset and ``gym.make`` arguments,
+    its non-finite observation rule, in this process or one process per copy."""
+    return make_env(
+        config.env_id,
+        config.n_envs,
+        config.seed,
+        config.env_preset,
+        env_kwargs=config.env_kwargs,
+        nonfinite=config.nonfinite_obs,
+        subprocess=config.vec_env == "subproc",
+    )
+
+
 def _model_to_train(
     config: RunConfig,
     folder: AgentRunFolder,
@@ -322,15 +337,7 @@ def _model_to_train(
         model.tensorboard_log = tb_log
         model.verbose = verbose
         return model
-    env = make_env(
-        config.env_id,
-        config.n_envs,
-        config.seed,
-        config.env_preset,
-        env_kwargs=config.env_kwargs,
-        nonfinite=config.nonfinite_obs,
-        subprocess=config.vec_env == "subproc",
-    )
+    env = training_env(config)
     if resume:
         return load_latest(config, folder, env, tb_log, verbose)[0]
     return build_model(config, env, tb_log, verbose=verbose)
