@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import pickle
-import re
 import shutil
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import yaml
@@ -31,9 +30,16 @@ import yaml
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError, error_message
 from hp_rl.hub.trusted_code import refuse_untrusted_hub, trust_hub_code
-from hp_rl.paths import write_text_by_rename, written_by_rename
+from hp_rl.paths import write_text_by_rename
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
-from hp_rl.run_folder import RunFolder
+from hp_rl.vision.checkpoints import (
+    VisionRun,
+    latest_readable_checkpoint,
+    read_checkpoint,
+    restore_training,
+    save_epoch,
+    save_final,
+)
 from hp_rl.vision.classifier import HubPathwayClassifier
 from hp_rl.vision.config import DEFAULT_HUB, ConfigError, TrainConfig, apply_overrides, parse_overrides
 from hp_rl.vision.data import (
@@ -77,62 +83,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------- run folder
-
-
-@dataclass(frozen=True)
-class VisionRun(RunFolder):
-    """The folder of one vision run: ``checkpoints/epoch_NNNN.pt``, ``model.pt``, ``metrics.yml`` and the
-    TensorBoard events in ``tb/``.
-
-    :param path: the run directory.
-    """
-
-    module: ClassVar[str] = "hp_rl.vision.train"
-    checkpoint_pattern: ClassVar[re.Pattern[str]] = re.compile(r"epoch_(\d+)\.pt")
-    recorded_packages: ClassVar[tuple[str, ...]] = ("pillow", "scikit-learn", "mlxtend", "timm", "torchvision")
-
-    @property
-    def final_model(self) -> Path:
-        return self.path / "model.pt"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tb"
-
-
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A vision checkpoint or final model, read with ``weights_only`` (tensors and plain data, no objects).
-
-    :raises ConfigError: the file is missing, damaged, or holds anything but a checkpoint's tensors.
-    """
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        raise ConfigError(f"{path}: not a readable vision checkpoint ({' '.join(str(error).split())[:200]}).") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ConfigError(
-            f"{path}: not a vision checkpoint (no model weights); give a checkpoints/epoch_N.pt or model.pt."
-        )
-    return state
-
-
-def latest_readable_checkpoint(run: VisionRun) -> tuple[Path, int]:
-    """The newest epoch checkpoint that reads (a damaged one is reported and the one before is taken).
-
-    :raises ConfigError: when none reads.
-    """
-    problems = []
-    for path, epoch in run.checkpoints_by_progress():
-        try:
-            read_checkpoint(path)
-            return path, epoch
-        except ConfigError as error:
-            problems.append(str(error))
-            logger.warning(f"[vision] {error} Trying the checkpoint before it.")
-    detail = f" ({'; '.join(problems)})" if problems else ""
-    raise ConfigError(
-        f"{run.checkpoints} holds no checkpoint that can be resumed from{detail}; start a new run instead."
-    )
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -229,6 +179,35 @@ def _epoch_record(epoch: int, metrics: EpochMetrics, val: EvalResult | None, lr:
     return {k: round(float(v), 6) for k, v in record.items()}
 
 
+def _loaders(config: TrainConfig, prepared: PreparedData, device: torch.device) -> tuple[Any, Any]:
+    """The training loader (augmented, shuffled from the run's seed) and the evaluation loader (the validation
+    split, or the training images where there is none)."""
+    train_set = ImageDataset(prepared.train, AugmentConfig.from_dict(config.augment))
+    pin = device.type == "cuda"
+    loader = make_loader(
+        train_set, config.batch_size, shuffle=True, seed=config.seed, num_workers=config.num_workers, pin_memory=pin
+    )
+    eval_data = prepared.val if len(prepared.val) else prepared.train
+    batch = max(config.batch_size, 256)
+    val_loader = make_loader(
+        ImageDataset(eval_data), batch, shuffle=False, num_workers=config.num_workers, pin_memory=pin
+    )
+    return loader, val_loader
+
+
+def _log_epoch(
+    writer: Any, record: dict[str, float], stats: GateStatistics, val: EvalResult | None, names: Sequence[str]
+) -> None:
+    """An epoch's scalars, its gate statistics and the validation routes in TensorBoard."""
+    epoch = int(record["epoch"])
+    _scalars(writer, {k: v for k, v in record.items() if k != "epoch"}, epoch)
+    if stats.num_samples:
+        log_gates(writer, stats.summary(), names, epoch)
+    if val is not None and val.gates is not None:
+        _scalars(writer, {f"val_gates/usage/{n}": float(val.gates.usage[i]) for i, n in enumerate(names)}, epoch)
+    writer.flush()
+
+
 def train(
     config: TrainConfig, run: VisionRun, resume: bool = False, progress: bool = True, data: ImageData | None = None
 ) -> tuple[HubPathwayClassifier, EvalResult | None]:
@@ -252,37 +231,11 @@ def train(
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = make_scaler(device, amp_dtype)
-    augment = AugmentConfig.from_dict(config.augment)
-    train_set = ImageDataset(prepared.train, augment)
-    loader = make_loader(
-        train_set,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    eval_data = prepared.val if len(prepared.val) else prepared.train
-    val_loader = make_loader(
-        ImageDataset(eval_data),
-        max(config.batch_size, 256),
-        shuffle=False,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader, val_loader = _loaders(config, prepared, device)
     start_epoch = 0
     history: list[dict[str, float]] = []
     if resume:
-        state = read_checkpoint(latest_readable_checkpoint(run)[0], device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        assert loader.generator is not None
-        loader.generator.set_state(state["loader_rng"])
-        start_epoch = int(state["epoch"])
-        history = list(state.get("history", []))
+        start_epoch, history = restore_training(run, device, model, optimizer, scheduler, scaler, loader)
     else:
         write_text_by_rename(run.path / "hub_manifest.yml", yaml.safe_dump(model.hub_manifest(), sort_keys=False))
     writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if resume else None)
@@ -318,32 +271,8 @@ def train(
             )
             record = _epoch_record(epoch, metrics, val, lr)
             history.append(record)
-            _scalars(writer, {k: v for k, v in record.items() if k != "epoch"}, epoch)
-            if stats.num_samples:
-                log_gates(writer, stats.summary(), names, epoch)
-            if val is not None and val.gates is not None:
-                _scalars(
-                    writer, {f"val_gates/usage/{n}": float(val.gates.usage[i]) for i, n in enumerate(names)}, epoch
-                )
-            writer.flush()
-            # Written by rename: an interrupted save never leaves a truncated checkpoint for --resume.
-            with written_by_rename(run.checkpoints / f"epoch_{epoch:04d}.pt") as partial:
-                torch.save(
-                    {
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "loader_rng": loader.generator.get_state()
-                        if loader.generator is not None
-                        else torch.get_rng_state(),
-                        "history": history,
-                        "classes": list(prepared.classes),
-                    },
-                    partial,
-                )
+            _log_epoch(writer, record, stats, val, names)
+            save_epoch(run, epoch, (model, optimizer, scheduler, scaler, loader), history, prepared.classes)
             write_text_by_rename(run.path / "metrics.yml", yaml.safe_dump(history, sort_keys=False))
             summary = f"epoch {epoch}/{config.epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
             if val is not None:
@@ -371,16 +300,7 @@ def train(
         run.path / "confusion_matrix.png",
         f"{'Validation' if len(prepared.val) else 'Training'} confusion matrix",
     )
-    with written_by_rename(run.final_model) as partial:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "classes": list(prepared.classes),
-                "image_shape": list(shape),
-                "epoch": config.epochs,
-            },
-            partial,
-        )
+    save_final(run, model, prepared.classes, shape, config.epochs)
     return model, final
 
 
