@@ -27,21 +27,16 @@ __all__ = ["write_bare_zip", "write_bare_zips", "main"]
 
 def _plain_model(entry: dict[str, Any]) -> Any:
     """The plain SB3 model the agent was trained as (its recipe's settings on its own task)."""
-    from hp_rl.rl.config import apply_overrides, load_hyperparams
-    from hp_rl.rl.envs import make_env, preset_for
+    from hp_rl.rl.envs import make_env
     from hp_rl.rl.runs import RunConfig
     from hp_rl.rl.training import build_model
 
     provenance = entry.get("provenance", {})
     env_id, algo = str(provenance["env_id"]), str(provenance.get("algo", "ppo"))
-    family = preset_for(env_id).family
-    params = apply_overrides(load_hyperparams(algo, family), {"policy_kwargs.net_arch": []})
-    params.pop("n_timesteps", None)
-    n_envs = int(params.pop("n_envs", 1))
-    config = RunConfig(
-        algo=algo, env_id=env_id, hub=None, n_timesteps=1, seed=0, n_envs=n_envs, hyperparams=params, device="cpu"
-    )
-    env = make_env(env_id, n_envs, 0)
+    config = RunConfig.for_task(algo, env_id, overrides={"policy_kwargs.net_arch": []}, n_timesteps=1, device="cpu")
+    for key in ("n_timesteps", "n_envs"):
+        config.hyperparams.pop(key, None)
+    env = make_env(env_id, config.n_envs, 0)
     return build_model(config, env), env
 
 

@@ -52,9 +52,8 @@ def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]
     """
     from hp_rl.paths import write_text_by_rename
     from hp_rl.rl.checkpoints import load_model
-    from hp_rl.rl.config import load_hyperparams
     from hp_rl.rl.distill import DistillSettings, distill_policy, evaluate_both, save_standalone
-    from hp_rl.rl.envs import make_env, preset_for
+    from hp_rl.rl.envs import make_env
     from hp_rl.rl.models import apply_threads, build_model, check_device
     from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
@@ -84,12 +83,11 @@ def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]
     env = environments(config.n_envs, config.seed + 30_000 + args.seed)
     try:
         teacher = load_model(config, teacher_path, env, folder)
-        family = preset_for(config.env_id, config.env_preset).family
-        plain = {k: v for k, v in load_hyperparams(config.algo, family).items() if k != "n_timesteps"}
-        student_config = RunConfig(
-            config.algo, config.env_id, None, n_envs=config.n_envs, seed=args.seed, env_preset=config.env_preset,
-            device=config.device, hyperparams=plain, env_kwargs=config.env_kwargs,
+        student_config = RunConfig.for_task(
+            config.algo, config.env_id, env_preset=config.env_preset, env_kwargs=config.env_kwargs, n_timesteps=0,
+            n_envs=config.n_envs, seed=args.seed, device=config.device,
         )  # fmt: skip
+        student_config.hyperparams.pop("n_timesteps", None)
         student = build_model(student_config, env)
         settings = DistillSettings(steps=steps, rounds=args.rounds, epochs=args.epochs, seed=args.seed)
         report(f"Distilling {teacher_path} into {type(student.policy).__name__} ({steps} steps, {args.rounds} rounds)")

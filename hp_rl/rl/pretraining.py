@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from hp_rl.errors import ConfigError, HpRlError
-from hp_rl.rl.config import apply_overrides, load_hyperparams
-from hp_rl.rl.envs import preset_for
 from hp_rl.rl.runs import AgentRunFolder, RunConfig
 from hp_rl.rl.training import train
 from hp_rl.runner import Backend, run_jobs
@@ -141,20 +139,15 @@ def task_meanings(task: SourceTask) -> tuple[tuple[str, ...] | None, tuple[str, 
 
 
 def _task_config(recipe: Recipe, task: SourceTask) -> RunConfig:
-    family = preset_for(task.env_id, task.env_preset).family
-    params = apply_overrides(load_hyperparams(recipe.algo, family), recipe.overrides)
-    steps = recipe.n_timesteps if task.n_timesteps is None else task.n_timesteps
-    return RunConfig(
-        algo=recipe.algo,
-        env_id=task.env_id,
-        hub=None,
-        n_timesteps=steps,
-        seed=recipe.seed,
-        n_envs=int(params.get("n_envs", 1)),
+    return RunConfig.for_task(
+        recipe.algo,
+        task.env_id,
         env_preset=task.env_preset,
-        save_freq=recipe.save_freq,
-        hyperparams=params,
         env_kwargs=dict(task.env_kwargs),
+        overrides=recipe.overrides,
+        n_timesteps=recipe.n_timesteps if task.n_timesteps is None else task.n_timesteps,
+        seed=recipe.seed,
+        save_freq=recipe.save_freq,
     )
 
 

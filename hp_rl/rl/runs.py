@@ -73,6 +73,42 @@ class RunConfig:
     threads: int = 0
     vec_env: str = "dummy"
 
+    @classmethod
+    def for_task(
+        cls,
+        algo: str,
+        env_id: str,
+        *,
+        env_preset: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
+        n_timesteps: int | None = None,
+        n_envs: int | None = None,
+        **run: Any,
+    ) -> RunConfig:
+        """A run of ``algo``'s plain network (no hub) on ``env_id`` with its family's hyperparameters
+        (``configs/<algo>.yml``) and dotted ``overrides``, as ``hp_rl.train --hub none`` would set them up.
+
+        :param n_timesteps: the run's steps (default: the family's ``n_timesteps``).
+        :param n_envs: environment copies (default: the family's ``n_envs``, else 1).
+        :param run: any other field (``seed``, ``device``, ``save_freq``, ...).
+        """
+        from hp_rl.rl.config import apply_overrides, load_hyperparams
+        from hp_rl.rl.envs import preset_for
+
+        params = apply_overrides(load_hyperparams(algo, preset_for(env_id, env_preset).family), overrides or {})
+        return cls(
+            algo=algo,
+            env_id=env_id,
+            hub=None,
+            n_timesteps=int(params.get("n_timesteps", 0)) if n_timesteps is None else n_timesteps,
+            n_envs=int(params.get("n_envs", 1)) if n_envs is None else n_envs,
+            env_preset=env_preset,
+            hyperparams=params,
+            env_kwargs=dict(env_kwargs or {}),
+            **run,
+        )
+
     def to_yaml(self) -> str:
         """The config as YAML."""
         return yaml.safe_dump(asdict(self), sort_keys=False)
