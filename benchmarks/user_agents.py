@@ -34,8 +34,6 @@ def _plain_model(entry: dict[str, Any]) -> Any:
     provenance = entry.get("provenance", {})
     env_id, algo = str(provenance["env_id"]), str(provenance.get("algo", "ppo"))
     config = RunConfig.for_task(algo, env_id, overrides={"policy_kwargs.net_arch": []}, n_timesteps=1, device="cpu")
-    for key in ("n_timesteps", "n_envs"):
-        config.hyperparams.pop(key, None)
     env = make_env(env_id, config.n_envs, 0)
     return build_model(config, env), env
 

@@ -87,7 +87,6 @@ def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]
             config.algo, config.env_id, env_preset=config.env_preset, env_kwargs=config.env_kwargs, n_timesteps=0,
             n_envs=config.n_envs, seed=args.seed, device=config.device,
         )  # fmt: skip
-        student_config.hyperparams.pop("n_timesteps", None)
         student = build_model(student_config, env)
         settings = DistillSettings(steps=steps, rounds=args.rounds, epochs=args.epochs, seed=args.seed)
         report(f"Distilling {teacher_path} into {type(student.policy).__name__} ({steps} steps, {args.rounds} rounds)")

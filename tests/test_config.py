@@ -60,3 +60,19 @@ def test_ale_v5_ids_skip_frames_once_with_the_atari_preprocessing() -> None:
     explicit = make_env("ALE/Breakout-v5", 1, 0, env_kwargs={"frameskip": 2})
     assert explicit.get_attr("unwrapped")[0]._frameskip == 2  # a run's own arguments still decide
     explicit.close()
+
+
+@pytest.mark.parametrize("algo, env_id", [("ppo", "CartPole-v1"), ("a2c", "MinAtar/Breakout-v1")])
+def test_a_plain_run_of_a_task_is_what_hp_rl_train_sets_up_without_a_hub(algo: str, env_id: str) -> None:
+    pytest.importorskip("minatar")
+    from hp_rl.rl.runs import RunConfig
+    from hp_rl.train import build_parser
+    from hp_rl.train_config import config_and_env
+
+    built, env = config_and_env(build_parser().parse_args(["--algo", algo, "--env", env_id, "--hub", "none"]))
+    env.close()
+    plain = RunConfig.for_task(algo, env_id, seed=built.seed)
+    assert plain.hyperparams == built.hyperparams and plain.n_envs == built.n_envs
+    assert plain.n_timesteps == built.n_timesteps and plain.hub is None
+    changed = RunConfig.for_task(algo, env_id, overrides={"learning_rate": 1e-4}, n_envs=3, n_timesteps=10)
+    assert changed.hyperparams["learning_rate"] == 1e-4 and (changed.n_envs, changed.n_timesteps) == (3, 10)

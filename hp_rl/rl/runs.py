@@ -97,12 +97,14 @@ class RunConfig:
         from hp_rl.rl.envs import preset_for
 
         params = apply_overrides(load_hyperparams(algo, preset_for(env_id, env_preset).family), overrides or {})
+        # the run's steps and copies are fields of their own, as hp_rl.train keeps them, not algorithm arguments
+        family_steps, family_envs = int(params.pop("n_timesteps", 0)), int(params.pop("n_envs", 1))
         return cls(
             algo=algo,
             env_id=env_id,
             hub=None,
-            n_timesteps=int(params.get("n_timesteps", 0)) if n_timesteps is None else n_timesteps,
-            n_envs=int(params.get("n_envs", 1)) if n_envs is None else n_envs,
+            n_timesteps=family_steps if n_timesteps is None else n_timesteps,
+            n_envs=family_envs if n_envs is None else n_envs,
             env_preset=env_preset,
             hyperparams=params,
             env_kwargs=dict(env_kwargs or {}),
