@@ -110,6 +110,17 @@ _REPO_SOURCES = {"hf"}
 
 
 def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | None) -> ExpertSpec:
+    _check_identity(raw, where)
+    values = dict(raw)
+    _resolve_path(values, where, base_dir)
+    _check_numbers(values, where)
+    _check_options(values, where)
+    _check_names(values, where)
+    return ExpertSpec(**values)
+
+
+def _check_identity(raw: Any, where: str) -> None:
+    """A mapping of known keys with a usable name and a known source."""
     if not isinstance(raw, Mapping):
         raise HubSpecError(f"{where}: each expert must be a mapping with 'name' and 'source', got {raw!r}.")
     unknown = sorted(set(raw) - _KNOWN_KEYS)
@@ -129,7 +140,10 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     for key in ("arch", "path"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise HubSpecError(f"{where}: key '{key}' must be a string, got {raw[key]!r}.")
-    values = dict(raw)
+
+
+def _resolve_path(values: dict[str, Any], where: str, base_dir: Path | None) -> None:
+    """A local file's path made absolute (relative to the spec's folder) and checked; a random trunk's arch."""
     path = values.get("path")
     if path is not None and values["source"] not in _REPO_SOURCES:
         _check_path_text(path, f"{where}: key 'path'")
@@ -146,6 +160,10 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
             raise HubSpecError(
                 f"{where}: key 'arch': unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}."
             )
+
+
+def _check_numbers(values: dict[str, Any], where: str) -> None:
+    """The input shape, frozen flag, learning-rate scale and feature width, each in range."""
     if "input_shape" in values and values["input_shape"] is not None:
         shape = values["input_shape"]
         if (
@@ -171,6 +189,10 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
         raise HubSpecError(
             f"{where}: key 'features_dim' must be an integer in [1, {MAX_FEATURES_DIM}], got {features!r}."
         )
+
+
+def _check_options(values: dict[str, Any], where: str) -> None:
+    """Options and provenance: mappings of string keys; a random trunk's seed, a repository's revision."""
     for key in ("options", "provenance"):
         if not isinstance(values.get(key, {}), Mapping) or not all(isinstance(k, str) for k in values.get(key, {})):
             raise HubSpecError(f"{where}: key '{key}' must be a mapping with string keys, got {values[key]!r}.")
@@ -180,6 +202,10 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     revision = dict(values.get("options", {})).get("revision")
     if revision is not None and not isinstance(revision, str):
         raise HubSpecError(f"{where}: key 'options.revision' must be a string, got {revision!r}.")
+
+
+def _check_names(values: dict[str, Any], where: str) -> None:
+    """Channel and action names (non-empty, distinct) and the file's sha256."""
     for key in ("channel_names", "action_meanings"):
         names = values.get(key)
         if names is None:
@@ -197,7 +223,6 @@ def _expert_from_mapping(raw: Mapping[str, Any], where: str, base_dir: Path | No
     sha = values.get("sha256")
     if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
         raise HubSpecError(f"{where}: key 'sha256' must be 64 hex digits, got {sha!r}.")
-    return ExpertSpec(**values)
 
 
 def _expert_from_string(entry: str, index: int) -> ExpertSpec:
