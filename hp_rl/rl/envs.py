@@ -183,6 +183,43 @@ def _pixel_wrapper(size: int) -> Callable[[gym.Env], gym.Env]:
     return wrap
 
 
+def _preset_wrapper(
+    chosen: EnvPreset, env_id: str, kwargs: dict[str, Any], evaluation: bool
+) -> tuple[Callable[..., gym.Env] | None, dict[str, Any] | None]:
+    """The wrapper the preset names and its arguments (``kwargs``, the ``gym.make`` arguments, completed in place)."""
+    if chosen.wrapper == "atari":
+        from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+        if env_id.startswith("ALE/"):  # v5 ids skip 4 frames themselves; AtariWrapper skips (and max-pools) 4 more
+            kwargs.setdefault("frameskip", 1)
+        if evaluation:
+            return _atari_evaluation, dict(chosen.eval_wrapper_kwargs)
+        return AtariWrapper, None
+    if chosen.wrapper == "pixels":
+        kwargs.setdefault("render_mode", "rgb_array")
+        return _pixel_wrapper(chosen.size), None
+    if chosen.wrapper == "minatar":
+        return MinAtarObservation, None
+    if chosen.wrapper != "none":
+        raise UnknownEnvError(f"Preset {chosen.family!r} names unknown wrapper {chosen.wrapper!r}.")
+    return None, None
+
+
+def _with_physics(
+    physics: Any, wrapper: Callable[..., gym.Env] | None, wrapper_kwargs: dict[str, Any] | None
+) -> tuple[Callable[..., gym.Env], dict[str, Any] | None]:
+    """``wrapper`` applied over the task with its physical constants changed (:class:`PhysicsVariant`)."""
+    if not isinstance(physics, dict):
+        raise UnknownEnvError(f"env_kwargs 'physics' must be a mapping of constants to values, got {physics!r}.")
+    outer, outer_kwargs = wrapper, dict(wrapper_kwargs or {})
+
+    def with_physics(env: gym.Env, **extra: Any) -> gym.Env:
+        env = PhysicsVariant(env, physics)
+        return outer(env, **extra) if outer is not None else env
+
+    return with_physics, outer_kwargs or None
+
+
 def make_env(
     env_id: str,
     n_envs: int = 1,
@@ -212,35 +249,11 @@ def make_env(
     kwargs = dict(env_kwargs or {})
     physics = kwargs.pop("physics", None)
     vec_cls = SubprocVecEnv if subprocess and n_envs > 1 else DummyVecEnv
-    wrapper: Callable[..., gym.Env] | None = None
-    wrapper_kwargs: dict[str, Any] | None = None
     if evaluation:
         kwargs = {**chosen.eval_env_kwargs, **kwargs}
-    if chosen.wrapper == "atari":
-        from stable_baselines3.common.atari_wrappers import AtariWrapper
-
-        if env_id.startswith("ALE/"):  # v5 ids skip 4 frames themselves; AtariWrapper skips (and max-pools) 4 more
-            kwargs.setdefault("frameskip", 1)
-
-        wrapper = _atari_evaluation if evaluation else AtariWrapper
-        wrapper_kwargs = dict(chosen.eval_wrapper_kwargs) if evaluation else None
-    elif chosen.wrapper == "pixels":
-        kwargs.setdefault("render_mode", "rgb_array")
-        wrapper = _pixel_wrapper(chosen.size)
-    elif chosen.wrapper == "minatar":
-        wrapper = MinAtarObservation
-    elif chosen.wrapper != "none":
-        raise UnknownEnvError(f"Preset {chosen.family!r} names unknown wrapper {chosen.wrapper!r}.")
+    wrapper, wrapper_kwargs = _preset_wrapper(chosen, env_id, kwargs, evaluation)
     if physics:
-        if not isinstance(physics, dict):
-            raise UnknownEnvError(f"env_kwargs 'physics' must be a mapping of constants to values, got {physics!r}.")
-        outer, outer_kwargs = wrapper, dict(wrapper_kwargs or {})
-
-        def with_physics(env: gym.Env, **extra: Any) -> gym.Env:
-            env = PhysicsVariant(env, physics)
-            return outer(env, **extra) if outer is not None else env
-
-        wrapper, wrapper_kwargs = with_physics, outer_kwargs or None
+        wrapper, wrapper_kwargs = _with_physics(physics, wrapper, wrapper_kwargs)
     try:
         env: VecEnv = make_vec_env(
             env_id,
