@@ -406,9 +406,38 @@ def _auto_preset(hub: str, algo: str, env: Any) -> str:
     return name
 
 
+def _checked_hub(
+    args: argparse.Namespace, algo: str, hub: Any, hub_kwargs: dict[str, Any], params: dict[str, Any], k: int
+) -> int:
+    """Check the hub options against the hub (its experts, k) and the algorithm; returns the experts routed per
+    observation (the preset's k is a most under ``k_from_prior``)."""
+    from hp_rl.hub import HubSpecError, parse_hub
+
+    _check_hub_kwargs(hub_kwargs, {"explore_coef"} if args.explore_coef is not None else set())
+    try:
+        spec = parse_hub(hub)
+    except HubSpecError as error:
+        raise CliError(str(error)) from error
+    m = len(spec.experts)
+    if hub_kwargs.get("k_from_prior") is not None and args.k is None:
+        k = min(k, m)  # a hub of one agent routes at most that one
+    if not hub_kwargs.get("dense") and not 1 <= k <= m:
+        raise CliError(
+            f"-k {k} is out of range: the hub {spec.origin} has {m} expert(s) "
+            f"({', '.join(spec.names)}); use -k between 1 and {m} (or --hub-set dense=true)."
+        )
+    if args.exploit_coef is not None:
+        if algo == "dqn":
+            raise CliError(
+                "--exploit-coef is a HubPPO/HubA2C option; DQN trains without the exploitation loss. "
+                "Use --algo ppo or a2c, or drop --exploit-coef."
+            )
+        params["exploit_coef"] = args.exploit_coef
+    return k
+
+
 def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any], env: Any) -> Any:
     """The run config (step counts and seed filled in by the caller) with the hub resolved and checked."""
-    from hp_rl.hub import HubSpecError, parse_hub
     from hp_rl.rl.checkpoints import DEFAULT_KEEP_CHECKPOINTS
     from hp_rl.rl.runs import RunConfig
 
@@ -439,26 +468,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
                 "give a hub (--hub random:4, --hub spec.yml, ...) or drop those flags."
             )
     else:
-        _check_hub_kwargs(hub_kwargs, {"explore_coef"} if args.explore_coef is not None else set())
-        try:
-            spec = parse_hub(hub)
-        except HubSpecError as error:
-            raise CliError(str(error)) from error
-        m = len(spec.experts)
-        if hub_kwargs.get("k_from_prior") is not None and args.k is None:
-            k = min(k, m)  # the preset's k is a most (k_from_prior): a hub of one agent routes at most that one
-        if not hub_kwargs.get("dense") and not 1 <= k <= m:
-            raise CliError(
-                f"-k {k} is out of range: the hub {spec.origin} has {m} expert(s) "
-                f"({', '.join(spec.names)}); use -k between 1 and {m} (or --hub-set dense=true)."
-            )
-        if args.exploit_coef is not None:
-            if algo == "dqn":
-                raise CliError(
-                    "--exploit-coef is a HubPPO/HubA2C option; DQN trains without the exploitation loss. "
-                    "Use --algo ppo or a2c, or drop --exploit-coef."
-                )
-            params["exploit_coef"] = args.exploit_coef
+        k = _checked_hub(args, algo, hub, hub_kwargs, params, k)
     overridden = {key.split(".")[0] for key in _parse_sets(args.set, "--set")}
     _check_hyperparams(
         algo,
