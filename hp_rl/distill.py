@@ -45,16 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]:
-    """Distil the run folder ``args.run``; returns what ``distill.yml`` records.
-
-    :raises CliError: a folder that is not a hub run of PPO or A2C, or bad numbers, naming the fix.
-    """
-    from hp_rl.paths import write_text_by_rename
-    from hp_rl.rl.checkpoints import load_model
-    from hp_rl.rl.distill import DistillSettings, distill_policy, evaluate_both, save_standalone
-    from hp_rl.rl.envs import make_env
-    from hp_rl.rl.models import apply_threads, build_model, check_device
+def _checked_run(args: argparse.Namespace) -> tuple[int, Any, Any]:
+    """The distillation steps, the run folder and its config, after checking that the run is a hub agent of PPO or
+    A2C and that the numbers are usable; the run's device and threads applied."""
+    from hp_rl.rl.models import apply_threads, check_device
     from hp_rl.rl.runs import AgentRunFolder, RunConfig
 
     steps = int(args.steps) if args.steps == args.steps and abs(args.steps) < 1e12 else 0
@@ -73,6 +67,22 @@ def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]
         )
     config.device = check_device(args.device or config.device, "--device")
     apply_threads(config.threads, config.device)
+    return steps, folder, config
+
+
+def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]:
+    """Distil the run folder ``args.run``; returns what ``distill.yml`` records.
+
+    :raises CliError: a folder that is not a hub run of PPO or A2C, or bad numbers, naming the fix.
+    """
+    from hp_rl.paths import write_text_by_rename
+    from hp_rl.rl.checkpoints import load_model
+    from hp_rl.rl.distill import DistillSettings, distill_policy, evaluate_both, save_standalone
+    from hp_rl.rl.envs import make_env
+    from hp_rl.rl.models import build_model
+    from hp_rl.rl.runs import RunConfig
+
+    steps, folder, config = _checked_run(args)
     teacher_path = choose_checkpoint(folder, args.checkpoint)
 
     def environments(n_envs: int, seed: int, evaluation: bool = False) -> Any:
