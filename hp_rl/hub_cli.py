@@ -227,6 +227,48 @@ def _command(recipe: Path, workdir: Path) -> str:
     return shlex.join(["python", "-m", "hp_rl.hub", "build", _display(recipe), "--workdir", _display(workdir)])
 
 
+def _built_expert(recipe: Any, recipe_path: Path, workdir: Path, task: Any, episodes: int | None) -> ExpertSpec:
+    """The hub spec entry of a finished task: its file and digest, where it came from, what its channels and actions
+    mean, and (with ``episodes``) how well it plays its own task against a random policy."""
+    from hp_rl.hub.sb3_zip import read_sb3_trunk
+    from hp_rl.rl.pretraining import task_meanings
+
+    model_path = workdir / task.name / "model.zip"
+    _, _, details = read_sb3_trunk(model_path)
+    provenance: dict[str, Any] = {
+        "recipe": _display(recipe_path),
+        "command": _command(recipe_path, workdir),
+        "algo": recipe.algo,
+        "env_id": task.env_id,
+        "steps": int(details.get("num_timesteps", recipe.n_timesteps)),
+        "seed": recipe.seed,
+    }
+    if task.env_kwargs:
+        provenance["env_kwargs"] = dict(task.env_kwargs)
+    if episodes is not None:
+        result = _cached_evaluation(model_path, task, episodes, recipe.seed + 10_000)
+        provenance.update(
+            {
+                "source_return": result["return_mean"],
+                "source_return_std": result["return_std"],
+                "random_return": result["random_return_mean"],
+                "random_return_std": result["random_return_std"],
+                "eval_episodes": result["episodes"],
+                "eval_deterministic": result["deterministic"],
+            }
+        )
+    channel_names, action_meanings = task_meanings(task)
+    return ExpertSpec(
+        name=task.name,
+        source="sb3",
+        path=f"{task.name}/model.zip",
+        sha256=file_sha256(model_path),
+        provenance=provenance,
+        channel_names=channel_names,
+        action_meanings=action_meanings,
+    )
+
+
 def cmd_build(
     recipe_text: str,
     workdir_text: str | None,
@@ -236,8 +278,7 @@ def cmd_build(
     backend: Any = None,
 ) -> int:
     """Train (or resume) the recipe's experts, evaluate the finished ones, write ``<workdir>/hub.yaml``."""
-    from hp_rl.hub.sb3_zip import read_sb3_trunk
-    from hp_rl.rl.pretraining import build_hub, load_recipe, task_meanings
+    from hp_rl.rl.pretraining import build_hub, load_recipe
 
     recipe_path = Path(recipe_text)
     if not recipe_path.is_file():
@@ -264,39 +305,7 @@ def cmd_build(
         if not model_path.is_file():
             pending.append(task.name)
             continue
-        _, _, details = read_sb3_trunk(model_path)
-        provenance: dict[str, Any] = {
-            "recipe": _display(recipe_path),
-            "command": _command(recipe_path, workdir),
-            "algo": recipe.algo,
-            "env_id": task.env_id,
-            "steps": int(details.get("num_timesteps", recipe.n_timesteps)),
-            "seed": recipe.seed,
-        }
-        if task.env_kwargs:
-            provenance["env_kwargs"] = dict(task.env_kwargs)
-        if evaluate:
-            result = _cached_evaluation(model_path, task, n_episodes, recipe.seed + 10_000)
-            provenance.update(
-                {
-                    "source_return": result["return_mean"],
-                    "source_return_std": result["return_std"],
-                    "random_return": result["random_return_mean"],
-                    "random_return_std": result["random_return_std"],
-                    "eval_episodes": result["episodes"],
-                    "eval_deterministic": result["deterministic"],
-                }
-            )
-        channel_names, action_meanings = task_meanings(task)
-        spec = ExpertSpec(
-            name=task.name,
-            source="sb3",
-            path=f"{task.name}/model.zip",
-            sha256=file_sha256(model_path),
-            provenance=provenance,
-            channel_names=channel_names,
-            action_meanings=action_meanings,
-        )
+        spec = _built_expert(recipe, recipe_path, workdir, task, n_episodes if evaluate else None)
         entries.append(spec.as_dict())
     if entries:
         manifest = {
