@@ -232,7 +232,6 @@ def _score_hub(
     env_preset: str | None,
 ) -> dict[str, Any]:
     from hp_rl.rl.envs import make_env
-    from hp_rl.routing import HeadedExpert
 
     started = time.perf_counter()
     spec = parse_hub(hub)
@@ -256,45 +255,9 @@ def _score_hub(
         random_play.steps,
         random_play.seconds,
     )
-    references = _source_references(spec)
     where = _Target(env_id, env_kwargs, episodes, max_steps, seed, target)
-    experts: dict[str, dict[str, Any]] = {}
-    features_of: dict[str, Any] = {}
-    steps = random_play.steps
-    model_env = target(0, evaluation=False)
-    for position, name in enumerate(spec.names, 1):
-        model = _SingleExpert(spec, name, model_env)
-        extractor = model.extractor
-        expert = extractor.pathway.experts[name]
-        assert isinstance(expert, HeadedExpert)
-        head = extractor.head_sources[name]
-        origin = getattr(expert.inner_trunk, "origin", None)
-        entry: dict[str, Any] = {"policy_head": head, "task": getattr(origin, "env_id", None) or "unknown"}
-        if head != HEAD_FRESH:
-            found, play_steps = _zero_shot(spec, name, model, origin, head, random_play, references.get(name), where)
-            entry.update(found)
-            steps += play_steps
-            logger.info(
-                "  [%d/%d] %s (%s head): %.2f ± %.2f, score %.2f (%d steps)",
-                position,
-                len(spec.names),
-                name,
-                head,
-                entry["zero_shot_return"],
-                entry["zero_shot_std"],
-                entry["score"],
-                play_steps,
-            )
-        else:
-            features_of[name] = expert
-            logger.info(
-                "  [%d/%d] %s: no head that acts for the target (LogME of its features)",
-                position,
-                len(spec.names),
-                name,
-            )
-        experts[name] = entry
-    model_env.close()
+    experts, features_of, played = _play_experts(spec, random_play, where)
+    steps = random_play.steps + played
     if features_of:  # head-less experts: how well their features explain a random policy's returns
         steps += _add_logme(experts, features_of, target(0, evaluation=False), rollout_steps, seed, gamma)
     seconds = time.perf_counter() - started
@@ -310,6 +273,49 @@ def _score_hub(
         "prior": prior_from_scores(experts, random_play.mean),
         "cost": {"seconds": round(seconds, 1), "steps": steps, "budget": budget},
     }
+
+
+def _play_experts(
+    spec: HubSpec, random_play: Play, where: _Target
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], int]:
+    """Each expert whose head acts for the target played zero-shot; the others set aside for LogME.
+
+    :return: expert -> its score entry so far, the head-less experts' modules, and the environment steps played.
+    """
+    from hp_rl.routing import HeadedExpert
+
+    references = _source_references(spec)
+    experts: dict[str, dict[str, Any]] = {}
+    features_of: dict[str, Any] = {}
+    steps = 0
+    model_env = where.make(0, evaluation=False)
+    for position, name in enumerate(spec.names, 1):
+        model = _SingleExpert(spec, name, model_env)
+        expert = model.extractor.pathway.experts[name]
+        assert isinstance(expert, HeadedExpert)
+        head = model.extractor.head_sources[name]
+        origin = getattr(expert.inner_trunk, "origin", None)
+        entry: dict[str, Any] = {"policy_head": head, "task": getattr(origin, "env_id", None) or "unknown"}
+        counter = f"[{position}/{len(spec.names)}] {name}"
+        if head != HEAD_FRESH:
+            found, play_steps = _zero_shot(spec, name, model, origin, head, random_play, references.get(name), where)
+            entry.update(found)
+            steps += play_steps
+            logger.info(
+                "  %s (%s head): %.2f ± %.2f, score %.2f (%d steps)",
+                counter,
+                head,
+                entry["zero_shot_return"],
+                entry["zero_shot_std"],
+                entry["score"],
+                play_steps,
+            )
+        else:
+            features_of[name] = expert
+            logger.info("  %s: no head that acts for the target (LogME of its features)", counter)
+        experts[name] = entry
+    model_env.close()
+    return experts, features_of, steps
 
 
 @dataclass(frozen=True)
