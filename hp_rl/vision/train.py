@@ -208,6 +208,24 @@ def _log_epoch(
     writer.flush()
 
 
+def _prepared(config: TrainConfig, data: ImageData | None, run: VisionRun) -> PreparedData:
+    """The run's data, the files that could not be decoded listed in ``skipped.txt``."""
+    prepared = prepare_data(config, data)
+    if prepared.skipped:
+        logger.warning(f"[vision] skipped {len(prepared.skipped)} undecodable file(s); see {run.path / 'skipped.txt'}")
+        write_text_by_rename(run.path / "skipped.txt", "\n".join(prepared.skipped) + "\n")
+    return prepared
+
+
+def _report_confusion(writer: Any, final: EvalResult, prepared: PreparedData, folder: Path, epochs: int) -> None:
+    """The final confusion matrix in TensorBoard and as ``confusion_matrix.png`` (closes ``writer``)."""
+    split = "val" if len(prepared.val) else "train"
+    log_confusion(writer, final.confusion, prepared.classes, epochs, f"{split}/confusion_matrix")
+    writer.close()
+    title = f"{'Validation' if len(prepared.val) else 'Training'} confusion matrix"
+    save_confusion_png(final.confusion, prepared.classes, folder / "confusion_matrix.png", title)
+
+
 def train(
     config: TrainConfig, run: VisionRun, resume: bool = False, progress: bool = True, data: ImageData | None = None
 ) -> tuple[HubPathwayClassifier, EvalResult | None]:
@@ -220,10 +238,7 @@ def train(
     from torch.utils.tensorboard import SummaryWriter
 
     torch.manual_seed(config.seed)
-    prepared = prepare_data(config, data)
-    if prepared.skipped:
-        logger.warning(f"[vision] skipped {len(prepared.skipped)} undecodable file(s); see {run.path / 'skipped.txt'}")
-        write_text_by_rename(run.path / "skipped.txt", "\n".join(prepared.skipped) + "\n")
+    prepared = _prepared(config, data, run)
     shape = prepared.train.image_shape
     device = resolve_device(config.device)
     amp_dtype = resolve_amp(config.amp, device)
@@ -286,20 +301,7 @@ def train(
         )
         raise
     final = evaluate_model(model, val_loader, len(prepared.classes), device, amp_dtype)
-    log_confusion(
-        writer,
-        final.confusion,
-        prepared.classes,
-        config.epochs,
-        "val/confusion_matrix" if len(prepared.val) else "train/confusion_matrix",
-    )
-    writer.close()
-    save_confusion_png(
-        final.confusion,
-        prepared.classes,
-        run.path / "confusion_matrix.png",
-        f"{'Validation' if len(prepared.val) else 'Training'} confusion matrix",
-    )
+    _report_confusion(writer, final, prepared, run.path, config.epochs)
     save_final(run, model, prepared.classes, shape, config.epochs)
     return model, final
 
