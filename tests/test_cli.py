@@ -674,3 +674,15 @@ def test_a_minatar_video_is_written_without_gymnasium_s_rendering_warnings(tmp_p
     video = tmp_path / "episode.mp4"
     assert evaluate_cli.main([str(run), "--episodes", "1", "--video", str(video)]) == 0
     assert video.stat().st_size > 0
+
+
+def test_evaluate_plays_the_episodes_of_its_seed(hub_run: Path) -> None:
+    # SB3's load re-seeds the environment with the training seed; evaluate's own seed must still decide the episodes
+    played = {}
+    for seed in (1, 2, 3, 1):
+        assert evaluate_cli.main([str(hub_run), "--episodes", "3", "--seed", str(seed)]) == 0
+        result = yaml.safe_load((hub_run / "evaluation.yml").read_text())[-1]
+        assert result["seed"] == seed
+        played.setdefault(seed, []).append(tuple(result["lengths"]))
+    assert played[1][0] == played[1][1]  # the same seed, the same episodes
+    assert len({runs[0] for runs in played.values()}) > 1  # other seeds, other episodes
