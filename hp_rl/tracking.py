@@ -22,10 +22,22 @@ from hp_rl.errors import CliError
 from hp_rl.paths import write_text_by_rename
 from hp_rl.run_folder import RunFolder
 
-__all__ = ["TrackingOptions", "add_tracking_arguments", "tracking_from", "check_tracking", "tracking_id", "tracked"]
+__all__ = [
+    "TrackingError",
+    "TrackingOptions",
+    "add_tracking_arguments",
+    "tracking_from",
+    "check_tracking",
+    "tracking_id",
+    "tracked",
+]
 
 TRACKING_ID_FILE = "tracking_id.txt"
 _ID = re.compile(r"[a-z0-9]{8,64}")
+
+
+class TrackingError(CliError):
+    """Weights & Biases did not start a tracked run (not logged in, no network)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ def tracked(options: TrackingOptions | None, folder: RunFolder, config: dict[str
         )
     except Exception as error:  # W&B raises its own UsageError/CommError, and plain errors from its service
         wandb_tensorboard.unpatch()
-        raise CliError(
+        raise TrackingError(
             f"--track: Weights & Biases did not start ({type(error).__name__}: {error}). Log in with `wandb login`, "
             "or record offline with WANDB_MODE=offline and upload later with `wandb sync`; or drop --track."
         ) from error

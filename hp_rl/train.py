@@ -29,7 +29,7 @@ from typing import Any
 
 from hp_rl.console import configure_logging, program_name
 from hp_rl.errors import HpRlError, error_message, printable
-from hp_rl.tracking import add_tracking_arguments, tracked, tracking_from
+from hp_rl.tracking import TrackingError, add_tracking_arguments, tracked, tracking_from
 from hp_rl.train_config import CliError, config_and_env, hub_tag, resolve_hub, run_name
 
 __all__ = ["CliError", "build_parser", "build_or_close", "config_and_env", "hub_tag", "main", "resolve_hub", "run_name"]
@@ -318,7 +318,7 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
                 outcome = run_training(
                     config, folder, progress_bar=progress_bar, verbose=sb3_verbose, model=model, callbacks=callbacks
                 )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrackingError):  # stopped before training wrote anything: no folder left behind
         _remove_if_empty(folder.path)
         raise
     return _print_outcome(outcome, folder)

@@ -43,6 +43,14 @@ def _records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
             pending = data if kind == 2 else pending + data
 
 
+@pytest.fixture(autouse=True)
+def fresh_wandb() -> Iterator[None]:
+    """W&B keeps its settings (the mode among them) for the process once set up: each test starts it anew."""
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 @pytest.fixture
 def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "wandb_dir"
@@ -77,7 +85,13 @@ def test_track_records_the_run_its_tensorboard_events_and_config_and_a_resume_co
     assert not list(run.rglob("wandb"))  # W&B's own files (links among them) stay out of the run folder
 
     assert train_cli.main(["--resume", str(run), "-n", "96", "--no-progress", *tracking]) == 0
-    assert len(list(offline_wandb.glob(f"wandb/offline-run-*-{run_id}"))) == 2  # the same W&B run, continued
+    logs = sorted(offline_wandb.glob("wandb/offline-run-*/run-*.wandb"), key=lambda path: path.stat().st_mtime)
+    assert {path.name for path in logs} == {f"run-{run_id}.wandb"}  # the same W&B run, continued
+    (resumed,) = [r.run for r in _records(logs[-1]) if r.WhichOneof("record_type") == "run"]
+    assert (
+        resumed.run_id == run_id
+        and json.loads({item.key: item.value_json for item in resumed.config.update}["n_timesteps"]) == 96
+    )
 
 
 def test_track_without_wandb_is_refused_before_anything_is_built(
@@ -88,3 +102,18 @@ def test_track_without_wandb_is_refused_before_anything_is_built(
     assert train_cli.main([*TINY, "--hub", "none", "--tensorboard-log", str(runs), "--track"]) == 2
     assert 'pip install "hp_rl[track]"' in capsys.readouterr().err
     assert not runs.exists()
+
+
+def test_track_that_cannot_start_says_how_to_go_on_and_leaves_no_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")  # online without a key: W&B refuses before any network call
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc holding a key
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = tmp_path / "runs"
+    assert train_cli.main([*TINY, "--hub", "none", "--tensorboard-log", str(runs), "-n", "64", "--track"]) == 2
+    err = capsys.readouterr().err
+    assert "wandb login" in err and "WANDB_MODE=offline" in err
+    assert not [p for p in runs.iterdir() if (p / "config.yml").is_file()]  # nothing trained, nothing left
