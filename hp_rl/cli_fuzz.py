@@ -58,9 +58,14 @@ FLAG_VALUES: dict[str, list[str]] = {
     "--explore-coef": ["0.01", "-1", "nan", "x"],
     "--exploit-coef": ["0.1", "-1", "inf", "x"],
     "--resume": ["/no/such/run", "", ".", "/etc", "runs"],
+    "--vec-env": ["dummy", "subproc", "x", ""],
+    "--seeds": ["1", "-1", "x", "4294967296"],
+    "--jobs": ["1", "0", "-3", "x"],
+    "--wandb-project-name": ["p", "", "../x"],
+    "--wandb-tags": ["a", ""],
 }
 # fmt: on
-_STRAY = ["--", "-", "--unknown", "-z", "extra", "--hub-options", "-v", "--no-progress", "-h"]
+_STRAY = ["--", "-", "--unknown", "-z", "extra", "--hub-options", "-v", "--no-progress", "-h", "--track"]
 _REPEATABLE = {"--set", "--hub-set", "--env-kwargs"}
 
 
