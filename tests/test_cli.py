@@ -686,3 +686,17 @@ def test_evaluate_plays_the_episodes_of_its_seed(hub_run: Path) -> None:
         played.setdefault(seed, []).append(tuple(result["lengths"]))
     assert played[1][0] == played[1][1]  # the same seed, the same episodes
     assert len({runs[0] for runs in played.values()}) > 1  # other seeds, other episodes
+
+
+def test_a_bad_environment_argument_with_one_process_per_copy_names_the_cause_without_tracebacks(
+    tmp_path: Path,
+) -> None:
+    # each copy in its own process would fail there, printing its traceback, and the main process would see a
+    # broken pipe; the environment is built once in this process first, so the message names the real cause
+    command = [sys.executable, "-m", "hp_rl.train", "--env", "CartPole-v1", "--env-kwargs", "x=1", "--vec-env"]
+    command += ["subproc", "--n-envs", "2", "-n", "32", "--no-progress", "--tensorboard-log", str(tmp_path / "runs")]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert done.returncode == 2
+    assert "unexpected keyword argument 'x'" in done.stderr and "Traceback" not in done.stderr

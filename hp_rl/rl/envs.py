@@ -255,6 +255,8 @@ def make_env(
     if physics:
         wrapper, wrapper_kwargs = _with_physics(physics, wrapper, wrapper_kwargs)
     try:
+        if vec_cls is SubprocVecEnv:  # a copy failing in its own process shows only as its traceback and a broken pipe
+            gym.make(env_id, **kwargs).close()
         env: VecEnv = make_vec_env(
             env_id,
             n_envs=n_envs,
