@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import random
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -126,6 +128,32 @@ def _problem_in_output(text: str) -> str:
     return ""
 
 
+class _DescriptorOutput:
+    """What is written to file descriptors 1 and 2 inside the block (child processes, C code), kept in ``text``."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __enter__(self) -> _DescriptorOutput:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._sink = tempfile.TemporaryFile()
+        self._saved = os.dup(1), os.dup(2)
+        os.dup2(self._sink.fileno(), 1)
+        os.dup2(self._sink.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for descriptor, saved in zip((1, 2), self._saved, strict=True):
+            os.dup2(saved, descriptor)
+            os.close(saved)
+        self._sink.seek(0)
+        self.text = self._sink.read().decode("utf-8", errors="replace")
+        self._sink.close()
+
+
 def run_line(argv: list[str], folder: Path, timeout_s: int = 300) -> FuzzResult:
     """Run ``hp_rl.train.main(argv)`` in this process with its output captured and a wall-clock alarm."""
     import torch
@@ -139,8 +167,9 @@ def run_line(argv: list[str], folder: Path, timeout_s: int = 300) -> FuzzResult:
     signal.alarm(timeout_s)
     status: int | None = None
     problem, detail = "", ""
+    descriptors = _DescriptorOutput()  # what child processes (one per environment copy) print goes there
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with descriptors, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 status = train.main([*argv, "--tensorboard-log", str(folder), "--no-progress"])
             except SystemExit as exit_:  # argparse's usage errors
@@ -156,8 +185,9 @@ def run_line(argv: list[str], folder: Path, timeout_s: int = 300) -> FuzzResult:
     seconds = time.perf_counter() - started
     if not problem and status not in (0, 2):
         problem, detail = "bad status", err.getvalue()[-1500:]
-    if not problem and "Traceback (most recent call last)" in err.getvalue():
-        problem, detail = "traceback", err.getvalue()[-1500:]
+    for text in (err.getvalue(), descriptors.text):
+        if not problem and "Traceback (most recent call last)" in text:
+            problem, detail = "traceback", text[-1500:]
     if not problem and (found := _problem_in_output(out.getvalue() + err.getvalue())):
         problem, detail = found, repr(err.getvalue()[-500:])
     return FuzzResult(argv, status, round(seconds, 2), problem, detail)
