@@ -1,7 +1,8 @@
 """The prior: one number per expert, the evidence that it plays the target, and how it acts on routing.
 
-Scoring (:mod:`hp_rl.rl.scoring`) measures it; here it is read and written (score files, mappings), turned into the
-generator's starting logit biases (:func:`start_from_prior`), and into which experts are routed at all
+Scoring (:mod:`hp_rl.rl.scoring`) measures it; here it is read and written (score files, mappings), checked against
+a hub's experts (:func:`read_hub_prior`; the pathway builder turns it into the generator's starting logit biases,
+:func:`hp_rl.routing.add_starting_preference`), and turned into which experts are routed at all
 (:func:`routable_experts`, :func:`routed_by_prior`: the ``k_from_prior`` bar). Pure routing arithmetic: nothing here
 plays an environment or builds a model.
 """
@@ -17,7 +18,6 @@ import yaml
 
 from hp_rl.errors import ConfigError
 from hp_rl.hub.options import PathwayOptionError
-from hp_rl.routing import PathwayGenerator, add_starting_preference
 from hp_rl.yaml_files import read_yaml
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "write_scores",
     "read_prior",
     "read_hub_prior",
-    "start_from_prior",
     "routable_experts",
     "routed_by_prior",
 ]
@@ -81,21 +80,6 @@ def read_prior(prior: str | Path | dict[str, Any]) -> dict[str, float]:
     ):
         raise PathwayOptionError(f"prior={prior!r}: expected a mapping of expert names to finite numbers.")
     return {str(k): float(v) for k, v in raw.items()}
-
-
-def start_from_prior(
-    generator: PathwayGenerator, names: tuple[str, ...], prior: str | Mapping[str, float], scale: float
-) -> dict[str, float]:
-    """Add ``scale * prior`` to the generator's logit biases (column i is expert ``names[i]``; experts the prior
-    does not name: 0).
-
-    :param prior: a score file or a mapping expert name -> prior (``"auto"`` is resolved by HubPPO/HubA2C).
-    :return: the prior read (expert -> value).
-    :raises PathwayOptionError: for ``"auto"`` here, or a prior naming experts the hub does not hold.
-    """
-    values = read_hub_prior(prior, names)
-    add_starting_preference(generator, names, values, scale)
-    return values
 
 
 def read_hub_prior(prior: str | Path | Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
