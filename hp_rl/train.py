@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse reports usage errors itself, with code 2
         return int(exit_.code or 0)
     if args.hub_options:
-        from hp_rl.option_help import hub_options_table
+        from hp_rl.hub.options import hub_options_table
 
         print(hub_options_table())
         return 0

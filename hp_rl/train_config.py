@@ -207,7 +207,7 @@ def _apply_preset(
 
     :return: the number of routed experts: ``-k`` if given, else the preset's.
     """
-    from hp_rl.rl.presets import ALGORITHM_KEYS, pathway_preset
+    from hp_rl.hub.options import ALGORITHM_KEYS, pathway_preset
 
     try:
         values = pathway_preset(name)
@@ -438,11 +438,12 @@ def _checked_hub(
 
 def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any], env: Any) -> Any:
     """The run config (step counts and seed filled in by the caller) with the hub resolved and checked."""
+    from hp_rl.hub.options import ALGORITHM_KEYS, PathwayOptions
     from hp_rl.rl.checkpoints import DEFAULT_KEEP_CHECKPOINTS
     from hp_rl.rl.runs import RunConfig
 
     hub = resolve_hub(args.hub or "auto", args.env, family)
-    k = args.k if args.k is not None else 2
+    k = args.k if args.k is not None else PathwayOptions.k
     hub_kwargs = _parse_sets(args.hub_set, "--hub-set")
     if args.explore_coef is not None:
         hub_kwargs["explore_coef"] = args.explore_coef
@@ -474,7 +475,7 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         algo,
         params,
         hub is not None,
-        overridden | {"exploit_coef", "kickstart_coef", "kickstart_fraction", "critic_warmup"},
+        overridden | set(ALGORITHM_KEYS),
         family,
     )
     return RunConfig(

@@ -67,15 +67,31 @@ class Parameter:
     choices: tuple[Any, ...] = ()
 
 
+# The train flags that set an option directly; other extractor options are --hub-set, loss weights --set.
+_OPTION_FLAGS = {"k": "-k", "explore_coef": "--explore-coef", "exploit_coef": "--exploit-coef"}
+
+
+def _option_parameters() -> dict[str, Parameter]:
+    """The method's options that carry a search range (:class:`hp_rl.hub.options.SearchRange`), as parameters."""
+    from dataclasses import fields
+
+    from hp_rl.hub.options import LossWeights, PathwayOptions
+    from hp_rl.validation import Int
+
+    parameters = {}
+    for cls, flag in ((PathwayOptions, "--hub-set"), (LossWeights, "--set")):
+        for item in fields(cls):
+            search = item.metadata["search"]
+            if search is not None:
+                kind = "int" if isinstance(item.metadata["rule"], Int) else "float"
+                flag_of = _OPTION_FLAGS.get(item.name, flag)
+                parameters[item.name] = Parameter(kind, search.low, search.high, search.log, flag_of)
+    return parameters
+
+
 SEARCH_SPACE: dict[str, Parameter] = {
     "learning_rate": Parameter("float", 1e-5, 3e-3, log=True, needs_hub=False),
-    "explore_coef": Parameter("float", 1e-4, 0.1, log=True, flag="--explore-coef"),
-    "exploit_coef": Parameter("float", 1e-3, 1.0, log=True, flag="--exploit-coef"),
-    "noise_anneal": Parameter("float", 0.05, 1.0, flag="--hub-set"),
-    "noise_cap": Parameter("float", 0.1, 10.0, log=True, flag="--hub-set"),
-    "expert_lr_scale": Parameter("float", 0.01, 1.0, log=True, flag="--hub-set"),
-    "generator_lr_scale": Parameter("float", 0.1, 10.0, log=True, flag="--hub-set"),
-    "k": Parameter("int", 1, 4, flag="-k"),
+    **_option_parameters(),
 }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import gymnasium as gym
 import pytest
 from stable_baselines3.common.utils import LinearSchedule
 
@@ -29,23 +32,36 @@ def test_dotted_overrides_and_rl_zoo_values() -> None:
 
 
 def test_one_list_of_hub_pathway_options(capsys: pytest.CaptureFixture[str]) -> None:
-    # The rule table, the extractor's signature and its docstring name the same options, and --hub-options
-    # shows every one with what it accepts: the help cannot drift from the code.
-    import inspect
+    # The options classes are the one list: every field has a rule and a meaning, the extractor takes exactly
+    # them, --hub-options and the guide's table show every one: the help cannot drift from the code.
+    from dataclasses import fields
 
     from hp_rl import train as train_cli
-    from hp_rl.hub.options import PATHWAY_OPTIONS
-    from hp_rl.option_help import _param_docs
+    from hp_rl.hub.options import (
+        ALGORITHM_KEYS,
+        PATHWAY_OPTIONS,
+        LossWeights,
+        PathwayOptionError,
+        PathwayOptions,
+        options_markdown,
+    )
     from hp_rl.rl.extractor import HubPathwayExtractor
 
-    parameters = set(inspect.signature(HubPathwayExtractor.__init__).parameters) - {"self", "observation_space", "hub"}
-    assert parameters == set(PATHWAY_OPTIONS)
-    docs = _param_docs(HubPathwayExtractor)
-    assert all(docs.get(name) for name in PATHWAY_OPTIONS), sorted(set(PATHWAY_OPTIONS) - set(docs))
+    every = [*fields(PathwayOptions), *fields(LossWeights)]
+    assert [f.name for f in fields(PathwayOptions)] == list(PATHWAY_OPTIONS)
+    assert [f.name for f in fields(LossWeights)] == list(ALGORITHM_KEYS)
+    assert all(f.metadata["doc"] and f.metadata["rule"].accepts(f.default) for f in every)
+    space = gym.spaces.Box(0.0, 1.0, (4,))
+    extractor = HubPathwayExtractor(space, "random:2", k=1, noise="none")
+    assert extractor.options == PathwayOptions(k=1, noise="none") and extractor.k == 1
+    with pytest.raises(PathwayOptionError, match="no option 'nois'. Did you mean 'noise'"):
+        HubPathwayExtractor(space, "random:2", nois="none")
     assert train_cli.main(["--hub-options"]) == 0
     out = capsys.readouterr().out
-    for name, rule in PATHWAY_OPTIONS.items():
-        assert f"\n  {name} = " in out and rule.describe() in out, name
+    for item in every:
+        assert f"\n  {item.name} = " in out and item.metadata["rule"].describe() in out, item.name
+    guide = (Path(__file__).parents[1] / "docs" / "GUIDE.md").read_text()
+    assert options_markdown() in guide, "regenerate the guide's table: python -m hp_rl.hub.options"
 
 
 def test_ale_v5_ids_skip_frames_once_with_the_atari_preprocessing() -> None:

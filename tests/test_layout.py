@@ -171,3 +171,68 @@ def test_no_new_import_cycles() -> None:
     cycles = _cycles(_module_graph())
     assert cycles <= KNOWN_CYCLES, sorted(sorted(c) for c in cycles - KNOWN_CYCLES)
     assert cycles == KNOWN_CYCLES, "a known cycle is gone: remove it from KNOWN_CYCLES"
+
+
+def test_the_methods_options_are_defined_in_one_module() -> None:
+    # hp_rl/hub/options.py is the one home of the method's options: no other module keeps a second table of their
+    # values (a dict of three or more of them) or of their defaults (three or more in a signature or a class).
+    # Set apart, each with its reason: the routing core (a lower layer, whose gate the options map onto) and the
+    # vision companion (its own defaults for image classification: narrower features, fine-tuned trunks).
+    from dataclasses import fields
+
+    from hp_rl.hub.options import LossWeights, PathwayOptions
+
+    names = {f.name for f in (*fields(PathwayOptions), *fields(LossWeights))}
+    set_apart = ("hp_rl/routing/", "hp_rl/vision/", "hp_rl/hub/options.py")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE.parent).as_posix()
+        if where.startswith(set_apart):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            given: list[str] = []
+            if isinstance(node, ast.Dict):
+                given = [
+                    k.value
+                    for k, v in zip(node.keys, node.values, strict=True)
+                    if isinstance(k, ast.Constant)
+                    and k.value in names
+                    and not (isinstance(v, ast.Constant) and isinstance(v.value, str) and v.value.startswith("-"))
+                ]
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                pairs = [
+                    *zip(node.args.args[len(node.args.args) - len(node.args.defaults) :], node.args.defaults),
+                    *zip(node.args.kwonlyargs, node.args.kw_defaults),
+                ]
+                given = [a.arg for a, d in pairs if a.arg in names and d is not None and not _is_none(d)]
+            elif isinstance(node, ast.ClassDef):
+                given = [
+                    t.target.id
+                    for t in node.body
+                    if isinstance(t, ast.AnnAssign)
+                    and isinstance(t.target, ast.Name)
+                    and t.target.id in names
+                    and t.value is not None
+                    and not _is_none(t.value)
+                    and not _reads_options(t.value)
+                ]
+            if len(given) >= 3:
+                found.append(f"{where}:{node.lineno} {given}")
+    assert not found, found
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _reads_options(node: ast.expr) -> bool:
+    """A default read from the options classes (``LossWeights.exploit_coef``)."""
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id
+        in (
+            "PathwayOptions",
+            "LossWeights",
+        )
+    )

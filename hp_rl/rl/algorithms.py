@@ -24,8 +24,7 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticP
 from stable_baselines3.common.type_aliases import PyTorchObs, RolloutBufferSamples
 from torch import Tensor, nn
 
-from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError
-from hp_rl.rl.config import check_hyperparam_values
+from hp_rl.hub.options import ALGORITHM_KEYS, PATHWAY_OPTIONS, LossWeights, PathwayOptionError
 from hp_rl.rl.extractor import HubPathwayExtractor
 from hp_rl.rl.pathway_control import set_training_progress
 from hp_rl.routing import OutputMix, PathwayOutput, attach_loss, linear_decay, readout_logits
@@ -40,8 +39,6 @@ __all__ = [
     "ValueReadout",
 ]
 
-# The auxiliary losses' weights where neither the caller nor a preset gives them.
-_COEF_DEFAULTS = {"exploit_coef": 0.1, "kickstart_coef": 0.0, "kickstart_fraction": 0.5, "critic_warmup": 0.0}
 # Every option of the extractor (the one table, hp_rl.hub.options), split off HubPPO/HubA2C's keyword arguments.
 _EXTRACTOR_KEYS = tuple(PATHWAY_OPTIONS)
 
@@ -147,10 +144,11 @@ class _HubOnPolicyMixin:
         "MlpPolicy": HubActorCriticPolicy,
         "CnnPolicy": HubActorCriticCnnPolicy,
     }
-    exploit_coef: float
-    kickstart_coef: float = 0.0
-    kickstart_fraction: float = 0.5
-    critic_warmup: float = 0.0
+    # set by _hub_arguments; a model saved before a weight existed loads with its default
+    exploit_coef: float = LossWeights.exploit_coef
+    kickstart_coef: float = LossWeights.kickstart_coef
+    kickstart_fraction: float = LossWeights.kickstart_fraction
+    critic_warmup: float = LossWeights.critic_warmup
     rollout_buffer: RolloutBuffer
     # What prior="auto" measured before training (score_hub's result), for the user; not saved with the model.
     prior_scores: dict[str, Any] | None = None
@@ -163,15 +161,20 @@ class _HubOnPolicyMixin:
     ) -> dict[str, Any]:
         """The algorithm's own arguments, after taking the auxiliary losses' weights (``coefs``, in
         :data:`~hp_rl.rl.presets.ALGORITHM_KEYS` order) and the extractor's options, the preset's under the given."""
-        from hp_rl.rl.presets import ALGORITHM_KEYS, resolve_preset
+        from hp_rl.rl.presets import resolve_preset
 
         options = resolve_preset(preset, hub, env, {**dict(zip(ALGORITHM_KEYS, coefs, strict=True)), **kwargs})
-        given = {key: options.pop(key, None) for key in ALGORITHM_KEYS}
-        values = {key: _COEF_DEFAULTS[key] if value is None else value for key, value in given.items()}
-        check_hyperparam_values(values, lambda key: f"{type(self).__name__} {key}", PathwayOptionError)
+        given = {key: options.pop(key) for key in ALGORITHM_KEYS if options.get(key) is not None}
+        weights = LossWeights.from_mapping(given, type(self).__name__)
+        self.loss_weights = weights
         self.exploit_coef, self.kickstart_coef, self.kickstart_fraction, self.critic_warmup = (
-            float(values[key]) for key in ALGORITHM_KEYS
+            float(weights.exploit_coef),
+            float(weights.kickstart_coef),
+            float(weights.kickstart_fraction),
+            float(weights.critic_warmup),
         )
+        for key in ALGORITHM_KEYS:
+            options.pop(key, None)
         return self._split_hub_kwargs(options, hub, env)
 
     # --- value-only warm-up -------------------------------------------------------------------------

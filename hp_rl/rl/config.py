@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hp_rl.errors import ConfigError, HpRlError
+from hp_rl.hub.options import LOSS_WEIGHT_RULES
 from hp_rl.overrides import parse_overrides
 from hp_rl.paths import CONFIG_DIR, require_dir
 from hp_rl.validation import AnyValue, Bool, Float, Int, Rule, Schedule, check_values
@@ -67,10 +68,7 @@ HYPERPARAMETER_RULES: dict[str, Rule] = {
     "use_sde": Bool(),
     "use_rms_prop": Bool(),
     "optimize_memory_usage": Bool(),
-    "exploit_coef": Float(0.0),
-    "kickstart_coef": Float(0.0),
-    "kickstart_fraction": Float(0.0, 1.0, low_open=True),
-    "critic_warmup": Float(0.0, 1.0),
+    **LOSS_WEIGHT_RULES,  # HubPPO/HubA2C's loss weights, defined with the method's options
     "policy_kwargs": AnyValue(lambda v: v is None or isinstance(v, dict), "a mapping (policy_kwargs.KEY=VALUE)"),
 }
 

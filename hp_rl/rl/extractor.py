@@ -6,7 +6,7 @@ import json
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from gymnasium import spaces
@@ -14,7 +14,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from hp_rl.hub import HubExpert, HubSpec, load_expert, parse_hub
-from hp_rl.hub.options import PATHWAY_OPTIONS, PathwayOptionError, check_pathway_options
+from hp_rl.hub.options import Aggregation, PathwayOptionError, PathwayOptions, TeacherTrust
 from hp_rl.hub.sources import random_expert_seed
 from hp_rl.hub.spec import ExpertSpec
 from hp_rl.hub.trunks import load_hub_trunks, trunk_parameter_groups
@@ -23,11 +23,8 @@ from hp_rl.rl.baselines import base_trunk
 from hp_rl.rl.prior import read_hub_prior, routable_experts, routed_by_prior
 from hp_rl.routing import (
     AdaptedExpert,
-    BalanceMode,
-    Execution,
     GateConfig,
     HeadedExpert,
-    NoiseMode,
     NoisyTopKRouter,
     OutputMix,
     PathwayOutput,
@@ -45,8 +42,6 @@ __all__ = [
 ]
 
 BASE_EXPERT = "base"
-Aggregation = Literal["features", "output"]
-TeacherTrust = Literal["uniform", "prior"]
 
 # Frozen trunks never change, so every extractor in the process that names the same weights shares one
 # copy: actor and critic, a DQN target network, a model loaded beside the one that saved it.
@@ -87,151 +82,79 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         vectors ``(D,)``.
     :param hub: the experts: a YAML spec path, a comma-separated string or list of checkpoint paths,
         ``"random:N"``, or a mapping ``{"experts": [...]}``. Plain values only, so SB3 can save them.
-    :param k: experts per observation (with ``k_from_prior``: at most this many).
-    :param k_from_prior: the bar of evidence that an expert plays the target: only experts whose prior reaches it
-        are routed (at most ``k`` per observation; beside a base expert, none: the base acts alone; the others
-        are listed in ``unrouted``, :func:`~hp_rl.rl.prior.routable_experts`); ``None``: every expert, ``k``.
-    :param features_dim: common width d that every expert is adapted to.
-    :param freeze_experts: freeze the trunks (adapters and generator still train); an expert's own
-        ``frozen`` in the spec takes precedence.
-    :param expert_lr_scale: learning-rate multiplier of fine-tuned trunks (applied by HubPPO/HubA2C,
-        which build one optimizer group per scale; other algorithms train every parameter at their rate).
-    :param noise: ``"learned"``, ``"fixed"`` or ``"none"``.
-    :param noise_std: std for ``noise="fixed"``.
-    :param explore_coef: weight of the exploration loss.
-    :param balance: ``"cv2"`` (importance + load) or ``"switch"``.
-    :param dense: run every expert on every observation with softmax weights (the dense baseline).
-    :param noise_seed: seed of the content-keyed noise stream.
-    :param aggregation: ``"features"`` (weighted sum of adapted trunk features; the policy's own heads act
-        on it) or ``"output"`` (each expert keeps its agent's policy and value heads, mapped onto the
-        target's actions by meaning, and the pathway aggregates their outputs; needs HubPPO/HubA2C, whose
-        policy reads the aggregate directly). ``features_dim`` is then ``n_actions + 1``.
-    :param output_mix: with ``aggregation="output"``: ``"probs"`` (a mixture of the experts' policies) or
-        ``"logits"`` (weighted sum of logits).
-    :param action_meanings: what each target action means (HubPPO/HubA2C fill it from the env); heads of
-        experts whose actions cover the target's are reused, the others start fresh.
-    :param num_actions: target actions, where ``action_meanings`` is not given (output aggregation).
-    :param channel_names: what each observation channel means (HubPPO/HubA2C fill it from MinAtar envs):
-        experts that name theirs get a channel map by meaning instead of an average.
-    :param base_expert: add an expert named ``base``, the target's plain network (small-frame CNN for
-        frames under 36x36, NatureCNN above, a 64x64 tanh MLP for vectors) trained from scratch's start
-        and routed for every observation beside the k chosen experts.
-    :param noise_cap: bound the noise std by this multiple of the clean logits' spread (``None``: no bound).
-    :param noise_anneal: fraction of training by which the noise decays linearly to 0 (``None``: constant).
-    :param dense_warmup: fraction of training routed densely (softmax over all experts) before top-k.
-    :param explore_decay: fraction of training by which the exploration loss weight decays to 0.
-    :param unfreeze_at: load the trunks trainable but keep them frozen until this fraction of training,
-        then fine-tune them at ``expert_lr_scale`` (``None``: ``freeze_experts`` decides for good).
-    :param generator_lr_scale: learning-rate multiplier of the pathway generator (HubPPO/HubA2C).
-    :param teachers: keep frozen copies of the experts' pretrained policies for kickstarting
-        (HubPPO/HubA2C ``kickstart_coef``).
-    :param teacher_trust: how much kickstarting imitates each routed teacher: ``"uniform"`` (fully) or
-        ``"prior"`` (in proportion to its prior, the evidence that it plays the target; experts the prior does
-        not name: 0), so that a hub without a relevant agent does not pull the agent towards other games' play.
-    :param prior: a transferability score file (``python -m hp_rl.hub score``) or a mapping expert name ->
-        prior; the generator's logit biases start at ``prior_scale * prior`` (experts not named: 0).
-        HubPPO/HubA2C also take ``"auto"``: they score the hub on the target before training.
-    :param prior_scale: how strongly the prior tilts the first routes.
-    :param base_prior: with ``base_expert``, the base expert's prior: its logit bias starts at
-        ``prior_scale * base_prior``, so a routed expert starts with more than half of the mixture only where
-        its prior exceeds this (0: an expert with no evidence starts level with the fresh network).
-    :param execution: ``"auto"`` (default), ``"fused"`` or ``"sparse"``: whether experts of one architecture
-        run as one batched call on every observation or each on its routed observations
-        (:mod:`hp_rl.routing.fused`); ``auto`` fuses small batches (acting), where per-call overhead
-        dominates. Same outputs and gradients either way.
+    :param options: the method's options, each a field of :class:`~hp_rl.hub.options.PathwayOptions` (its type,
+        default, accepted values and meaning; ``python -m hp_rl.train --hub-options`` lists them), given by name as
+        SB3 passes ``features_extractor_kwargs``: ``k``, ``freeze_experts``, ``aggregation``, ``base_expert``,
+        ``prior``, ... Unknown names and refused values raise :class:`~hp_rl.hub.options.PathwayOptionError`.
     """
 
     updated_since_rollout: Tensor
 
     def __init__(
-        self,
-        observation_space: spaces.Space,
-        hub: str | Sequence[str] | Mapping[str, Any],
-        k: int = 2,
-        k_from_prior: float | None = None,
-        features_dim: int = 256,
-        freeze_experts: bool = True,
-        expert_lr_scale: float = 1.0,
-        noise: NoiseMode = "learned",
-        noise_std: float = 1.0,
-        explore_coef: float = 0.01,
-        balance: BalanceMode = "cv2",
-        dense: bool = False,
-        noise_seed: int = 0,
-        aggregation: Aggregation = "features",
-        output_mix: OutputMix = "probs",
-        action_meanings: Sequence[str] | None = None,
-        num_actions: int | None = None,
-        channel_names: Sequence[str] | None = None,
-        base_expert: bool = False,
-        noise_cap: float | None = None,
-        noise_anneal: float | None = None,
-        dense_warmup: float = 0.0,
-        explore_decay: float | None = None,
-        unfreeze_at: float | None = None,
-        generator_lr_scale: float = 1.0,
-        teachers: bool = False,
-        prior: str | Mapping[str, float] | None = None,
-        prior_scale: float = 2.0,
-        base_prior: float = 0.0,
-        teacher_trust: TeacherTrust = "uniform",
-        execution: Execution = "auto",
+        self, observation_space: spaces.Space, hub: str | Sequence[str] | Mapping[str, Any], **options: Any
     ) -> None:
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(
                 f"HubPathwayExtractor needs a Box observation space (images or vectors), got {observation_space}. "
                 "Flatten dict or discrete observations with a gymnasium wrapper first."
             )
-        check_pathway_options({name: value for name, value in locals().items() if name in PATHWAY_OPTIONS})
-        meanings = tuple(action_meanings) if action_meanings is not None else None
-        self.num_actions = len(meanings) if meanings is not None else num_actions
-        if aggregation == "output":  # the aggregate is the mixed policy and value: one column per action, one value
+        opts: PathwayOptions = PathwayOptions.from_mapping(options, "HubPathwayExtractor")
+        self.options = opts
+        meanings = tuple(opts.action_meanings) if opts.action_meanings is not None else None
+        self.num_actions = len(meanings) if meanings is not None else opts.num_actions
+        features_dim = opts.features_dim
+        if opts.aggregation == "output":  # the aggregate is the mixed policy and value: a column per action, a value
             features_dim = _output_width(self.num_actions)
         super().__init__(observation_space, features_dim)
         self.hub_spec: HubSpec = parse_hub(hub)
         shape = tuple(int(s) for s in observation_space.shape)
-        self.explore_coef = explore_coef
-        self.aggregation: Aggregation = aggregation
-        self.output_mix: OutputMix = output_mix
-        self.schedule = PathwaySchedule(noise_anneal, dense_warmup, explore_decay)
-        self.unfreeze_at = unfreeze_at
-        self.generator_lr_scale = generator_lr_scale
-        self.teacher_trust: TeacherTrust = teacher_trust
-        k, routed = self._plan_routes(k, k_from_prior, dense, base_expert, prior, base_prior)
-        experts = self._build_experts(
-            routed, shape, features_dim, freeze_experts, expert_lr_scale, channel_names, meanings, teachers
-        )
-        if base_expert:
+        self.explore_coef = opts.explore_coef
+        self.aggregation: Aggregation = opts.aggregation
+        self.output_mix: OutputMix = opts.output_mix
+        self.schedule = PathwaySchedule(opts.noise_anneal, opts.dense_warmup, opts.explore_decay)
+        self.unfreeze_at = opts.unfreeze_at
+        self.generator_lr_scale = opts.generator_lr_scale
+        self.teacher_trust: TeacherTrust = opts.teacher_trust
+        k, routed = self._plan_routes(opts)
+        experts = self._build_experts(routed, shape, features_dim, opts, meanings)
+        if opts.base_expert:
             experts[BASE_EXPERT] = self._base(shape, features_dim)
         routed_prior = {n: v for n, v in self.prior_values.items() if n in experts}
         # beside the experts' prior, base_prior: the fresh network is the reference an expert must beat
-        preferences = [routed_prior] + ([{BASE_EXPERT: base_prior}] if base_prior else [])
+        preferences = [routed_prior] + ([{BASE_EXPERT: opts.base_prior}] if opts.base_prior else [])
         gate = GateConfig(
-            k, noise, noise_std, noise_cap, balance, dense, int(base_expert), execution, noise_seed=noise_seed
+            k,
+            opts.noise,
+            opts.noise_std,
+            opts.noise_cap,
+            opts.balance,
+            opts.dense,
+            int(opts.base_expert),
+            opts.execution,
+            noise_seed=opts.noise_seed,
         )
-        self.pathway = build_pathway(experts, shape, gate, preferences, prior_scale)
-        self._noise_requested = noise != "none"
+        self.pathway = build_pathway(experts, shape, gate, preferences, opts.prior_scale)
+        self._noise_requested = opts.noise != "none"
         self._start_runtime_state()
 
-    def _plan_routes(
-        self,
-        k: int,
-        k_from_prior: float | None,
-        dense: bool,
-        base_expert: bool,
-        prior: str | Mapping[str, float] | None,
-        base_prior: float,
-    ) -> tuple[int, tuple[str, ...]]:
+    def _plan_routes(self, opts: PathwayOptions) -> tuple[int, tuple[str, ...]]:
         """Experts routed per observation and the experts routed at all, after checking what the options ask of the
         hub; keeps the prior read (``prior_values``) and why each expert left out is (``unrouted``)."""
         spec = self.hub_spec
+        k, k_from_prior, base_expert, prior, base_prior = (
+            opts.k,
+            opts.k_from_prior,
+            opts.base_expert,
+            opts.prior,
+            opts.base_prior,
+        )
         if base_expert and BASE_EXPERT in spec.names:
             raise PathwayOptionError(
                 f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert."
             )
         m = len(spec.experts)
         k = min(k, m) if k_from_prior is not None else k  # then k is a most: a hub of one agent routes at most it
-        if not 1 <= k <= m and not dense:
+        if not 1 <= k <= m and not opts.dense:
             raise PathwayOptionError(
                 f"k={k} is out of range for a hub of {m} experts ({', '.join(spec.names)}): choose 1 <= k <= {m}."
             )
@@ -251,11 +174,8 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         routed: tuple[str, ...],
         shape: tuple[int, ...],
         features_dim: int,
-        freeze_experts: bool,
-        expert_lr_scale: float,
-        channel_names: Sequence[str] | None,
+        opts: PathwayOptions,
         meanings: tuple[str, ...] | None,
-        teachers: bool,
     ) -> dict[str, nn.Module]:
         """The routed experts' modules, in hub order: trunks behind their input adapters, with their agents' heads
         under output aggregation; records each one's learning-rate scale, schedule and head."""
@@ -266,16 +186,18 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         trunks, _ = load_hub_trunks(
             routed_spec,
             shape,
-            freeze_experts,
-            expert_lr_scale,
+            opts.freeze_experts,
+            opts.expert_lr_scale,
             self.unfreeze_at,
-            channel_names,
+            opts.channel_names,
             loader=self._load_trunk,
         )
         experts: dict[str, nn.Module] = {}
         for item in trunks:
             if self.aggregation == "output":
-                experts[item.name] = self._headed(item.spec, item.trunk, item.adapter, item.frozen, meanings, teachers)
+                experts[item.name] = self._headed(
+                    item.spec, item.trunk, item.adapter, item.frozen, meanings, opts.teachers
+                )
             else:
                 experts[item.name] = AdaptedExpert(
                     item.trunk, item.features_dim, features_dim, item.adapter, item.frozen
