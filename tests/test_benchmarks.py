@@ -195,3 +195,25 @@ def test_the_benchmark_measures_the_models_hp_rl_train_builds(tmp_path: Path) ->
             torch.testing.assert_close(tensor, theirs[name], msg=f"{case.name}: {name}")
         measured.env.close()
         env.close()
+
+
+def test_compile_probe_compiles_the_acting_path_to_the_same_routes(tmp_path: Path) -> None:
+    # The probe behind the compile measurement on the throughput page: its traceable acting path routes as the
+    # pathway does, and the compiled graph gives the same routes and outputs (inductor needs a C++ compiler).
+    pytest.importorskip("minatar")
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler")
+    out = tmp_path / "probe.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["same routes as the pathway"] and result["compiled same routes"]
+    assert result["compiled max abs difference"] < 1e-5
