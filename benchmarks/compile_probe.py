@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.throughput import minatar_hub
+from hp_rl.bench.throughput.training import minatar_hub
 
 
 def _cpu_us(call: Callable[[], Any], calls: int = 300, reps: int = 7) -> float:

@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_backends.py --runs 8 --steps 8192 --cpus 2 --out bench_out/sweep_backends
 
-The sweep is ``benchmarks/transfer.py``'s control suite on CartPole (scratch and Hub-Pathway, ``runs / 2``
+The sweep is :mod:`hp_rl.bench`'s control suite on CartPole (scratch and Hub-Pathway, ``runs / 2``
 seeds each) with a hub of one tiny pretrained Acrobot expert, built once before either timing. The in-process
 runner trains the runs one after another in this process; the Ray runner starts a local Ray with ``--cpus``
 CPUs (``ray.init(num_cpus=N)``), runs each run as a task and shuts Ray down: its time includes Ray's start-up
@@ -26,9 +26,10 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT))  # this checkout's hp_rl, installed or not
 
-import transfer  # noqa: E402  (the sweep under test)
+from hp_rl.bench import hubs, suites, sweep  # noqa: E402  (the sweep under test)
+from hp_rl.bench import transfer as transfer_cli  # noqa: E402
 
 
 def _recipe(folder: Path) -> Path:
@@ -49,7 +50,7 @@ def _recipe(folder: Path) -> Path:
 
 def _records(out: Path) -> dict[str, dict[str, Any]]:
     return {
-        str(path.relative_to(out)): transfer.comparable_record(json.loads(path.read_text()))
+        str(path.relative_to(out)): sweep.comparable_record(json.loads(path.read_text()))
         for path in sorted(out.glob("runs/**/*.json"))
     }
 
@@ -88,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size=128",
     ]
     # The hub is built before either timing starts.
-    transfer.prepare_hub(replace(transfer.SUITES["control"], recipe=recipe.resolve()), args.out / "hubs", build=True)
+    hubs.prepare_hub(replace(suites.SUITES["control"], recipe=recipe.resolve()), args.out / "hubs", build=True)
     timings: dict[str, float] = {}
     for name, extra in (("in-process", []), ("ray", ["--ray", "--jobs", str(args.cpus)])):
         out = args.out / name
         if out.exists():
             shutil.rmtree(out)
         began = time.perf_counter()
-        status = transfer.main([*common, "--out", str(out), "--no-build", *extra])
+        status = transfer_cli.main([*common, "--out", str(out), "--no-build", *extra])
         timings[name] = time.perf_counter() - began
         if status != 0:
             raise SystemExit(f"the {name} sweep failed ({status})")

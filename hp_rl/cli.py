@@ -8,7 +8,8 @@ Commands (each is also its own module; ``hp-rl COMMAND --help`` shows its option
 - ``tune``: hyperparameter search on Optuna (``python -m hp_rl.tune``);
 - ``distill``: a trained hub agent as one plain network, a standard SB3 zip (``python -m hp_rl.distill``);
 - ``vision``: the supervised companion: ``hp-rl vision train|evaluate|recipe ...``;
-- ``bench``: a benchmark script of the source checkout: ``hp-rl bench throughput|transfer|... ARGS``.
+- ``bench``: a benchmark: ``hp-rl bench transfer|transfer_report|user_agents ARGS`` from the package
+  (:mod:`hp_rl.bench`), and in a source checkout also its other scripts in ``benchmarks/`` (``throughput``, ...).
 """
 
 from __future__ import annotations
@@ -32,9 +33,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("hp_rl.tune", "hyperparameter search on Optuna"),
     "distill": ("hp_rl.distill", "a trained hub agent as one plain network (a standard SB3 zip)"),
     "vision": ("", "supervised transfer from image backbones: vision train|evaluate|recipe"),
-    "bench": ("", "benchmarks of the source checkout: bench NAME [ARGS] (throughput, transfer, ...)"),
+    "bench": ("", "benchmarks: bench NAME [ARGS] (transfer, transfer_report, user_agents; more in a checkout)"),
 }
 VISION = {"train": "hp_rl.vision.train", "evaluate": "hp_rl.vision.evaluate", "recipe": "hp_rl.vision.recipe"}
+# The benchmarks that are part of the package (they run from an installed wheel).
+BENCH = {
+    "throughput": "hp_rl.bench.throughput.cli",
+    "transfer": "hp_rl.bench.transfer",
+    "transfer_report": "hp_rl.bench.transfer_report",
+    "user_agents": "hp_rl.bench.user_agents",
+    "vision_transfer": "hp_rl.bench.vision_transfer",
+}
 
 
 def _usage() -> str:
@@ -78,24 +87,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2 if rest else 0
         return _run_module_main(VISION[rest[0]], rest[1:], f"hp-rl vision {rest[0]}")
     if command == "bench":
-        scripts = _benchmarks()
-        if not scripts:
+        return _bench(rest)
+    return _run_module_main(COMMANDS[command][0], rest, f"hp-rl {command}")
+
+
+def _bench(rest: list[str]) -> int:
+    """``hp-rl bench NAME ARGS``: a benchmark of the package, else a script of the checkout's ``benchmarks/``."""
+    scripts = {name: path for name, path in _benchmarks().items() if name not in BENCH}
+    names = sorted([*BENCH, *scripts])
+    if not rest or rest[0] not in names:
+        if rest and not scripts:
             print(
-                "hp-rl bench runs the scripts in benchmarks/ of a source checkout; this installation has none. "
-                "Clone the repository and install it with pip install -e .",
+                f"hp-rl bench: no benchmark {rest[0]!r} in this installation ({', '.join(names)}); the others are "
+                "scripts of a source checkout: clone the repository and install it with pip install -e .",
                 file=sys.stderr,
             )
             return 2
-        if not rest or rest[0] not in scripts:
-            print(f"usage: hp-rl bench {{{','.join(scripts)}}} [ARGS]", file=sys.stderr if rest else sys.stdout)
-            return 2 if rest else 0
-        sys.argv = [str(scripts[rest[0]]), *rest[1:]]
-        try:
-            runpy.run_path(str(scripts[rest[0]]), run_name="__main__")
-        except SystemExit as exit_:
-            return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-        return 0
-    return _run_module_main(COMMANDS[command][0], rest, f"hp-rl {command}")
+        print(f"usage: hp-rl bench {{{','.join(names)}}} [ARGS]", file=sys.stderr if rest else sys.stdout)
+        return 2 if rest else 0
+    if rest[0] in BENCH:
+        return _run_module_main(BENCH[rest[0]], rest[1:], f"hp-rl bench {rest[0]}")
+    sys.argv = [str(scripts[rest[0]]), *rest[1:]]
+    try:
+        runpy.run_path(str(scripts[rest[0]]), run_name="__main__")
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def _run_on_ray(
 
     module = sys.modules.get(function.__module__)
     if module is not None and not function.__module__.startswith("hp_rl"):
-        # A script (benchmarks/transfer.py) is no importable module on the workers: send its code along.
+        # A script's functions are no importable module on the workers: send their code along.
         ray.cloudpickle.register_pickle_by_value(module)
     started_here = not ray.is_initialized()
     if started_here:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,13 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("throughput_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def _load() -> SimpleNamespace:
+    """The throughput benchmark's library (:mod:`hp_rl.bench.throughput`) under one name."""
+    from hp_rl.bench.throughput import acting, cli, extractor, report, results, training
+
+    names: dict[str, object] = {}
+    for module in (results, training, extractor, acting, report, cli):
+        names.update(vars(module))
+    return SimpleNamespace(**names)
 
 
 def test_extractor_configs_cover_m_k_and_both_dense_forms() -> None:

@@ -54,7 +54,7 @@ def test_one_list_of_hub_pathway_options(capsys: pytest.CaptureFixture[str]) -> 
     space = gym.spaces.Box(0.0, 1.0, (4,))
     extractor = HubPathwayExtractor(space, "random:2", k=1, noise="none")
     assert extractor.options == PathwayOptions(k=1, noise="none") and extractor.k == 1
-    with pytest.raises(PathwayOptionError, match="no option 'nois'. Did you mean 'noise'"):
+    with pytest.raises(PathwayOptionError, match=r"no option 'nois'\. Did you mean 'noise'"):
         HubPathwayExtractor(space, "random:2", nois="none")
     assert train_cli.main(["--hub-options"]) == 0
     out = capsys.readouterr().out

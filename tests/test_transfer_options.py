@@ -3,7 +3,6 @@ own heads, kickstarting, the base expert, noise bounds and schedules, the trunk 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -539,14 +538,8 @@ def test_the_prior_is_measured_evidence_that_an_expert_plays_the_target() -> Non
 
 
 def test_needle_suites_hold_one_or_two_variants_of_the_target_among_other_games() -> None:
-    import importlib.util
+    from hp_rl.bench import suites as bench
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
-    module_spec = importlib.util.spec_from_file_location("transfer_bench_for_needle", path)
-    assert module_spec is not None and module_spec.loader is not None
-    bench = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = bench  # dataclasses look their module up while the module runs
-    module_spec.loader.exec_module(bench)
     for suite, variants in (("needle", 1), ("needle2", 2)):
         for target, experts in bench.SUITES[suite].hubs.items():
             assert target not in experts

@@ -3,11 +3,26 @@ intervals, the IQM gain over a baseline and the probability of improvement (rlia
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 __all__ = ["BOOTSTRAP_REPS", "gain_interval", "iqm", "iqm_interval", "probability_of_improvement"]
 
 BOOTSTRAP_REPS = 2000
+
+
+@contextmanager
+def _global_seed(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded for the block, then restored: rliable's independent two-sample bootstrap
+    draws part of its resamples from it whatever ``random_state`` says, which made reports differ run to run."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def iqm(scores: np.ndarray) -> float:
@@ -48,8 +63,9 @@ def probability_of_improvement(method: np.ndarray, scratch: np.ndarray) -> tuple
     from rliable import metrics
 
     pair = {"pair": (method[:, None], scratch[:, None])}
-    point, interval = rly.get_interval_estimates(
-        pair, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
-    )
+    with _global_seed(0):
+        point, interval = rly.get_interval_estimates(
+            pair, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
+        )
     bounds = np.asarray(interval["pair"], dtype=float).reshape(-1)
     return float(np.asarray(point["pair"]).reshape(-1)[0]), float(bounds[0]), float(bounds[-1])
