@@ -15,6 +15,7 @@ import inspect
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -249,8 +250,9 @@ def default_eval_freq(n_timesteps: int | None) -> int:
 def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     """The run config of a new run, and its training environment (built before the hub is resolved, so an
     unknown environment id is reported as such)."""
-    from hp_rl.rl.config import ConfigError, apply_overrides, load_hyperparams
+    from hp_rl.rl.config import ConfigError
     from hp_rl.rl.envs import load_presets, preset_for
+    from hp_rl.rl.runs import RunConfig
     from hp_rl.rl.training import algo_class
 
     if args.env is None:
@@ -266,14 +268,14 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     family = preset_for(args.env, args.env_preset).family
     overrides = _parse_sets(args.set, "--set")
     try:
-        params = apply_overrides(load_hyperparams(algo, family), overrides)
+        base = RunConfig.for_task(
+            algo, args.env, env_preset=args.env_preset, overrides=overrides, n_timesteps=args.n_timesteps
+        )
     except ConfigError as error:
         raise CliError(str(error)) from error
-    n_envs = int(args.n_envs if args.n_envs is not None else params.get("n_envs", 1))
-    n_timesteps = args.n_timesteps if args.n_timesteps is not None else params.get("n_timesteps")
-    params.pop("n_envs", None)
-    params.pop("n_timesteps", None)
-    if n_timesteps is None:
+    n_envs = int(args.n_envs if args.n_envs is not None else base.n_envs)
+    n_timesteps = base.n_timesteps
+    if args.n_timesteps is None and n_timesteps == 0:
         raise CliError(f"configs/{algo}.yml has no n_timesteps for the {family!r} family: give -n STEPS.")
     for flag, value in (("-n", n_timesteps), ("--n-envs", n_envs)):
         if int(value) < 1:
@@ -295,7 +297,7 @@ def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
             raise CliError(
                 f"DQN needs discrete actions, but {args.env} has {env.action_space}: use --algo ppo or --algo a2c."
             )
-        config = _hub_config(args, algo, family, params, env)
+        config = _hub_config(args, algo, family, base, env)
     except BaseException:
         env.close()
         raise
@@ -436,11 +438,13 @@ def _checked_hub(
     return k
 
 
-def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[str, Any], env: Any) -> Any:
-    """The run config (step counts and seed filled in by the caller) with the hub resolved and checked."""
+def _hub_config(args: argparse.Namespace, algo: str, family: str, base: Any, env: Any) -> Any:
+    """The run config ``base`` (:meth:`RunConfig.for_task`; step counts and seed filled in by the caller) with the
+    hub resolved and checked and the command line's run flags."""
     from hp_rl.hub.options import ALGORITHM_KEYS, PathwayOptions
     from hp_rl.rl.checkpoints import DEFAULT_KEEP_CHECKPOINTS
-    from hp_rl.rl.runs import RunConfig
+
+    params: dict[str, Any] = base.hyperparams
 
     hub = resolve_hub(args.hub or "auto", args.env, family)
     k = args.k if args.k is not None else PathwayOptions.k
@@ -478,17 +482,14 @@ def _hub_config(args: argparse.Namespace, algo: str, family: str, params: dict[s
         overridden | set(ALGORITHM_KEYS),
         family,
     )
-    return RunConfig(
-        algo=algo,
-        env_id=args.env,
+    return replace(
+        base,
         hub=hub,
         k=k,
-        env_preset=args.env_preset,
         eval_freq=args.eval_freq if args.eval_freq is not None else default_eval_freq(args.n_timesteps),
         eval_episodes=args.eval_episodes if args.eval_episodes is not None else 5,
         save_freq=args.save_freq if args.save_freq is not None else 100_000,
         device=args.device or "auto",
-        hyperparams=params,
         hub_kwargs=hub_kwargs,
         keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints is not None else DEFAULT_KEEP_CHECKPOINTS,
         nonfinite_obs=args.nonfinite_obs or "error",

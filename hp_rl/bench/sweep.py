@@ -7,7 +7,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,55 +44,45 @@ class RunSettings:
 
 
 def _build_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:
-    from hp_rl.rl.config import apply_overrides, load_hyperparams
-    from hp_rl.rl.envs import preset_for
     from hp_rl.rl.pretraining import load_recipe
     from hp_rl.rl.runs import RunConfig
 
     env_id = target_env_id(suite, key.target)
     if METHODS[key.base_method].kind == "cli":
         return _cli_config(suite, key, settings, experts)
-    family = preset_for(env_id).family
-    params = apply_overrides(load_hyperparams("ppo", family), {**suite.overrides, **settings.overrides})
-    params.pop("n_timesteps", None)
-    method = METHODS[key.base_method]
-    hub_experts = target_hub(suite, experts, key.target)
-    hub_kwargs: dict[str, Any] = {}
-    hub: dict[str, Any] | None = None
-    k = suite.k
-    if method.kind == "scratch":
-        if suite.scratch_policy_kwargs:
-            params["policy_kwargs"] = {**suite.scratch_policy_kwargs, **(params.get("policy_kwargs") or {})}
-    else:
-        if method.kind == "single":
-            name = key.method.split(":", 1)[1]
-            hub_experts = {name: hub_experts[name]}
-        hub = hub_mapping(suite, hub_experts, method.random_trunks)
-        extractor = dict(method.extractor)
-        k = int(extractor.pop("k", None) or suite.k)
-        k = len(hub_experts) if extractor.get("dense") else min(k, len(hub_experts))
-        hub_kwargs = {"features_dim": suite.features_dim, "freeze_experts": False, **extractor}
-        params["exploit_coef"] = method.exploit_coef
-        params.update(method.algo_kwargs)
-        if method.prior:
-            hub_kwargs["prior"] = target_prior(suite, key.target, hub, env_id, settings.out)
-        params.pop("policy_kwargs", None)  # the hub methods use HubPPO's linear heads on the hub features
     recipe = load_recipe(suite.recipe)
-    return RunConfig(
-        algo="ppo",
-        env_id=env_id,
-        hub=hub,  # type: ignore[arg-type]  # a mapping spec: RunConfig's hub also takes one
-        k=k,
+    config = RunConfig.for_task(
+        "ppo",
+        env_id,
+        overrides={**suite.overrides, **settings.overrides},
         n_timesteps=settings.steps,
         seed=key.seed,
-        n_envs=int(params.get("n_envs", 1)),
         device=settings.device,
-        hyperparams=params,
-        hub_kwargs=hub_kwargs,
-        env_preset=None,
         env_kwargs=suite.target_env_kwargs.get(key.target)
         or {t.name: t.env_kwargs for t in recipe.tasks}.get(key.target, {}),
     )
+    params = config.hyperparams
+    method = METHODS[key.base_method]
+    if method.kind == "scratch":
+        if suite.scratch_policy_kwargs:
+            params["policy_kwargs"] = {**suite.scratch_policy_kwargs, **(params.get("policy_kwargs") or {})}
+        return config
+    hub_experts = target_hub(suite, experts, key.target)
+    if method.kind == "single":
+        name = key.method.split(":", 1)[1]
+        hub_experts = {name: hub_experts[name]}
+    hub = hub_mapping(suite, hub_experts, method.random_trunks)
+    extractor = dict(method.extractor)
+    k = int(extractor.pop("k", None) or suite.k)
+    k = len(hub_experts) if extractor.get("dense") else min(k, len(hub_experts))
+    hub_kwargs = {"features_dim": suite.features_dim, "freeze_experts": False, **extractor}
+    params["exploit_coef"] = method.exploit_coef
+    params.update(method.algo_kwargs)
+    if method.prior:
+        hub_kwargs["prior"] = target_prior(suite, key.target, hub, env_id, settings.out)
+    params.pop("policy_kwargs", None)  # the hub methods use HubPPO's linear heads on the hub features
+    # a mapping spec: RunConfig's hub also takes one
+    return replace(config, hub=hub, k=k, hub_kwargs=hub_kwargs)  # type: ignore[arg-type]
 
 
 def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert]) -> Any:

@@ -86,12 +86,13 @@ class RunConfig:
         n_envs: int | None = None,
         **run: Any,
     ) -> RunConfig:
-        """A run of ``algo``'s plain network (no hub) on ``env_id`` with its family's hyperparameters
-        (``configs/<algo>.yml``) and dotted ``overrides``, as ``hp_rl.train --hub none`` would set them up.
+        """A run of ``algo`` on ``env_id`` with its family's hyperparameters (``configs/<algo>.yml``) and dotted
+        ``overrides``: the one place a run's config is made (``hp_rl.train``'s command line, the hub builder,
+        distillation's student, the benchmarks); without ``hub`` the plain network, as ``--hub none`` trains it.
 
-        :param n_timesteps: the run's steps (default: the family's ``n_timesteps``).
+        :param n_timesteps: the run's steps (default: the family's ``n_timesteps``; 0 where it has none).
         :param n_envs: environment copies (default: the family's ``n_envs``, else 1).
-        :param run: any other field (``seed``, ``device``, ``save_freq``, ...).
+        :param run: any other field (``hub``, ``k``, ``hub_kwargs``, ``seed``, ``device``, ``save_freq``, ...).
         """
         from hp_rl.rl.config import apply_overrides, load_hyperparams
         from hp_rl.rl.envs import preset_for
@@ -102,7 +103,7 @@ class RunConfig:
         return cls(
             algo=algo,
             env_id=env_id,
-            hub=None,
+            hub=run.pop("hub", None),
             n_timesteps=family_steps if n_timesteps is None else n_timesteps,
             n_envs=family_envs if n_envs is None else n_envs,
             env_preset=env_preset,

@@ -55,6 +55,10 @@ def train_cases(game: str, quick: bool) -> list[TrainCase]:
     return cases
 
 
+# --quick: tiny rollouts and updates on two environment copies
+_QUICK = {"n_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1}
+
+
 def ppo_params(family: str, quick: bool) -> tuple[int, dict[str, Any]]:
     """Number of envs and the PPO hyperparameters of ``configs/ppo.yml`` as written there (``lin_`` schedules
     unresolved; shrunk with ``quick``)."""
@@ -62,11 +66,9 @@ def ppo_params(family: str, quick: bool) -> tuple[int, dict[str, Any]]:
     from hp_rl.rl.models import RUN_KEYS
 
     raw = load_hyperparams("ppo", family)
-    n_envs = int(raw.get("n_envs", 8))
     if quick:
-        n_envs = 2
-        raw.update(n_steps=16, batch_size=32, n_epochs=1)
-    return n_envs, {k: v for k, v in raw.items() if k not in RUN_KEYS}
+        raw.update(_QUICK)
+    return int(raw.get("n_envs", 8)), {k: v for k, v in raw.items() if k not in RUN_KEYS}
 
 
 class _RolloutTimer:
@@ -141,16 +143,15 @@ def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> 
         )
     options = {"freeze_experts": case.frozen, "dense": case.dense, "execution": case.execution}
     if hub is None or case.algo == "hubppo":  # what hp_rl.train builds
-        config = RunConfig(
-            algo="ppo",
-            env_id=env_id,
-            hub=hub,
-            k=case.k or 2,
+        config = RunConfig.for_task(
+            "ppo",
+            env_id,
+            overrides=_QUICK if args.quick else None,
             n_timesteps=args.steps,
             seed=args.seed,
-            n_envs=n_envs,
             device=args.device,
-            hyperparams=params,
+            hub=hub,
+            k=case.k or 2,
             hub_kwargs=options if hub is not None else {},
         )
         return build_model(config, env)
