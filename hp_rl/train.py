@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done; 2 bad input; 130/143 stopped by Ctrl-C/SIGTERM after saving a checkpoint "
         "(continue with --resume RUN).",
     )
+    _add_task_flags(parser)
+    _add_run_flags(parser)
+    _add_option_flags(parser)
+    _add_session_flags(parser)
+    return parser
+
+
+def _add_task_flags(parser: argparse.ArgumentParser) -> None:
+    """What trains on what: the algorithm, the environment, the hub, k, the steps, the seed and copies."""
     parser.add_argument("--algo", metavar="{ppo,a2c,dqn}", help="training algorithm (default: ppo)")
     parser.add_argument("--env", metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1, BreakoutNoFrameskip-v4")
     parser.add_argument(
@@ -93,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--n-envs", type=int, help="parallel environments (default: configs/<algo>.yml)")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the run goes and how it runs: logs, evaluations, checkpoints, device, environment copies."""
     parser.add_argument("--tensorboard-log", metavar="DIR", help="root folder of the run folders (default: runs)")
     parser.add_argument(
         "--eval-freq",
@@ -139,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gym.make argument of the environment, YAML value (difficulty=1, mode=4, "
         "sticky_action_prob=0.0); repeatable",
     )
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """The algorithm's hyperparameters and the method's options (:mod:`hp_rl.hub.options`)."""
     parser.add_argument(
         "--set",
         action="append",
@@ -160,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--explore-coef", type=float, help="weight of the exploration (load balance) loss")
     parser.add_argument("--exploit-coef", type=float, help="weight of the exploitation loss (ppo, a2c)")
+
+
+def _add_session_flags(parser: argparse.ArgumentParser) -> None:
+    """Resuming, progress, tracking, several seeds and verbosity."""
     parser.add_argument(
         "--resume",
         metavar="RUN",
@@ -178,7 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="-v: SB3 training logs; -vv: also tracebacks with error messages",
     )
-    return parser
 
 
 # --- commands -----------------------------------------------------------------------------------------------------

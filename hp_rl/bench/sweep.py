@@ -161,47 +161,20 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
     import torch
 
     torch.set_num_threads(settings.threads)
-    from hp_rl.hub import file_sha256
     from hp_rl.rl.envs import make_env
-    from hp_rl.rl.pathway_control import find_hub_extractors
-    from hp_rl.rl.runs import AgentRunFolder
     from hp_rl.rl.training import build_model
-    from hp_rl.run_folder import package_versions
 
     config = _build_config(suite, key, settings, experts)
     env = make_env(config.env_id, config.n_envs, config.seed, config.env_preset, env_kwargs=config.env_kwargs)
     model = build_model(config, env)
     recorder = episode_recorder()
-    callbacks = [recorder]
-    eval_env = None
-    if settings.eval_points > 0:  # the greedy agent with routing noise off, on an environment of its own
-        eval_env = make_env(
-            config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs
-        )
-        every = max(settings.steps // settings.eval_points, 1)
-        callbacks.append(noise_free_evaluator(eval_env, every, settings.eval_episodes))
-    cpu, wall = time.process_time(), time.perf_counter()
-    model.learn(settings.steps, callback=callbacks)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    evaluations: list[tuple[int, float]] = []
-    if eval_env is not None:
-        evaluator = callbacks[-1]
-        evaluations = evaluator.evaluations
-        cpu, wall = cpu - evaluator.cpu_seconds, wall - evaluator.wall_seconds  # training time alone
-        eval_env.close()
+    evaluations, cpu, wall = _train_timed(model, config, settings, recorder)
     flop_env = make_env(
         config.env_id, config.n_envs, config.seed + 999, config.env_preset, env_kwargs=config.env_kwargs
     )
     flops = forward_flops(model, flop_env)
     flop_env.close()
     env.close()
-    policy = model.policy
-    entries = (
-        [{"name": Path(p).stem, "path": p} for p in config.hub.split(",")]
-        if isinstance(config.hub, str)
-        else (config.hub or {}).get("experts", [])
-    )
-    hub_experts = [{**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in entries]
     record = {
         "suite": key.suite,
         "target": key.target,
@@ -220,6 +193,50 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
         "cpu_ms_per_step": 1000 * cpu / max(model.num_timesteps, 1),
         "wall_ms_per_step": 1000 * wall / max(model.num_timesteps, 1),
         "forward_flops_per_obs": flops,
+        **_model_facts(model, config),
+        "threads": settings.threads,
+        "device": str(model.device),
+        **_machine_facts(),
+    }
+    _write_json(key.path(out), record)
+    return record
+
+
+def _train_timed(model: Any, config: Any, settings: RunSettings, recorder: Any) -> tuple[list[Any], float, float]:
+    """Train ``settings.steps`` steps; returns the noise-free evaluations (step, return) and the CPU and wall
+    seconds of training alone (the evaluations' own time taken out)."""
+    from hp_rl.rl.envs import make_env
+
+    callbacks = [recorder]
+    eval_env = None
+    if settings.eval_points > 0:  # the greedy agent with routing noise off, on an environment of its own
+        eval_env = make_env(
+            config.env_id, 1, config.seed + 10_000, config.env_preset, evaluation=True, env_kwargs=config.env_kwargs
+        )
+        every = max(settings.steps // settings.eval_points, 1)
+        callbacks.append(noise_free_evaluator(eval_env, every, settings.eval_episodes))
+    cpu, wall = time.process_time(), time.perf_counter()
+    model.learn(settings.steps, callback=callbacks)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    if eval_env is None:
+        return [], cpu, wall
+    evaluator = callbacks[-1]
+    eval_env.close()
+    return evaluator.evaluations, cpu - evaluator.cpu_seconds, wall - evaluator.wall_seconds
+
+
+def _model_facts(model: Any, config: Any) -> dict[str, Any]:
+    """What a run's record says about its model: sizes, routing, the hub's files and the options."""
+    from hp_rl.hub import file_sha256
+    from hp_rl.rl.pathway_control import find_hub_extractors
+
+    policy = model.policy
+    entries = (
+        [{"name": Path(p).stem, "path": p} for p in config.hub.split(",")]
+        if isinstance(config.hub, str)
+        else (config.hub or {}).get("experts", [])
+    )
+    return {
         "parameters": sum(p.numel() for p in policy.parameters()),
         "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         # the routed experts per observation, as built (k_from_prior may route fewer than the k asked for)
@@ -228,17 +245,22 @@ def run_one(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str,
         "prior_scores": getattr(model, "prior_scores", None),
         "hub_kwargs": config.hub_kwargs,
         "exploit_coef": config.hyperparams.get("exploit_coef"),
-        "hub_experts": hub_experts,
+        "hub_experts": [{**e, "sha256": file_sha256(e["path"]) if "path" in e else None} for e in entries],
         "hyperparams": {k: v for k, v in config.hyperparams.items() if k != "exploit_coef"},
-        "threads": settings.threads,
-        "device": str(model.device),
+    }
+
+
+def _machine_facts() -> dict[str, Any]:
+    """The machine, its load and the packages, and when the run finished."""
+    from hp_rl.rl.runs import AgentRunFolder
+    from hp_rl.run_folder import package_versions
+
+    return {
         "load_average": list(os.getloadavg()),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "versions": package_versions(AgentRunFolder.recorded_packages),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    _write_json(key.path(out), record)
-    return record
 
 
 def _run_in_worker(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[str, Expert], out: Path) -> str:

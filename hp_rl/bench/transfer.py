@@ -47,7 +47,7 @@ from pathlib import Path
 
 from hp_rl.bench.hubs import exported_experts, plan_runs, prepare_hub, source_tasks, target_env_id
 from hp_rl.bench.report import write_report
-from hp_rl.bench.suites import METHODS, SUITES, method_uses_sources
+from hp_rl.bench.suites import METHODS, SUITES, Suite, method_uses_sources
 from hp_rl.bench.sweep import RunSettings, run_sweep
 from hp_rl.bench.types import Expert
 from hp_rl.runner import Backend, BackendError
@@ -107,6 +107,32 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _source_experts(args: argparse.Namespace, suite: Suite, workdir: Path, uses_sources: bool) -> dict[str, Expert]:
+    """The suite's source agents: an exported hub's (``--experts-from``), none where no method uses them, else
+    the sweep's own builds (pretrained here unless ``--no-build`` or ``--dry-run``)."""
+    if args.experts_from is not None:
+        return exported_experts(args.experts_from)
+    if not uses_sources:  # scratch and the headline command's own hub: nothing to pretrain
+        return {}
+    build = not (args.no_build or args.dry_run)
+    return dict(prepare_hub(suite, workdir, build=build, accept_checkpoints=args.accept_checkpoints))
+
+
+def _backend(args: argparse.Namespace) -> Backend:
+    """Where the runs go: this process, worker processes, or Ray (checked before any run)."""
+    if args.ray or args.ray_address:
+        backend = Backend(
+            "ray", jobs=args.jobs, address=args.ray_address, cpus_per_job=args.threads, gpus_per_job=args.gpus_per_run
+        )
+    else:
+        backend = Backend("serial" if args.jobs <= 1 else "processes", jobs=args.jobs)
+    try:
+        backend.check()
+    except BackendError as error:
+        raise SystemExit(f"error: {error}") from None
+    return backend
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep (resumably) and write the report."""
     import torch
@@ -137,18 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in targets:
         target_env_id(suite, target)  # fail early on a wrong name
     workdir = args.hub_workdir or out / "hubs" / suite.name
-    experts: dict[str, Expert]
     uses_sources = any(method_uses_sources(name) for name in args.methods)
-    if args.experts_from is not None:
-        experts = exported_experts(args.experts_from)
-    elif not uses_sources:  # scratch and the headline command's own hub: nothing to pretrain
-        experts = {}
-    else:
-        experts = dict(
-            prepare_hub(
-                suite, workdir, build=not (args.no_build or args.dry_run), accept_checkpoints=args.accept_checkpoints
-            )
-        )
+    experts = _source_experts(args, suite, workdir, uses_sources)
     try:
         keys = plan_runs(suite, targets, args.methods, args.seeds, args.single_experts)
     except ValueError as error:
@@ -174,16 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fix = "choose a hub that holds them" if args.experts_from else "run again without --no-build"
         raise SystemExit(f"error: experts {missing} are not in {where}; {fix}.")
     budget = args.budget_cpu_minutes * 60 if args.budget_cpu_minutes else None
-    if args.ray or args.ray_address:
-        backend = Backend(
-            "ray", jobs=args.jobs, address=args.ray_address, cpus_per_job=args.threads, gpus_per_job=args.gpus_per_run
-        )
-    else:
-        backend = Backend("serial" if args.jobs <= 1 else "processes", jobs=args.jobs)
-    try:
-        backend.check()
-    except BackendError as error:
-        raise SystemExit(f"error: {error}") from None
+    backend = _backend(args)
     run_sweep(suite, keys, settings, experts, out, budget_cpu_seconds=budget, backend=backend)
     write_report(out, args.img_dir)
     return 0

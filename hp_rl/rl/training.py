@@ -355,6 +355,33 @@ def _record_timing(folder: AgentRunFolder, start_steps: int, steps: int, elapsed
     append_text_by_rename(folder.path / "timing.yml", yaml.safe_dump([timing], sort_keys=False))
 
 
+def _learn(
+    model: BaseAlgorithm,
+    steps: int,
+    every: CallbackList,
+    stopper: StopOnSignal,
+    config: RunConfig,
+    folder: AgentRunFolder,
+    resume: bool,
+) -> None:
+    """``model.learn`` for ``steps`` more steps, until done or stopped by a signal; a broken environment leaves a
+    checkpoint of the training so far and is raised again saying where it is."""
+    try:
+        model.learn(steps, callback=every, tb_log_name="tb", reset_num_timesteps=not resume, progress_bar=False)
+    except StopTraining:
+        stopper.restore(model)
+    except BrokenEnvironmentError as error:
+        # Keep what was learnt: the weights are those of the last update, so count only its steps.
+        if isinstance(model, OnPolicyAlgorithm):
+            model.num_timesteps = stopper.rollout_start_timesteps
+        kept = save_checkpoint(model, folder, config.algo, config.keep_checkpoints)
+        vec_env = model.get_env()
+        with contextlib.suppress(Exception):  # the environment is broken: closing it may fail too
+            if vec_env is not None:
+                vec_env.close()
+        raise type(error)(f"{error} Checkpoint {kept} holds the training so far.") from error
+
+
 def run_training(
     config: RunConfig,
     folder: AgentRunFolder,
@@ -403,18 +430,7 @@ def run_training(
     with _signals_to(stopper):
         bar = [StepsBar(config.n_timesteps)] if progress_bar else []
         every = CallbackList([*_callbacks(config, folder, stopper, with_hub), *bar, *(callbacks or [])])
-        try:
-            model.learn(remaining, callback=every, tb_log_name="tb", reset_num_timesteps=not resume, progress_bar=False)
-        except StopTraining:
-            stopper.restore(model)
-        except BrokenEnvironmentError as error:
-            # Keep what was learnt: the weights are those of the last update, so count only its steps.
-            if isinstance(model, OnPolicyAlgorithm):
-                model.num_timesteps = stopper.rollout_start_timesteps
-            kept = save_checkpoint(model, folder, config.algo, config.keep_checkpoints)
-            with contextlib.suppress(Exception):  # the environment is broken: closing it may fail too
-                vec_env.close()
-            raise type(error)(f"{error} Checkpoint {kept} holds the training so far.") from error
+        _learn(model, remaining, every, stopper, config, folder, resume)
         stopper.stop_at_once = False
         elapsed = time.time() - started
         interrupted = stopper.received  # a signal during the saves below no longer counts as an interruption
