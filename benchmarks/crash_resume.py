@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from hp_rl.archive import read_sb3_archive  # noqa: E402
+from hp_rl.core.archive import read_sb3_archive  # noqa: E402
 from hp_rl.rl.runs import checkpoints_by_step  # noqa: E402
 
 ROLLOUT = 16  # n_steps=8 x 2 envs

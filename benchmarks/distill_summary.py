@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from hp_rl.yaml_files import read_yaml_mapping  # noqa: E402  (after the checkout is on the path)
+from hp_rl.core.yaml_files import read_yaml_mapping  # noqa: E402  (after the checkout is on the path)
 
 
 def rows(folder: Path) -> list[dict[str, Any]]:

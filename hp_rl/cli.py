@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hp_rl.console import configure_logging
-from hp_rl.paths import IN_CHECKOUT, PROJECT_ROOT
+from hp_rl.core.console import configure_logging
+from hp_rl.core.paths import IN_CHECKOUT, PROJECT_ROOT
 
 __all__ = ["COMMANDS", "main"]
 

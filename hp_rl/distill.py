@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import HpRlError, error_message
 from hp_rl.evaluate import CliError, choose_checkpoint
 
 __all__ = ["build_parser", "distill_run", "main"]
@@ -75,7 +75,7 @@ def distill_run(args: argparse.Namespace, report: Any = print) -> dict[str, Any]
 
     :raises CliError: a folder that is not a hub run of PPO or A2C, or bad numbers, naming the fix.
     """
-    from hp_rl.paths import write_text_by_rename
+    from hp_rl.core.paths import write_text_by_rename
     from hp_rl.rl.checkpoints import load_model
     from hp_rl.rl.distill import DistillSettings, distill_policy, evaluate_both, save_standalone
     from hp_rl.rl.envs import make_env

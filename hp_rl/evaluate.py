@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import CliError, HpRlError, error_message
-from hp_rl.paths import append_text_by_rename
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import CliError, HpRlError, error_message
+from hp_rl.core.paths import append_text_by_rename
 
 __all__ = ["CliError", "VIDEO_FORMATS", "build_parser", "main", "evaluate_run", "choose_checkpoint", "record_video"]
 
@@ -378,7 +378,7 @@ def _checked_run(
 
 def _load_for_evaluation(config: Any, folder: Any, path: Path, seed: int) -> tuple[Any, Any]:
     """The model of ``path`` on a one-copy evaluation environment seeded with ``seed``."""
-    from hp_rl.archive import ArchiveError
+    from hp_rl.core.archive import ArchiveError
     from hp_rl.rl.checkpoints import load_model
     from hp_rl.rl.envs import make_env
 

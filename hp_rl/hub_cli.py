@@ -25,16 +25,16 @@ from typing import Any
 
 import yaml
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import HpRlError, error_message
+from hp_rl.core.paths import BUILD_ROOT, BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, file_sha256, written_by_rename
+from hp_rl.core.yaml_files import read_yaml, read_yaml_mapping
 from hp_rl.hub.expert import HubExpert
 from hp_rl.hub.export import MANIFEST_NAME, ExportItem, export_hub
 from hp_rl.hub.sources import SOURCES, load_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError, parse_hub
 from hp_rl.hub.trusted_code import CODE_SOURCES, describe_code_file, trust_code, trust_file
 from hp_rl.hub.vision_sources import vision_available
-from hp_rl.paths import BUILD_ROOT, BUNDLED_HUB_DIR, HUB_CONFIG_DIR, PROJECT_ROOT, file_sha256, written_by_rename
-from hp_rl.yaml_files import read_yaml, read_yaml_mapping
 
 __all__ = ["main", "build_parser", "default_workdir", "describe_expert", "BUNDLED_LIMIT_BYTES"]
 
@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_trust(args.files)
         if args.command == "build":
             only = [part.strip() for part in args.only.split(",") if part.strip()] if args.only else None
-            from hp_rl.runner import Backend
+            from hp_rl.core.runner import Backend
 
             if args.ray or args.ray_address:
                 backend = Backend("ray", jobs=args.jobs, address=args.ray_address).check()

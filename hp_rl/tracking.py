@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hp_rl.errors import CliError
-from hp_rl.paths import write_text_by_rename
-from hp_rl.run_folder import RunFolder
+from hp_rl.core.errors import CliError
+from hp_rl.core.paths import write_text_by_rename
+from hp_rl.core.run_folder import RunFolder
 
 __all__ = [
     "TrackingError",

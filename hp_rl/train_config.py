@@ -21,8 +21,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from hp_rl.errors import CliError, HpRlError
-from hp_rl.paths import check_path_text, named_hub_spec
+from hp_rl.core.errors import CliError, HpRlError
+from hp_rl.core.paths import check_path_text, named_hub_spec
 from hp_rl.rl.runs import MAX_ENVS, MAX_SEED, MAX_THREADS
 
 __all__ = ["CliError", "config_and_env", "check_run_flags", "hub_tag", "resolve_hub", "run_name"]

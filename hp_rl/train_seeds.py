@@ -1,12 +1,12 @@
 """``python -m hp_rl.train ... --seeds 0 1 2 [--jobs N]``: the same run once per seed, each in a run folder of its
-own, one after another or in ``N`` processes at a time (:mod:`hp_rl.runner`), as rl-baselines3-zoo and CleanRL users
-run a few seeds of one configuration."""
+own, one after another or in ``N`` processes at a time (:mod:`hp_rl.core.runner`), as rl-baselines3-zoo and
+CleanRL users run a few seeds of one configuration."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from hp_rl.runner import Backend, run_jobs
+from hp_rl.core.runner import Backend, run_jobs
 
 __all__ = ["seed_commands", "train_seeds"]
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import HpRlError, error_message
 
 __all__ = ["Parameter", "SEARCH_SPACE", "TuneError", "trial_flags", "main"]
 
@@ -75,8 +75,8 @@ def _option_parameters() -> dict[str, Parameter]:
     """The method's options that carry a search range (:class:`hp_rl.hub.options.SearchRange`), as parameters."""
     from dataclasses import fields
 
+    from hp_rl.core.validation import Int
     from hp_rl.hub.options import LossWeights, PathwayOptions
-    from hp_rl.validation import Int
 
     parameters = {}
     for cls, flag in ((PathwayOptions, "--hub-set"), (LossWeights, "--set")):

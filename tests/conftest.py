@@ -13,7 +13,7 @@ os.environ["HP_RL_CACHE"] = tempfile.mkdtemp(prefix="hp_rl_test_cache_")
 import pytest
 import torch
 
-from hp_rl.console import configure_logging
+from hp_rl.core.console import configure_logging
 
 torch.set_num_threads(1)
 # The library's log on the console, as every command line sets it up: the same for every test, whatever order

@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from hp_rl import evaluate as evaluate_cli
 from hp_rl import train as train_cli
-from hp_rl.archive import read_sb3_archive
+from hp_rl.core.archive import read_sb3_archive
 from hp_rl.rl.runs import AgentRunFolder, RunConfig, checkpoints_by_step
 from hp_rl.rl.training import StopOnSignal, run_training, save_atomically
 
@@ -606,8 +606,8 @@ def test_evaluate_shows_no_sb3_warning_about_its_one_env_model(tmp_path: Path) -
 def test_small_traps_of_the_command_line_name_their_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from hp_rl.core.paths import BUNDLED_HUB_DIR
     from hp_rl.hub import parse_hub
-    from hp_rl.paths import BUNDLED_HUB_DIR
 
     # a hub folder (an export) stands for its hub.yaml, on the command line and in Python
     folder = BUNDLED_HUB_DIR / "control"

@@ -20,7 +20,7 @@ from torch import nn
 from hp_rl import evaluate as evaluate_cli
 from hp_rl import hub_cli
 from hp_rl import train as train_cli
-from hp_rl.archive import ArchiveError, check_npz_file, check_safetensors_file, read_sb3_archive
+from hp_rl.core.archive import ArchiveError, check_npz_file, check_safetensors_file, read_sb3_archive
 from hp_rl.hub import CheckpointError, HubSpecError, load_hub
 from hp_rl.hub.trusted_code import CODE_TIMEOUT_ENV, TimeBoundedCode, code_timeout_s, trust_file, trusted_digests
 from hp_rl.rl.runs import checkpoints_by_step
@@ -213,7 +213,7 @@ def test_a_run_folder_runs_torchscript_only_when_the_user_trusts_it(
 def _race_for_lock(path: str, start: float, queue: object) -> None:
     import time
 
-    from hp_rl.run_folder import RunLockedError, acquire_lock
+    from hp_rl.core.run_folder import RunLockedError, acquire_lock
 
     time.sleep(max(0.0, start - time.time()))
     try:
@@ -336,7 +336,7 @@ def test_bad_env_kwargs_in_a_run_folder_are_exit_2(tmp_path: Path, capsys: pytes
 
 
 def test_hub_export_onto_a_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hp_rl.paths import BUNDLED_HUB_DIR
+    from hp_rl.core.paths import BUNDLED_HUB_DIR
 
     target = tmp_path / "a_file"
     target.write_text("mine")
@@ -374,8 +374,8 @@ def test_malformed_safetensors_metadata_names_the_key(tmp_path: Path) -> None:
 def test_a_yaml_value_that_holds_itself_and_an_absurd_budget_are_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hp_rl.errors import ConfigError
-    from hp_rl.yaml_files import load_yaml_text
+    from hp_rl.core.errors import ConfigError
+    from hp_rl.core.yaml_files import load_yaml_text
 
     with pytest.raises(ConfigError, match="refers to the collection that holds it"):
         load_yaml_text("&a [*a, *a]", "a test value")

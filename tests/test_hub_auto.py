@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from hp_rl.core.paths import BUNDLED_HUB_DIR
 from hp_rl.hub import ExpertSpec, NoFittingHubError, defaults, load_expert, load_hub, parse_hub, resolve_auto_hub
 from hp_rl.hub.defaults import atari_game, choose_auto_hub, task_key, zoo_repos
 from hp_rl.hub.export import ExportItem, export_hub
 from hp_rl.hub_cli import BUNDLED_LIMIT_BYTES
-from hp_rl.paths import BUNDLED_HUB_DIR
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 GAMES = {"qbert": "QbertNoFrameskip-v4", "seaquest": "SeaquestNoFrameskip-v4", "pong": "PongNoFrameskip-v4"}
@@ -201,8 +201,8 @@ def test_bundled_atari_hub_meets_its_recipe() -> None:
 
 def test_the_shipped_zoo_spec_names_each_game_s_actions() -> None:
     pytest.importorskip("ale_py")
+    from hp_rl.core.paths import HUB_CONFIG_DIR
     from hp_rl.hub.defaults import ale_action_meanings
-    from hp_rl.paths import HUB_CONFIG_DIR
 
     hub = parse_hub(str(HUB_CONFIG_DIR / "zoo_atari_leave_breakout.yml"))
     for expert in hub.experts:

@@ -9,10 +9,10 @@ import torch
 import yaml
 from stable_baselines3 import PPO
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub import CheckpointError, ExpertSpec, HubSpecError, load_expert, load_hub, parse_hub
 from hp_rl.hub.export import ExportError, ExportItem, export_hub, export_trunk, features_agree
 from hp_rl.hub_cli import main
-from hp_rl.paths import file_sha256
 
 
 @pytest.fixture(scope="module")

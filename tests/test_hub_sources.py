@@ -17,6 +17,7 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import preprocess_obs
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub import (
     SOURCES,
     CheckpointError,
@@ -32,7 +33,6 @@ from hp_rl.hub.architectures import MLPTrunk, TrunkInfo
 from hp_rl.hub.expert import Provenance
 from hp_rl.hub.export import ExportItem, export_trunk
 from hp_rl.hub.vision_sources import vision_available
-from hp_rl.paths import file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"

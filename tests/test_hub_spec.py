@@ -98,7 +98,7 @@ def test_string_entries() -> None:
     "name", ["control_finetune_example.yml", "zoo_atari_leave_breakout.yml", "imagenet_backbones.yml"]
 )
 def test_example_specs_are_valid(name: str) -> None:
-    from hp_rl.paths import HUB_CONFIG_DIR
+    from hp_rl.core.paths import HUB_CONFIG_DIR
 
     hub = parse_hub(str(HUB_CONFIG_DIR / name))
     assert len(hub.experts) >= 2
@@ -109,7 +109,7 @@ def test_example_specs_are_valid(name: str) -> None:
 def test_shipped_specs_are_found_by_name_and_their_path_variables_expand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hp_rl.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, named_hub_spec
+    from hp_rl.core.paths import BUNDLED_HUB_DIR, HUB_CONFIG_DIR, named_hub_spec
 
     monkeypatch.chdir(tmp_path)  # from any working directory
     spec = parse_hub("control_finetune_example")
@@ -124,7 +124,7 @@ def test_shipped_specs_are_found_by_name_and_their_path_variables_expand(
 
 
 def test_package_data_folders_resolve_to_the_checkout_and_builds_stay_out_of_the_package() -> None:
-    from hp_rl import paths
+    from hp_rl.core import paths
 
     assert (paths.CONFIG_DIR / "ppo.yml").is_file() and (paths.ENV_PRESET_DIR / "minatar.yml").is_file()
     assert paths.IN_CHECKOUT and paths.BUILD_ROOT == paths.PROJECT_ROOT / "hub_build"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hp_rl.errors import RoutingError
+from hp_rl.core.errors import RoutingError
 from hp_rl.routing import (
     AdaptedExpert,
     GateStatistics,

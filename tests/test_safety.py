@@ -22,8 +22,8 @@ import yaml
 
 from hp_rl import evaluate as evaluate_cli
 from hp_rl import train as train_cli
-from hp_rl.archive import read_sb3_archive
-from hp_rl.errors import HpRlError
+from hp_rl.core.archive import read_sb3_archive
+from hp_rl.core.errors import HpRlError
 from hp_rl.hub import CheckpointError, parse_hub, read_sb3_trunk
 from hp_rl.rl.runs import AgentRunFolder, checkpoints_by_step
 
@@ -367,7 +367,7 @@ def test_non_finite_observations_stop_with_the_step_or_are_sanitized(tmp_path: P
         obs, *_ = lenient.step(np.array([0]))
         assert np.isfinite(obs).all()
     assert lenient.sanitized_values == 4
-    from hp_rl.errors import RoutingError
+    from hp_rl.core.errors import RoutingError
     from hp_rl.rl.extractor import HubPathwayExtractor
 
     extractor = HubPathwayExtractor(gym.spaces.Box(-1, 1, (4,)), "random:2", k=1, features_dim=8)
@@ -416,7 +416,7 @@ def test_a_signal_in_the_middle_of_an_update_stops_at_once_and_keeps_the_weights
     (last,) = sorted((run / "checkpoints").glob("rl_model_*_steps.zip"))
     # The cut rollout is not counted, and the weights are those before its update.
     assert last.name == f"rl_model_{seen['steps'] - 16}_steps.zip"
-    from hp_rl.archive import MAX_TENSOR_BYTES, load_tensors, read_member
+    from hp_rl.core.archive import MAX_TENSOR_BYTES, load_tensors, read_member
 
     with zipfile.ZipFile(last) as archive:
         saved = load_tensors(read_member(archive, "policy.pth", last, MAX_TENSOR_BYTES), "policy.pth")
@@ -500,7 +500,7 @@ def test_a_link_planted_in_a_run_folder_is_refused_and_its_target_untouched(
 
 
 def test_records_are_written_by_rename_never_through_a_link(tmp_path: Path) -> None:
-    from hp_rl.paths import append_text_by_rename, write_text_by_rename
+    from hp_rl.core.paths import append_text_by_rename, write_text_by_rename
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -532,8 +532,8 @@ def test_more_bad_input_is_exit_2_not_a_traceback(
 
 
 def test_checkpoints_leave_out_frozen_hub_trunks_and_load_them_back_exactly(tmp_path: Path) -> None:
-    from hp_rl.archive import ArchiveError
-    from hp_rl.paths import BUNDLED_HUB_DIR
+    from hp_rl.core.archive import ArchiveError
+    from hp_rl.core.paths import BUNDLED_HUB_DIR
     from hp_rl.rl.checkpoints import FROZEN_FROM_HUB, load_model, restore_from_archive
     from hp_rl.rl.envs import make_env
     from hp_rl.rl.runs import RunConfig

@@ -410,7 +410,7 @@ def test_sweep_through_a_local_ray_writes_the_same_results_as_the_in_process_run
 
 
 def test_ray_backend_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hp_rl import runner
+    from hp_rl.core import runner
 
     monkeypatch.setattr(runner, "ray_available", lambda: False)
     with pytest.raises(runner.BackendError, match="pip install"):
@@ -420,7 +420,7 @@ def test_ray_backend_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
 def test_a_suite_runs_on_an_exported_hub_without_pretraining(tmp_path: Path) -> None:
     # --experts-from: the needle suite on the bundled MinAtar hub (its safetensors trunks and heads).
     pytest.importorskip("minatar")
-    from hp_rl.paths import BUNDLED_HUB_DIR
+    from hp_rl.core.paths import BUNDLED_HUB_DIR
 
     bench = _bench()
     manifest = BUNDLED_HUB_DIR / "minatar" / "hub.yaml"
@@ -449,7 +449,7 @@ def test_built_experts_carry_their_source_returns_into_the_hub(
     # The score prior needs what each expert achieves at home; a hub build records it beside the model.
     import shutil
 
-    from hp_rl.paths import file_sha256
+    from hp_rl.core.paths import file_sha256
 
     bench = _bench()
     model = tmp_path / "space_invaders" / "model.zip"
@@ -468,7 +468,7 @@ def test_built_experts_carry_their_source_returns_into_the_hub(
 
 def test_a_source_evaluation_of_another_episode_count_is_not_reused(tmp_path: Path) -> None:
     # hub build re-evaluates when asked for more episodes; the benchmark takes whatever count was recorded
-    from hp_rl.paths import file_sha256
+    from hp_rl.core.paths import file_sha256
     from hp_rl.rl.source_eval import read_source_evaluation, write_source_evaluation
 
     model = tmp_path / "model.zip"

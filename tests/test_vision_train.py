@@ -268,8 +268,8 @@ def _lock_held(path: Path, pid: int) -> Iterator[None]:
 
 
 def test_vision_runs_share_the_run_folder_of_the_agents(workspace: dict[str, Path], tmp_path: Path) -> None:
+    from hp_rl.core.run_folder import RunFolder, RunLockedError
     from hp_rl.rl.runs import AgentRunFolder
-    from hp_rl.run_folder import RunFolder, RunLockedError
 
     assert issubclass(train.VisionRun, RunFolder) and issubclass(AgentRunFolder, RunFolder)
     run = train.VisionRun.create(tmp_path, "locked")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hp_rl.overrides import ConfigError, parse_overrides
-from hp_rl.yaml_files import check_keys, load_yaml_text, read_yaml, read_yaml_mapping
+from hp_rl.core.overrides import ConfigError, parse_overrides
+from hp_rl.core.yaml_files import check_keys, load_yaml_text, read_yaml, read_yaml_mapping
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_every_file_the_package_reads_goes_through_the_reader() -> None:
 def test_each_kind_of_file_refuses_repeated_and_unknown_keys(
     tmp_path: Path, reader: str, text: str, message: str
 ) -> None:
-    from hp_rl.errors import HpRlError
+    from hp_rl.core.errors import HpRlError
 
     path = tmp_path / "file.yml"
     path.write_text(text)
@@ -112,7 +112,7 @@ def test_each_kind_of_file_refuses_repeated_and_unknown_keys(
 def test_a_small_file_cannot_expand_without_bound_or_nest_past_the_stack(tmp_path: Path) -> None:
     import time
 
-    from hp_rl.errors import HpRlError
+    from hp_rl.core.errors import HpRlError
     from hp_rl.hub import parse_hub
 
     # "billion laughs": 9 levels of 9 aliases each, 9^9 values from a few hundred bytes
@@ -134,7 +134,7 @@ def test_a_small_file_cannot_expand_without_bound_or_nest_past_the_stack(tmp_pat
 
 
 def test_messages_are_a_paragraph_without_terminal_escapes() -> None:
-    from hp_rl.errors import MAX_MESSAGE_CHARS, HpRlError, error_message
+    from hp_rl.core.errors import MAX_MESSAGE_CHARS, HpRlError, error_message
 
     message = error_message(HpRlError("\x1b[31mred\x1b[0m " + "x" * 10**6))
     assert "\x1b" not in message and "\\x1b[31mred" in message and len(message) <= MAX_MESSAGE_CHARS + 10

@@ -63,7 +63,7 @@ def exported_experts(manifest: Path) -> dict[str, Expert]:
     :return: task name -> the manifest's entry (as :func:`hp_rl.hub.parse_hub` reads it: checked, its ``path``
         made absolute).
     """
-    from hp_rl.errors import HpRlError
+    from hp_rl.core.errors import HpRlError
     from hp_rl.hub import parse_hub
 
     path = manifest / "hub.yaml" if manifest.is_dir() else manifest

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hp_rl.core.paths import HUB_CONFIG_DIR
 from hp_rl.hub.options import ALGORITHM_KEYS, pathway_preset
-from hp_rl.paths import HUB_CONFIG_DIR
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from hp_rl.bench.hubs import hub_mapping, target_env_id, target_hub
 from hp_rl.bench.recording import episode_recorder, forward_flops, noise_free_evaluator
 from hp_rl.bench.suites import METHODS, RunKey, Suite
 from hp_rl.bench.types import Expert
-from hp_rl.runner import Backend, run_jobs
+from hp_rl.core.runner import Backend, run_jobs
 
 
 @dataclass
@@ -252,8 +252,8 @@ def _model_facts(model: Any, config: Any) -> dict[str, Any]:
 
 def _machine_facts() -> dict[str, Any]:
     """The machine, its load and the packages, and when the run finished."""
+    from hp_rl.core.run_folder import package_versions
     from hp_rl.rl.runs import AgentRunFolder
-    from hp_rl.run_folder import package_versions
 
     return {
         "load_average": list(os.getloadavg()),
@@ -293,7 +293,7 @@ def run_sweep(
     :param jobs: parallel processes (1: in this process, one run after another); ignored with ``backend``.
     :param budget_cpu_seconds: in this process, one run after another: start no new run once this much CPU
         time is spent.
-    :param backend: where the runs go (:mod:`hp_rl.runner`: this process, a process pool or Ray tasks);
+    :param backend: where the runs go (:mod:`hp_rl.core.runner`: this process, a process pool or Ray tasks);
         every backend writes the same files.
     """
     todo = [key for key in keys if not key.path(out).is_file()]

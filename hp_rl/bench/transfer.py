@@ -50,7 +50,7 @@ from hp_rl.bench.report import write_report
 from hp_rl.bench.suites import METHODS, SUITES, Suite, method_uses_sources
 from hp_rl.bench.sweep import RunSettings, run_sweep
 from hp_rl.bench.types import Expert
-from hp_rl.runner import Backend, BackendError
+from hp_rl.core.runner import Backend, BackendError
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
+from hp_rl.core.paths import HUB_CONFIG_DIR, IN_CHECKOUT, PROJECT_ROOT
 from hp_rl.hub import build_input_adapter, load_hub
-from hp_rl.paths import HUB_CONFIG_DIR, IN_CHECKOUT, PROJECT_ROOT
 from hp_rl.routing import AdaptedExpert
 from hp_rl.vision.classifier import HubPathwayClassifier
 from hp_rl.vision.data import AugmentConfig, ImageData, ImageDataset, few_labels, load_builtin, reserved_split

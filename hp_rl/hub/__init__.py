@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.adapters import AdapterError, build_input_adapter
 from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
 from hp_rl.hub.defaults import NoFittingHubError, resolve_auto_hub
@@ -14,7 +15,6 @@ from hp_rl.hub.hf import HFUnavailableError, resolve_hf_file
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert, read_sb3_trunk
 from hp_rl.hub.sources import SOURCES, SourceConfig, load_expert, register_source
 from hp_rl.hub.spec import ExpertSpec, HubSpec, HubSpecError, parse_hub
-from hp_rl.paths import file_sha256
 
 __all__ = [
     "ARCHITECTURES",

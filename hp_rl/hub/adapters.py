@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 from hp_rl.hub.architectures import TrunkInfo
 from hp_rl.hub.meanings import channel_map_weight
 from hp_rl.routing.fused import Op, lower_all, register_lowering

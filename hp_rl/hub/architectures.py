@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 from hp_rl.routing.fused import Op, lower_all, register_lowering
 
 __all__ = [

@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
+from hp_rl.core.paths import BUNDLED_HUB_DIR, cache_dir
+from hp_rl.core.yaml_files import read_yaml_mapping
 from hp_rl.hub.hf import find_cached, hf_offline, hf_reachable
-from hp_rl.paths import BUNDLED_HUB_DIR, cache_dir
-from hp_rl.yaml_files import read_yaml_mapping
 
 __all__ = [
     "ZOO_ATARI_GAMES",

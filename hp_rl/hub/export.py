@@ -22,11 +22,11 @@ import torch
 import yaml
 from torch import Tensor
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.architectures import ARCHITECTURES
 from hp_rl.hub.expert import HubExpert
 from hp_rl.hub.spec import ExpertSpec, HubSpec
-from hp_rl.paths import file_sha256
 
 __all__ = [
     "ExportError",

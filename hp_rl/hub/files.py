@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.sb3_zip import CheckpointError
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
-from hp_rl.paths import file_sha256
 
 __all__ = ["verify_file"]
 

@@ -23,11 +23,11 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.expert import HubExpert, Provenance
 from hp_rl.hub.origin import AgentOrigin, read_agent_origin
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
-from hp_rl.paths import file_sha256
 
 __all__ = [
     "HFUnavailableError",

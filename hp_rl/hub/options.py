@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
+from hp_rl.core.validation import AnyValue, Bool, Choice, Float, Int, Rule, check_values
 from hp_rl.routing import BalanceMode, Execution, NoiseMode, OutputMix
-from hp_rl.validation import AnyValue, Bool, Choice, Float, Int, Rule, check_values
 
 __all__ = [
     "PathwayOptionError",

@@ -13,7 +13,7 @@ observations it was trained on (``VecNormalize`` statistics):
   ``vecnormalize.pkl``) or a zoo repository (``args.yml``, ``config.yml``, ``env_kwargs.yml``,
   ``vec_normalize.pkl`` beside the zip).
 
-Nothing is unpickled into objects: YAML is read safely (:func:`hp_rl.yaml_files.read_foreign_yaml`: the zoo's
+Nothing is unpickled into objects: YAML is read safely (:func:`hp_rl.core.yaml_files.read_foreign_yaml`: the zoo's
 ``OrderedDict`` tags as plain mappings, other Python tags as nothing), the normalisation statistics with
 :func:`hp_rl.hub.pickle_numbers.read_pickle_numbers`, and the zip's ``data`` as JSON without its ``:serialized:``
 payloads.
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hp_rl.archive import ArchiveError, load_json_bytes
+from hp_rl.core.archive import ArchiveError, load_json_bytes
+from hp_rl.core.yaml_files import read_foreign_yaml
 from hp_rl.hub.pickle_numbers import PickleReadError, Record, read_pickle_numbers
-from hp_rl.yaml_files import read_foreign_yaml
 
 __all__ = ["ObservationNormalization", "ObservationNormalizer", "AgentOrigin", "read_agent_origin"]
 
@@ -207,7 +207,7 @@ def _hp_rl_folder(path: Path) -> tuple[dict[str, Any], list[str]]:
     told = [f"{folder / 'config.yml'} (hp_rl run folder)"]
     record = _side_yaml(path.parent / "source_eval.yml")
     if record is not None:
-        from hp_rl.paths import file_sha256
+        from hp_rl.core.paths import file_sha256
 
         source, random = _finite(record.get("return_mean")), _finite(record.get("random_return_mean"))
         if source is not None and random is not None and record.get("model_sha256") == file_sha256(path):

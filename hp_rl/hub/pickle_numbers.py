@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 
 __all__ = ["PickleReadError", "Record", "read_pickle_numbers", "MAX_PICKLE_BYTES"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 from hp_rl.hub.architectures import (
     MLPTrunk,
     NatureCNNTrunk,
@@ -41,7 +41,14 @@ class CheckpointError(HpRlError, ValueError):
 
 def _load_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The policy weights and the plain values of ``data`` (size-capped; nothing is unpickled)."""
-    from hp_rl.archive import MAX_DATA_BYTES, MAX_TENSOR_BYTES, ArchiveError, load_json_bytes, load_tensors, read_member
+    from hp_rl.core.archive import (
+        MAX_DATA_BYTES,
+        MAX_TENSOR_BYTES,
+        ArchiveError,
+        load_json_bytes,
+        load_tensors,
+        read_member,
+    )
 
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path in the hub spec.")

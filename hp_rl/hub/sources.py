@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.adapters import AdapterError
 from hp_rl.hub.architectures import ARCHITECTURES, TrunkInfo, build_trunk
 from hp_rl.hub.expert import ExpertHeads, HubExpert, Provenance
@@ -23,7 +24,6 @@ from hp_rl.hub.registry import SOURCES, SourceConfig, register_source
 from hp_rl.hub.sb3_zip import CheckpointError, read_sb3_expert
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
 from hp_rl.hub.vision_sources import load_timm_expert, load_torchvision_expert
-from hp_rl.paths import file_sha256
 
 __all__ = ["SourceConfig", "SOURCES", "register_source", "load_expert", "verify_file", "random_expert_seed"]
 
@@ -66,7 +66,7 @@ def _info_from_metadata(
 
 def _metadata_json(metadata: dict[str, str], key: str, spec: ExpertSpec) -> Any:
     """A JSON value of a safetensors file's metadata (``None`` where absent)."""
-    from hp_rl.archive import ArchiveError, load_json_bytes
+    from hp_rl.core.archive import ArchiveError, load_json_bytes
 
     if key not in metadata:
         return None
@@ -97,7 +97,7 @@ def _metadata_int(metadata: dict[str, str], key: str, default: int, spec: Expert
 def _load_safetensors(spec: ExpertSpec, observation_shape: tuple[int, ...] | None) -> HubExpert:
     from safetensors.torch import load_file
 
-    from hp_rl.archive import ArchiveError, check_safetensors_file
+    from hp_rl.core.archive import ArchiveError, check_safetensors_file
 
     path = verify_file(spec)
     try:

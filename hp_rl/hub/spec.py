@@ -9,11 +9,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hp_rl.errors import ConfigError, HpRlError
+from hp_rl.core.errors import ConfigError, HpRlError
+from hp_rl.core.paths import PathTextError, check_path_text, expand_path_variables, named_hub_spec
+from hp_rl.core.yaml_files import read_yaml
 from hp_rl.hub.options import MAX_EXPERTS, MAX_FEATURES_DIM
 from hp_rl.hub.registry import SOURCES
-from hp_rl.paths import PathTextError, check_path_text, expand_path_variables, named_hub_spec
-from hp_rl.yaml_files import read_yaml
 
 __all__ = ["HubSpecError", "ExpertSpec", "HubSpec", "parse_hub"]
 

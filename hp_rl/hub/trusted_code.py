@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
-from hp_rl.paths import file_sha256
 
 __all__ = [
     "CODE_SOURCES",
@@ -67,8 +67,8 @@ class UntrustedCodeError(HubSpecError):
 
 
 def trust_file() -> Path:
-    """``trusted_code.txt`` in the user cache (:func:`hp_rl.paths.cache_dir`, read at each call)."""
-    from hp_rl.paths import cache_dir
+    """``trusted_code.txt`` in the user cache (:func:`hp_rl.core.paths.cache_dir`, read at each call)."""
+    from hp_rl.core.paths import cache_dir
 
     return cache_dir() / TRUST_FILE_NAME
 
@@ -90,7 +90,7 @@ def trust_code(paths: Iterable[str | Path]) -> list[str]:
 
     :param paths: TorchScript files the user gave.
     """
-    from hp_rl.paths import append_text_by_rename
+    from hp_rl.core.paths import append_text_by_rename
 
     digests = [file_sha256(path) for path in paths]
     trusted = trusted_digests()
@@ -138,7 +138,7 @@ def torchscript_facts(path: str | Path) -> dict[str, Any]:
 
     :raises HubSpecError: a facts member that is oversized or not a JSON object.
     """
-    from hp_rl.archive import ArchiveError, load_json_bytes, read_member
+    from hp_rl.core.archive import ArchiveError, load_json_bytes, read_member
 
     path = Path(path)
     try:
@@ -254,7 +254,7 @@ class _Watchdog:
 
 def _stop_process(what: str, limit_s: float) -> None:
     """Say why and end the process with exit 2 (a thread cannot interrupt the call itself)."""
-    from hp_rl.errors import printable
+    from hp_rl.core.errors import printable
 
     sys.stderr.write(
         f"hp_rl: {printable(what)} has run for more than {limit_s:g} s without returning. A TorchScript file is a "

@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hp_rl.core.paths import file_sha256
 from hp_rl.hub.architectures import TrunkInfo
 from hp_rl.hub.expert import HubExpert, Provenance
 from hp_rl.hub.files import verify_file
 from hp_rl.hub.sb3_zip import CheckpointError
 from hp_rl.hub.spec import ExpertSpec, HubSpecError
-from hp_rl.paths import file_sha256
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -158,7 +158,7 @@ def _read_state(spec: ExpertSpec) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            from hp_rl.archive import check_safetensors_file
+            from hp_rl.core.archive import check_safetensors_file
 
             check_safetensors_file(path)  # every declared size fits the file before anything is allocated
             return load_file(str(path))

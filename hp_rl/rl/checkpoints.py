@@ -6,7 +6,7 @@ counts, so a resumed run makes the same updates as an uninterrupted one.
 
 Reading never uses SB3's loader (which unpickles the ``data`` member): the model is rebuilt from the
 run's ``config.yml`` and hub spec by :func:`~hp_rl.rl.models.build_model`, then the weights
-(``weights_only``) and the plain counters of ``data`` are filled in (:mod:`hp_rl.archive`). DQN's replay
+(``weights_only``) and the plain counters of ``data`` are filled in (:mod:`hp_rl.core.archive`). DQN's replay
 buffer is kept as ``.npz`` arrays, read with ``allow_pickle=False``.
 """
 
@@ -28,10 +28,10 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
-from hp_rl.archive import ArchiveError, SB3Archive, check_npz_file, load_json_bytes, read_sb3_archive
-from hp_rl.errors import HpRlError
+from hp_rl.core.archive import ArchiveError, SB3Archive, check_npz_file, load_json_bytes, read_sb3_archive
+from hp_rl.core.errors import HpRlError
+from hp_rl.core.paths import written_by_rename
 from hp_rl.hub.trusted_code import refuse_untrusted_hub
-from hp_rl.paths import written_by_rename
 from hp_rl.rl.models import build_model
 from hp_rl.rl.runs import AgentRunFolder, RunConfig, checkpoints_by_step
 
@@ -71,7 +71,7 @@ class NoCheckpointError(HpRlError, FileNotFoundError):
 # --- writing -----------------------------------------------------------------------------------------------------
 def save_atomically(model: BaseAlgorithm, path: Path, without_frozen_trunks: bool = False) -> Path:
     """``model.save(path)`` through a temporary file renamed into place when complete
-    (:func:`~hp_rl.paths.written_by_rename`).
+    (:func:`~hp_rl.core.paths.written_by_rename`).
 
     :param without_frozen_trunks: leave out the weights of frozen expert trunks loaded from hub files (they
         are the files' weights; :func:`restore_from_archive` takes them from the rebuilt model after checking

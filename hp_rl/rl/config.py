@@ -6,12 +6,12 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from hp_rl.errors import ConfigError, HpRlError
+from hp_rl.core.errors import ConfigError, HpRlError
+from hp_rl.core.overrides import parse_overrides
+from hp_rl.core.paths import CONFIG_DIR, require_dir
+from hp_rl.core.validation import AnyValue, Bool, Float, Int, Rule, Schedule, check_values
+from hp_rl.core.yaml_files import read_yaml_mapping
 from hp_rl.hub.options import LOSS_WEIGHT_RULES
-from hp_rl.overrides import parse_overrides
-from hp_rl.paths import CONFIG_DIR, require_dir
-from hp_rl.validation import AnyValue, Bool, Float, Int, Rule, Schedule, check_values
-from hp_rl.yaml_files import read_yaml_mapping
 
 __all__ = [
     "ConfigError",

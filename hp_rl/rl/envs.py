@@ -15,9 +15,9 @@ import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper, VecFrameStack
 
-from hp_rl.errors import HpRlError
-from hp_rl.paths import ENV_PRESET_DIR, require_dir
-from hp_rl.yaml_files import check_keys, read_yaml_mapping
+from hp_rl.core.errors import HpRlError
+from hp_rl.core.paths import ENV_PRESET_DIR, require_dir
+from hp_rl.core.yaml_files import check_keys, read_yaml_mapping
 
 __all__ = [
     "EnvPreset",

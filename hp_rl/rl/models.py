@@ -15,7 +15,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 from hp_rl.rl.config import ConfigError, resolve_hyperparams
 from hp_rl.rl.runs import RunConfig
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hp_rl.errors import ConfigError, HpRlError
+from hp_rl.core.errors import ConfigError, HpRlError
+from hp_rl.core.runner import Backend, run_jobs
+from hp_rl.core.validation import AnyValue, Int, Rule, check_values
+from hp_rl.core.yaml_files import check_keys, read_yaml_mapping
 from hp_rl.rl.runs import AgentRunFolder, RunConfig
 from hp_rl.rl.training import train
-from hp_rl.runner import Backend, run_jobs
-from hp_rl.validation import AnyValue, Int, Rule, check_values
-from hp_rl.yaml_files import check_keys, read_yaml_mapping
 
 __all__ = ["SourceTask", "Recipe", "load_recipe", "build_hub", "task_meanings", "HubBuildError"]
 
@@ -163,7 +163,7 @@ def build_hub(
     Each task trains in ``workdir/<task name>``; a task whose ``model.zip`` exists is skipped, one with
     checkpoints continues from the latest.
 
-    :param backend: where the tasks train (:mod:`hp_rl.runner`); one after another in this process by
+    :param backend: where the tasks train (:mod:`hp_rl.core.runner`); one after another in this process by
         default, else each task as a job of a process pool or a Ray task (no progress bars there).
     :return: task name -> final model path.
     """

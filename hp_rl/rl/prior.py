@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from hp_rl.errors import ConfigError
+from hp_rl.core.errors import ConfigError
+from hp_rl.core.yaml_files import read_yaml
 from hp_rl.hub.options import PathwayOptionError
-from hp_rl.yaml_files import read_yaml
 
 __all__ = [
     "HEADLESS_PRIOR_CAP",
@@ -48,7 +48,7 @@ def prior_from_scores(experts: dict[str, dict[str, Any]], random_return: float =
 
 def write_scores(scores: dict[str, Any], path: str | Path) -> Path:
     """Write a score file (YAML) that ``prior=FILE`` reads."""
-    from hp_rl.paths import written_by_rename
+    from hp_rl.core.paths import written_by_rename
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def prior_table(scores: dict[str, Any], unrouted: dict[str, str], routed: tuple[
 
 def write_prior_file(folder: Path, scores: dict[str, Any], unrouted: dict[str, str], routed: tuple[str, ...]) -> Path:
     """Write ``prior.yml`` (the rows, the random policy's return, the cost) into ``folder``."""
-    from hp_rl.paths import write_text_by_rename
+    from hp_rl.core.paths import write_text_by_rename
 
     record = {
         "env_id": scores.get("env_id"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 
 __all__ = ["EpisodeRoutes", "RoutePictureError", "draw_routes", "record_routes", "require_matplotlib", "routes_image"]
 
@@ -152,7 +152,7 @@ def draw_routes(routes: EpisodeRoutes, path: Path, per_expert: int = 6) -> Path:
     """
     figure = _figure(routes, per_expert)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from hp_rl.paths import written_by_rename
+    from hp_rl.core.paths import written_by_rename
 
     with written_by_rename(Path(path)) as partial:  # a new file: a link at ``path`` is replaced, not written through
         figure.savefig(partial, dpi=90, format="png")

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-from hp_rl.errors import ConfigError, HpRlError
-from hp_rl.run_folder import RunFolder, checkpoints_in
-from hp_rl.yaml_files import read_yaml
+from hp_rl.core.errors import ConfigError, HpRlError
+from hp_rl.core.run_folder import RunFolder, checkpoints_in
+from hp_rl.core.yaml_files import read_yaml
 
 __all__ = [
     "RunConfig",

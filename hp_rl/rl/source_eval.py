@@ -96,8 +96,8 @@ def read_source_evaluation(model_path: Path, episodes: int | None = None) -> dic
     :return: the record (``return_mean``, ``random_return_mean``, ... as :func:`evaluate_source_task` gives
         them, plus ``model_sha256``), or ``None`` when there is none for this file.
     """
-    from hp_rl.paths import file_sha256
-    from hp_rl.yaml_files import read_yaml_mapping
+    from hp_rl.core.paths import file_sha256
+    from hp_rl.core.yaml_files import read_yaml_mapping
 
     record = Path(model_path).parent / SOURCE_EVAL_NAME
     if not record.is_file():
@@ -117,7 +117,7 @@ def write_source_evaluation(model_path: Path, evaluation: dict[str, Any]) -> dic
     """
     import yaml
 
-    from hp_rl.paths import file_sha256, write_text_by_rename
+    from hp_rl.core.paths import file_sha256, write_text_by_rename
 
     record = {**evaluation, "model_sha256": file_sha256(Path(model_path))}
     write_text_by_rename(Path(model_path).parent / SOURCE_EVAL_NAME, yaml.safe_dump(record, sort_keys=False))

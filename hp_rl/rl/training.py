@@ -22,8 +22,8 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 
+from hp_rl.core.paths import append_text_by_rename, write_text_by_rename
 from hp_rl.hub.trusted_code import trust_hub_code
-from hp_rl.paths import append_text_by_rename, write_text_by_rename
 from hp_rl.rl.checkpoints import (
     CheckpointAfterUpdate,
     NoCheckpointError,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hp_rl.errors import RoutingError
+from hp_rl.core.errors import RoutingError
 from hp_rl.routing.init import KeepInit
 
 __all__ = ["TrunkExpert", "AdaptedExpert", "ActorCriticTrunk", "HeadedExpert", "OutputMix", "readout_logits"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hp_rl.errors import RoutingError
+from hp_rl.core.errors import RoutingError
 from hp_rl.routing.fused import Execution, FusedGroup, fuse_experts, fusion_pays
 from hp_rl.routing.generator import PathwayGenerator
 from hp_rl.routing.noise import content_keyed_normal

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hp_rl.errors import RoutingError
+from hp_rl.core.errors import RoutingError
 from hp_rl.routing.losses import balance_loss, smooth_load, switch_balance_loss
 
 __all__ = ["NoiseMode", "BalanceMode", "Routes", "NoisyTopKRouter"]

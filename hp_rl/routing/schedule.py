@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hp_rl.errors import RoutingError
+from hp_rl.core.errors import RoutingError
 
 __all__ = ["linear_decay", "PathwaySchedule"]
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from hp_rl.paths import written_by_rename
-from hp_rl.run_folder import RunFolder
+from hp_rl.core.paths import written_by_rename
+from hp_rl.core.run_folder import RunFolder
 from hp_rl.vision.config import ConfigError
 
 __all__ = ["VisionRun", "read_checkpoint", "latest_readable_checkpoint", "restore_training", "save_epoch", "save_final"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hp_rl.errors import ConfigError
+from hp_rl.core.errors import ConfigError
 from hp_rl.hub import (
     AdapterError,
     CheckpointError,

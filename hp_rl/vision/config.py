@@ -10,13 +10,13 @@ from typing import Any
 
 import yaml
 
-from hp_rl.errors import ConfigError
+from hp_rl.core.errors import ConfigError
+from hp_rl.core.overrides import parse_overrides as parse_key_values
+from hp_rl.core.paths import HUB_CONFIG_DIR
+from hp_rl.core.validation import AnyValue, Choice, Float, Int, Rule, check_values
+from hp_rl.core.yaml_files import check_keys, read_yaml_mapping
 from hp_rl.hub.options import check_pathway_options
-from hp_rl.overrides import parse_overrides as parse_key_values
-from hp_rl.paths import HUB_CONFIG_DIR
-from hp_rl.validation import AnyValue, Choice, Float, Int, Rule, check_values
 from hp_rl.vision.data import AugmentConfig, DataError
-from hp_rl.yaml_files import check_keys, read_yaml_mapping
 
 __all__ = ["DEFAULT_HUB", "VISION_RULES", "ConfigError", "TrainConfig", "apply_overrides", "parse_overrides"]
 

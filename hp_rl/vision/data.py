@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from hp_rl.archive import ArchiveError, check_npz_file
-from hp_rl.errors import HpRlError
+from hp_rl.core.archive import ArchiveError, check_npz_file
+from hp_rl.core.errors import HpRlError
 
 __all__ = [
     "BUILTIN_DATASETS",

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hp_rl.errors import ConfigError
+from hp_rl.core.errors import ConfigError
 from hp_rl.routing import GateStatistics, GateSummary
 from hp_rl.vision.classifier import ClassifierOutput, HubPathwayClassifier
 from hp_rl.vision.config import TrainConfig

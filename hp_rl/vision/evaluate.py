@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
-from hp_rl.paths import write_text_by_rename
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import HpRlError, error_message
+from hp_rl.core.paths import write_text_by_rename
 from hp_rl.vision.data import DataError, ImageDataset, load_data, make_loader
 from hp_rl.vision.engine import EvalResult, evaluate_model, resolve_amp
 from hp_rl.vision.report import save_confusion_png

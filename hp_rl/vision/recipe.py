@@ -29,12 +29,12 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import ConfigError, HpRlError, error_message
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import ConfigError, HpRlError, error_message
+from hp_rl.core.paths import expand_path_variables
+from hp_rl.core.yaml_files import check_keys, read_yaml, read_yaml_mapping
 from hp_rl.hub.architectures import NatureCNNTrunk
-from hp_rl.paths import expand_path_variables
 from hp_rl.vision.data import load_builtin, reserved_split
-from hp_rl.yaml_files import check_keys, read_yaml, read_yaml_mapping
 
 __all__ = ["ExpertRecipe", "SmallCNN", "VisionRecipe", "build_vision_hub", "ensure_hub_files", "load_vision_recipe"]
 

@@ -88,7 +88,7 @@ def save_confusion_png(
         return None
     import matplotlib.pyplot as plt
 
-    from hp_rl.paths import written_by_rename
+    from hp_rl.core.paths import written_by_rename
 
     with written_by_rename(Path(path)) as partial:  # a new file: a link at ``path`` is replaced, not written through
         figure.savefig(partial, dpi=110, format="png")

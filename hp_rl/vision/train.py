@@ -27,10 +27,10 @@ from typing import Any
 import torch
 import yaml
 
-from hp_rl.console import configure_logging, program_name
-from hp_rl.errors import HpRlError, error_message
+from hp_rl.core.console import configure_logging, program_name
+from hp_rl.core.errors import HpRlError, error_message
+from hp_rl.core.paths import write_text_by_rename
 from hp_rl.hub.trusted_code import refuse_untrusted_hub, trust_hub_code
-from hp_rl.paths import write_text_by_rename
 from hp_rl.routing import BalanceMode, GateStatistics, NoiseMode
 from hp_rl.vision.checkpoints import (
     VisionRun,

@@ -91,82 +91,107 @@ def markdown(report: dict[str, Any]) -> str:
         "steadier figures.",
         "",
     ]
-    if report["training"]:
-        settings = report["settings"]
-        lines += [
-            "## Training throughput (env steps/s of `model.learn`, PPO)",
-            "",
-            f"{settings['steps']} measured steps per configuration after a warm-up; {settings['repeats']} "
-            "interleaved round(s), median round reported (upper median: with 2 rounds, the faster). "
-            "Hubs are random NatureCNN experts (frozen speed equals "
-            "pretrained speed); MinAtar hubs: random SmallFrameCNN experts (the plain network) unless noted. "
-            "Rollout share: fraction of the wall time spent collecting rollouts (the rest is the update).",
-            "",
-            "| game | configuration | steps/s (wall) | ratio to plain | steps/CPU-s | ratio to plain (CPU) "
-            "| rollout share |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in report["training"]:
-            lines.append(
-                f"| {r['game']} | {r['case']} | {r['steps_per_s']:.1f} | {r['ratio_to_plain']:.2f} | "
-                f"{r['steps_per_cpu_s']:.1f} | {r['cpu_ratio_to_plain']:.2f} | {r['rollout_share']:.2f} |"
-            )
-        lines.append("")
-    if report["extractor"]:
-        lines += [
-            f"## Extractor alone (batch {report['settings']['batch']} of 4x84x84 frames)",
-            "",
-            "Median of repetitions; wall ms with CPU ms in brackets. `sparse`: only routed experts run; "
-            "`dense-dispatch`: the same top-k weights with every expert run on every sample; `dense-mixture`: "
-            "all experts, softmax weights. Ratio: fwd+bwd CPU time against m=2 with the same trunks, routing and k "
-            f"(k=2 for the dense mixture). Peak memory: {report.get('memory_method') or 'not measured'}.",
-            "",
-            "| trunks | routing | m | k | forward ms | fwd+bwd ms | fwd+bwd / m=2 | peak fwd MiB | "
-            "peak fwd+bwd MiB | parameters |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in report["extractor"]:
-            base_k = 2 if r["routing"] == "dense-mixture" else r["k"]
-            base = next(
-                (
-                    b
-                    for b in report["extractor"]
-                    if (b["mode"], b["routing"], b["experts"], b["k"]) == (r["mode"], r["routing"], 2, base_k)
-                ),
-                None,
-            )
-            ratio = r["forward_backward_cpu_ms"] / base["forward_backward_cpu_ms"] if base and r["experts"] else None
-            lines.append(
-                f"| {r['mode']} | {r['routing']} | {r['experts'] or '-'} | {r['k'] or '-'} | "
-                f"{r['forward_ms']:.1f} ({r['forward_cpu_ms']:.1f}) | "
-                f"{r['forward_backward_ms']:.1f} ({r['forward_backward_cpu_ms']:.1f}) | {_fmt(ratio, 2)} | "
-                f"{_fmt(r['forward_peak_mib'])} | {_fmt(r['forward_backward_peak_mib'])} | {r['parameters']:,} |"
-            )
-        lines.append("")
-    if report.get("acting"):
-        lines += [
-            f"## Acting forward, taken apart (batch {report['acting'][0]['batch']}: one observation per env)",
-            "",
-            "CPU microseconds per call without gradient (median of repetitions of many calls; wall in brackets). "
-            "Ratio: against the plain extractor of the same game. Experts run: mean number of distinct experts "
-            "one forward calls.",
-            "",
-            "| game | what | µs per call | ratio to plain | experts run |",
-            "|---|---|---:|---:|---:|",
-        ]
-        plain_us = {r["game"]: r["cpu_us"] for r in report["acting"] if r["part"].startswith("plain")}
-        for r in report["acting"]:
-            lines.append(
-                f"| {r['game']} | {r['part']} | {r['cpu_us']:.0f} ({r['wall_us']:.0f}) | "
-                f"{r['cpu_us'] / plain_us[r['game']]:.2f} | {_fmt(r['experts_run'], 2)} |"
-            )
-        lines.append("")
-    if report["targets"]:
-        lines += ["## Targets", "", "| target | measured | result |", "|---|---:|---|"]
-        for t in report["targets"]:
-            lines.append(f"| {t['target']} | {t['value']:.2f} | {'pass' if t['passed'] else 'MISSED'} |")
-        lines.append("")
+    sections = (
+        (report["training"], _training_table),
+        (report["extractor"], _extractor_table),
+        (report.get("acting"), _acting_table),
+        (report["targets"], _targets_table),
+    )
+    for rows, table in sections:
+        if rows:
+            lines += table(report)
     return "\n".join(lines)
+
+
+def _training_table(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    settings = report["settings"]
+    lines += [
+        "## Training throughput (env steps/s of `model.learn`, PPO)",
+        "",
+        f"{settings['steps']} measured steps per configuration after a warm-up; {settings['repeats']} "
+        "interleaved round(s), median round reported (upper median: with 2 rounds, the faster). "
+        "Hubs are random NatureCNN experts (frozen speed equals "
+        "pretrained speed); MinAtar hubs: random SmallFrameCNN experts (the plain network) unless noted. "
+        "Rollout share: fraction of the wall time spent collecting rollouts (the rest is the update).",
+        "",
+        "| game | configuration | steps/s (wall) | ratio to plain | steps/CPU-s | ratio to plain (CPU) "
+        "| rollout share |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["training"]:
+        lines.append(
+            f"| {r['game']} | {r['case']} | {r['steps_per_s']:.1f} | {r['ratio_to_plain']:.2f} | "
+            f"{r['steps_per_cpu_s']:.1f} | {r['cpu_ratio_to_plain']:.2f} | {r['rollout_share']:.2f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _extractor_table(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        f"## Extractor alone (batch {report['settings']['batch']} of 4x84x84 frames)",
+        "",
+        "Median of repetitions; wall ms with CPU ms in brackets. `sparse`: only routed experts run; "
+        "`dense-dispatch`: the same top-k weights with every expert run on every sample; `dense-mixture`: "
+        "all experts, softmax weights. Ratio: fwd+bwd CPU time against m=2 with the same trunks, routing and k "
+        f"(k=2 for the dense mixture). Peak memory: {report.get('memory_method') or 'not measured'}.",
+        "",
+        "| trunks | routing | m | k | forward ms | fwd+bwd ms | fwd+bwd / m=2 | peak fwd MiB | "
+        "peak fwd+bwd MiB | parameters |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["extractor"]:
+        base_k = 2 if r["routing"] == "dense-mixture" else r["k"]
+        base = next(
+            (
+                b
+                for b in report["extractor"]
+                if (b["mode"], b["routing"], b["experts"], b["k"]) == (r["mode"], r["routing"], 2, base_k)
+            ),
+            None,
+        )
+        ratio = r["forward_backward_cpu_ms"] / base["forward_backward_cpu_ms"] if base and r["experts"] else None
+        lines.append(
+            f"| {r['mode']} | {r['routing']} | {r['experts'] or '-'} | {r['k'] or '-'} | "
+            f"{r['forward_ms']:.1f} ({r['forward_cpu_ms']:.1f}) | "
+            f"{r['forward_backward_ms']:.1f} ({r['forward_backward_cpu_ms']:.1f}) | {_fmt(ratio, 2)} | "
+            f"{_fmt(r['forward_peak_mib'])} | {_fmt(r['forward_backward_peak_mib'])} | {r['parameters']:,} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _acting_table(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        f"## Acting forward, taken apart (batch {report['acting'][0]['batch']}: one observation per env)",
+        "",
+        "CPU microseconds per call without gradient (median of repetitions of many calls; wall in brackets). "
+        "Ratio: against the plain extractor of the same game. Experts run: mean number of distinct experts "
+        "one forward calls.",
+        "",
+        "| game | what | µs per call | ratio to plain | experts run |",
+        "|---|---|---:|---:|---:|",
+    ]
+    plain_us = {r["game"]: r["cpu_us"] for r in report["acting"] if r["part"].startswith("plain")}
+    for r in report["acting"]:
+        lines.append(
+            f"| {r['game']} | {r['part']} | {r['cpu_us']:.0f} ({r['wall_us']:.0f}) | "
+            f"{r['cpu_us'] / plain_us[r['game']]:.2f} | {_fmt(r['experts_run'], 2)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _targets_table(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += ["## Targets", "", "| target | measured | result |", "|---|---:|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {t['value']:.2f} | {'pass' if t['passed'] else 'MISSED'} |")
+    lines.append("")
+    return lines
 
 
 def plot(extractor: Sequence[ExtractorResult], path: Path) -> bool:

@@ -100,7 +100,7 @@ def _user_agents_model(env_id: str, n_envs: int, case: TrainCase, args: argparse
     import tempfile
 
     from hp_rl.bench import user_agents
-    from hp_rl.paths import BUNDLED_HUB_DIR
+    from hp_rl.core.paths import BUNDLED_HUB_DIR
     from hp_rl.rl.training import build_model
     from hp_rl.train import build_parser
     from hp_rl.train_config import config_and_env

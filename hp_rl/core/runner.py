@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Literal
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 
 __all__ = ["Backend", "BackendError", "run_jobs", "ray_available"]
 

@@ -3,7 +3,7 @@
 A run folder holds ``config.yml`` (the resolved config, read back by ``--resume``), ``command.txt`` (one
 line per start or resume), ``versions.yml`` (and ``versions_resume_<at>.yml`` when a resume runs other
 versions), ``hub_manifest.yml``, ``checkpoints/`` and ``run.lock`` while a process trains into it.
-Checkpoints and final models are written by rename (:func:`hp_rl.paths.written_by_rename`), so a killed
+Checkpoints and final models are written by rename (:func:`hp_rl.core.paths.written_by_rename`), so a killed
 process never leaves a truncated file for ``--resume``. :class:`RunFolder` is the common part;
 :class:`hp_rl.rl.runs.AgentRunFolder` and :class:`hp_rl.vision.train.VisionRun` name their own files.
 """
@@ -27,9 +27,9 @@ from typing import ClassVar, TypeVar
 
 import yaml
 
-from hp_rl.errors import ConfigError, HpRlError
-from hp_rl.paths import append_text_by_rename, unique_run_dir, write_text_by_rename
-from hp_rl.yaml_files import read_yaml
+from hp_rl.core.errors import ConfigError, HpRlError
+from hp_rl.core.paths import append_text_by_rename, unique_run_dir, write_text_by_rename
+from hp_rl.core.yaml_files import read_yaml
 
 __all__ = ["RunFolder", "RunFolderLinkError", "RunLockedError", "acquire_lock", "release_lock", "package_versions"]
 
@@ -111,7 +111,7 @@ def package_versions(packages: Sequence[str] = ()) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
         ).stdout.strip()

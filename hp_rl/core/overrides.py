@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from hp_rl.errors import ConfigError
-from hp_rl.yaml_files import load_yaml_text
+from hp_rl.core.errors import ConfigError
+from hp_rl.core.yaml_files import load_yaml_text
 
 __all__ = ["ConfigError", "parse_overrides"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 
 __all__ = [
     "ArchiveError",

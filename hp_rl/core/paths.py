@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 
 __all__ = [
     "file_sha256",
@@ -40,7 +40,7 @@ __all__ = [
     "PATH_VARIABLES",
 ]
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = PACKAGE_ROOT.parent
 _DATA = PACKAGE_ROOT / "data"
 # resolve(): in a checkout the links lead to the top-level folders, and messages name those.

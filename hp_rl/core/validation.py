@@ -2,7 +2,7 @@
 
 One rule per option, in one table per option family (SB3 hyperparameters in :mod:`hp_rl.rl.config`, the
 Hub-Pathway options in :mod:`hp_rl.hub.options`). A rule either returns the value or raises the family's
-:class:`~hp_rl.errors.HpRlError` naming where the value came from, the value, and what is accepted.
+:class:`~hp_rl.core.errors.HpRlError` naming where the value came from, the value, and what is accepted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hp_rl.errors import HpRlError
+from hp_rl.core.errors import HpRlError
 
 __all__ = ["Rule", "Int", "Float", "Bool", "Choice", "Schedule", "AnyValue", "check_values"]
 

@@ -3,7 +3,7 @@
 Safe loading only (no Python objects), and stricter than :func:`yaml.safe_load` where a silent reading would
 hide a mistake: a key given twice in one mapping is refused (PyYAML keeps the last one without a word), the
 top level must have the expected type, and every problem (unreadable file, not UTF-8, malformed YAML, an
-unknown key) is a :class:`~hp_rl.errors.ConfigError` whose message names the file, the key and the fix.
+unknown key) is a :class:`~hp_rl.core.errors.ConfigError` whose message names the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from hp_rl.errors import ConfigError
+from hp_rl.core.errors import ConfigError
 
 __all__ = ["StrictLoader", "check_keys", "load_yaml_text", "read_yaml", "read_yaml_mapping", "read_foreign_yaml"]
 
