@@ -509,3 +509,20 @@ def test_report_intervals_are_the_same_on_every_run() -> None:
     np.random.seed(2)
     assert probability_of_improvement(method, scratch) == first
     assert np.random.get_state()[1][0] == np.random.RandomState(2).get_state()[1][0]  # the caller's state restored
+
+
+def test_every_method_of_the_data_file_is_a_valid_configuration() -> None:
+    # methods.yml is data: each method's extractor options and loss weights pass the method's own checks, and the
+    # transfer methods are the shipped preset with their changes
+    from hp_rl.bench.suites import METHODS
+    from hp_rl.hub.options import LossWeights, PathwayOptions, pathway_preset
+
+    for method in METHODS.values():
+        PathwayOptions.from_mapping(method.extractor, method.name)
+        LossWeights.from_mapping({"exploit_coef": method.exploit_coef, **method.algo_kwargs}, method.name)
+    preset = pathway_preset("transfer")
+    shipped = METHODS["transfer_prior"]
+    assert shipped.prior and shipped.extractor["k_from_prior"] == preset["k_from_prior"]
+    assert shipped.algo_kwargs == {"kickstart_coef": preset["kickstart_coef"], "kickstart_fraction": 0.2}
+    assert "kickstart_coef" not in METHODS["transfer_no_kickstart"].algo_kwargs
+    assert METHODS["cli_default_paper"].hub == "auto" and METHODS["cli_paper"].preset == "paper"

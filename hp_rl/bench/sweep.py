@@ -97,7 +97,8 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
 
     folder = (settings.out or Path("bench_out")) / "user_zips"
     zips = []
-    hub = {} if key.base_method.startswith("cli_default") else target_hub(suite, experts, key.target)
+    method = METHODS[key.base_method]
+    hub = {} if method.hub == "auto" else target_hub(suite, experts, key.target)
     for name, expert in hub.items():
         if not isinstance(expert, dict):  # the sweep's own builds: hp_rl run folders, given by their model.zip
             zips.append(expert)
@@ -107,9 +108,8 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
     argv = ["--env", target_env_id(suite, key.target)] + (["--hub", ",".join(str(z) for z in zips)] if zips else [])
     for name, value in (suite.target_env_kwargs.get(key.target) or {}).items():  # a variant: as a user gives it
         argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
-    preset = {"cli_paper": "paper", "cli_default_paper": "paper", "cli_default_transfer": "transfer"}
-    if key.base_method in preset:
-        argv += ["--hub-set", f"preset={preset[key.base_method]}"]
+    if method.preset is not None:
+        argv += ["--hub-set", f"preset={method.preset}"]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
     config, env = config_and_env(build_parser().parse_args(argv))
     env.close()
