@@ -523,6 +523,6 @@ def test_every_method_of_the_data_file_is_a_valid_configuration() -> None:
     preset = pathway_preset("transfer")
     shipped = METHODS["transfer_prior"]
     assert shipped.prior and shipped.extractor["k_from_prior"] == preset["k_from_prior"]
-    assert shipped.algo_kwargs == {"kickstart_coef": preset["kickstart_coef"], "kickstart_fraction": 0.2}
+    assert shipped.algo_kwargs == {key: preset[key] for key in ("kickstart_coef", "kickstart_fraction")}
     assert "kickstart_coef" not in METHODS["transfer_no_kickstart"].algo_kwargs
     assert METHODS["cli_default_paper"].hub == "auto" and METHODS["cli_paper"].preset == "paper"
