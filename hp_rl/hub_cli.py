@@ -397,7 +397,7 @@ def cmd_export(source_text: str, out_text: str | None, workdir_text: str | None,
 
 def cmd_score(spec_text: str, env_id: str, episodes: int, rollout_steps: int, seed: int, out: str | None) -> int:
     """Score every expert on the target (zero-shot return, LogME) and print / write the prior."""
-    from hp_rl.rl.presets import pathway_preset
+    from hp_rl.hub.options import pathway_preset
     from hp_rl.rl.prior import write_scores
     from hp_rl.rl.prior_report import prior_table
     from hp_rl.rl.scoring import score_hub

@@ -485,7 +485,7 @@ def test_a_source_evaluation_of_another_episode_count_is_not_reused(tmp_path: Pa
 
 
 def test_the_benchmark_measures_the_shipped_transfer_preset() -> None:
-    from hp_rl.rl.presets import pathway_preset
+    from hp_rl.hub.options import pathway_preset
 
     bench = _bench()
     shipped = pathway_preset("transfer")

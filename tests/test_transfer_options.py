@@ -13,11 +13,11 @@ from stable_baselines3 import A2C, DQN, PPO
 
 from hp_rl.hub.adapters import ChannelMap, LinearMap
 from hp_rl.hub.meanings import action_index_map, channel_map_weight
+from hp_rl.hub.options import PRESETS, apply_preset, pathway_preset
 from hp_rl.rl.algorithms import HubPPO
 from hp_rl.rl.envs import env_meanings, make_env
 from hp_rl.rl.extractor import BASE_EXPERT, HubPathwayExtractor
 from hp_rl.rl.pathway_control import find_hub_extractors
-from hp_rl.rl.presets import PRESETS, apply_preset, pathway_preset
 from hp_rl.routing import HeadedExpert, NoisyTopKRouter, PathwaySchedule, linear_decay
 
 BREAKOUT = "MinAtar/Breakout-v1"

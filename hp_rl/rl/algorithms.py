@@ -160,7 +160,7 @@ class _HubOnPolicyMixin:
         self, preset: str | None, hub: Any, env: Any, coefs: tuple[float | None, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         """The algorithm's own arguments, after taking the auxiliary losses' weights (``coefs``, in
-        :data:`~hp_rl.rl.presets.ALGORITHM_KEYS` order) and the extractor's options, the preset's under the given."""
+        :data:`~hp_rl.hub.options.ALGORITHM_KEYS` order) and the extractor's options, the preset's under the given."""
         from hp_rl.rl.presets import resolve_preset
 
         options = resolve_preset(preset, hub, env, {**dict(zip(ALGORITHM_KEYS, coefs, strict=True)), **kwargs})
@@ -414,9 +414,10 @@ class HubPPO(_HubOnPolicyMixin, PPO):
     :param critic_warmup: value-only warm-up: the updates of the first this fraction of training train only
         the critic (value layers, experts' value heads); policy, trunks and generator stay as loaded, so the
         critic fits the experts' policy before it changes. 0 turns it off.
-    :param preset: a named configuration (:mod:`hp_rl.rl.presets`: ``paper``, ``transfer``) under the arguments
-        given here, or ``"auto"``: ``transfer`` where an expert brings policy heads (a whole agent; scoring decides
-        which are routed), ``paper`` where the hub holds only encoders. ``None``: the arguments alone.
+    :param preset: a named configuration (:data:`~hp_rl.hub.options.PRESETS`: ``paper``, ``transfer``) under the
+        arguments given here, or ``"auto"`` (:func:`~hp_rl.rl.agent_meanings.choose_preset`): ``transfer`` for
+        discrete actions (each expert scored, routed only on evidence), ``paper`` otherwise. ``None``: the
+        arguments alone.
     :param kwargs: PPO arguments and extractor arguments (``k``, ``features_dim``, ``freeze_experts``,
         ``expert_lr_scale``, ``noise``, ``noise_std``, ``explore_coef``, ``balance``, ``dense``, ``noise_seed``,
         and the transfer options of :class:`~hp_rl.rl.extractor.HubPathwayExtractor`). The target's

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hp_rl.hub.options import ALGORITHM_KEYS, PRESETS, apply_preset, pathway_preset
+from hp_rl.hub.options import ALGORITHM_KEYS, pathway_preset
 
-__all__ = ["PRESETS", "ALGORITHM_KEYS", "pathway_preset", "apply_preset", "resolve_preset"]
+__all__ = ["resolve_preset"]
 
 
 def resolve_preset(preset: str | None, hub: Any, env: Any, given: dict[str, Any]) -> dict[str, Any]:
