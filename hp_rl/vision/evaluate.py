@@ -38,6 +38,20 @@ from hp_rl.vision.train import (
 __all__ = ["evaluate_run", "main"]
 
 
+def _images(config: TrainConfig, classes: tuple[str, ...], data: str | None, split: str) -> tuple[Any, str]:
+    """The images to evaluate on and their split's name: ``data`` whole (its classes must be the model's), else
+    the run's own ``split``."""
+    if data is not None:
+        images = load_data(data, config.image_size)
+        if images.classes != classes:
+            raise DataError(f"{data} has classes {list(images.classes)}, but the model was trained on {list(classes)}.")
+        return images, "all"
+    prepared = prepare_data(config)
+    if split == "all":
+        return load_data(config.data, config.image_size), split
+    return {"val": prepared.val, "train": prepared.train}.get(split) or prepared.val, split
+
+
 def evaluate_run(
     run_path: str | Path,
     checkpoint: str | Path | None = None,
@@ -66,16 +80,7 @@ def evaluate_run(
             raise ConfigError(f"{run.path} has neither model.pt nor a checkpoint; train it first.")
     state = read_checkpoint(Path(checkpoint))
     classes = tuple(str(c) for c in state["classes"])
-    if data is not None:
-        images = load_data(data, config.image_size)
-        if images.classes != classes:
-            raise DataError(f"{data} has classes {list(images.classes)}, but the model was trained on {list(classes)}.")
-        split = "all"
-    else:
-        prepared = prepare_data(config)
-        images = {"val": prepared.val, "train": prepared.train}.get(split) or prepared.val
-        if split == "all":
-            images = load_data(config.data, config.image_size)
+    images, split = _images(config, classes, data, split)
     if len(images) == 0:
         raise DataError(f"The {split!r} split of {config.data} is empty (val_fraction=0?): use --split train or all.")
     target = resolve_device(device or config.device)

@@ -164,6 +164,30 @@ def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> 
     return PPO("CnnPolicy", env, seed=args.seed, device=args.device, policy_kwargs=policy_kwargs, **resolved)
 
 
+def _median_result(game: str, case: TrainCase, runs: list[tuple[int, float, float, float]]) -> TrainResult:
+    """A case's row from its rounds ``(steps, wall s, CPU s, rollout s)``: the median round by wall rate and by
+    CPU rate (upper median of an even count)."""
+    rates = [steps / seconds for steps, seconds, _, _ in runs]
+    steps, seconds, _, rollout = runs[sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]]
+    cpu_rates = [steps / cpu for steps, _, cpu, _ in runs]
+    cpu_steps, _, cpu_seconds, _ = runs[sorted(range(len(runs)), key=cpu_rates.__getitem__)[len(runs) // 2]]
+    return TrainResult(
+        game,
+        case.name,
+        case.experts,
+        case.k,
+        case.frozen,
+        case.dense,
+        steps,
+        round(seconds, 3),
+        round(cpu_seconds, 3),
+        round(steps / seconds, 1),
+        round(cpu_steps / cpu_seconds, 1),
+        round(rollout / seconds, 3),
+        repeats=[round(r, 1) for r in rates],
+    )
+
+
 def measure_training(game: str, args: argparse.Namespace, log: Callable[[str], None]) -> list[TrainResult]:
     """Steps/s of every case on ``game``; repeats are interleaved rounds and the median is reported."""
     cases = train_cases(game, args.quick)
@@ -201,30 +225,7 @@ def measure_training(game: str, args: argparse.Namespace, log: Callable[[str], N
             if args.repeats == 1:  # free the rollout buffer and envs before the next case
                 model.env.close()
                 models.pop(case.name)
-    results = []
-    for case in cases:
-        runs = samples[case.name]
-        rates = [steps / seconds for steps, seconds, _, _ in runs]
-        steps, seconds, _, rollout = runs[sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]]
-        cpu_rates = [steps / cpu for steps, _, cpu, _ in runs]
-        cpu_steps, _, cpu_seconds, _ = runs[sorted(range(len(runs)), key=cpu_rates.__getitem__)[len(runs) // 2]]
-        results.append(
-            TrainResult(
-                game,
-                case.name,
-                case.experts,
-                case.k,
-                case.frozen,
-                case.dense,
-                steps,
-                round(seconds, 3),
-                round(cpu_seconds, 3),
-                round(steps / seconds, 1),
-                round(cpu_steps / cpu_seconds, 1),
-                round(rollout / seconds, 3),
-                repeats=[round(r, 1) for r in rates],
-            )
-        )
+    results = [_median_result(game, case, samples[case.name]) for case in cases]
     plain, plain_cpu = results[0].steps_per_s, results[0].steps_per_cpu_s
     for result in results:
         result.ratio_to_plain = round(result.steps_per_s / plain, 3)
