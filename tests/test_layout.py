@@ -244,3 +244,16 @@ def _reads_options(node: ast.expr) -> bool:
             "LossWeights",
         )
     )
+
+
+def test_functions_stay_short() -> None:
+    # a function longer than this (docstring included) does several things: give each its own name
+    limit = 70
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
