@@ -88,6 +88,25 @@ def test_eval_without_noise_is_deterministic_and_keyed_noise_replays() -> None:
     assert not torch.equal(pathway(x).routes.noisy_logits, first.routes.noisy_logits)
 
 
+def test_the_gate_owns_generator_router_and_noise_and_models_saved_before_it_load() -> None:
+    pathway = make_pathway()
+    x = torch.randn(16, 6)
+    assert pathway.generator is pathway.gate.generator and pathway.noise is pathway.gate.noise
+    pathway.gate.redraw()
+    pathway.gate.noise.seed = 5
+    state = pathway.state_dict()
+    assert "gate.noise.state" in state and not any(k.startswith(("generator.", "noise.")) for k in state)
+    # the keys a pathway had before its parts made a gate: a model saved then loads, noise state included
+    old = {(k.removeprefix("gate.") if k.startswith("gate.") else k): v for k, v in state.items()}
+    again = make_pathway()
+    again.load_state_dict(old)
+    assert (again.noise.seed, again.noise.epoch) == (5, 1)
+    assert torch.equal(again.route(x).weights, pathway.route(x).weights)
+    wrapped = nn.ModuleDict({"pathway": make_pathway()})  # under a prefix, as inside an SB3 policy
+    wrapped.load_state_dict({f"pathway.{k}": v for k, v in old.items()})
+    assert torch.equal(wrapped["pathway"].route(x).weights, pathway.route(x).weights)
+
+
 def test_content_keyed_noise_is_standard_normal_and_batch_invariant() -> None:
     x = torch.randn(4000, 3)
     noise = content_keyed_normal(x, 8, seed=3, epoch=0)

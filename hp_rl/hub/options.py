@@ -16,7 +16,7 @@ import difflib
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hp_rl.core.errors import HpRlError
 from hp_rl.core.validation import AnyValue, Bool, Choice, Float, Int, Rule, check_values
@@ -157,34 +157,32 @@ class PathwayOptions(_Options):
         "learning-rate multiplier of fine-tuned trunks (HubPPO/HubA2C: one optimizer group per scale)",
         search=SearchRange(0.01, 1.0, log=True),
     )
-    noise: NoiseMode = _option(
-        "learned", Choice(("learned", "fixed", "none")), "routing noise: learned std, fixed std or none"
-    )
+    noise: NoiseMode = _option("learned", Choice(get_args(NoiseMode)), "routing noise: learned std, fixed std or none")
     noise_std: float = _option(1.0, _SCALE, "the std of `noise=fixed`")
     explore_coef: float = _option(
         0.01, _SCALE, "weight of the exploration (load balance) loss", search=SearchRange(1e-4, 0.1, log=True)
     )
     balance: BalanceMode = _option(
-        "cv2", Choice(("cv2", "switch")), "the exploration loss: `cv2` (importance and load) or `switch` (f·P)"
+        "cv2", Choice(get_args(BalanceMode)), "the exploration loss: `cv2` (importance and load) or `switch` (f·P)"
     )
     dense: bool = _option(False, Bool(), "every expert on every observation with softmax weights (the dense baseline)")
     execution: Execution = _option(
         "auto",
-        Choice(("auto", "fused", "sparse")),
+        Choice(get_args(Execution)),
         "experts of one architecture as one batched call on every observation (`fused`) or each on its routed ones "
         "(`sparse`); `auto` fuses small batches, where per-call overhead dominates. Same outputs either way",
     )
     noise_seed: int = _option(0, Int(0, 2**63 - 1), "seed of the content-keyed routing noise")
     aggregation: Aggregation = _option(
         "features",
-        Choice(("features", "output")),
+        Choice(get_args(Aggregation)),
         "`output`: every expert keeps its agent's policy and value heads, its actions mapped onto the target's by "
         "meaning (heads that cannot map start fresh; an MLP agent's value comes with its own critic network), and the "
         "pathway mixes the routed experts' policies and values (needs HubPPO/HubA2C); `features`: a weighted sum of "
         "adapted trunk features under the policy's own heads",
     )
     output_mix: OutputMix = _option(
-        "probs", Choice(("probs", "logits")), "with `aggregation=output`: mix the policies' probabilities or logits"
+        "probs", Choice(get_args(OutputMix)), "with `aggregation=output`: mix the policies' probabilities or logits"
     )
     action_meanings: tuple[str, ...] | list[str] | None = _option(
         None,
@@ -250,7 +248,7 @@ class PathwayOptions(_Options):
     )
     teacher_trust: TeacherTrust = _option(
         "uniform",
-        Choice(("uniform", "prior")),
+        Choice(get_args(TeacherTrust)),
         "how much kickstarting imitates each routed teacher: `uniform` fully, `prior` in proportion to its prior, so "
         "other games' agents are not imitated",
     )

@@ -25,7 +25,6 @@ from hp_rl.routing import (
     AdaptedExpert,
     GateConfig,
     HeadedExpert,
-    NoisyTopKRouter,
     OutputMix,
     PathwayOutput,
     PathwaySchedule,
@@ -286,10 +285,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         Sets the routing noise scale and the dense warm-up, the exploration loss weight and, with
         ``unfreeze_at``, whether the trunks train.
         """
-        router = self.pathway.router
-        assert isinstance(router, NoisyTopKRouter)
-        router.noise_scale = self.schedule.noise_scale(progress)
-        router.dense_active = self.schedule.dense(progress)
+        self.pathway.gate.follow(self.schedule, progress)
         self.explore_scale = self.schedule.explore_scale(progress)
         if self.unfreeze_at is not None:
             self._set_scheduled_trunks_frozen(progress < self.unfreeze_at)
@@ -322,7 +318,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
 
     def advance_noise(self) -> None:
         """Re-draw the routing noise (called when a new rollout starts)."""
-        self.pathway.noise.epoch += 1
+        self.pathway.gate.redraw()
 
     def forward(self, observations: Tensor) -> Tensor:
         """:param observations: ``(B, C, H, W)`` or ``(B, D)``, preprocessed by SB3.

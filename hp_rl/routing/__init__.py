@@ -3,11 +3,12 @@
 from hp_rl.routing.build import GateConfig, add_starting_preference, build_pathway
 from hp_rl.routing.experts import ActorCriticTrunk, AdaptedExpert, HeadedExpert, OutputMix, TrunkExpert, readout_logits
 from hp_rl.routing.fused import FUSED_MAX_FLOPS, Execution, FusedGroup, register_lowering
+from hp_rl.routing.gate import Gate, NoiseSource
 from hp_rl.routing.generator import GeneratorLogits, PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.init import KeepInit
 from hp_rl.routing.losses import attach_loss, balance_loss, cv_squared, smooth_load, switch_balance_loss
 from hp_rl.routing.noise import content_keyed_normal
-from hp_rl.routing.pathway import ExpertBatch, HubPathway, NoiseSource, PathwayOutput
+from hp_rl.routing.pathway import ExpertBatch, HubPathway, PathwayOutput
 from hp_rl.routing.picture import coactivation_picture
 from hp_rl.routing.router import BalanceMode, NoiseMode, NoisyTopKRouter, Routes
 from hp_rl.routing.schedule import PathwaySchedule, linear_decay
@@ -20,6 +21,7 @@ __all__ = [
     "ExpertBatch",
     "FUSED_MAX_FLOPS",
     "FusedGroup",
+    "Gate",
     "GateConfig",
     "GateStatistics",
     "HeadedExpert",

@@ -10,11 +10,14 @@ from torch import Tensor, nn
 
 from hp_rl.core.errors import RoutingError
 from hp_rl.routing.fused import Execution, FusedGroup, fuse_experts, fusion_pays
+from hp_rl.routing.gate import Gate, NoiseSource
 from hp_rl.routing.generator import PathwayGenerator
-from hp_rl.routing.noise import content_keyed_normal
 from hp_rl.routing.router import Routes
 
-__all__ = ["ExpertBatch", "PathwayOutput", "HubPathway", "NoiseSource"]
+__all__ = ["ExpertBatch", "PathwayOutput", "HubPathway"]
+
+# Where the gate's parts were saved before they had a gate: loaded models written then still load.
+_BEFORE_THE_GATE = ("generator.", "noise.")
 
 
 @dataclass(frozen=True)
@@ -90,54 +93,6 @@ class _ExpertBatches(Mapping[str, ExpertBatch]):
         return len(self._ready)
 
 
-class NoiseSource(nn.Module):
-    """Where routing noise comes from.
-
-    ``keyed`` draws noise from each sample's content (see :mod:`hp_rl.routing.noise`), so the same
-    observation gets the same noise until ``epoch`` advances; otherwise noise comes from ``torch.randn``.
-    Seed and epoch are saved with the model, so a loaded model routes as the saved one did.
-
-    :param enabled: add noise at all (turn off for deterministic evaluation).
-    :param keyed: content-keyed instead of random noise.
-    :param seed: stream seed for keyed noise.
-    """
-
-    state: Tensor  # (2,) int64: seed, epoch
-
-    def __init__(self, enabled: bool = True, keyed: bool = True, seed: int = 0) -> None:
-        super().__init__()
-        self.enabled = enabled
-        self.keyed = keyed
-        self.register_buffer("state", torch.tensor([seed, 0], dtype=torch.int64))
-
-    @property
-    def seed(self) -> int:
-        """Stream seed of keyed noise."""
-        return int(self.state[0])
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.state[0] = value
-
-    @property
-    def epoch(self) -> int:
-        """Re-draw counter of keyed noise."""
-        return int(self.state[1])
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self.state[1] = value
-
-    def draw(self, x: Tensor, num: int) -> Tensor | None:
-        """:param x: ``(B, ...)`` inputs. :return: ``(B, num)`` N(0, 1) noise or ``None`` when disabled."""
-        if not self.enabled:
-            return None
-        if self.keyed:
-            seed, epoch = self.state.tolist()
-            return content_keyed_normal(x, num, seed, epoch)
-        return torch.randn(x.shape[0], num, device=x.device)
-
-
 class HubPathway(nn.Module):
     """Routes each sample through the top-k experts of a hub and aggregates their outputs.
 
@@ -145,7 +100,8 @@ class HubPathway(nn.Module):
 
     :param experts: name -> module mapping ``(B, ...)`` inputs to ``(B, d)`` features, all the same d.
     :param generator: the pathway generator (m outputs, in the order of ``experts``).
-    :param router: a :class:`~hp_rl.routing.router.NoisyTopKRouter` for m experts.
+    :param router: a :class:`~hp_rl.routing.router.NoisyTopKRouter` for m experts. Generator, router and the
+        routing noise make the pathway's :class:`~hp_rl.routing.gate.Gate` (``pathway.gate``).
     :param sparse: run experts only on routed samples; ``False`` runs every expert on every sample and
         masks by the weights (same output, for testing and the dense baseline).
     :param execution: how experts of one architecture run (:mod:`hp_rl.routing.fused`): ``"fused"`` as one
@@ -169,15 +125,31 @@ class HubPathway(nn.Module):
         if num != len(experts):
             raise RoutingError(f"The router expects {num} experts but the hub has {len(experts)}.")
         self.experts = nn.ModuleDict(dict(experts))
-        self.generator = generator
-        self.router = router
+        self.gate = Gate(generator, router)
         self.sparse = sparse
         self.execution: Execution = execution
-        self.noise = NoiseSource()
         # Built at the first forward that may fuse (it checks each group on real inputs); rebuilt when the
         # experts are other objects (a deep copy of the pathway).
         self._fused_groups: list[FusedGroup] = []
         self._fused_for: tuple[int, ...] | None = None
+        self.register_load_state_dict_pre_hook(_keys_before_the_gate)
+
+    @property
+    def generator(self) -> PathwayGenerator:
+        """The gate's generator."""
+        generator = self.gate.generator
+        assert isinstance(generator, PathwayGenerator)
+        return generator
+
+    @property
+    def router(self) -> nn.Module:
+        """The gate's router."""
+        return self.gate.router
+
+    @property
+    def noise(self) -> NoiseSource:
+        """The gate's routing noise."""
+        return self.gate.noise
 
     @property
     def expert_names(self) -> tuple[str, ...]:
@@ -186,15 +158,7 @@ class HubPathway(nn.Module):
 
     def route(self, x: Tensor) -> Routes:
         """Routing decision only. :param x: ``(B, ...)`` inputs."""
-        if getattr(self.router, "num_forced", 0) == len(self.experts):  # nothing to choose: no generator to run
-            routes: Routes = self.router(torch.zeros(x.shape[0], len(self.experts), device=x.device), None, None)
-            return routes
-        logits = self.generator(x)
-        if not bool(torch.isfinite(logits.clean).all()):
-            raise RoutingError(_nonfinite_message(x))
-        # No draw (and no content hash) when the router would not use it: noise off, annealed or dense.
-        noise = self.noise.draw(x, len(self.experts)) if getattr(self.router, "noise_active", True) else None
-        routes = self.router(logits.clean, logits.noise, noise)
+        routes: Routes = self.gate(x)
         return routes
 
     def fused_groups(self, probe: Tensor) -> list[FusedGroup]:
@@ -252,17 +216,7 @@ class HubPathway(nn.Module):
         return PathwayOutput(combined, routes, _ExpertBatches(ready, fused, weights, names), names)
 
 
-def _nonfinite_message(x: Tensor) -> str:
-    """Why the generator's logits are not finite: NaN/inf in the inputs, or diverged weights."""
-    bad_rows = (~torch.isfinite(x.reshape(x.shape[0], -1).float())).any(dim=1).nonzero().flatten().tolist()
-    if bad_rows:
-        return (
-            f"{len(bad_rows)} of {x.shape[0]} input row(s) hold NaN or inf (first: row {bad_rows[0]}), so they "
-            "cannot be routed to any expert. Find where the observations become non-finite (python -m "
-            "hp_rl.train stops at that environment step and names it; --nonfinite-obs sanitize replaces such "
-            "values with 0 and counts them)."
-        )
-    return (
-        "The pathway generator's logits are NaN or inf although its input is finite: training diverged. Lower "
-        "learning_rate or max_grad_norm, or resume from an earlier checkpoint."
-    )
+def _keys_before_the_gate(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+    """Rename a pathway's saved ``generator.*`` and ``noise.*`` entries to the gate's (``gate.generator.*``)."""
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + part for part in _BEFORE_THE_GATE))]:
+        state_dict[prefix + "gate." + key[len(prefix) :]] = state_dict.pop(key)

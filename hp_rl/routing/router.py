@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -115,9 +115,9 @@ class NoisyTopKRouter(nn.Module):
             dense = False  # forced experts alone: nothing to choose, nothing to mix densely
         elif not 1 <= k <= routable:
             raise RoutingError(f"k={k} is out of range for a hub of {routable} experts: choose 1 <= k <= {routable}.")
-        if noise not in ("learned", "fixed", "none"):
+        if noise not in get_args(NoiseMode):
             raise RoutingError(f"noise must be 'learned', 'fixed' or 'none', got {noise!r}.")
-        if balance not in ("cv2", "switch"):
+        if balance not in get_args(BalanceMode):
             raise RoutingError(f"balance must be 'cv2' or 'switch', got {balance!r}.")
         if noise == "fixed" and not noise_std > 0:
             raise RoutingError(f"noise='fixed' needs noise_std > 0, got {noise_std}.")
