@@ -156,7 +156,7 @@ def _extractor_options() -> set[str]:
 
 def _check_hyperparams(algo: str, params: dict[str, Any], with_hub: bool, overridden: set[str], family: str) -> None:
     """Every hyperparameter is a constructor argument of the algorithm (``overridden``: keys given by --set)."""
-    from hp_rl.rl.config import check_hyperparam_values
+    from hp_rl.rl.hyperparams import check_hyperparam_values
     from hp_rl.rl.training import algo_class
 
     cls = algo_class(algo, with_hub)
@@ -231,7 +231,7 @@ def _apply_preset(
 
 
 def _parse_sets(items: list[str], flag: str) -> dict[str, Any]:
-    from hp_rl.rl.config import ConfigError, parse_overrides
+    from hp_rl.rl.hyperparams import ConfigError, parse_overrides
 
     try:
         return parse_overrides(items)
@@ -250,8 +250,8 @@ def default_eval_freq(n_timesteps: int | None) -> int:
 def config_and_env(args: argparse.Namespace) -> tuple[Any, Any]:
     """The run config of a new run, and its training environment (built before the hub is resolved, so an
     unknown environment id is reported as such)."""
-    from hp_rl.rl.config import ConfigError
     from hp_rl.rl.envs import load_presets, preset_for
+    from hp_rl.rl.hyperparams import ConfigError
     from hp_rl.rl.runs import RunConfig
     from hp_rl.rl.training import algo_class
 

@@ -8,7 +8,7 @@ import gymnasium as gym
 import pytest
 from stable_baselines3.common.utils import LinearSchedule
 
-from hp_rl.rl.config import ConfigError, apply_overrides, load_hyperparams, parse_overrides, resolve_hyperparams
+from hp_rl.rl.hyperparams import ConfigError, apply_overrides, load_hyperparams, parse_overrides, resolve_hyperparams
 
 
 def test_overrides_are_parsed_as_yaml_values_never_evaluated() -> None:

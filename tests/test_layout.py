@@ -257,3 +257,23 @@ def test_functions_stay_short() -> None:
                 if lines > limit:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+def test_every_import_of_hp_rl_names_a_module_that_exists() -> None:
+    # mypy is told to ignore missing imports (optional packages); a moved module would hide there
+    import importlib.util
+
+    root = PACKAGE.parent
+    missing = set()
+    for folder in ("hp_rl", "tests", "benchmarks", "agents"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                for name in names:
+                    if name.split(".")[0] == "hp_rl" and importlib.util.find_spec(name) is None:
+                        missing.add(f"{path.relative_to(root)}: {name}")
+    assert not missing, sorted(missing)

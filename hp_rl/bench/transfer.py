@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep (resumably) and write the report."""
     import torch
 
-    from hp_rl.rl.config import parse_overrides
+    from hp_rl.rl.hyperparams import parse_overrides
 
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)  # the hub build too: idle OpenMP threads spin on a busy machine

@@ -1,6 +1,6 @@
 """Typed rules for option values: whole numbers, finite floats in a range, booleans, choices, schedules.
 
-One rule per option, in one table per option family (SB3 hyperparameters in :mod:`hp_rl.rl.config`, the
+One rule per option, in one table per option family (SB3 hyperparameters in :mod:`hp_rl.rl.hyperparams`, the
 Hub-Pathway options in :mod:`hp_rl.hub.options`). A rule either returns the value or raises the family's
 :class:`~hp_rl.core.errors.HpRlError` naming where the value came from, the value, and what is accepted.
 """

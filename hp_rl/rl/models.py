@@ -16,7 +16,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv
 
 from hp_rl.core.errors import HpRlError
-from hp_rl.rl.config import ConfigError, resolve_hyperparams
+from hp_rl.rl.hyperparams import ConfigError, resolve_hyperparams
 from hp_rl.rl.runs import RunConfig
 
 __all__ = ["ALGOS", "RUN_KEYS", "UnknownAlgoError", "algo_class", "build_model", "hub_manifest", "check_device"]

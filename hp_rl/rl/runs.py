@@ -94,8 +94,8 @@ class RunConfig:
         :param n_envs: environment copies (default: the family's ``n_envs``, else 1).
         :param run: any other field (``hub``, ``k``, ``hub_kwargs``, ``seed``, ``device``, ``save_freq``, ...).
         """
-        from hp_rl.rl.config import apply_overrides, load_hyperparams
         from hp_rl.rl.envs import preset_for
+        from hp_rl.rl.hyperparams import apply_overrides, load_hyperparams
 
         params = apply_overrides(load_hyperparams(algo, preset_for(env_id, env_preset).family), overrides or {})
         # the run's steps and copies are fields of their own, as hp_rl.train keeps them, not algorithm arguments

@@ -62,7 +62,7 @@ _QUICK = {"n_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1}
 def ppo_params(family: str, quick: bool) -> tuple[int, dict[str, Any]]:
     """Number of envs and the PPO hyperparameters of ``configs/ppo.yml`` as written there (``lin_`` schedules
     unresolved; shrunk with ``quick``)."""
-    from hp_rl.rl.config import load_hyperparams
+    from hp_rl.rl.hyperparams import load_hyperparams
     from hp_rl.rl.models import RUN_KEYS
 
     raw = load_hyperparams("ppo", family)
@@ -121,9 +121,9 @@ def _build_train_model(game: str, case: TrainCase, args: argparse.Namespace) -> 
     (README, "In your own SB3 script")."""
     from stable_baselines3 import PPO
 
-    from hp_rl.rl.config import resolve_hyperparams
     from hp_rl.rl.envs import make_env
     from hp_rl.rl.extractor import HubPathwayExtractor
+    from hp_rl.rl.hyperparams import resolve_hyperparams
     from hp_rl.rl.runs import RunConfig
     from hp_rl.rl.training import build_model
 
