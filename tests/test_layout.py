@@ -104,6 +104,10 @@ def test_one_command_lists_and_dispatches_everything(capsys: pytest.CaptureFixtu
     assert main(["nope"]) == 2 and "unknown command" in capsys.readouterr().err
     assert main(["vision"]) == 0 and "train" in capsys.readouterr().out
     assert main(["bench"]) == 0 and "throughput" in capsys.readouterr().out
+    # a benchmark of the package runs through the one command (its plan, nothing trained)
+    plan = ["bench", "transfer", "--suite", "control", "--methods", "scratch", "--seeds", "0", "--dry-run"]
+    assert main(plan) == 0 and "scratch/cartpole/seed0" in capsys.readouterr().out
+    assert main(["bench", "nope"]) == 2
 
 
 # Import cycles left, each to be removed (none may be added).
