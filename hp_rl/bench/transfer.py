@@ -53,7 +53,8 @@ from hp_rl.bench.types import Expert
 from hp_rl.core.runner import Backend, BackendError
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the transfer benchmark."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -104,7 +105,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
     parser.add_argument("--img-dir", type=Path, help="where the PNGs go (default: --out)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    return parser.parse_args(argv)
+    return parser
 
 
 def _source_experts(args: argparse.Namespace, suite: Suite, workdir: Path, uses_sources: bool) -> dict[str, Expert]:
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from hp_rl.rl.hyperparams import parse_overrides
 
-    args = _parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)  # the hub build too: idle OpenMP threads spin on a busy machine
     out: Path = args.out
     if args.report_only:

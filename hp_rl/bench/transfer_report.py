@@ -195,8 +195,8 @@ def plot(summary: dict[str, Any], img_dir: Path, prefix: str) -> list[Path]:
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Summarise the sweeps named on the command line."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("outs", nargs="+", type=Path, help="sweep output folders (hp-rl bench transfer --out)")
     parser.add_argument("--json", type=Path, help="write the summary here")
@@ -209,6 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the tables here")
     parser.add_argument("--img-dir", type=Path, help="write learning-curve PNGs here")
     parser.add_argument("--prefix", default="stats", help="PNG name prefix")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Summarise the sweeps named on the command line."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     runs = [run for out in args.outs for run in load_runs(out)]
     if not runs:

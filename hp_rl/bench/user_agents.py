@@ -87,13 +87,18 @@ def write_bare_zips(manifest: Path, out: Path, names: Sequence[str] | None = Non
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write the zips (``manifest out [--only a,b]``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``manifest out [--only a,b]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("manifest", type=Path, help="an exported hub.yaml")
     parser.add_argument("out", type=Path, help="folder of the zips")
     parser.add_argument("--only", default=None, help="comma-separated agent names")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the zips (``manifest out [--only a,b]``)."""
+    args = build_parser().parse_args(argv)
     names = args.only.split(",") if args.only else None
     for name, path in write_bare_zips(args.manifest, args.out, names).items():
         print(f"{name}: {path}")

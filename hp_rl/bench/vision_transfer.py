@@ -322,7 +322,8 @@ def _write_docs(table: str, command: str, meta: dict[str, Any]) -> None:
     DOC.write_text(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the vision benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--labels-per-class", type=int, default=10)
@@ -388,7 +389,7 @@ def _write_results(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table, optionally writes ``docs/VISION.md`` and the plot."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     ensure_hub_files(HUB)

@@ -121,8 +121,8 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options (``--quick`` replaces every budget by a tiny one)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the throughput benchmark."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -153,6 +153,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     acting = parser.add_argument_group("(c) acting forward, taken apart")
     acting.add_argument("--skip-acting", action="store_true")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (``--quick`` replaces every budget by a tiny one)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     defaults = _QUICK if args.quick else _FULL
     for key, value in defaults.items():
