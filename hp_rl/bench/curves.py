@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 __all__ = [
     "CURVE_POINTS",
     "CURVE_WINDOW",
+    "CurveLine",
     "FINAL_FRACTION",
     "final_return",
     "learning_curve",
     "mean_ci",
+    "save_curves",
     "steps_to",
     "welch_ci",
 ]
@@ -87,3 +91,48 @@ def steps_to(grid: np.ndarray, curve: np.ndarray, threshold: float) -> float | N
     """The first step of ``grid`` at which ``curve`` reaches ``threshold`` (``None``: never)."""
     reached = np.nonzero(curve >= threshold)[0]
     return None if len(reached) == 0 else float(grid[reached[0]])
+
+
+@dataclass(frozen=True)
+class CurveLine:
+    """One method's learning curve in a picture.
+
+    :param label: the legend's text.
+    :param grid: ``(points,)`` environment steps.
+    :param mean: ``(points,)`` the mean curve over seeds.
+    :param half: ``(points,)`` half-width of its 95% interval, shaded (``None``: no band).
+    :param color: a matplotlib colour (``None``: the next of the cycle).
+    :param style: a matplotlib line style.
+    """
+
+    label: str
+    grid: np.ndarray
+    mean: np.ndarray
+    half: np.ndarray | None = None
+    color: str | None = None
+    style: str = "-"
+
+
+def save_curves(path: Path, title: str, lines: Sequence[CurveLine]) -> Path:
+    """A PNG of learning curves against environment steps (matplotlib, the ``bench`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for line in lines:
+        drawn = ax.plot(line.grid, line.mean, color=line.color, linestyle=line.style, label=line.label)[0]
+        if line.half is not None:
+            band = (line.mean - line.half, line.mean + line.half)
+            ax.fill_between(line.grid, *band, color=drawn.get_color(), alpha=0.12, linewidth=0)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(f"training return (mean of last {CURVE_WINDOW} episodes)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

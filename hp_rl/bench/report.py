@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hp_rl.bench.curves import CURVE_WINDOW, final_return, learning_curve, mean_ci, welch_ci
+from hp_rl.bench.curves import CurveLine, final_return, learning_curve, mean_ci, save_curves, welch_ci
 from hp_rl.bench.suites import METHODS
 
 
@@ -271,38 +271,25 @@ _STYLES = {
 def plot_curves(summary: dict[str, Any], img_dir: Path, prefix: str = "transfer") -> list[Path]:
     """One PNG per target, ``<prefix>_<suite>_<target>.png``: mean learning curve of each method over seeds,
     shaded 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy import stats
 
-    img_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suite, targets in summary.items():
         for target, rows in targets.items():
-            fig, ax = plt.subplots(figsize=(6.4, 4.0))
+            lines = []
             for method in _ordered(rows, with_experts=False):
                 row = rows[method]
                 curves = np.array(list(row["curves"].values()), dtype=float)
-                grid = np.array(row["grid"])
                 mean = np.nanmean(curves, axis=0)
-                color, style = _STYLES.get(method, ("grey", "-"))
-                ax.plot(grid, mean, color=color, linestyle=style, label=f"{_label(method, row)} (n={len(curves)})")
+                half = None
                 if len(curves) > 1:
                     spread = np.nanstd(curves, axis=0, ddof=1) / np.sqrt(len(curves))
                     half = stats.t.ppf(0.975, len(curves) - 1) * spread
-                    ax.fill_between(grid, mean - half, mean + half, color=color, alpha=0.12, linewidth=0)
-            ax.set_xlabel("environment steps")
-            ax.set_ylabel(f"training return (mean of last {CURVE_WINDOW} episodes)")
-            ax.set_title(f"{suite}: {target} (leave-one-out hub)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-            fig.tight_layout()
+                color, style = _STYLES.get(method, ("grey", "-"))
+                label = f"{_label(method, row)} (n={len(curves)})"
+                lines.append(CurveLine(label, np.array(row["grid"]), mean, half, color, style))
             path = img_dir / f"{prefix}_{suite}_{target}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_curves(path, f"{suite}: {target} (leave-one-out hub)", lines))
     return written
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hp_rl.bench.aggregates import gain_interval, iqm, iqm_interval, probability_of_improvement
-from hp_rl.bench.curves import final_return, learning_curve, steps_to
+from hp_rl.bench.curves import CurveLine, final_return, learning_curve, save_curves, steps_to
 from hp_rl.bench.report import load_runs
 from hp_rl.bench.suites import METHODS
 
@@ -169,29 +169,19 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def plot(summary: dict[str, Any], img_dir: Path, prefix: str) -> list[Path]:
     """One PNG per suite and target with every method's mean learning curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suite, targets in summary.items():
         for target, entry in targets.items():
-            fig, ax = plt.subplots(figsize=(6.4, 4.0))
-            for method, (grid, curve) in sorted(entry["curves"].items()):
-                n = len(entry["methods"][method]["seeds"])
-                ax.plot(grid, curve, label=f"{_label(method)} (n={n})", linestyle="-" if ":" not in method else "--")
-            ax.set_xlabel("environment steps")
-            ax.set_ylabel("training return (mean of last 20 episodes)")
-            ax.set_title(f"{suite}: {target}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = img_dir / f"{prefix}_{suite}_{target}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            lines = [
+                CurveLine(
+                    f"{_label(method)} (n={len(entry['methods'][method]['seeds'])})",
+                    np.asarray(grid),
+                    np.asarray(curve),
+                    style="-" if ":" not in method else "--",
+                )
+                for method, (grid, curve) in sorted(entry["curves"].items())
+            ]
+            written.append(save_curves(img_dir / f"{prefix}_{suite}_{target}.png", f"{suite}: {target}", lines))
     return written
 
 
