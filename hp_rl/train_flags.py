@@ -130,8 +130,8 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hub-options", action="store_true", help="list every Hub-Pathway option --hub-set takes, and exit"
     )
-    parser.add_argument("--explore-coef", type=float, help="weight of the exploration (load balance) loss")
-    parser.add_argument("--exploit-coef", type=float, help="weight of the exploitation loss (ppo, a2c)")
+    parser.add_argument("--explore-coef", type=float, help="weight of the exploration loss (default: 0.01)")
+    parser.add_argument("--exploit-coef", type=float, help="weight of the exploitation loss, ppo/a2c (default: 0.1)")
 
 
 def _add_session_flags(parser: argparse.ArgumentParser) -> None:

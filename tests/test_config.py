@@ -64,6 +64,21 @@ def test_one_list_of_hub_pathway_options(capsys: pytest.CaptureFixture[str]) -> 
     assert options_markdown() in guide, "regenerate the guide's table: python -m hp_rl.hub.options"
 
 
+def test_the_flags_that_set_an_option_state_its_default() -> None:
+    # -k, --explore-coef and --exploit-coef keep hand-written help (--help imports no torch): their defaults are
+    # the options'
+    from hp_rl.hub.options import LossWeights, PathwayOptions
+    from hp_rl.train_flags import build_parser
+
+    helps = {action.dest: action.help or "" for action in build_parser()._actions}
+    for dest, default in (
+        ("k", PathwayOptions.k),
+        ("explore_coef", PathwayOptions.explore_coef),
+        ("exploit_coef", LossWeights.exploit_coef),
+    ):
+        assert f"(default: {default})" in helps[dest], dest
+
+
 def test_ale_v5_ids_skip_frames_once_with_the_atari_preprocessing() -> None:
     pytest.importorskip("ale_py")
     from hp_rl.rl.envs import make_env
