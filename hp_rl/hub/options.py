@@ -16,7 +16,7 @@ import difflib
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from hp_rl.core.errors import HpRlError
 from hp_rl.core.validation import AnyValue, Bool, Choice, Float, Int, Rule, check_values
@@ -83,6 +83,9 @@ def _option(default: Any, rule: Rule, doc: str, search: SearchRange | None = Non
     return field(default=default, metadata={"rule": rule, "doc": doc, "search": search})
 
 
+_O = TypeVar("_O", bound="_Options")
+
+
 class _Options:
     """What both options classes share: checked construction, construction from plain values and presets."""
 
@@ -94,7 +97,7 @@ class _Options:
         )
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], where: str = "") -> Any:
+    def from_mapping(cls: type[_O], values: Mapping[str, Any], where: str = "") -> _O:
         """The options with ``values`` over the defaults.
 
         :param where: how messages name the source (default: the class name).
@@ -110,7 +113,7 @@ class _Options:
         return cls(**values)
 
     @classmethod
-    def preset(cls, name: str, **changes: Any) -> Any:
+    def preset(cls: type[_O], name: str, **changes: Any) -> _O:
         """The named preset's options (:data:`PRESETS`), with ``changes`` over them."""
         own = {key: value for key, value in pathway_preset(name).items() if key in rules_of(cls)}
         return cls.from_mapping({**own, **changes})
@@ -119,7 +122,7 @@ class _Options:
         """Every option by name (plain values, as SB3 saves keyword arguments)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
-    def changed(self, **changes: Any) -> Any:
+    def changed(self: _O, **changes: Any) -> _O:
         """A copy with ``changes`` (checked)."""
         return replace(self, **changes)  # type: ignore[type-var]
 

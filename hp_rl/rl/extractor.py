@@ -97,7 +97,7 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
                 f"HubPathwayExtractor needs a Box observation space (images or vectors), got {observation_space}. "
                 "Flatten dict or discrete observations with a gymnasium wrapper first."
             )
-        opts: PathwayOptions = PathwayOptions.from_mapping(options, "HubPathwayExtractor")
+        opts = PathwayOptions.from_mapping(options, "HubPathwayExtractor")
         self.options = opts
         meanings = tuple(opts.action_meanings) if opts.action_meanings is not None else None
         self.num_actions = len(meanings) if meanings is not None else opts.num_actions
