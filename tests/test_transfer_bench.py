@@ -501,13 +501,13 @@ def test_report_intervals_are_the_same_on_every_run() -> None:
     # rliable's two-sample bootstrap draws from numpy's global generator too: seeded for the call, a report
     # written twice from the same records is the same file
     pytest.importorskip("rliable")
-    from hp_rl.bench.aggregates import probability_of_improvement
+    from hp_rl.bench.aggregates import iqm_interval, probability_of_improvement
 
     method, scratch = np.array([1.0, 2.0, 3.5, 2.2, 1.7]), np.array([1.3, 2.4, 3.1, 2.0, 2.2])
     np.random.seed(1)
-    first = probability_of_improvement(method, scratch)
+    first = probability_of_improvement(method, scratch), iqm_interval(method[:, None])
     np.random.seed(2)
-    assert probability_of_improvement(method, scratch) == first
+    assert (probability_of_improvement(method, scratch), iqm_interval(method[:, None])) == first
     assert np.random.get_state()[1][0] == np.random.RandomState(2).get_state()[1][0]  # the caller's state restored
 
 

@@ -15,8 +15,8 @@ BOOTSTRAP_REPS = 2000
 
 @contextmanager
 def _global_seed(seed: int) -> Iterator[None]:
-    """numpy's global generator seeded for the block, then restored: rliable's independent two-sample bootstrap
-    draws part of its resamples from it whatever ``random_state`` says, which made reports differ run to run."""
+    """numpy's global generator seeded for the block, then restored: rliable's bootstraps draw part of their
+    resamples from it whatever ``random_state`` says, which made reports differ run to run."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
@@ -36,10 +36,10 @@ def iqm_interval(scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Stratified-bootstrap 95% interval of the IQM (one task: a bootstrap over runs)."""
     from rliable import library as rly
 
-    rng = np.random.RandomState(seed)
-    _, intervals = rly.get_interval_estimates(
-        {"m": scores}, lambda x: np.array([iqm(x)]), reps=BOOTSTRAP_REPS, random_state=rng
-    )
+    with _global_seed(seed):
+        _, intervals = rly.get_interval_estimates(
+            {"m": scores}, lambda x: np.array([iqm(x)]), reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed)
+        )
     return float(intervals["m"][0][0]), float(intervals["m"][1][0])
 
 
