@@ -556,3 +556,14 @@ def test_checkpoints_leave_out_frozen_hub_trunks_and_load_them_back_exactly(tmp_
     with pytest.raises(ArchiveError, match="Restore that file"):
         restore_from_archive(model, trimmed)
     assert train_cli.main(["--resume", str(run), "-n", "96", "--no-progress"]) == 0
+
+
+def test_a_hub_agents_zip_holds_no_pickled_object_of_hp_rl(tmp_path: Path) -> None:
+    # SB3 saves a model's attributes; one that is an hp_rl object would be written pickled, and plain SB3 would
+    # unpickle it (needing hp_rl) where hp_rl itself never decodes it: the hub agent's own state is plain values
+    run = _train(tmp_path / "runs", "--hub", "random:2", "--hub-set", "preset=paper", "-n", "64")
+    with zipfile.ZipFile(run / "model.zip") as archive:
+        data = json.loads(archive.read("data"))
+    pickled = {k: v[":type:"] for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
+    assert not {key: kind for key, kind in pickled.items() if "hp_rl" in kind}, pickled
+    assert data["exploit_coef"] == 0.1 and data["kickstart_coef"] == 0.0

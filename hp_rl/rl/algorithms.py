@@ -164,17 +164,11 @@ class _HubOnPolicyMixin:
         from hp_rl.rl.presets import resolve_preset
 
         options = resolve_preset(preset, hub, env, {**dict(zip(ALGORITHM_KEYS, coefs, strict=True)), **kwargs})
-        given = {key: options.pop(key) for key in ALGORITHM_KEYS if options.get(key) is not None}
-        weights = LossWeights.from_mapping(given, type(self).__name__)
-        self.loss_weights = weights
-        self.exploit_coef, self.kickstart_coef, self.kickstart_fraction, self.critic_warmup = (
-            float(weights.exploit_coef),
-            float(weights.kickstart_coef),
-            float(weights.kickstart_fraction),
-            float(weights.critic_warmup),
-        )
+        given = {key: options.pop(key, None) for key in ALGORITHM_KEYS}
+        weights = LossWeights.from_mapping({k: v for k, v in given.items() if v is not None}, type(self).__name__)
+        # plain numbers as attributes: SB3 saves a model's attributes, and an object would be saved pickled
         for key in ALGORITHM_KEYS:
-            options.pop(key, None)
+            setattr(self, key, float(getattr(weights, key)))
         return self._split_hub_kwargs(options, hub, env)
 
     # --- value-only warm-up -------------------------------------------------------------------------
