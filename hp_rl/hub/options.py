@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import textwrap
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, TypeVar, get_args
 
 from hp_rl.core.errors import HpRlError
@@ -379,10 +379,6 @@ def _shown(value: Any) -> str:
     return f"`{value}`" if isinstance(value, str) else str(value)
 
 
-def _default(item: Field[Any]) -> Any:
-    return None if item.default is MISSING else item.default
-
-
 def options_markdown() -> str:
     """The options table of the guide: every option, its default (the paper's configuration), the ``transfer``
     preset's value and what it does (``python -m hp_rl.hub.options`` prints it)."""
@@ -393,7 +389,7 @@ def options_markdown() -> str:
     ]
     for cls in (PathwayOptions, LossWeights):
         for item in fields(cls):
-            default = _default(item)
+            default = item.default
             preset = _shown(transfer[item.name]) if item.name in transfer else _shown(default)
             rule = item.metadata["rule"].describe()
             lines.append(f"| `{item.name}` | {_shown(default)} | {preset} | {rule} | {item.metadata['doc']} |")
@@ -408,7 +404,7 @@ def hub_options_table() -> str:
         if cls is LossWeights:
             lines.append("\nLoss weights of HubPPO/HubA2C (--set KEY=VALUE; also set by the presets):")
         for item in fields(cls):
-            lines.append(f"\n  {item.name} = {_default(item)!r}   ({item.metadata['rule'].describe()})")
+            lines.append(f"\n  {item.name} = {item.default!r}   ({item.metadata['rule'].describe()})")
             text = item.metadata["doc"].replace("`", "")
             lines += textwrap.wrap(text, 110, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines)

@@ -140,32 +140,26 @@ class HubPathwayExtractor(BaseFeaturesExtractor):
         """Experts routed per observation and the experts routed at all, after checking what the options ask of the
         hub; keeps the prior read (``prior_values``) and why each expert left out is (``unrouted``)."""
         spec = self.hub_spec
-        k, k_from_prior, base_expert, prior, base_prior = (
-            opts.k,
-            opts.k_from_prior,
-            opts.base_expert,
-            opts.prior,
-            opts.base_prior,
-        )
-        if base_expert and BASE_EXPERT in spec.names:
+        if opts.base_expert and BASE_EXPERT in spec.names:
             raise PathwayOptionError(
                 f"The hub already has an expert named {BASE_EXPERT!r}; rename it to use base_expert."
             )
         m = len(spec.experts)
-        k = min(k, m) if k_from_prior is not None else k  # then k is a most: a hub of one agent routes at most it
+        # with k_from_prior, k is a most: a hub of one agent routes at most it
+        k = min(opts.k, m) if opts.k_from_prior is not None else opts.k
         if not 1 <= k <= m and not opts.dense:
             raise PathwayOptionError(
                 f"k={k} is out of range for a hub of {m} experts ({', '.join(spec.names)}): choose 1 <= k <= {m}."
             )
-        if self.teacher_trust == "prior" and prior is None:
+        if opts.teacher_trust == "prior" and opts.prior is None:
             raise PathwayOptionError("teacher_trust='prior' needs a prior (a score file, a mapping, or auto).")
-        if base_prior and not base_expert:  # the base expert's prior needs the base expert
-            raise PathwayOptionError(f"base_prior={base_prior} needs base_expert=True (there is no base expert).")
-        self.prior_values: dict[str, float] = {} if prior is None else read_hub_prior(prior, spec.names)
+        if opts.base_prior and not opts.base_expert:  # the base expert's prior needs the base expert
+            raise PathwayOptionError(f"base_prior={opts.base_prior} needs base_expert=True (there is no base expert).")
+        self.prior_values: dict[str, float] = {} if opts.prior is None else read_hub_prior(opts.prior, spec.names)
         # one without evidence that it plays the target is not mixed into the policy at all
-        routed, self.unrouted = routable_experts(self.prior_values, spec.names, k_from_prior, base_expert)
-        if k_from_prior is not None:
-            k = routed_by_prior(self.prior_values, spec.names, k, k_from_prior, allow_none=base_expert)
+        routed, self.unrouted = routable_experts(self.prior_values, spec.names, opts.k_from_prior, opts.base_expert)
+        if opts.k_from_prior is not None:
+            k = routed_by_prior(self.prior_values, spec.names, k, opts.k_from_prior, allow_none=opts.base_expert)
         return k, routed
 
     def _build_experts(

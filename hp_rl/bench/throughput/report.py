@@ -104,9 +104,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _training_table(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
     settings = report["settings"]
-    lines += [
+    lines = [
         "## Training throughput (env steps/s of `model.learn`, PPO)",
         "",
         f"{settings['steps']} measured steps per configuration after a warm-up; {settings['repeats']} "
@@ -129,8 +128,7 @@ def _training_table(report: dict[str, Any]) -> list[str]:
 
 
 def _extractor_table(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    lines = [
         f"## Extractor alone (batch {report['settings']['batch']} of 4x84x84 frames)",
         "",
         "Median of repetitions; wall ms with CPU ms in brackets. `sparse`: only routed experts run; "
@@ -164,8 +162,7 @@ def _extractor_table(report: dict[str, Any]) -> list[str]:
 
 
 def _acting_table(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    lines = [
         f"## Acting forward, taken apart (batch {report['acting'][0]['batch']}: one observation per env)",
         "",
         "CPU microseconds per call without gradient (median of repetitions of many calls; wall in brackets). "
@@ -186,8 +183,7 @@ def _acting_table(report: dict[str, Any]) -> list[str]:
 
 
 def _targets_table(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += ["## Targets", "", "| target | measured | result |", "|---|---:|---|"]
+    lines = ["## Targets", "", "| target | measured | result |", "|---|---:|---|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.2f} | {'pass' if t['passed'] else 'MISSED'} |")
     lines.append("")
