@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hp_rl.routing.fused import Execution
+from hp_rl.routing.gate import NoiseSource
 from hp_rl.routing.generator import PathwayGenerator, conv_body, mlp_body
 from hp_rl.routing.pathway import HubPathway
 from hp_rl.routing.router import BalanceMode, NoiseMode, NoisyTopKRouter
@@ -105,8 +106,5 @@ def build_pathway(
         num_forced=gate.num_forced,
         noise_cap=gate.noise_cap,
     )
-    pathway = HubPathway(dict(experts), generator, router, execution=gate.execution)
-    pathway.noise.seed = gate.noise_seed
-    pathway.noise.enabled = gate.noise != "none"
-    pathway.noise.keyed = gate.keyed_noise
-    return pathway
+    noise = NoiseSource(enabled=gate.noise != "none", keyed=gate.keyed_noise, seed=gate.noise_seed)
+    return HubPathway(dict(experts), generator, router, execution=gate.execution, noise=noise)

@@ -108,6 +108,7 @@ class HubPathway(nn.Module):
         batched call on every row, ``"sparse"`` one call per expert on its routed rows, ``"auto"`` fused
         while the batch is small enough for that to pay (:data:`~hp_rl.routing.fused.FUSED_MAX_FLOPS`).
         Outputs and gradients are the same either way (to float rounding).
+    :param noise: where the routing noise comes from (default: content-keyed, seed 0).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class HubPathway(nn.Module):
         router: nn.Module,
         sparse: bool = True,
         execution: Execution = "auto",
+        noise: NoiseSource | None = None,
     ) -> None:
         super().__init__()
         if not experts:
@@ -125,7 +127,7 @@ class HubPathway(nn.Module):
         if num != len(experts):
             raise RoutingError(f"The router expects {num} experts but the hub has {len(experts)}.")
         self.experts = nn.ModuleDict(dict(experts))
-        self.gate = Gate(generator, router)
+        self.gate = Gate(generator, router, noise)
         self.sparse = sparse
         self.execution: Execution = execution
         # Built at the first forward that may fuse (it checks each group on real inputs); rebuilt when the

