@@ -8,7 +8,7 @@ from typing import Any
 
 from hp_rl.core.paths import HUB_CONFIG_DIR
 from hp_rl.core.yaml_files import read_yaml_mapping
-from hp_rl.hub.options import ALGORITHM_KEYS, PATHWAY_OPTIONS, pathway_preset
+from hp_rl.hub.options import ALGORITHM_KEYS, PathwayOptions, pathway_preset
 
 # the suites and methods, as data
 _DATA = Path(__file__).resolve().parent / "data"
@@ -100,9 +100,7 @@ def _method(name: str, entry: dict[str, Any]) -> Method:
     entry = dict(entry)
     extractor = dict(entry.pop("extractor", {}))
     algo = dict(entry.pop("algo", {}))
-    unknown = sorted(set(extractor) - set(PATHWAY_OPTIONS))
-    if unknown:
-        raise ValueError(f"methods.yml: {name}: {unknown} are not extractor options")
+    PathwayOptions.from_mapping(extractor, f"methods.yml: {name}")  # names and values checked as any options
     if entry.get("kind", "hub") == "hub" and entry.get("preset") == "transfer":
         entry.pop("preset")
         preset = pathway_preset("transfer")
