@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 VISION = {"train": "hp_rl.vision.train", "evaluate": "hp_rl.vision.evaluate", "recipe": "hp_rl.vision.recipe"}
 # The benchmarks that are part of the package (they run from an installed wheel).
 BENCH = {
+    "compile_probe": "hp_rl.bench.throughput.compiled",
     "throughput": "hp_rl.bench.throughput.cli",
     "transfer": "hp_rl.bench.transfer",
     "transfer_report": "hp_rl.bench.transfer_report",

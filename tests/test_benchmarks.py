@@ -197,9 +197,10 @@ def test_the_benchmark_measures_the_models_hp_rl_train_builds(tmp_path: Path) ->
         env.close()
 
 
-def test_compile_probe_compiles_the_acting_path_to_the_same_routes(tmp_path: Path) -> None:
-    # The probe behind the compile measurement on the throughput page: its traceable acting path routes as the
-    # pathway does, and the compiled graph gives the same routes and outputs (inductor needs a C++ compiler).
+def test_compile_probe_compiles_the_pathway_to_the_same_routes_outputs_and_gradients(tmp_path: Path) -> None:
+    # The probe behind the compile measurement on the throughput page: its traceable path routes as the pathway
+    # does, and the compiled graphs give the same routes and outputs when acting and the same gradients in an
+    # update, frozen and fine-tuned (inductor needs a C++ compiler).
     pytest.importorskip("minatar")
     import shutil
 
@@ -207,13 +208,17 @@ def test_compile_probe_compiles_the_acting_path_to_the_same_routes(tmp_path: Pat
         pytest.skip("torch.compile's CPU backend needs a C++ compiler")
     out = tmp_path / "probe.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compile_probe.py"), "--out", str(out)],
+        [sys.executable, "-m", "hp_rl", "bench", "compile_probe", "--calls", "10", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["same routes as the pathway"] and result["compiled same routes"]
     assert result["compiled max abs difference"] < 1e-5
+    for kind in ("frozen", "fine-tuned"):
+        assert result[f"update {kind}: max gradient difference, relative"] < 1e-4
+        assert result[f"update {kind}: path compiled"] > 0
