@@ -177,6 +177,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_uniform_trust",
         "transfer_weak_prior",
         "user_zips",
+        "user_zips_no_base",
+        "user_zips_no_kickstart",
     ]
     prior = json.loads((out / "runs/control/cartpole/transfer_prior/seed0.json").read_text())
     assert set(prior["hub_kwargs"]["prior"]) == {"acrobot", "mountaincar"}
@@ -196,6 +198,11 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     # neither the Acrobot nor the MountainCar agent has CartPole's two actions: no evidence, the base acts alone
     assert two["k"] == 2 and prior["k"] == 0 and two["hub_kwargs"]["prior"] == prior["hub_kwargs"]["prior"]
     user = json.loads((out / "runs/control/cartpole/user_zips/seed0.json").read_text())
+    # the ablations of the defaults: the user's command with one more --hub-set each
+    no_kickstart = json.loads((out / "runs/control/cartpole/user_zips_no_kickstart/seed0.json").read_text())
+    assert no_kickstart["hyperparams"]["kickstart_coef"] == 0 and user["hub_kwargs"]["base_expert"] is True
+    no_base = json.loads((out / "runs/control/cartpole/user_zips_no_base/seed0.json").read_text())
+    assert no_base["hub_kwargs"]["base_expert"] is False
     assert [Path(e["path"]).name for e in user["hub_experts"]] == ["model.zip", "model.zip"]  # the builds' own zips
     default = json.loads((out / "runs/control/cartpole/cli_default/seed0.json").read_text())
     assert default["hub_experts"] and default["env_id"] == "CartPole-v1"  # --hub auto: the bundled control hub
@@ -526,3 +533,12 @@ def test_every_method_of_the_data_file_is_a_valid_configuration() -> None:
     assert shipped.algo_kwargs == {key: preset[key] for key in ("kickstart_coef", "kickstart_fraction")}
     assert "kickstart_coef" not in METHODS["transfer_no_kickstart"].algo_kwargs
     assert METHODS["cli_default_paper"].hub == "auto" and METHODS["cli_paper"].preset == "paper"
+    assert METHODS["user_zips_no_kickstart"].cli_set == ("kickstart_coef=0",)
+    assert METHODS["user_zips_no_base"].hub_set == ("base_expert=false",)
+    from hp_rl.bench.suites import _method
+    from hp_rl.core.errors import HpRlError
+
+    wrong = [("hub_set", "base_expert=maybe"), ("hub_set", "kickstart_coef=0"), ("set", "kickstart_coef=-1")]
+    for flag, value in wrong:  # a bad value, a loss weight given as an option, a bad weight: the load stops
+        with pytest.raises(HpRlError, match=r"methods\.yml: ablation"):
+            _method("ablation", {"label": "x", "kind": "cli", flag: [value]})

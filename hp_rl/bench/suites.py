@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hp_rl.core.overrides import parse_overrides
 from hp_rl.core.paths import HUB_CONFIG_DIR
 from hp_rl.core.yaml_files import read_yaml_mapping
-from hp_rl.hub.options import ALGORITHM_KEYS, PathwayOptions, pathway_preset
+from hp_rl.hub.options import ALGORITHM_KEYS, LossWeights, PathwayOptions, pathway_preset
 
 # the suites and methods, as data
 _DATA = Path(__file__).resolve().parent / "data"
@@ -80,6 +81,9 @@ class Method:
         ``<out>/scores``).
     :param preset: ``cli`` methods: the ``--hub-set preset`` given (``None``: the command's default).
     :param hub: ``cli`` methods: ``auto`` runs the command's own bundled hub instead of the suite's agents.
+    :param hub_set: ``cli`` methods: further ``--hub-set KEY=VALUE`` given after the preset (an ablation of the
+        defaults on the user's path).
+    :param cli_set: ``cli`` methods: ``--set KEY=VALUE`` given (hyperparameters, loss weights).
     """
 
     name: str
@@ -92,6 +96,8 @@ class Method:
     prior: bool = False
     preset: str | None = None
     hub: str | None = None
+    hub_set: tuple[str, ...] = ()
+    cli_set: tuple[str, ...] = ()
 
 
 def _method(name: str, entry: dict[str, Any]) -> Method:
@@ -101,6 +107,11 @@ def _method(name: str, entry: dict[str, Any]) -> Method:
     extractor = dict(entry.pop("extractor", {}))
     algo = dict(entry.pop("algo", {}))
     PathwayOptions.from_mapping(extractor, f"methods.yml: {name}")  # names and values checked as any options
+    hub_set = tuple(str(item) for item in entry.pop("hub_set", ()))
+    cli_set = tuple(str(item) for item in entry.pop("set", ()))
+    PathwayOptions.from_mapping(parse_overrides(hub_set), f"methods.yml: {name}, hub_set")
+    weights = {k: v for k, v in parse_overrides(cli_set).items() if k in ALGORITHM_KEYS}
+    LossWeights.from_mapping(weights, f"methods.yml: {name}, set")
     if entry.get("kind", "hub") == "hub" and entry.get("preset") == "transfer":
         entry.pop("preset")
         preset = pathway_preset("transfer")
@@ -110,7 +121,16 @@ def _method(name: str, entry: dict[str, Any]) -> Method:
         algo = {**(kickstart if entry.pop("kickstart", True) else {}), **algo}
         entry.setdefault("exploit_coef", preset["exploit_coef"])
         entry.setdefault("prior", True)
-    return Method(name, entry.pop("label"), entry.pop("kind", "hub"), extractor, algo_kwargs=algo, **entry)
+    return Method(
+        name,
+        entry.pop("label"),
+        entry.pop("kind", "hub"),
+        extractor,
+        algo_kwargs=algo,
+        hub_set=hub_set,
+        cli_set=cli_set,
+        **entry,
+    )
 
 
 METHODS: dict[str, Method] = {

@@ -110,6 +110,10 @@ def _cli_config(suite: Suite, key: RunKey, settings: RunSettings, experts: dict[
         argv += ["--env-kwargs", f"{name}={json.dumps(value)}"]
     if method.preset is not None:
         argv += ["--hub-set", f"preset={method.preset}"]
+    for item in method.hub_set:
+        argv += ["--hub-set", item]
+    for item in method.cli_set:
+        argv += ["--set", item]
     argv += ["-n", str(settings.steps), "--seed", str(key.seed), "--device", settings.device]
     config, env = config_and_env(build_parser().parse_args(argv))
     env.close()
