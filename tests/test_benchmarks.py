@@ -92,7 +92,7 @@ def test_quick_benchmark_writes_tables_json_and_plot(tmp_path: Path) -> None:
     assert 0.0 <= hub["rollout_share"] <= 1.0
 
     rows = report["extractor"]
-    assert rows[0]["routing"] == "NatureCNN (plain SB3)"
+    assert rows[0]["routing"] == "NatureCNN (plain SB3)" and report["extractor_timing"] == "fresh process"
     assert {(r["routing"], r["experts"]) for r in rows[1:]} == {
         (routing, m) for routing in ("sparse", "dense-dispatch", "dense-mixture") for m in (2, 16)
     }
@@ -111,6 +111,7 @@ def test_quick_benchmark_writes_tables_json_and_plot(tmp_path: Path) -> None:
     markdown = (out / "throughput.md").read_text()
     assert "| minatar | hub m=4 k=2 frozen |" in markdown and "## Targets" in markdown
     assert "| minatar | hub m=4 k=2 extractor |" in markdown
+    assert "Each configuration in a fresh process" in markdown
     assert (out / "extractor_time_vs_m.png").stat().st_size > 1000
 
 

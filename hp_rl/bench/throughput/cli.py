@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from hp_rl.bench.throughput.acting import measure_acting
-from hp_rl.bench.throughput.extractor import measure_extractor, memory_probe
+from hp_rl.bench.throughput.extractor import measure_extractor, probe
 from hp_rl.bench.throughput.report import check_targets, markdown, plot
 from hp_rl.bench.throughput.results import (
     ATARI_GAME,
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     extractor.add_argument("--skip-extractor", action="store_true")
     acting = parser.add_argument_group("(c) acting forward, taken apart")
     acting.add_argument("--skip-acting", action="store_true")
-    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
     return parser
 
 
@@ -184,8 +184,8 @@ def _memory_method(results: Sequence[ExtractorResult]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report; returns the exit status."""
     args = parse_args(argv)
-    if args.memory_probe:
-        memory_probe(args.memory_probe)
+    if args.probe:
+        probe(args.probe)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -202,9 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
         "machine": machine_info(args.threads, args.device),
-        "settings": {k: v for k, v in vars(args).items() if k != "memory_probe"},
+        "settings": {k: v for k, v in vars(args).items() if k != "probe"},
         "training": [],
         "extractor": [],
+        "extractor_timing": "fresh process",  # each configuration alone (reports before this: all in one process)
     }
     began = time.perf_counter()
     train_results: list[TrainResult] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import resource
@@ -71,102 +70,91 @@ def _forward_backward(extractor: Any, frames: Any) -> None:
     extractor(frames).sum().backward()
 
 
-def _median_ms(step: Callable[[], None], reps: int, device: str) -> tuple[float, float]:
-    """Median wall and process-CPU milliseconds of ``step`` over ``reps`` runs after one warm-up."""
-    step()  # warm-up
+def _interleaved_medians(
+    steps: dict[str, Callable[[], None]], reps: int, device: str
+) -> dict[str, tuple[float, float]]:
+    """Median wall and process-CPU milliseconds of each step over ``reps`` rounds, after one warm-up each; each
+    round runs every step once, so a change of the machine's load reaches them alike."""
+    for step in steps.values():
+        step()  # warm-up
     sync_device(device)
-    wall, cpu = [], []
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
-        began, began_cpu = time.perf_counter(), time.process_time()
-        step()
-        sync_device(device)
-        wall.append(time.perf_counter() - began)
-        cpu.append(time.process_time() - began_cpu)
-    return round(1000.0 * statistics.median(wall), 2), round(1000.0 * statistics.median(cpu), 2)
+        for name, step in steps.items():
+            began, began_cpu = time.perf_counter(), time.process_time()
+            step()
+            sync_device(device)
+            wall[name].append(time.perf_counter() - began)
+            cpu[name].append(time.process_time() - began_cpu)
+    return {
+        name: (round(1000.0 * statistics.median(wall[name]), 2), round(1000.0 * statistics.median(cpu[name]), 2))
+        for name in steps
+    }
 
 
 def measure_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> list[ExtractorResult]:
-    """Forward and forward+backward time (and peak memory) of every extractor configuration."""
-    import torch
-    from stable_baselines3.common.torch_layers import NatureCNN
+    """Forward and forward+backward time (and peak memory) of every extractor configuration, each measured in a
+    fresh interpreter.
 
-    frames = random_frames(args.batch, args.device, args.seed)
+    In one process the configurations measured late ran slower than alone (the 16-expert extractors about 1.2x
+    their time in a process of their own, measured): what one process allocated before changes what the next
+    configuration costs, and a user's process holds one extractor.
+    """
+    configs: list[dict[str, Any]] = [{"mode": "nature_cnn"}, *_extractor_configs(args.ms, args.ks, args.modes)]
     results = []
-    # Reference: SB3's NatureCNN on the same batch.
-    import numpy as np
-    from gymnasium import spaces
-
-    nature = NatureCNN(spaces.Box(0, 255, (4, 84, 84), np.uint8)).to(args.device)
-    forward = _median_ms(lambda: _forward(nature, frames), args.reps, args.device)
-    both = _median_ms(lambda: _forward_backward(nature, frames), args.reps, args.device)
-    reference = ExtractorResult(
-        "trained",
-        "NatureCNN (plain SB3)",
-        0,
-        0,
-        args.batch,
-        forward[0],
-        both[0],
-        forward[1],
-        both[1],
-        sum(p.numel() for p in nature.parameters()),
-    )
-    results.append(reference)
-    configs = _extractor_configs(args.ms, args.ks, args.modes)
     for config in configs:
-        torch.manual_seed(args.seed)
-        extractor = _build_extractor(config, args.device)
-        forward = _median_ms(functools.partial(_forward, extractor, frames), args.reps, args.device)
-        both = _median_ms(functools.partial(_forward_backward, extractor, frames), args.reps, args.device)
+        times = _in_subprocess(config, args, "time")
+        forward, both = times["forward"], times["forward_backward"]
+        reference = config["mode"] == "nature_cnn"
         result = ExtractorResult(
-            config["mode"],
-            config["routing"],
-            config["experts"],
-            config["k"],
+            "trained" if reference else config["mode"],
+            "NatureCNN (plain SB3)" if reference else config["routing"],
+            0 if reference else config["experts"],
+            0 if reference else config["k"],
             args.batch,
             forward[0],
             both[0],
             forward[1],
             both[1],
-            sum(p.numel() for p in extractor.parameters()),
+            int(times["parameters"]),
         )
-        del extractor
         if args.memory:
-            peaks = _memory_in_subprocess(config, args)
+            peaks = _in_subprocess(config, args, "memory")
             result.forward_peak_mib = peaks.get("forward_peak_mib")
             result.forward_backward_peak_mib = peaks.get("forward_backward_peak_mib")
             result.memory_method = peaks.get("method")
-        log(
-            f"  {config['mode']:<10} {config['routing']:<15} m={config['experts']:<2} k={config['k']:<2} "
-            f"fwd {forward[0]:7.1f} ms (cpu {forward[1]:7.1f})  fwd+bwd {both[0]:7.1f} ms (cpu {both[1]:7.1f})  "
-            f"peak {result.forward_backward_peak_mib} MiB"
-        )
+        if not reference:
+            log(
+                f"  {config['mode']:<10} {config['routing']:<15} m={config['experts']:<2} k={config['k']:<2} "
+                f"fwd {forward[0]:7.1f} ms (cpu {forward[1]:7.1f})  fwd+bwd {both[0]:7.1f} ms (cpu {both[1]:7.1f})  "
+                f"peak {result.forward_backward_peak_mib} MiB"
+            )
         results.append(result)
-    if args.memory:
-        peaks = _memory_in_subprocess({"mode": "nature_cnn"}, args)
-        reference.forward_peak_mib = peaks.get("forward_peak_mib")
-        reference.forward_backward_peak_mib = peaks.get("forward_backward_peak_mib")
-        reference.memory_method = peaks.get("method")
     return results
 
 
-def _memory_in_subprocess(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _in_subprocess(config: dict[str, Any], args: argparse.Namespace, measure: str) -> dict[str, Any]:
+    """:func:`probe` of one configuration in a fresh interpreter: its ``"time"`` or peak ``"memory"``."""
     probe = {**config, "batch": args.batch, "threads": args.threads, "device": args.device, "seed": args.seed}
+    probe.update(measure=measure, reps=args.reps)
     import hp_rl
 
     # the probe runs this hp_rl (a checkout's, installed or not) in a fresh interpreter
     package_parent = str(Path(hp_rl.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
+    if measure == "memory":  # every large allocation its own mapping, so that the peak shows in VmHWM
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     completed = subprocess.run(
-        [sys.executable, "-m", "hp_rl.bench.throughput.cli", "--memory-probe", json.dumps(probe)],
+        [sys.executable, "-m", "hp_rl.bench.throughput.cli", "--probe", json.dumps(probe)],
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"memory probe {probe} failed:\n{completed.stderr[-2000:]}")
+        raise RuntimeError(f"{measure} probe {probe} failed:\n{completed.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
     return result
 
@@ -209,23 +197,31 @@ def _peak_mib(step: Callable[[], None], device: str) -> tuple[float, str]:
     ) / 1024, "getrusage ru_maxrss delta (lower bound)"
 
 
-def memory_probe(raw: str) -> None:
-    """Subprocess entry: peak memory of one configuration, printed as one JSON line."""
+def probe(raw: str) -> None:
+    """Subprocess entry: the times (``"measure": "time"``) or peak memory of one configuration, as one JSON line."""
     import torch
 
-    probe = json.loads(raw)
-    pin_threads(int(probe["threads"]))
-    device = probe["device"]
-    torch.manual_seed(int(probe["seed"]))
-    if probe["mode"] == "nature_cnn":
+    settings = json.loads(raw)
+    pin_threads(int(settings["threads"]))
+    device = settings["device"]
+    torch.manual_seed(int(settings["seed"]))
+    if settings["mode"] == "nature_cnn":
         import numpy as np
         from gymnasium import spaces
         from stable_baselines3.common.torch_layers import NatureCNN
 
         module: Any = NatureCNN(spaces.Box(0, 255, (4, 84, 84), np.uint8)).to(device)
     else:
-        module = _build_extractor(probe, device)
-    frames = random_frames(int(probe["batch"]), device, int(probe["seed"]))
+        module = _build_extractor(settings, device)
+    frames = random_frames(int(settings["batch"]), device, int(settings["seed"]))
+    if settings["measure"] == "time":
+        steps = {
+            "forward": lambda: _forward(module, frames),
+            "forward_backward": lambda: _forward_backward(module, frames),
+        }
+        times: dict[str, Any] = _interleaved_medians(steps, int(settings["reps"]), device)
+        print(json.dumps({**times, "parameters": sum(p.numel() for p in module.parameters())}))
+        return
     forward_peak, method = _peak_mib(lambda: _forward(module, frames), device)
     both_peak, _ = _peak_mib(lambda: _forward_backward(module, frames), device)
     print(

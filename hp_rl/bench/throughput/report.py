@@ -127,11 +127,20 @@ def _training_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _extractor_timing(report: dict[str, Any]) -> str:
+    """How the extractor's times were taken (reports written before each configuration had its own process: all in
+    one)."""
+    if report.get("extractor_timing") == "fresh process":
+        reps = report["settings"].get("reps")
+        return f"Each configuration in a fresh process, median of {reps} repetitions after a warm-up"
+    return "Median of repetitions"
+
+
 def _extractor_table(report: dict[str, Any]) -> list[str]:
     lines = [
         f"## Extractor alone (batch {report['settings']['batch']} of 4x84x84 frames)",
         "",
-        "Median of repetitions; wall ms with CPU ms in brackets. `sparse`: only routed experts run; "
+        f"{_extractor_timing(report)}; wall ms with CPU ms in brackets. `sparse`: only routed experts run; "
         "`dense-dispatch`: the same top-k weights with every expert run on every sample; `dense-mixture`: "
         "all experts, softmax weights. Ratio: fwd+bwd CPU time against m=2 with the same trunks, routing and k "
         f"(k=2 for the dense mixture). Peak memory: {report.get('memory_method') or 'not measured'}.",
