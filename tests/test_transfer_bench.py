@@ -177,6 +177,7 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
         "transfer_uniform_trust",
         "transfer_weak_prior",
         "user_zips",
+        "user_zips_frozen",
         "user_zips_no_base",
         "user_zips_no_kickstart",
     ]
@@ -203,6 +204,8 @@ def test_transfer_sweep_micro_budget_is_resumable(tmp_path: Path) -> None:
     assert no_kickstart["hyperparams"]["kickstart_coef"] == 0 and user["hub_kwargs"]["base_expert"] is True
     no_base = json.loads((out / "runs/control/cartpole/user_zips_no_base/seed0.json").read_text())
     assert no_base["hub_kwargs"]["base_expert"] is False
+    frozen = json.loads((out / "runs/control/cartpole/user_zips_frozen/seed0.json").read_text())
+    assert frozen["hub_kwargs"]["freeze_experts"] is True and user["hub_kwargs"]["freeze_experts"] is False
     assert [Path(e["path"]).name for e in user["hub_experts"]] == ["model.zip", "model.zip"]  # the builds' own zips
     default = json.loads((out / "runs/control/cartpole/cli_default/seed0.json").read_text())
     assert default["hub_experts"] and default["env_id"] == "CartPole-v1"  # --hub auto: the bundled control hub
