@@ -545,3 +545,5 @@ def test_every_method_of_the_data_file_is_a_valid_configuration() -> None:
     for flag, value in wrong:  # a bad value, a loss weight given as an option, a bad weight: the load stops
         with pytest.raises(HpRlError, match=r"methods\.yml: ablation"):
             _method("ablation", {"label": "x", "kind": "cli", flag: [value]})
+    with pytest.raises(HpRlError, match="kind: cli"):
+        _method("ablation", {"label": "x", "kind": "hub", "hub_set": ["k=1"]})

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hp_rl.core.errors import ConfigError
 from hp_rl.core.overrides import parse_overrides
 from hp_rl.core.paths import HUB_CONFIG_DIR
 from hp_rl.core.yaml_files import read_yaml_mapping
@@ -112,6 +113,8 @@ def _method(name: str, entry: dict[str, Any]) -> Method:
     PathwayOptions.from_mapping(parse_overrides(hub_set), f"methods.yml: {name}, hub_set")
     weights = {k: v for k, v in parse_overrides(cli_set).items() if k in ALGORITHM_KEYS}
     LossWeights.from_mapping(weights, f"methods.yml: {name}, set")
+    if (hub_set or cli_set) and entry.get("kind", "hub") != "cli":  # other kinds build their runs without flags
+        raise ConfigError(f"methods.yml: {name}: hub_set and set are flags of the command line (kind: cli) only.")
     if entry.get("kind", "hub") == "hub" and entry.get("preset") == "transfer":
         entry.pop("preset")
         preset = pathway_preset("transfer")
