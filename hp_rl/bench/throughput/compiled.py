@@ -26,7 +26,8 @@ import torch
 
 from hp_rl.bench.throughput.training import minatar_hub
 
-Path_ = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# the pathway as one function of the frames: (B, ...) -> ((B, d) output, (B, m) weights)
+PathwayFunction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _cpu_us(call: Callable[[], Any], calls: int, reps: int = 5, grad: bool = False) -> float:
@@ -43,7 +44,7 @@ def _cpu_us(call: Callable[[], Any], calls: int, reps: int = 5, grad: bool = Fal
     return round(statistics.median(results), 1)
 
 
-def _pathway_function(extractor: Any, frames: torch.Tensor) -> Path_:
+def _pathway_function(extractor: Any, frames: torch.Tensor) -> PathwayFunction:
     """The pathway's forward as one traceable function of the frames (its noise seed and epoch fixed).
 
     Frozen experts' stacked weights are read as constants (no cache checks to trace); trainable ones are stacked
@@ -99,7 +100,7 @@ def _hub(space: Any, frozen: bool) -> Any:
     return HubPathwayExtractor(space, hub=hub, k=2, freeze_experts=frozen)
 
 
-def _gradients(extractor: Any, function: Path_, frames: torch.Tensor) -> list[torch.Tensor]:
+def _gradients(extractor: Any, function: PathwayFunction, frames: torch.Tensor) -> list[torch.Tensor]:
     params = [p for p in extractor.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
