@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 from hp_rl.bench.throughput.extractor import random_frames
-from hp_rl.bench.throughput.results import ActingResult, sync_device
+from hp_rl.bench.throughput.results import ActingResult, per_call_us
 from hp_rl.bench.throughput.training import minatar_hub, ppo_params
 
 
@@ -31,24 +30,6 @@ def _acting_frames(game: str, args: argparse.Namespace, batch: int) -> tuple[Any
     generator = torch.Generator().manual_seed(args.seed)
     shape = tuple(space.shape or ())
     return space, (torch.rand((batch, *shape), generator=generator) < 0.1).float().to(args.device)
-
-
-def _per_call_us(call: Callable[[], Any], calls: int, reps: int, device: str) -> tuple[float, float]:
-    """Median over ``reps`` of the mean CPU and wall microseconds of ``calls`` calls, without gradient."""
-    import torch
-
-    cpu, wall = [], []
-    with torch.no_grad():
-        for _ in range(max(calls // 10, 1)):  # warm-up: allocator and oneDNN primitive caches
-            call()
-        for _ in range(reps):
-            began, began_cpu = time.perf_counter(), time.process_time()
-            for _ in range(calls):
-                call()
-            sync_device(device)
-            cpu.append((time.process_time() - began_cpu) / calls)
-            wall.append((time.perf_counter() - began) / calls)
-    return round(1e6 * statistics.median(cpu), 1), round(1e6 * statistics.median(wall), 1)
 
 
 def measure_acting(game: str, args: argparse.Namespace, log: Callable[[str], None]) -> list[ActingResult]:
@@ -99,7 +80,7 @@ def measure_acting(game: str, args: argparse.Namespace, log: Callable[[str], Non
         *parts,
     ]
     for part, call in calls_to_time:
-        cpu_us, wall_us = _per_call_us(call, calls, args.reps, args.device)
+        cpu_us, wall_us = per_call_us(call, calls, args.reps, args.device)
         module = dict(extractors).get(part)
         experts_run = None
         if isinstance(module, HubPathwayExtractor):

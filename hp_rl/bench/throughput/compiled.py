@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,24 +23,16 @@ from typing import Any
 
 import torch
 
+from hp_rl.bench.throughput.results import per_call_us
 from hp_rl.bench.throughput.training import minatar_hub
 
 # the pathway as one function of the frames: (B, ...) -> ((B, d) output, (B, m) weights)
 PathwayFunction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _cpu_us(call: Callable[[], Any], calls: int, reps: int = 5, grad: bool = False) -> float:
-    """Median over ``reps`` of the mean CPU microseconds of ``calls`` calls."""
-    results = []
-    with torch.set_grad_enabled(grad):
-        for _ in range(max(2, calls // 10)):
-            call()
-        for _ in range(reps):
-            began = time.process_time()
-            for _ in range(calls):
-                call()
-            results.append((time.process_time() - began) / calls * 1e6)
-    return round(statistics.median(results), 1)
+def _cpu_us(call: Callable[[], Any], calls: int, grad: bool = False) -> float:
+    """CPU microseconds per call (:func:`~hp_rl.bench.throughput.results.per_call_us`, 5 repetitions, on the CPU)."""
+    return per_call_us(call, calls, reps=5, device="cpu", grad=grad)[0]
 
 
 def _pathway_function(extractor: Any, frames: torch.Tensor) -> PathwayFunction:

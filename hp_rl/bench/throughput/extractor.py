@@ -6,15 +6,13 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hp_rl.bench.throughput.results import ExtractorResult, pin_threads, sync_device
+from hp_rl.bench.throughput.results import ExtractorResult, per_call_us, pin_threads
 
 
 def _extractor_configs(ms: Sequence[int], ks: Sequence[int], modes: Sequence[str]) -> list[dict[str, Any]]:
@@ -68,29 +66,6 @@ def _forward(extractor: Any, frames: Any) -> None:
 def _forward_backward(extractor: Any, frames: Any) -> None:
     extractor.train()
     extractor(frames).sum().backward()
-
-
-def _interleaved_medians(
-    steps: dict[str, Callable[[], None]], reps: int, device: str
-) -> dict[str, tuple[float, float]]:
-    """Median wall and process-CPU milliseconds of each step over ``reps`` rounds, after one warm-up each; each
-    round runs every step once, so a change of the machine's load reaches them alike."""
-    for step in steps.values():
-        step()  # warm-up
-    sync_device(device)
-    wall: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
-            began, began_cpu = time.perf_counter(), time.process_time()
-            step()
-            sync_device(device)
-            wall[name].append(time.perf_counter() - began)
-            cpu[name].append(time.process_time() - began_cpu)
-    return {
-        name: (round(1000.0 * statistics.median(wall[name]), 2), round(1000.0 * statistics.median(cpu[name]), 2))
-        for name in steps
-    }
 
 
 def measure_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> list[ExtractorResult]:
@@ -215,12 +190,14 @@ def probe(raw: str) -> None:
         module = _build_extractor(settings, device)
     frames = random_frames(int(settings["batch"]), device, int(settings["seed"]))
     if settings["measure"] == "time":
-        steps = {
-            "forward": lambda: _forward(module, frames),
-            "forward_backward": lambda: _forward_backward(module, frames),
+        reps = int(settings["reps"])
+        times = {
+            "forward": per_call_us(lambda: _forward(module, frames), 1, reps, device),
+            "forward_backward": per_call_us(lambda: _forward_backward(module, frames), 1, reps, device, grad=True),
         }
-        times: dict[str, Any] = _interleaved_medians(steps, int(settings["reps"]), device)
-        print(json.dumps({**times, "parameters": sum(p.numel() for p in module.parameters())}))
+        # (wall, CPU) milliseconds, as the other rows of the report
+        milliseconds = {name: (round(wall / 1000, 2), round(cpu / 1000, 2)) for name, (cpu, wall) in times.items()}
+        print(json.dumps({**milliseconds, "parameters": sum(p.numel() for p in module.parameters())}))
         return
     forward_peak, method = _peak_mib(lambda: _forward(module, frames), device)
     both_peak, _ = _peak_mib(lambda: _forward_backward(module, frames), device)
